@@ -1,0 +1,95 @@
+//! Checkpoints: one safetensors file holding the weights, the optimizer state and the carried LSTM
+//! state, with the training cursor (step, epoch, window, RNG) as JSON in the header's metadata.
+//! One file means one atomic rename, so `last` and `best` are always whole; a sha256 of the
+//! tensor bytes in the metadata catches a file damaged after it was written.
+
+use crate::error::{Error, IoContext, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Where training stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Completed passes over the train split.
+    pub epoch: u64,
+    /// Next window of the train split.
+    pub window: usize,
+    /// The training RNG (dropout masks).
+    pub rng: u64,
+    /// Training chars consumed.
+    pub tokens: u64,
+    /// Training seconds so far (across resumes).
+    pub elapsed_secs: f64,
+    pub best_val_loss: Option<f64>,
+    pub best_step: Option<u64>,
+}
+
+const META_KEY: &str = "charlab";
+const SUM_KEY: &str = "charlab.sha256";
+
+/// The path of checkpoint `which` (`last` or `best`) in a run directory.
+pub fn path(run_dir: &Path, which: &str) -> PathBuf {
+    run_dir
+        .join("checkpoints")
+        .join(format!("{which}.safetensors"))
+}
+
+fn digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn data_region(bytes: &[u8]) -> Option<&[u8]> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    bytes.get(8usize.checked_add(n)?..)
+}
+
+/// Writes a checkpoint atomically.
+pub fn save(path: &Path, tensors: &HashMap<String, Tensor>, cursor: &Cursor) -> Result<()> {
+    let cpu: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    let meta = serde_json::to_string(cursor).unwrap_or_default();
+    let bad = |e: safetensors::SafeTensorError| Error::Run {
+        path: path.to_path_buf(),
+        message: format!("serializing checkpoint: {e}"),
+    };
+    // Serialize once to learn the data region, then again with its checksum in the header.
+    let mut info = HashMap::from([(META_KEY.to_string(), meta)]);
+    let first = safetensors::serialize(&cpu, Some(info.clone())).map_err(bad)?;
+    let sum = digest(data_region(&first).unwrap_or_default());
+    info.insert(SUM_KEY.into(), sum);
+    let bytes = safetensors::serialize(&cpu, Some(info)).map_err(bad)?;
+    crate::atomic::write(path, &bytes)
+}
+
+/// Reads a checkpoint, verifying its checksum.
+pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Cursor)> {
+    let bytes = std::fs::read(path).at(path)?;
+    let bad = |message: String| Error::Run {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a checkpoint ({e})")))?;
+    let info = meta.metadata().clone().unwrap_or_default();
+    let cursor: Cursor = info
+        .get(META_KEY)
+        .and_then(|m| serde_json::from_str(m).ok())
+        .ok_or_else(|| bad("checkpoint has no charlab metadata".into()))?;
+    let expected = info.get(SUM_KEY).cloned().unwrap_or_default();
+    let got = digest(data_region(&bytes).unwrap_or_default());
+    if got != expected {
+        return Err(bad("checkpoint is damaged (checksum mismatch)".into()));
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    Ok((tensors, cursor))
+}

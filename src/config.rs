@@ -1,0 +1,300 @@
+//! The one schema for a run's hyperparameters. A single run's TOML file and a sweep's
+//! `[defaults]` use exactly these keys, so a trial is always "defaults + overrides" of this type,
+//! and unknown keys are rejected (`deny_unknown_fields`) rather than silently ignored.
+
+use crate::error::{Error, IoContext, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How spaces are handled by cleaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spaces {
+    /// Remove spaces when the text is mostly CJK (where a space is layout noise), keep them
+    /// otherwise (where a space separates words).
+    Auto,
+    /// Always remove ASCII and full-width spaces.
+    Remove,
+    /// Never remove spaces.
+    Keep,
+}
+
+/// Corpus cleaning steps, applied in the order listed here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanConfig {
+    /// Drop everything before the first line that contains this marker (e.g. `章节目录`).
+    pub start_marker: Option<String>,
+    /// Strip `\r` (CRLF files).
+    pub strip_cr: bool,
+    /// Remove spans between each pair of open/close delimiters (junk, commentary, links).
+    pub brackets: Vec<[String; 2]>,
+    /// Space handling.
+    pub spaces: Spaces,
+    /// Replace a `……` at the end of a line with `。`.
+    pub ellipsis_to_period: bool,
+    /// Drop lines that are empty after the steps above.
+    pub drop_blank_lines: bool,
+    /// Keep only the first N chars (for quick debugging runs).
+    pub max_chars: Option<usize>,
+}
+
+impl Default for CleanConfig {
+    fn default() -> Self {
+        CleanConfig {
+            start_marker: None,
+            strip_cr: true,
+            brackets: vec![
+                ["[".into(), "]".into()],
+                ["<".into(), ">".into()],
+                ["【".into(), "】".into()],
+            ],
+            spaces: Spaces::Auto,
+            ellipsis_to_period: true,
+            drop_blank_lines: true,
+            max_chars: None,
+        }
+    }
+}
+
+/// Optimizers (the CS231N notes' update rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Momentum,
+    Nesterov,
+    Adagrad,
+    Rmsprop,
+    Adam,
+    Adamw,
+}
+
+/// Learning-rate schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    None,
+    /// Multiply by `lr_decay` once per epoch after `lr_decay_after` epochs (char-rnn).
+    Exponential,
+    /// Cosine from `lr` to `min_lr` over the run's total steps.
+    Cosine,
+}
+
+/// Every hyperparameter of one run. Field docs are the TOML reference (README).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// A named corpus (`hongloumeng`, `shakespeare`) or a path to a UTF-8 text file.
+    pub corpus: String,
+    /// Cleaning steps.
+    pub clean: CleanConfig,
+    /// Fraction of the (cleaned) corpus held out for validation, taken from the end.
+    pub val_fraction: f64,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub embed_dim: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    /// Dropout between LSTM layers and before the decoder.
+    pub dropout: f64,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    /// Momentum for `momentum` and `nesterov`.
+    pub momentum: f64,
+    /// Adam's beta1 and beta2.
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Decay rate of RMSProp's squared-gradient average.
+    pub rms_decay: f64,
+    pub eps: f64,
+    /// L2 penalty (decoupled for `adamw`).
+    pub weight_decay: f64,
+    pub lr_schedule: Schedule,
+    pub lr_decay: f64,
+    pub lr_decay_after: f64,
+    pub min_lr: f64,
+    /// Clip gradients to this global L2 norm (0 = no clipping).
+    pub grad_clip: f64,
+    /// Stop after this many steps. With `epochs` too, whichever comes first.
+    pub max_steps: Option<u64>,
+    /// Stop after this many passes over the training split.
+    pub epochs: Option<f64>,
+    /// Steps between train-scalar points (averaged over the interval).
+    pub log_every: u64,
+    /// Steps between evaluations on the whole validation split (and checkpoints, samples).
+    pub eval_every: u64,
+    /// Steps between weight and gradient histograms (0 = never).
+    pub histogram_every: u64,
+    /// Length and temperature of the text sample written at each evaluation.
+    pub sample_length: usize,
+    pub sample_temperature: f64,
+    pub seed: u64,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// CPU threads for this run (default: all cores).
+    pub threads: Option<usize>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            corpus: "hongloumeng".into(),
+            clean: CleanConfig::default(),
+            val_fraction: 0.05,
+            batch_size: 32,
+            seq_len: 64,
+            embed_dim: 128,
+            hidden: 256,
+            layers: 2,
+            dropout: 0.0,
+            optimizer: OptimizerKind::Adam,
+            lr: 2e-3,
+            momentum: 0.9,
+            beta1: 0.9,
+            beta2: 0.999,
+            rms_decay: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            lr_schedule: Schedule::None,
+            lr_decay: 0.97,
+            lr_decay_after: 10.0,
+            min_lr: 0.0,
+            grad_clip: 5.0,
+            max_steps: Some(1000),
+            epochs: None,
+            log_every: 10,
+            eval_every: 100,
+            histogram_every: 100,
+            sample_length: 200,
+            sample_temperature: 0.8,
+            seed: 1,
+            device: "auto".into(),
+            threads: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads and validates a run config from a TOML file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: toml_message(&e, text),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config as TOML (what is saved beside every run).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks every range before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        fn positive(key: &str, v: usize) -> Result<()> {
+            if v == 0 {
+                return Err(Error::invalid(key, "must be at least 1"));
+            }
+            Ok(())
+        }
+        positive("batch_size", self.batch_size)?;
+        positive("seq_len", self.seq_len)?;
+        positive("embed_dim", self.embed_dim)?;
+        positive("hidden", self.hidden)?;
+        positive("layers", self.layers)?;
+        positive("sample_length", self.sample_length)?;
+        if self.corpus.trim().is_empty() {
+            return Err(Error::invalid("corpus", "must name a corpus or a file"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::invalid("dropout", "must be in [0, 1)"));
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            return Err(Error::invalid("val_fraction", "must be in (0, 1)"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid("lr", "must be > 0"));
+        }
+        for (key, v) in [
+            ("momentum", self.momentum),
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+            ("rms_decay", self.rms_decay),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::invalid(key, "must be in [0, 1)"));
+            }
+        }
+        if !(self.lr_decay > 0.0 && self.lr_decay <= 1.0) {
+            return Err(Error::invalid("lr_decay", "must be in (0, 1]"));
+        }
+        for (key, v) in [
+            ("eps", self.eps),
+            ("weight_decay", self.weight_decay),
+            ("lr_decay_after", self.lr_decay_after),
+            ("min_lr", self.min_lr),
+            ("grad_clip", self.grad_clip),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::invalid(key, "must be a finite number >= 0"));
+            }
+        }
+        if !(self.sample_temperature > 0.0 && self.sample_temperature.is_finite()) {
+            return Err(Error::invalid("sample_temperature", "must be > 0"));
+        }
+        if self.max_steps == Some(0) {
+            return Err(Error::invalid("max_steps", "must be at least 1"));
+        }
+        if let Some(e) = self.epochs {
+            if !(e > 0.0 && e.is_finite()) {
+                return Err(Error::invalid("epochs", "must be > 0"));
+            }
+        }
+        if self.max_steps.is_none() && self.epochs.is_none() {
+            return Err(Error::invalid(
+                "max_steps",
+                "set `max_steps` or `epochs` (or both)",
+            ));
+        }
+        positive("log_every", self.log_every as usize)?;
+        positive("eval_every", self.eval_every as usize)?;
+        if self.threads == Some(0) {
+            return Err(Error::invalid("threads", "must be at least 1"));
+        }
+        crate::device::parse(&self.device)?;
+        for pair in &self.clean.brackets {
+            if pair[0].is_empty() || pair[1].is_empty() {
+                return Err(Error::invalid(
+                    "clean.brackets",
+                    "delimiters must not be empty",
+                ));
+            }
+        }
+        if self.clean.max_chars == Some(0) {
+            return Err(Error::invalid("clean.max_chars", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// A TOML error as one line: `line L, column C: what` (toml's own message spans several lines).
+pub fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let what = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {col}: {what}")
+        }
+        None => what,
+    }
+}

@@ -1,0 +1,85 @@
+//! The library's error type: every failure a user or the file system can cause is a variant that
+//! names the file, key or byte it is about, so the command edge can print one clear line.
+
+use std::path::{Path, PathBuf};
+
+/// Errors of the charlab library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error, with the path it happened on.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TOML file that does not parse or does not fit the schema.
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    /// A value that parses but is out of range (key and reason).
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    /// A corpus that is not valid UTF-8.
+    #[error("{path}: not valid UTF-8 at byte offset {offset}")]
+    Utf8 { path: PathBuf, offset: usize },
+    /// A corpus problem (missing, empty, too small, failed fetch or checksum).
+    #[error("corpus: {0}")]
+    Corpus(String),
+    /// A checkpoint or run directory that cannot be used.
+    #[error("{path}: {message}")]
+    Run { path: PathBuf, message: String },
+    /// A device that was asked for but is not available.
+    #[error("device: {0}")]
+    Device(String),
+    /// Text given to the sampler that the model cannot take.
+    #[error("sample: {0}")]
+    Sample(String),
+    /// An error from the tensor library.
+    #[error("tensor: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias for the library.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// A value out of range for `key`.
+    pub fn invalid(key: &str, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// True for errors caused by what the user gave (exit code 2 at the command edge).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Config { .. }
+                | Error::Invalid { .. }
+                | Error::Utf8 { .. }
+                | Error::Corpus(_)
+                | Error::Device(_)
+                | Error::Sample(_)
+        )
+    }
+}
+
+/// Adds the path to an `io::Result`.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

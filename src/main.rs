@@ -1,0 +1,177 @@
+//! The `charlab` command: parses the command line and dispatches to the library.
+
+use anyhow::Context;
+use charlab::config::RunConfig;
+use charlab::sample::{SampleOptions, Sampling};
+use charlab::train::{Progress, RunStatus, TrainOptions};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "charlab",
+    version,
+    about = "Char-LSTM language models: train, sweep, compare, sample — all visible in TensorBoard"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch (named corpora), clean and encode a corpus, and print what cleaning did.
+    Prepare {
+        /// A named corpus (hongloumeng, shakespeare) or a text file.
+        #[arg(long, default_value = "hongloumeng")]
+        corpus: String,
+        /// A run config whose `[clean]` table to use (default: the default cleaning).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Train one run into a run directory.
+    Train {
+        /// The run's hyperparameters (TOML; see README). Defaults apply to missing keys.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The run directory (event file, checkpoints, config.toml, vocab.json, run.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue from the run directory's last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Override the config's device: auto, cpu, cuda, cuda:N.
+        #[arg(long)]
+        device: Option<String>,
+        /// Plain log lines instead of a progress bar.
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Generate text from a trained run.
+    Sample {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Which checkpoint: best or last.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// Text to start from (every char must be in the run's vocabulary).
+        #[arg(long, default_value = "\n")]
+        prime: String,
+        /// Chars to generate.
+        #[arg(long, default_value_t = 400)]
+        length: usize,
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Sample among the K most likely chars only.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Always take the most likely char.
+        #[arg(long)]
+        argmax: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Prepare { corpus, config } => {
+            let clean = match &config {
+                Some(p) => RunConfig::load(p)?.clean,
+                None => Default::default(),
+            };
+            let dir = charlab::corpus::data_dir();
+            let p = charlab::corpus::prepare(&corpus, &clean, &dir, &mut |m| eprintln!("{m}"))
+                .with_context(|| format!("preparing corpus `{corpus}`"))?;
+            println!("corpus: {}", p.source.display());
+            println!("{}", p.report);
+            println!(
+                "vocab: {} chars (ln V = {:.3}){}",
+                p.vocab.len(),
+                (p.vocab.len() as f64).ln(),
+                if p.cached { " [cached]" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train {
+            config,
+            out,
+            resume,
+            device,
+            plain,
+        } => {
+            let mut cfg = match &config {
+                Some(p) => RunConfig::load(p)?,
+                None => RunConfig::default(),
+            };
+            if let Some(d) = device {
+                cfg.device = d;
+            }
+            let opts = TrainOptions {
+                resume,
+                progress: if plain {
+                    Progress::Lines
+                } else {
+                    Progress::Auto
+                },
+                ..Default::default()
+            };
+            let result = charlab::train::train(&cfg, &out, &opts)?;
+            Ok(match result.status {
+                RunStatus::Completed => ExitCode::SUCCESS,
+                _ => {
+                    eprintln!(
+                        "run {}: {}",
+                        result.status,
+                        result.record.message.unwrap_or_default()
+                    );
+                    ExitCode::from(1)
+                }
+            })
+        }
+        Command::Sample {
+            run,
+            checkpoint,
+            prime,
+            length,
+            temperature,
+            top_k,
+            argmax,
+            seed,
+        } => {
+            let opts = SampleOptions {
+                checkpoint,
+                prime,
+                length,
+                sampling: Sampling {
+                    temperature,
+                    top_k,
+                    argmax,
+                },
+                seed,
+            };
+            let text = charlab::sample::sample(&run, &opts)?;
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the outermost context, then each cause.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", msg.join(": "));
+            let user = e.chain().any(|c| {
+                c.downcast_ref::<charlab::Error>()
+                    .is_some_and(|e| e.is_user_error())
+            });
+            ExitCode::from(if user { 2 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Optimizers (the CS231N notes' update rules), the learning-rate schedule and global-norm
+//! clipping. Updates run in place on the parameter's storage through a candle `InplaceOp2`:
+//! candle_nn's AdamW builds about a dozen temporary tensors per parameter per step, which costs
+//! more than the model's own matmuls on small models. The update maths is one scalar kernel,
+//! [`update`]; off the CPU the same kernel runs on a host copy.
+
+use crate::config::{OptimizerKind, RunConfig, Schedule};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// Optimizer hyperparameters besides the learning rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Hyper {
+    pub kind: OptimizerKind,
+    pub momentum: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub rms_decay: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Hyper {
+    pub fn from_config(c: &RunConfig) -> Self {
+        Hyper {
+            kind: c.optimizer,
+            momentum: c.momentum as f32,
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            rms_decay: c.rms_decay as f32,
+            eps: c.eps as f32,
+            weight_decay: c.weight_decay as f32,
+        }
+    }
+
+    /// State vectors per parameter (velocity, caches, moments).
+    fn slots(&self) -> usize {
+        match self.kind {
+            OptimizerKind::Sgd => 0,
+            OptimizerKind::Momentum
+            | OptimizerKind::Nesterov
+            | OptimizerKind::Adagrad
+            | OptimizerKind::Rmsprop => 1,
+            OptimizerKind::Adam | OptimizerKind::Adamw => 2,
+        }
+    }
+}
+
+/// One step's scalars for [`update`].
+#[derive(Debug, Clone, Copy)]
+struct StepScalars {
+    lr: f32,
+    /// Multiplies the raw gradient (global-norm clipping).
+    grad_scale: f32,
+    /// Adam's bias corrections 1 − β^t.
+    bc1: f32,
+    bc2: f32,
+}
+
+/// The update rules, on one parameter's data. `s0`, `s1` are its state slots.
+fn update(h: &Hyper, k: StepScalars, p: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mut [f32]) {
+    let (lr, wd) = (k.lr, h.weight_decay);
+    // L2 penalty as part of the gradient, except for AdamW whose decay is decoupled.
+    let l2 = if h.kind == OptimizerKind::Adamw {
+        0.0
+    } else {
+        wd
+    };
+    let grad = |i: usize, p: f32| g[i] * k.grad_scale + l2 * p;
+    match h.kind {
+        OptimizerKind::Sgd => {
+            for i in 0..p.len() {
+                p[i] -= lr * grad(i, p[i]);
+            }
+        }
+        OptimizerKind::Momentum => {
+            for i in 0..p.len() {
+                s0[i] = h.momentum * s0[i] - lr * grad(i, p[i]);
+                p[i] += s0[i];
+            }
+        }
+        OptimizerKind::Nesterov => {
+            for i in 0..p.len() {
+                let v_prev = s0[i];
+                s0[i] = h.momentum * s0[i] - lr * grad(i, p[i]);
+                p[i] += -h.momentum * v_prev + (1.0 + h.momentum) * s0[i];
+            }
+        }
+        OptimizerKind::Adagrad => {
+            for i in 0..p.len() {
+                let d = grad(i, p[i]);
+                s0[i] += d * d;
+                p[i] -= lr * d / (s0[i].sqrt() + h.eps);
+            }
+        }
+        OptimizerKind::Rmsprop => {
+            for i in 0..p.len() {
+                let d = grad(i, p[i]);
+                s0[i] = h.rms_decay * s0[i] + (1.0 - h.rms_decay) * d * d;
+                p[i] -= lr * d / (s0[i].sqrt() + h.eps);
+            }
+        }
+        OptimizerKind::Adam | OptimizerKind::Adamw => {
+            let decay = if h.kind == OptimizerKind::Adamw {
+                1.0 - lr * wd
+            } else {
+                1.0
+            };
+            for i in 0..p.len() {
+                let d = grad(i, p[i]);
+                s0[i] = h.beta1 * s0[i] + (1.0 - h.beta1) * d;
+                s1[i] = h.beta2 * s1[i] + (1.0 - h.beta2) * d * d;
+                let m = s0[i] / k.bc1;
+                let v = s1[i] / k.bc2;
+                p[i] = p[i] * decay - lr * m / (v.sqrt() + h.eps);
+            }
+        }
+    }
+}
+
+struct InPlace<'a> {
+    hyper: &'a Hyper,
+    k: StepScalars,
+    state: RefCell<&'a mut [Vec<f32>; 2]>,
+}
+
+impl InplaceOp2 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "optimizer-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("optimizer: non-contiguous parameter or gradient");
+        };
+        let p = match s1 {
+            CpuStorage::F32(v) => &mut v[a..b],
+            _ => candle_core::bail!("optimizer: parameters must be f32"),
+        };
+        let g = &s2.as_slice::<f32>()?[c..d];
+        let mut st = self.state.borrow_mut();
+        let [s0, s1] = &mut **st;
+        update(self.hyper, self.k, p, g, s0, s1);
+        Ok(())
+    }
+}
+
+/// An optimizer over a fixed list of parameters.
+pub struct Optimizer {
+    pub hyper: Hyper,
+    /// Steps taken (Adam's t).
+    pub t: u64,
+    state: Vec<[Vec<f32>; 2]>,
+}
+
+impl Optimizer {
+    /// A fresh optimizer for parameters with these element counts.
+    pub fn new(hyper: Hyper, sizes: &[usize]) -> Self {
+        let slots = hyper.slots();
+        let state = sizes
+            .iter()
+            .map(|&n| {
+                [
+                    vec![0.0; if slots >= 1 { n } else { 0 }],
+                    vec![0.0; if slots >= 2 { n } else { 0 }],
+                ]
+            })
+            .collect();
+        Optimizer { hyper, t: 0, state }
+    }
+
+    /// Applies one update to `params` with their `grads` (same order), scaling the gradients by
+    /// `grad_scale` (clipping) on the way.
+    pub fn step(
+        &mut self,
+        params: &[&Var],
+        grads: &[Tensor],
+        lr: f64,
+        grad_scale: f32,
+    ) -> Result<()> {
+        self.t += 1;
+        let t = self.t as i32;
+        let k = StepScalars {
+            lr: lr as f32,
+            grad_scale,
+            bc1: 1.0 - self.hyper.beta1.powi(t),
+            bc2: 1.0 - self.hyper.beta2.powi(t),
+        };
+        for ((var, grad), state) in params.iter().zip(grads).zip(self.state.iter_mut()) {
+            let grad = grad.contiguous()?;
+            if var.device().is_cpu() {
+                let op = InPlace {
+                    hyper: &self.hyper,
+                    k,
+                    state: RefCell::new(state),
+                };
+                var.as_tensor().inplace_op2(&grad, &op)?;
+            } else {
+                let mut p = var.flatten_all()?.to_vec1::<f32>()?;
+                let g = grad.flatten_all()?.to_vec1::<f32>()?;
+                let [s0, s1] = state;
+                update(&self.hyper, k, &mut p, &g, s0, s1);
+                var.set(&Tensor::from_vec(p, var.shape(), var.device())?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The state as named tensors (for checkpoints), keyed `optim/<index>/<slot>`.
+    pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (i, slots) in self.state.iter().enumerate() {
+            for (j, s) in slots.iter().enumerate() {
+                if !s.is_empty() {
+                    out.insert(
+                        format!("optim/{i}/{j}"),
+                        Tensor::from_slice(s, s.len(), &candle_core::Device::Cpu)?,
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores the state saved by [`Optimizer::tensors`].
+    pub fn load(&mut self, t: u64, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        self.t = t;
+        for (i, slots) in self.state.iter_mut().enumerate() {
+            for (j, s) in slots.iter_mut().enumerate() {
+                if s.is_empty() {
+                    continue;
+                }
+                let key = format!("optim/{i}/{j}");
+                let v = tensors
+                    .get(&key)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {key}")))?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                if v.len() != s.len() {
+                    candle_core::bail!(
+                        "checkpoint's {key} has {} values, expected {}",
+                        v.len(),
+                        s.len()
+                    );
+                }
+                *s = v;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The global L2 norm of the gradients.
+pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
+    let mut sq = 0f64;
+    for g in grads {
+        sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    }
+    Ok(sq.sqrt())
+}
+
+/// The learning rate at `step` (0-based) in `epoch` (fractional), for a run of `total` steps.
+pub fn lr_at(cfg: &RunConfig, step: u64, epoch: f64, total: u64) -> f64 {
+    match cfg.lr_schedule {
+        Schedule::None => cfg.lr,
+        Schedule::Exponential => {
+            let decays = (epoch.floor() - cfg.lr_decay_after + 1.0).max(0.0);
+            cfg.lr * cfg.lr_decay.powf(decays)
+        }
+        Schedule::Cosine => {
+            let frac = (step as f64 / total.max(1) as f64).min(1.0);
+            cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + (std::f64::consts::PI * frac).cos())
+        }
+    }
+}

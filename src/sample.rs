@@ -1,0 +1,148 @@
+//! Stage 5: text from a trained run. A run directory is self-contained (config.toml, vocab.json,
+//! checkpoints), so sampling needs neither the corpus nor the sweep that made it.
+
+use crate::checkpoint;
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::model::{CharRnn, Dims};
+use crate::rng::Rng;
+use crate::vocab::Vocab;
+use candle_core::{Device, Tensor};
+use std::path::Path;
+
+/// How the next char is picked from the model's distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Divides the logits: < 1 sharper and more conservative, > 1 more random.
+    pub temperature: f64,
+    /// Sample only among the K most likely chars.
+    pub top_k: Option<usize>,
+    /// Always take the most likely char (deterministic, tends to loop).
+    pub argmax: bool,
+}
+
+/// Options of `charlab sample`.
+#[derive(Debug, Clone)]
+pub struct SampleOptions {
+    /// `best` or `last`.
+    pub checkpoint: String,
+    pub prime: String,
+    pub length: usize,
+    pub sampling: Sampling,
+    pub seed: u64,
+}
+
+/// Feeds `prime` through the model, then draws `length` chars; returns prime + drawn ids.
+pub fn generate(
+    model: &CharRnn,
+    prime: &[u32],
+    length: usize,
+    how: &Sampling,
+    rng: &mut Rng,
+) -> Result<Vec<u32>> {
+    if prime.is_empty() {
+        return Err(Error::Sample("the prime text is empty".into()));
+    }
+    let device = model.device();
+    let mut state = model.zero_state(1)?;
+    let mut out = prime.to_vec();
+    let mut input = Tensor::from_slice(prime, (1, prime.len()), device)?;
+    for _ in 0..length {
+        let fwd = model.forward(&input, &state, None)?;
+        state = fwd.state;
+        let rows = fwd.logits.dim(0)?;
+        let logits = fwd.logits.get(rows - 1)?.to_vec1::<f32>()?;
+        let next = pick(&logits, how, rng);
+        out.push(next);
+        input = Tensor::from_slice(&[next], (1, 1), device)?;
+    }
+    Ok(out)
+}
+
+/// Picks an id from logits.
+fn pick(logits: &[f32], how: &Sampling, rng: &mut Rng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            })
+            .0 as u32
+    };
+    if how.argmax {
+        return argmax();
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    if let Some(k) = how.top_k.filter(|&k| k > 0 && k < logits.len()) {
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        order.truncate(k);
+    }
+    let max = order
+        .iter()
+        .map(|&i| logits[i] as f64)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - max) / how.temperature).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    if !(total.is_finite() && total > 0.0) {
+        return argmax();
+    }
+    let mut r = rng.uniform_f64() * total;
+    for (&i, &w) in order.iter().zip(&weights) {
+        r -= w;
+        if r < 0.0 {
+            return i as u32;
+        }
+    }
+    order[order.len() - 1] as u32
+}
+
+/// Loads a run directory's model and vocabulary from checkpoint `which` (`best` or `last`).
+pub fn load_run(run: &Path, which: &str, device: &Device) -> Result<(CharRnn, Vocab, RunConfig)> {
+    if which != "best" && which != "last" {
+        return Err(Error::invalid("--checkpoint", "expected `best` or `last`"));
+    }
+    let cfg = RunConfig::load(&run.join("config.toml"))?;
+    let vocab = Vocab::load(&run.join("vocab.json"))?;
+    let path = checkpoint::path(run, which);
+    if !path.exists() {
+        return Err(Error::Run {
+            path,
+            message: "no such checkpoint (has the run reached its first evaluation?)".into(),
+        });
+    }
+    let (tensors, _) = checkpoint::load(&path, device)?;
+    let dims = Dims {
+        vocab: vocab.len(),
+        embed_dim: cfg.embed_dim,
+        hidden: cfg.hidden,
+        layers: cfg.layers,
+    };
+    let model = CharRnn::new(dims, cfg.seed, device)?;
+    model.load(&tensors)?;
+    Ok((model, vocab, cfg))
+}
+
+/// `charlab sample`: text from a run directory.
+pub fn sample(run: &Path, opts: &SampleOptions) -> Result<String> {
+    if !(opts.sampling.temperature > 0.0 && opts.sampling.temperature.is_finite()) {
+        return Err(Error::invalid("--temperature", "must be > 0"));
+    }
+    let (model, vocab, _) = load_run(run, &opts.checkpoint, &Device::Cpu)?;
+    let prime = vocab.encode(&opts.prime).map_err(|e| {
+        Error::Sample(format!(
+            "--prime: {}",
+            e.to_string().trim_start_matches("sample: ")
+        ))
+    })?;
+    let mut rng = Rng::new(opts.seed, 4);
+    let ids = generate(&model, &prime, opts.length, &opts.sampling, &mut rng)?;
+    Ok(vocab.decode(&ids))
+}

@@ -188,7 +188,10 @@ impl RunConfig {
             path: path.to_path_buf(),
             message: toml_message(&e, text),
         })?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         Ok(cfg)
     }
 
@@ -293,7 +296,8 @@ pub fn toml_message(e: &toml::de::Error, text: &str) -> String {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {col}: {what}")
+            let source = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}, column {col} (`{source}`): {what}")
         }
         None => what,
     }

@@ -59,6 +59,8 @@ struct StepScalars {
 }
 
 /// The update rules, on one parameter's data. `s0`, `s1` are its state slots.
+// Indexing keeps each rule readable as the formula it implements, across four slices.
+#[allow(clippy::needless_range_loop)]
 fn update(h: &Hyper, k: StepScalars, p: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mut [f32]) {
     let (lr, wd) = (k.lr, h.weight_decay);
     // L2 penalty as part of the gradient, except for AdamW whose decay is decoupled.

@@ -410,3 +410,77 @@ impl Drop for EventWriter {
         let _ = self.records.flush();
     }
 }
+
+/// Scalar series of a run directory as TensorBoard would show them: every event file in `dir`
+/// read in name order, with a `SessionLog START` at step N dropping earlier points at steps ≥ N.
+/// A record cut off at the end of a file (a writer killed mid-write) is ignored, as TensorBoard
+/// does.
+pub fn read_scalars(dir: &Path) -> Result<std::collections::BTreeMap<String, Vec<(u64, f64)>>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .at(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents."))
+        })
+        .collect();
+    files.sort();
+    let mut series: std::collections::BTreeMap<String, Vec<(u64, f64)>> = Default::default();
+    for file in files {
+        let bytes = std::fs::read(&file).at(&file)?;
+        for record in records(&bytes) {
+            let Ok(ev) = Event::parse_from_bytes(record) else {
+                continue;
+            };
+            let step = ev.get_step().max(0) as u64;
+            if ev.has_session_log()
+                && ev.get_session_log().get_status() == SessionLog_SessionStatus::START
+            {
+                for points in series.values_mut() {
+                    points.retain(|(s, _)| *s < step);
+                }
+            }
+            if ev.has_summary() {
+                for v in ev.get_summary().get_value() {
+                    if v.has_simple_value() {
+                        series
+                            .entry(v.get_tag().to_string())
+                            .or_default()
+                            .push((step, v.get_simple_value() as f64));
+                    }
+                }
+            }
+        }
+    }
+    Ok(series)
+}
+
+/// The payloads of the complete, CRC-valid TFRecords in `bytes`.
+fn records(bytes: &[u8]) -> Vec<&[u8]> {
+    use tensorboard_rs::masked_crc32c::masked_crc32c;
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while let Some(header) = bytes.get(at..at + 12) {
+        let len_bytes: [u8; 8] = header[..8].try_into().unwrap_or_default();
+        let len = u64::from_le_bytes(len_bytes);
+        let len_crc = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
+        if masked_crc32c(&len_bytes) != len_crc {
+            break;
+        }
+        let Some(end) = usize::try_from(len)
+            .ok()
+            .and_then(|l| (at + 12).checked_add(l))
+        else {
+            break;
+        };
+        let (Some(data), Some(crc)) = (bytes.get(at + 12..end), bytes.get(end..end + 4)) else {
+            break;
+        };
+        if masked_crc32c(data) != u32::from_le_bytes(crc.try_into().unwrap_or_default()) {
+            break;
+        }
+        out.push(data);
+        at = end + 4;
+    }
+    out
+}

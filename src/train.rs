@@ -171,11 +171,26 @@ fn run_error(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// The run's hyperparameters as HParams values: every scalar key of the config.
+/// Config keys that are about observing a run, not about the model: left out of HParams.
+const OBSERVATION_KEYS: &[&str] = &[
+    "device",
+    "threads",
+    "log_every",
+    "eval_every",
+    "histogram_every",
+    "sample_length",
+    "sample_temperature",
+];
+
+/// The run's hyperparameters as HParams values: every scalar key of the config except the
+/// observation keys.
 pub fn hparam_values(cfg: &RunConfig) -> Vec<(String, HValue)> {
     let mut out = Vec::new();
     if let Ok(toml::Value::Table(t)) = toml::Value::try_from(cfg) {
         for (k, v) in t {
+            if OBSERVATION_KEYS.contains(&k.as_str()) {
+                continue;
+            }
             let hv = match v {
                 toml::Value::Integer(i) => HValue::Num(i as f64),
                 toml::Value::Float(f) => HValue::Num(f),
@@ -288,7 +303,7 @@ impl Reporter {
             None => {
                 // Plain output stays readable in logs: about 20 lines per run.
                 let every = (total / 20).max(1);
-                if step % every == 0 || step == total {
+                if step.is_multiple_of(every) || step == total {
                     log_line(
                         self.progress,
                         &format!("step {step}/{total}  loss {loss:.4}  {tps:.0} chars/s"),
@@ -501,7 +516,8 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         let fwd = model.forward(&x, &state, Some((cfg.dropout, &mut rng)))?;
         let (loss, acc) = model::loss_and_accuracy(&fwd.logits, &y)?;
         let loss_v = loss.to_scalar::<f32>()? as f64;
-        if !loss_v.is_finite() {
+        // A uniform guess costs ln V; ten times that is no longer training.
+        if !loss_v.is_finite() || loss_v > 10.0 * record.ln_vocab.max(1.0) {
             status = RunStatus::Diverged;
             record.message = Some(format!("loss became {loss_v} at step {}", cursor.step + 1));
             reporter.line(&format!(
@@ -536,7 +552,9 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
             1.0
         };
         let next_step = cursor.step + 1;
-        if cfg.histogram_every > 0 && (next_step % cfg.histogram_every == 0 || next_step == 1) {
+        if cfg.histogram_every > 0
+            && (next_step.is_multiple_of(cfg.histogram_every) || next_step == 1)
+        {
             for ((name, var), g) in model.params().iter().zip(&grads) {
                 events.histogram(
                     &format!("weights/{name}"),
@@ -567,7 +585,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         n_logged += 1;
         train_secs += step_start.elapsed().as_secs_f64();
 
-        if cursor.step % cfg.log_every == 0 || cursor.step == total_steps {
+        if cursor.step.is_multiple_of(cfg.log_every) || cursor.step == total_steps {
             let tps = interval_tokens as f64 / interval_start.elapsed().as_secs_f64().max(1e-9);
             last_train_loss = sum_loss / n_logged as f64;
             events.scalar("train/loss", cursor.step, last_train_loss)?;
@@ -586,7 +604,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
             interval_start = Instant::now();
         }
 
-        if cursor.step % cfg.eval_every == 0 || cursor.step == total_steps {
+        if cursor.step.is_multiple_of(cfg.eval_every) || cursor.step == total_steps {
             let (val_loss, val_acc) = evaluate(&model, &val_split)?;
             let metrics = Metrics {
                 step: cursor.step,
@@ -642,12 +660,13 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
     if status != RunStatus::Interrupted {
         record.steps = cursor.step;
     }
-    let session = match status {
-        RunStatus::Completed => SessionStatus::Success,
-        RunStatus::Interrupted | RunStatus::Running => SessionStatus::Running,
-        _ => SessionStatus::Failure,
-    };
-    events.session_end(session)?;
+    // TensorBoard keeps the first `session_end_info` it reads for a run, so a run that will be
+    // resumed writes none: its end is written once, by the invocation that ends it.
+    match status {
+        RunStatus::Completed => events.session_end(SessionStatus::Success)?,
+        RunStatus::Diverged | RunStatus::Failed => events.session_end(SessionStatus::Failure)?,
+        RunStatus::Interrupted | RunStatus::Running => {}
+    }
     events.sync()?;
     write_record(&record)?;
     if let Some(m) = record.final_metrics {

@@ -166,6 +166,13 @@ impl CharRnn {
     ) -> Result<Forward> {
         let (b, t) = x.dims2()?;
         let (e, h) = (self.dims.embed_dim, self.dims.hidden);
+        if state.len() != self.dims.layers {
+            candle_core::bail!(
+                "state has {} layers, the model {}",
+                state.len(),
+                self.dims.layers
+            );
+        }
         let emb = self
             .get("Embedding/weight")?
             .index_select(&x.flatten_all()?, 0)?;
@@ -173,13 +180,12 @@ impl CharRnn {
         let mut in_dim = e;
         let mut new_state = Vec::with_capacity(self.dims.layers);
         let mut dropout = dropout.filter(|(p, _)| *p > 0.0);
-        for layer in 0..self.dims.layers {
+        for (layer, (h0, c0)) in state.iter().enumerate().take(self.dims.layers) {
             let [w_ih, w_hh, bias] = layer_names(layer);
             let xproj = input
                 .matmul(&self.get(&w_ih)?.t()?)?
                 .broadcast_add(self.get(&bias)?)?
                 .reshape((b, t, 4 * h))?;
-            let (h0, c0) = &state[layer];
             let out = match self.lstm {
                 LstmImpl::Fused => lstm::fused(&xproj, self.get(&w_hh)?, h0, c0)?,
                 LstmImpl::Reference => lstm::reference(&xproj, self.get(&w_hh)?, h0, c0)?,

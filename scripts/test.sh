@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: makes the Python venv with TensorBoard's reader (the tests check charlab's
+# event files with it), then runs the whole test suite. Works on a fresh machine with cargo and
+# python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=.venv-tb
+if ! "$venv/bin/python" -c "import tensorboard" >/dev/null 2>&1; then
+  echo "setting up $venv (pip install tensorboard)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check tensorboard
+fi
+export CHARLAB_TB_PYTHON="$PWD/$venv/bin/python"
+
+cargo test --locked "$@"

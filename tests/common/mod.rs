@@ -1,0 +1,95 @@
+//! Shared test helpers: a noisy fixture corpus written by the tests themselves, a tiny run
+//! config, and the path of TensorBoard's Python reader.
+#![allow(dead_code)]
+
+use charlab::config::RunConfig;
+use charlab::train::{Progress, TrainOptions};
+use std::path::{Path, PathBuf};
+
+/// A small novel-like text with the noise charlab cleans: CRLF, blank-line runs, `【…】`
+/// commentary, `[…]` and `<…>` junk, full-width and ASCII spaces, trailing `……`.
+pub fn noisy_corpus() -> String {
+    let mut s = String::from("网站目录\r\n\r\n章节目录\r\n");
+    let lines = [
+        "第一回　甄士隐梦幻识通灵【甲戌侧批：此回中凡用梦用幻等字】",
+        "  宝玉笑道：我送妹妹一妙字……",
+        "[网站名 www.example.com]黛玉听了，便不言语。",
+        "<a href=\"x\">点此阅读</a>凤姐儿笑道：你们来了。",
+        "",
+        "　　却说那僧道二人，携了玉石，往太虚幻境去了……",
+    ];
+    for i in 0..40 {
+        for l in lines {
+            s.push_str(l);
+            s.push_str("\r\n");
+        }
+        s.push_str(&format!("第{i}回完\r\n\r\n\r\n"));
+    }
+    s
+}
+
+/// Writes the fixture corpus into `dir` and returns its path.
+pub fn write_corpus(dir: &Path) -> PathBuf {
+    let p = dir.join("novel.txt");
+    std::fs::write(&p, noisy_corpus()).expect("write fixture corpus");
+    p
+}
+
+/// A tiny model that trains in well under a second per few dozen steps.
+pub fn tiny_config(corpus: &Path) -> RunConfig {
+    RunConfig {
+        corpus: corpus.to_string_lossy().into_owned(),
+        batch_size: 4,
+        seq_len: 16,
+        embed_dim: 16,
+        hidden: 32,
+        layers: 2,
+        max_steps: Some(20),
+        eval_every: 10,
+        log_every: 1,
+        histogram_every: 10,
+        sample_length: 40,
+        val_fraction: 0.1,
+        device: "cpu".into(),
+        ..RunConfig::default()
+    }
+}
+
+/// Options for tests: quiet, caches under `dir`.
+pub fn quiet(dir: &Path) -> TrainOptions {
+    TrainOptions {
+        progress: Progress::Quiet,
+        data_dir: dir.join("data"),
+        ..TrainOptions::default()
+    }
+}
+
+/// The Python interpreter that has the `tensorboard` package (`$CHARLAB_TB_PYTHON`, else the
+/// repository's `.venv-tb`, which scripts/test.sh creates).
+pub fn tb_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHARLAB_TB_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tb/bin/python");
+    assert!(
+        p.exists(),
+        "TensorBoard's reader is needed: run scripts/test.sh (it creates .venv-tb) or set CHARLAB_TB_PYTHON"
+    );
+    p
+}
+
+/// Runs tests/tb_read.py on a run directory and returns its JSON report.
+pub fn tb_read(run_dir: &Path) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tb_read.py");
+    let out = std::process::Command::new(tb_python())
+        .arg(script)
+        .arg(run_dir)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "tb_read.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("tb_read.py prints JSON")
+}

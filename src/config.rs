@@ -120,6 +120,8 @@ pub struct RunConfig {
     pub max_steps: Option<u64>,
     /// Stop after this many passes over the training split.
     pub epochs: Option<f64>,
+    /// Stop when val/loss has not improved for this many evaluations (unset = never).
+    pub patience: Option<u32>,
     /// Steps between train-scalar points (averaged over the interval).
     pub log_every: u64,
     /// Steps between evaluations on the whole validation split (and checkpoints, samples).
@@ -163,6 +165,7 @@ impl Default for RunConfig {
             grad_clip: 5.0,
             max_steps: Some(1000),
             epochs: None,
+            patience: None,
             log_every: 10,
             eval_every: 100,
             histogram_every: 100,
@@ -266,6 +269,9 @@ impl RunConfig {
                 "max_steps",
                 "set `max_steps` or `epochs` (or both)",
             ));
+        }
+        if self.patience == Some(0) {
+            return Err(Error::invalid("patience", "must be at least 1"));
         }
         positive("log_every", self.log_every as usize)?;
         positive("eval_every", self.eval_every as usize)?;

@@ -17,6 +17,7 @@ pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod sample;
+pub mod signals;
 pub mod summary;
 pub mod train;
 pub mod vocab;

@@ -118,9 +118,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 ..Default::default()
             };
+            charlab::signals::install();
             let result = charlab::train::train(&cfg, &out, &opts)?;
             Ok(match result.status {
-                RunStatus::Completed => ExitCode::SUCCESS,
+                RunStatus::Completed | RunStatus::Pruned => ExitCode::SUCCESS,
+                RunStatus::Interrupted => {
+                    let sig = charlab::signals::requested().unwrap_or(2);
+                    eprintln!("interrupted: resume with --resume");
+                    ExitCode::from(charlab::signals::exit_code(sig))
+                }
                 _ => {
                     eprintln!(
                         "run {}: {}",

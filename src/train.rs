@@ -31,6 +31,18 @@ pub enum RunStatus {
     Diverged,
     Interrupted,
     Failed,
+    /// Stopped by a sweep's pruning rule (worse than its siblings at the same step).
+    Pruned,
+}
+
+impl RunStatus {
+    /// True for a status after which the run is not resumed.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Diverged | RunStatus::Pruned
+        )
+    }
 }
 
 impl std::fmt::Display for RunStatus {
@@ -49,6 +61,13 @@ pub struct Metrics {
     pub val_bpc: f64,
     /// Mean training loss over the last logging interval.
     pub train_loss: f64,
+}
+
+/// One evaluation's validation loss (the history sweeps prune on and `compare` reads).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub step: u64,
+    pub val_loss: f64,
 }
 
 /// The run record (`run.json`), rewritten atomically at start, at every evaluation and at the end.
@@ -71,8 +90,12 @@ pub struct RunRecord {
     /// The babysitting check: the first loss should be close to ln(vocab).
     pub first_loss: Option<f64>,
     pub ln_vocab: f64,
+    /// Mean train loss of the last logging interval (live progress).
+    pub last_train_loss: Option<f64>,
     pub final_metrics: Option<Metrics>,
     pub best_metrics: Option<Metrics>,
+    /// Every evaluation so far.
+    pub evals: Vec<EvalPoint>,
     pub tokens_per_s: f64,
     pub elapsed_secs: f64,
     pub message: Option<String>,
@@ -110,7 +133,7 @@ pub enum Progress {
 }
 
 /// Options that are about this invocation, not the run's hyperparameters.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TrainOptions {
     /// Continue from the run directory's last checkpoint.
     pub resume: bool,
@@ -122,6 +145,21 @@ pub struct TrainOptions {
     pub write_experiment: bool,
     /// Stop after this many steps in this invocation (tests use it to simulate an interruption).
     pub stop_after: Option<u64>,
+    /// HParams group name (a sweep gives the seeds of one configuration the same group).
+    pub group: Option<String>,
+    /// Asked at each evaluation with (step, val loss): true prunes the run (status `pruned`).
+    pub prune: Option<std::sync::Arc<dyn Fn(u64, f64) -> bool + Send + Sync>>,
+}
+
+impl std::fmt::Debug for TrainOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOptions")
+            .field("resume", &self.resume)
+            .field("progress", &self.progress)
+            .field("data_dir", &self.data_dir)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for TrainOptions {
@@ -133,6 +171,8 @@ impl Default for TrainOptions {
             lstm: LstmImpl::Fused,
             write_experiment: true,
             stop_after: None,
+            group: None,
+            prune: None,
         }
     }
 }
@@ -327,6 +367,311 @@ impl Reporter {
     }
 }
 
+/// Everything a run holds while it trains.
+struct Trainer<'a> {
+    cfg: &'a RunConfig,
+    opts: &'a TrainOptions,
+    out: PathBuf,
+    model: CharRnn,
+    optimizer: Optimizer,
+    vocab: Vocab,
+    train_split: Split,
+    val_split: Split,
+    device: Device,
+    cursor: Cursor,
+    state: State,
+    rng: Rng,
+    events: EventWriter,
+    record: RunRecord,
+    total_steps: u64,
+    windows: u64,
+    reporter: Reporter,
+    /// Train losses and accuracies since the last scalar point.
+    interval: (f64, f64, u64),
+    interval_start: Instant,
+    interval_tokens: u64,
+    /// Seconds spent training in this invocation.
+    train_secs: f64,
+    last_record_write: Instant,
+    evals_without_improvement: u32,
+}
+
+/// Why the loop stopped early.
+enum Stop {
+    Status(RunStatus, String),
+}
+
+impl Trainer<'_> {
+    fn epoch_f(&self) -> f64 {
+        self.cursor.epoch as f64 + self.cursor.window as f64 / self.windows as f64
+    }
+
+    fn write_record(&self) -> Result<()> {
+        crate::atomic::write(
+            &self.out.join("run.json"),
+            serde_json::to_string_pretty(&self.record)
+                .unwrap_or_default()
+                .as_bytes(),
+        )
+    }
+
+    /// One optimizer step. Returns a stop reason when the loss diverged.
+    fn step(&mut self) -> Result<Option<Stop>> {
+        let cfg = self.cfg;
+        let step_start = Instant::now();
+        let (x, y) = window_tensors(&self.train_split.window(self.cursor.window), &self.device)?;
+        let fwd = self
+            .model
+            .forward(&x, &self.state, Some((cfg.dropout, &mut self.rng)))?;
+        let (loss, acc) = model::loss_and_accuracy(&fwd.logits, &y)?;
+        let loss_v = loss.to_scalar::<f32>()? as f64;
+        let next_step = self.cursor.step + 1;
+        // A uniform guess costs ln V; ten times that is no longer training.
+        if !loss_v.is_finite() || loss_v > 10.0 * self.record.ln_vocab.max(1.0) {
+            let msg = format!("loss became {loss_v} at step {next_step}");
+            return Ok(Some(Stop::Status(RunStatus::Diverged, msg)));
+        }
+        if self.cursor.step == 0 {
+            self.record.first_loss = Some(loss_v);
+            self.reporter.line(&format!(
+                "step 1: loss {loss_v:.4}, ln(vocab) = {:.4} (a fresh model should start near it)",
+                self.record.ln_vocab
+            ));
+        }
+        let grads_store = loss.backward()?;
+        let params: Vec<&candle_core::Var> = self.model.params().iter().map(|(_, v)| v).collect();
+        let grads: Vec<Tensor> = params
+            .iter()
+            .map(|v| {
+                grads_store
+                    .get(v.as_tensor())
+                    .cloned()
+                    .map_or_else(|| v.zeros_like(), Ok)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let norm = optim::global_norm(&grads)?;
+        let lr = optim::lr_at(cfg, self.cursor.step, self.epoch_f(), self.total_steps);
+        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
+            (cfg.grad_clip / norm) as f32
+        } else {
+            1.0
+        };
+        if cfg.histogram_every > 0
+            && (next_step.is_multiple_of(cfg.histogram_every) || next_step == 1)
+        {
+            for ((name, var), g) in self.model.params().iter().zip(&grads) {
+                let w = var.flatten_all()?.to_vec1::<f32>()?;
+                self.events
+                    .histogram(&format!("weights/{name}"), next_step, &w)?;
+                let g = g.flatten_all()?.to_vec1::<f32>()?;
+                self.events
+                    .histogram(&format!("gradients/{name}"), next_step, &g)?;
+            }
+        }
+        self.optimizer.step(&params, &grads, lr, scale)?;
+
+        self.state = fwd.state;
+        self.cursor.window += 1;
+        if self.cursor.window as u64 >= self.windows {
+            self.cursor.window = 0;
+            self.cursor.epoch += 1;
+            self.state = self.model.zero_state(cfg.batch_size)?;
+        }
+        self.cursor.step = next_step;
+        let tokens = (cfg.batch_size * cfg.seq_len) as u64;
+        self.cursor.tokens += tokens;
+        self.interval_tokens += tokens;
+        self.interval.0 += loss_v;
+        self.interval.1 += acc as f64;
+        self.interval.2 += 1;
+        self.train_secs += step_start.elapsed().as_secs_f64();
+
+        if next_step.is_multiple_of(cfg.log_every) || next_step == self.total_steps {
+            self.log_scalars(lr, norm)?;
+        }
+        Ok(None)
+    }
+
+    fn log_scalars(&mut self, lr: f64, norm: f64) -> Result<()> {
+        let step = self.cursor.step;
+        let (loss_sum, acc_sum, n) = self.interval;
+        let tps = self.interval_tokens as f64 / self.interval_start.elapsed().as_secs_f64().max(1e-9);
+        let loss = loss_sum / n.max(1) as f64;
+        self.events.scalar("train/loss", step, loss)?;
+        self.events.scalar("train/accuracy", step, acc_sum / n.max(1) as f64)?;
+        self.events.scalar("train/bpc", step, loss / std::f64::consts::LN_2)?;
+        self.events.scalar("lr", step, lr)?;
+        self.events.scalar("grad_norm", step, norm)?;
+        self.events.scalar("throughput/chars_per_s", step, tps)?;
+        self.reporter.step(step, self.total_steps, loss, tps);
+        self.record.last_train_loss = Some(loss);
+        self.record.steps = step;
+        // run.json doubles as the live progress a sweep shows; a few writes a second at most.
+        if self.last_record_write.elapsed().as_secs_f64() >= 2.0 {
+            self.write_record()?;
+            self.last_record_write = Instant::now();
+        }
+        self.interval = (0.0, 0.0, 0);
+        self.interval_tokens = 0;
+        self.interval_start = Instant::now();
+        Ok(())
+    }
+
+    /// Evaluates, writes the sample and checkpoints. Returns a stop reason for early stopping
+    /// or pruning.
+    fn evaluate(&mut self) -> Result<Option<Stop>> {
+        let step = self.cursor.step;
+        let (val_loss, val_acc) = evaluate(&self.model, &self.val_split)?;
+        let metrics = Metrics {
+            step,
+            val_loss,
+            val_accuracy: val_acc,
+            val_bpc: val_loss / std::f64::consts::LN_2,
+            train_loss: self.record.last_train_loss.unwrap_or(f64::NAN),
+        };
+        self.events.scalar("val/loss", step, val_loss)?;
+        self.events.scalar("val/accuracy", step, val_acc)?;
+        self.events.scalar("val/bpc", step, metrics.val_bpc)?;
+        let text = eval_sample(&self.model, &self.vocab, &self.val_split, self.cfg, step)?;
+        self.events.text("samples/generated", step, &text)?;
+        self.reporter.line(&format!(
+            "step {step}: val loss {val_loss:.4}, bpc {:.3}, accuracy {val_acc:.3}",
+            metrics.val_bpc
+        ));
+        let improved = self.cursor.best_val_loss.is_none_or(|b| val_loss < b);
+        if improved {
+            self.cursor.best_val_loss = Some(val_loss);
+            self.cursor.best_step = Some(step);
+            self.record.best_metrics = Some(metrics);
+            self.evals_without_improvement = 0;
+        } else {
+            self.evals_without_improvement += 1;
+        }
+        self.record.final_metrics = Some(metrics);
+        self.record.evals.retain(|e| e.step < step);
+        self.record.evals.push(EvalPoint { step, val_loss });
+        self.checkpoint(improved)?;
+
+        if let Some(p) = self.cfg.patience {
+            if self.evals_without_improvement >= p {
+                let msg = format!("early stop: no val/loss improvement in {p} evaluations");
+                return Ok(Some(Stop::Status(RunStatus::Completed, msg)));
+            }
+        }
+        if let Some(prune) = &self.opts.prune {
+            if step < self.total_steps && prune(step, val_loss) {
+                let msg = format!("pruned at step {step} (val/loss {val_loss:.4})");
+                return Ok(Some(Stop::Status(RunStatus::Pruned, msg)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes `last` (and `best`) with the current cursor, and the run record.
+    fn checkpoint(&mut self, best: bool) -> Result<()> {
+        self.cursor.rng = self.rng.state();
+        self.cursor.elapsed_secs = self.record.elapsed_secs + self.train_secs;
+        // The events up to this step reach the disk before the checkpoint that a resume
+        // would start from, so a resume never loses points it will not rewrite.
+        self.events.sync()?;
+        let mut tensors = self.model.tensors();
+        tensors.extend(self.optimizer.tensors()?);
+        for (k, (h, c)) in self.state.iter().enumerate() {
+            tensors.insert(format!("state/layer_{k}/h"), h.clone());
+            tensors.insert(format!("state/layer_{k}/c"), c.clone());
+        }
+        checkpoint::save(&checkpoint::path(&self.out, "last"), &tensors, &self.cursor)?;
+        if best {
+            checkpoint::save(&checkpoint::path(&self.out, "best"), &tensors, &self.cursor)?;
+        }
+        self.record.steps = self.cursor.step;
+        self.record.epoch = self.epoch_f();
+        self.record.tokens_per_s = self.cursor.tokens as f64 / self.cursor.elapsed_secs.max(1e-9);
+        let mut snapshot = self.record.clone();
+        snapshot.elapsed_secs = self.cursor.elapsed_secs;
+        crate::atomic::write(
+            &self.out.join("run.json"),
+            serde_json::to_string_pretty(&snapshot)
+                .unwrap_or_default()
+                .as_bytes(),
+        )
+    }
+
+    fn run(&mut self) -> Result<RunStatus> {
+        let started_step = self.cursor.step;
+        while self.cursor.step < self.total_steps {
+            let signal = crate::signals::requested();
+            let budget_done = self
+                .opts
+                .stop_after
+                .is_some_and(|n| self.cursor.step - started_step >= n);
+            if signal.is_some() || budget_done {
+                let why = signal.map_or("step budget reached".to_string(), |s| {
+                    format!("stopped by {}", crate::signals::name(s))
+                });
+                self.reporter.line(&format!("{why}: checkpointing at step {}", self.cursor.step));
+                self.checkpoint(false)?;
+                self.record.message = Some(why);
+                return Ok(RunStatus::Interrupted);
+            }
+            let cfg = self.cfg;
+            let stop = match self.step()? {
+                Some(stop) => Some(stop),
+                None if self.cursor.step.is_multiple_of(cfg.eval_every)
+                    || self.cursor.step == self.total_steps =>
+                {
+                    self.evaluate()?
+                }
+                None => None,
+            };
+            if let Some(Stop::Status(status, msg)) = stop {
+                self.reporter.line(&msg);
+                self.record.message = Some(msg);
+                return Ok(status);
+            }
+        }
+        Ok(RunStatus::Completed)
+    }
+
+    fn finish(mut self, status: RunStatus) -> Result<RunResult> {
+        self.reporter.finish();
+        self.record.elapsed_secs += self.train_secs;
+        self.record.status = status;
+        self.record.ended = Some(now());
+        if status != RunStatus::Interrupted {
+            self.record.steps = self.cursor.step;
+        }
+        // TensorBoard keeps the first `session_end_info` it reads for a run, so a run that will be
+        // resumed writes none: its end is written once, by the invocation that ends it.
+        match status {
+            RunStatus::Completed | RunStatus::Pruned => {
+                self.events.session_end(SessionStatus::Success)?
+            }
+            RunStatus::Diverged | RunStatus::Failed => {
+                self.events.session_end(SessionStatus::Failure)?
+            }
+            RunStatus::Interrupted | RunStatus::Running => {}
+        }
+        self.events.sync()?;
+        self.write_record()?;
+        if let Some(m) = self.record.final_metrics {
+            let best = self.record.best_metrics.unwrap_or(m);
+            log_line(
+                self.opts.progress,
+                &format!(
+                    "{status}: {} steps, val loss {:.4} (best {:.4} at step {}), {:.0} chars/s",
+                    self.record.steps, m.val_loss, best.val_loss, best.step, self.record.tokens_per_s
+                ),
+            );
+        }
+        Ok(RunResult {
+            status,
+            record: self.record,
+            out: self.out,
+        })
+    }
+}
+
 /// Trains one run into `out`.
 pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResult> {
     cfg.validate()?;
@@ -350,7 +695,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
 
     let mut say = |m: &str| log_line(progress, m);
     let prepared = corpus::prepare(&cfg.corpus, &cfg.clean, &opts.data_dir, &mut say)?;
-    let vocab = &prepared.vocab;
+    let vocab = prepared.vocab.clone();
     let (train_split, val_split) =
         batch::split(&prepared.ids, cfg.val_fraction, cfg.batch_size, cfg.seq_len)?;
     let device = crate::device::open(&cfg.device, &mut say)?;
@@ -366,11 +711,12 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
     let mut optimizer = Optimizer::new(Hyper::from_config(cfg), &sizes);
 
     let windows = train_split.windows() as u64;
+    let by_epochs = |e: f64| ((e * windows as f64).ceil() as u64).max(1);
     let total_steps = match (cfg.max_steps, cfg.epochs) {
-        (Some(s), Some(e)) => s.min(((e * windows as f64).ceil() as u64).max(1)),
+        (Some(s), Some(e)) => s.min(by_epochs(e)),
         (Some(s), None) => s,
-        (None, Some(e)) => ((e * windows as f64).ceil() as u64).max(1),
-        (None, None) => unreachable!("validate() requires max_steps or epochs"),
+        (None, Some(e)) => by_epochs(e),
+        (None, None) => return Err(Error::invalid("max_steps", "set `max_steps` or `epochs`")),
     };
 
     let mut cursor = Cursor {
@@ -387,7 +733,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
     let mut previous: Option<RunRecord> = None;
     if opts.resume && last_ckpt.exists() {
         let saved_vocab = Vocab::load(&out.join("vocab.json"))?;
-        if &saved_vocab != vocab {
+        if saved_vocab != vocab {
             return Err(run_error(
                 out,
                 "cannot resume: the corpus's vocabulary differs from the run's vocab.json",
@@ -411,21 +757,15 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         previous = std::fs::read(&record_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        say(&format!(
-            "resuming {} from step {}",
-            out.display(),
-            cursor.step
-        ));
+        say(&format!("resuming {} from step {}", out.display(), cursor.step));
     }
     crate::atomic::write(&config_path, cfg.to_toml().as_bytes())?;
     vocab.save(&out.join("vocab.json"))?;
 
-    let mut record = RunRecord {
+    let prev = previous.as_ref();
+    let record = RunRecord {
         status: RunStatus::Running,
-        started: previous
-            .as_ref()
-            .map(|p| p.started.clone())
-            .unwrap_or_else(now),
+        started: prev.map(|p| p.started.clone()).unwrap_or_else(now),
         ended: None,
         charlab_version: env!("CARGO_PKG_VERSION").into(),
         candle_version: env!("CHARLAB_CANDLE_VERSION").into(),
@@ -446,23 +786,18 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         steps: cursor.step,
         total_steps,
         epoch: cursor.epoch as f64 + cursor.window as f64 / windows as f64,
-        first_loss: previous.as_ref().and_then(|p| p.first_loss),
+        first_loss: prev.and_then(|p| p.first_loss),
         ln_vocab: (vocab.len() as f64).ln(),
-        final_metrics: previous.as_ref().and_then(|p| p.final_metrics),
-        best_metrics: previous.as_ref().and_then(|p| p.best_metrics),
-        tokens_per_s: 0.0,
+        last_train_loss: prev.and_then(|p| p.last_train_loss),
+        final_metrics: prev.and_then(|p| p.final_metrics),
+        best_metrics: prev.and_then(|p| p.best_metrics),
+        evals: prev
+            .map(|p| p.evals.iter().filter(|e| e.step <= cursor.step).copied().collect())
+            .unwrap_or_default(),
+        tokens_per_s: prev.map_or(0.0, |p| p.tokens_per_s),
         elapsed_secs: cursor.elapsed_secs,
         message: None,
     };
-    let write_record = |r: &RunRecord| {
-        crate::atomic::write(
-            &record_path,
-            serde_json::to_string_pretty(r)
-                .unwrap_or_default()
-                .as_bytes(),
-        )
-    };
-    write_record(&record)?;
 
     let mut events = EventWriter::create(out)?;
     if cursor.step > 0 {
@@ -478,7 +813,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
             .collect();
         events.hparams_experiment(&infos, METRICS)?;
     }
-    events.session_start(&hparams, "")?;
+    events.session_start(&hparams, opts.group.as_deref().unwrap_or(""))?;
     events.flush()?;
 
     say(&format!(
@@ -491,202 +826,35 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         total_steps,
         record.device
     ));
-    let reporter = Reporter::new(progress, total_steps, cursor.step);
-    let mut rng = Rng::from_state(cursor.rng);
-    let param_vars: Vec<&candle_core::Var> = model.params().iter().map(|(_, v)| v).collect();
-    let (mut sum_loss, mut sum_acc, mut n_logged) = (0f64, 0f64, 0u64);
-    let mut interval_start = Instant::now();
-    let mut interval_tokens = 0u64;
-    let mut train_secs = 0f64;
-    let tokens_per_step = (cfg.batch_size * cfg.seq_len) as u64;
-    let started_step = cursor.step;
-    let mut status = RunStatus::Completed;
-    let mut last_train_loss = f64::NAN;
-
-    while cursor.step < total_steps {
-        if opts
-            .stop_after
-            .is_some_and(|n| cursor.step - started_step >= n)
-        {
-            status = RunStatus::Interrupted;
-            break;
-        }
-        let step_start = Instant::now();
-        let (x, y) = window_tensors(&train_split.window(cursor.window), &device)?;
-        let fwd = model.forward(&x, &state, Some((cfg.dropout, &mut rng)))?;
-        let (loss, acc) = model::loss_and_accuracy(&fwd.logits, &y)?;
-        let loss_v = loss.to_scalar::<f32>()? as f64;
-        // A uniform guess costs ln V; ten times that is no longer training.
-        if !loss_v.is_finite() || loss_v > 10.0 * record.ln_vocab.max(1.0) {
-            status = RunStatus::Diverged;
-            record.message = Some(format!("loss became {loss_v} at step {}", cursor.step + 1));
-            reporter.line(&format!(
-                "diverged: loss is {loss_v} at step {}",
-                cursor.step + 1
-            ));
-            break;
-        }
-        if cursor.step == 0 {
-            record.first_loss = Some(loss_v);
-            reporter.line(&format!(
-                "step 1: loss {loss_v:.4}, ln(vocab) = {:.4} (a fresh model should start near it)",
-                record.ln_vocab
-            ));
-        }
-        let grads_store = loss.backward()?;
-        let grads: Vec<Tensor> = param_vars
-            .iter()
-            .map(|v| {
-                grads_store
-                    .get(v.as_tensor())
-                    .cloned()
-                    .map_or_else(|| v.zeros_like(), Ok)
-            })
-            .collect::<candle_core::Result<_>>()?;
-        let norm = optim::global_norm(&grads)?;
-        let epoch_f = cursor.epoch as f64 + cursor.window as f64 / windows as f64;
-        let lr = optim::lr_at(cfg, cursor.step, epoch_f, total_steps);
-        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
-            (cfg.grad_clip / norm) as f32
-        } else {
-            1.0
-        };
-        let next_step = cursor.step + 1;
-        if cfg.histogram_every > 0
-            && (next_step.is_multiple_of(cfg.histogram_every) || next_step == 1)
-        {
-            for ((name, var), g) in model.params().iter().zip(&grads) {
-                events.histogram(
-                    &format!("weights/{name}"),
-                    next_step,
-                    &var.flatten_all()?.to_vec1::<f32>()?,
-                )?;
-                events.histogram(
-                    &format!("gradients/{name}"),
-                    next_step,
-                    &g.flatten_all()?.to_vec1::<f32>()?,
-                )?;
-            }
-        }
-        optimizer.step(&param_vars, &grads, lr, scale)?;
-
-        state = fwd.state;
-        cursor.window += 1;
-        if cursor.window as u64 >= windows {
-            cursor.window = 0;
-            cursor.epoch += 1;
-            state = model.zero_state(cfg.batch_size)?;
-        }
-        cursor.step = next_step;
-        cursor.tokens += tokens_per_step;
-        interval_tokens += tokens_per_step;
-        sum_loss += loss_v;
-        sum_acc += acc as f64;
-        n_logged += 1;
-        train_secs += step_start.elapsed().as_secs_f64();
-
-        if cursor.step.is_multiple_of(cfg.log_every) || cursor.step == total_steps {
-            let tps = interval_tokens as f64 / interval_start.elapsed().as_secs_f64().max(1e-9);
-            last_train_loss = sum_loss / n_logged as f64;
-            events.scalar("train/loss", cursor.step, last_train_loss)?;
-            events.scalar("train/accuracy", cursor.step, sum_acc / n_logged as f64)?;
-            events.scalar(
-                "train/bpc",
-                cursor.step,
-                last_train_loss / std::f64::consts::LN_2,
-            )?;
-            events.scalar("lr", cursor.step, lr)?;
-            events.scalar("grad_norm", cursor.step, norm)?;
-            events.scalar("throughput/chars_per_s", cursor.step, tps)?;
-            reporter.step(cursor.step, total_steps, last_train_loss, tps);
-            (sum_loss, sum_acc, n_logged) = (0.0, 0.0, 0);
-            interval_tokens = 0;
-            interval_start = Instant::now();
-        }
-
-        if cursor.step.is_multiple_of(cfg.eval_every) || cursor.step == total_steps {
-            let (val_loss, val_acc) = evaluate(&model, &val_split)?;
-            let metrics = Metrics {
-                step: cursor.step,
-                val_loss,
-                val_accuracy: val_acc,
-                val_bpc: val_loss / std::f64::consts::LN_2,
-                train_loss: last_train_loss,
-            };
-            events.scalar("val/loss", cursor.step, val_loss)?;
-            events.scalar("val/accuracy", cursor.step, val_acc)?;
-            events.scalar("val/bpc", cursor.step, metrics.val_bpc)?;
-            let text = eval_sample(&model, vocab, &val_split, cfg, cursor.step)?;
-            events.text("samples/generated", cursor.step, &text)?;
-            reporter.line(&format!(
-                "step {}: val loss {val_loss:.4}, bpc {:.3}, accuracy {:.3}",
-                cursor.step, metrics.val_bpc, val_acc
-            ));
-            cursor.rng = rng.state();
-            cursor.elapsed_secs = record.elapsed_secs + train_secs;
-            let improved = cursor.best_val_loss.is_none_or(|b| val_loss < b);
-            if improved {
-                cursor.best_val_loss = Some(val_loss);
-                cursor.best_step = Some(cursor.step);
-                record.best_metrics = Some(metrics);
-            }
-            // The events up to this step reach the disk before the checkpoint that a resume
-            // would start from, so a resume never loses points it will not rewrite.
-            events.sync()?;
-            let mut tensors = model.tensors();
-            tensors.extend(optimizer.tensors()?);
-            for (k, (h, c)) in state.iter().enumerate() {
-                tensors.insert(format!("state/layer_{k}/h"), h.clone());
-                tensors.insert(format!("state/layer_{k}/c"), c.clone());
-            }
-            checkpoint::save(&last_ckpt, &tensors, &cursor)?;
-            if improved {
-                checkpoint::save(&checkpoint::path(out, "best"), &tensors, &cursor)?;
-            }
-            record.final_metrics = Some(metrics);
-            record.steps = cursor.step;
-            record.epoch = cursor.epoch as f64 + cursor.window as f64 / windows as f64;
-            record.tokens_per_s = (cursor.tokens as f64) / cursor.elapsed_secs.max(1e-9);
-            let mut snapshot = record.clone();
-            snapshot.elapsed_secs = cursor.elapsed_secs;
-            write_record(&snapshot)?;
-        }
-    }
-    reporter.finish();
-
-    record.elapsed_secs += train_secs;
-    record.status = status;
-    record.ended = Some(now());
-    if status != RunStatus::Interrupted {
-        record.steps = cursor.step;
-    }
-    // TensorBoard keeps the first `session_end_info` it reads for a run, so a run that will be
-    // resumed writes none: its end is written once, by the invocation that ends it.
-    match status {
-        RunStatus::Completed => events.session_end(SessionStatus::Success)?,
-        RunStatus::Diverged | RunStatus::Failed => events.session_end(SessionStatus::Failure)?,
-        RunStatus::Interrupted | RunStatus::Running => {}
-    }
-    events.sync()?;
-    write_record(&record)?;
-    if let Some(m) = record.final_metrics {
-        log_line(
-            progress,
-            &format!(
-                "{status}: {} steps, val loss {:.4} (best {:.4} at step {}), {:.0} chars/s",
-                record.steps,
-                m.val_loss,
-                record.best_metrics.map_or(m.val_loss, |b| b.val_loss),
-                record.best_metrics.map_or(m.step, |b| b.step),
-                record.tokens_per_s
-            ),
-        );
-    }
-    Ok(RunResult {
-        status,
-        record,
+    // Best-so-far is tracked from the checkpoint, so patience counts from the resume point.
+    let mut trainer = Trainer {
+        cfg,
+        opts,
         out: out.to_path_buf(),
-    })
+        reporter: Reporter::new(progress, total_steps, cursor.step),
+        rng: Rng::from_state(cursor.rng),
+        model,
+        optimizer,
+        vocab,
+        train_split,
+        val_split,
+        device,
+        cursor,
+        state,
+        events,
+        record,
+        total_steps,
+        windows,
+        interval: (0.0, 0.0, 0),
+        interval_start: Instant::now(),
+        interval_tokens: 0,
+        train_secs: 0.0,
+        last_record_write: Instant::now(),
+        evals_without_improvement: 0,
+    };
+    trainer.write_record()?;
+    let status = trainer.run()?;
+    trainer.finish(status)
 }
 
 /// The text sample written at an evaluation: primed with the first char of the validation

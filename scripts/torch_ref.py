@@ -1,0 +1,114 @@
+"""PyTorch reference for charlab's char-LSTM: the same model, data, batching and optimizer, so
+tokens/s and validation loss can be compared side by side (scripts/compare-torch.sh runs both).
+
+Reads a prepared corpus directory (charlab's cache: data/prepared/<key>/ with clean.txt and
+vocab.json, the `corpus.key` of a run's run.json) so both train on identical ids.
+"""
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn as nn
+
+
+class CharRnn(nn.Module):
+    def __init__(self, vocab, embed, hidden, layers, dropout):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, hidden, layers, batch_first=True, dropout=dropout)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, vocab)
+        # Forget-gate bias 1, as charlab (PyTorch has two biases; b_ih carries it).
+        for name, p in self.lstm.named_parameters():
+            if name.startswith("bias"):
+                nn.init.zeros_(p)
+                if name.startswith("bias_ih"):
+                    p.data[hidden:2 * hidden] = 1.0
+
+    def forward(self, x, state):
+        y, state = self.lstm(self.embed(x), state)
+        return self.head(self.drop(y)), state
+
+
+def streams(ids, batch, seq):
+    n = len(ids) // batch
+    data = torch.tensor(ids[: n * batch], dtype=torch.long).view(batch, n)
+    return data, (n - 1) // seq
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True, help="charlab prepared dir (clean.txt, vocab.json)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--embed", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--clip", type=float, default=5.0)
+    ap.add_argument("--val-fraction", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+
+    chars = json.load(open(f"{a.data}/vocab.json", encoding="utf-8"))["chars"]
+    index = {c: i for i, c in enumerate(chars)}
+    text = open(f"{a.data}/clean.txt", encoding="utf-8").read()
+    ids = [index[c] for c in text]
+    n_val = round(len(ids) * a.val_fraction)
+    train, windows = streams(ids[: len(ids) - n_val], a.batch, a.seq)
+    val_batch = max(1, min(a.batch, n_val // (a.seq + 1)))
+    val, val_windows = streams(ids[len(ids) - n_val:], val_batch, a.seq)
+
+    model = CharRnn(len(chars), a.embed, a.hidden, a.layers, a.dropout)
+    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    state, w = None, 0
+    first = None
+    t0 = time.perf_counter()
+    for step in range(a.steps):
+        x = train[:, w * a.seq:(w + 1) * a.seq]
+        y = train[:, w * a.seq + 1:(w + 1) * a.seq + 1]
+        logits, state = model(x, state)
+        state = tuple(s.detach() for s in state)
+        loss = loss_fn(logits.reshape(-1, len(chars)), y.reshape(-1))
+        if first is None:
+            first = loss.item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+        opt.step()
+        w += 1
+        if w >= windows:
+            w, state = 0, None
+    train_secs = time.perf_counter() - t0
+
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        vs = None
+        for k in range(val_windows):
+            x = val[:, k * a.seq:(k + 1) * a.seq]
+            y = val[:, k * a.seq + 1:(k + 1) * a.seq + 1]
+            logits, vs = model(x, vs)
+            total += loss_fn(logits.reshape(-1, len(chars)), y.reshape(-1)).item() * y.numel()
+            n += y.numel()
+    print(json.dumps({
+        "impl": f"pytorch {torch.__version__}",
+        "steps": a.steps,
+        "first_loss": first,
+        "ln_vocab": math.log(len(chars)),
+        "val_loss": total / n,
+        "tokens_per_s": a.steps * a.batch * a.seq / train_secs,
+        "train_secs": train_secs,
+    }))
+
+
+if __name__ == "__main__":
+    main()

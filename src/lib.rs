@@ -3,12 +3,14 @@
 //!
 //! `corpus` (raw text → clean text) → `vocab` (chars ↔ ids) → `batch` (ids → BPTT windows) →
 //! `model` (embedding, LSTM, decoder) → `train` (the run: optimizer, eval, checkpoints, events) →
-//! `sample` (text from a run). `summary` writes TensorBoard event files; `config` is the one
+//! `sample` (text from a run). `sweep` turns a TOML grid into many runs (each in a child process)
+//! and `compare` tabulates them. `summary` writes TensorBoard event files; `config` is the one
 //! schema of a run's hyperparameters.
 
 pub mod atomic;
 pub mod batch;
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod corpus;
 pub mod device;
@@ -19,6 +21,7 @@ pub mod rng;
 pub mod sample;
 pub mod signals;
 pub mod summary;
+pub mod sweep;
 pub mod train;
 pub mod vocab;
 

@@ -1,8 +1,10 @@
 //! The `charlab` command: parses the command line and dispatches to the library.
 
 use anyhow::Context;
+use charlab::compare::{CompareOptions, Format};
 use charlab::config::RunConfig;
 use charlab::sample::{SampleOptions, Sampling};
+use charlab::sweep::SweepOptions;
 use charlab::train::{Progress, RunStatus, TrainOptions};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -47,6 +49,65 @@ enum Command {
         /// Plain log lines instead of a progress bar.
         #[arg(long)]
         plain: bool,
+    },
+    /// Run a sweep: every trial of a TOML grid, each in a child process, resumable.
+    Sweep {
+        /// The sweep file (see README "Sweep file reference").
+        file: PathBuf,
+        /// Print the trial table and count, run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse sweeps with more trials than this, unless --force.
+        #[arg(long, default_value_t = 1000)]
+        max_trials: usize,
+        #[arg(long)]
+        force: bool,
+        /// Run the trials a changed sweep file adds to an existing experiment.
+        #[arg(long)]
+        extend: bool,
+        /// Retry a failed trial this many times from its last checkpoint.
+        #[arg(long)]
+        retries: Option<u32>,
+        /// Stop the sweep at the first failed trial.
+        #[arg(long)]
+        fail_fast: bool,
+        /// Trials at once (overrides [experiment] jobs).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Where experiments go.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// Plain log lines instead of a progress display.
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Run (or resume) exactly one trial of a sweep: the contract launchers use.
+    SweepWorker {
+        /// The sweep directory (runs/<experiment>).
+        #[arg(long)]
+        sweep: PathBuf,
+        /// The trial's index in the manifest.
+        #[arg(long)]
+        index: usize,
+        /// CPU threads for this trial.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Device for this trial.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// One row per run under a directory: swept values, status, best and final metrics.
+    Compare {
+        /// A sweep directory (runs/<experiment>) or any directory of runs.
+        dir: PathBuf,
+        /// val/loss, val/bpc, val/accuracy, final/val/loss, train/loss, time, tokens_per_s, steps, or a swept key.
+        #[arg(long, default_value = "val/loss")]
+        sort: String,
+        /// Only the best K rows.
+        #[arg(long)]
+        top: Option<usize>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Generate text from a trained run.
     Sample {
@@ -136,6 +197,82 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ExitCode::from(1)
                 }
             })
+        }
+        Command::Sweep {
+            file,
+            dry_run,
+            max_trials,
+            force,
+            extend,
+            retries,
+            fail_fast,
+            jobs,
+            runs,
+            plain,
+        } => {
+            if dry_run {
+                let plan = charlab::sweep::plan::load(&file, max_trials, force)?;
+                println!("{}", charlab::sweep::dry_run_table(&plan));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let opts = SweepOptions {
+                runs_root: runs,
+                max_trials,
+                force,
+                extend,
+                retries,
+                fail_fast,
+                jobs,
+                progress: if plain {
+                    Progress::Lines
+                } else {
+                    Progress::Auto
+                },
+                ..Default::default()
+            };
+            let outcome = charlab::sweep::sweep(&file, &opts)?;
+            if let Some(sig) = outcome.signal {
+                eprintln!("sweep interrupted: run the same command again to resume");
+                return Ok(ExitCode::from(charlab::signals::exit_code(sig)));
+            }
+            Ok(if outcome.unfinished() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::SweepWorker {
+            sweep,
+            index,
+            threads,
+            device,
+        } => {
+            charlab::signals::install();
+            let status = charlab::sweep::worker(
+                &sweep,
+                index,
+                threads,
+                device,
+                &charlab::corpus::data_dir(),
+                Progress::Lines,
+            )?;
+            Ok(match status {
+                RunStatus::Interrupted => ExitCode::from(charlab::signals::exit_code(
+                    charlab::signals::requested().unwrap_or(15),
+                )),
+                s if s.is_final() => ExitCode::SUCCESS,
+                _ => ExitCode::from(1),
+            })
+        }
+        Command::Compare {
+            dir,
+            sort,
+            top,
+            format,
+        } => {
+            let out = charlab::compare::compare(&dir, &CompareOptions { sort, top, format })?;
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Sample {
             run,

@@ -21,6 +21,7 @@ use tensorboard_proto::api::{
 use tensorboard_proto::attr_value::{AttrValue, AttrValue_ListValue};
 use tensorboard_proto::event::{Event, SessionLog, SessionLog_SessionStatus};
 use tensorboard_proto::graph::GraphDef;
+use tensorboard_proto::layout::{Category, Chart, Layout, MultilineChartContent};
 use tensorboard_proto::node_def::NodeDef;
 use tensorboard_proto::plugin_hparams::{HParamsPluginData, SessionEndInfo, SessionStartInfo};
 use tensorboard_proto::plugin_text::TextPluginData;
@@ -54,6 +55,9 @@ impl GraphNode {
         }
     }
 }
+
+/// A custom-scalars chart: its title and the tag regexes drawn in it.
+pub type LayoutChart<'a> = (&'a str, Vec<&'a str>);
 
 /// A hyperparameter value for the HParams dashboard.
 #[derive(Debug, Clone, PartialEq)]
@@ -260,6 +264,44 @@ impl EventWriter {
         ev.set_wall_time(now_secs());
         ev.set_graph_def(bytes);
         self.write_event(ev)
+    }
+
+    /// A custom-scalars layout: categories of multi-line charts, each chart a list of tag
+    /// regexes drawn together (e.g. train and val loss in one chart per run).
+    pub fn custom_scalars(&mut self, categories: &[(&str, Vec<LayoutChart>)]) -> Result<()> {
+        let mut layout = Layout::new();
+        for (title, charts) in categories {
+            let mut cat = Category::new();
+            cat.set_title(title.to_string());
+            for (chart_title, tags) in charts {
+                let mut content = MultilineChartContent::new();
+                content.set_tag(RepeatedField::from_vec(
+                    tags.iter().map(|t| t.to_string()).collect(),
+                ));
+                let mut chart = Chart::new();
+                chart.set_title(chart_title.to_string());
+                chart.set_multiline(content);
+                cat.mut_chart().push(chart);
+            }
+            layout.mut_category().push(cat);
+        }
+        let bytes = layout.write_to_bytes().map_err(|e| Error::Run {
+            path: self.path.clone(),
+            message: format!("encoding the layout: {e}"),
+        })?;
+        let mut tensor = TensorProto::new();
+        tensor.set_dtype(DataType::DT_STRING);
+        tensor.set_tensor_shape(TensorShapeProto::new());
+        tensor.set_string_val(RepeatedField::from_vec(vec![bytes]));
+        self.write_summary(
+            0,
+            plugin_value(
+                "custom_scalars__config__",
+                "custom_scalars",
+                Vec::new(),
+                tensor,
+            ),
+        )
     }
 
     /// Marks a restart at `step`: TensorBoard drops this run's events at steps ≥ `step` that

@@ -81,6 +81,8 @@ pub struct RunRecord {
     pub git_commit: Option<String>,
     pub device: String,
     pub host: String,
+    /// The process training it (a launcher or a test can signal it).
+    pub pid: u32,
     pub command: Vec<String>,
     pub corpus: CorpusInfo,
     pub params: usize,
@@ -495,11 +497,14 @@ impl Trainer<'_> {
     fn log_scalars(&mut self, lr: f64, norm: f64) -> Result<()> {
         let step = self.cursor.step;
         let (loss_sum, acc_sum, n) = self.interval;
-        let tps = self.interval_tokens as f64 / self.interval_start.elapsed().as_secs_f64().max(1e-9);
+        let tps =
+            self.interval_tokens as f64 / self.interval_start.elapsed().as_secs_f64().max(1e-9);
         let loss = loss_sum / n.max(1) as f64;
         self.events.scalar("train/loss", step, loss)?;
-        self.events.scalar("train/accuracy", step, acc_sum / n.max(1) as f64)?;
-        self.events.scalar("train/bpc", step, loss / std::f64::consts::LN_2)?;
+        self.events
+            .scalar("train/accuracy", step, acc_sum / n.max(1) as f64)?;
+        self.events
+            .scalar("train/bpc", step, loss / std::f64::consts::LN_2)?;
         self.events.scalar("lr", step, lr)?;
         self.events.scalar("grad_norm", step, norm)?;
         self.events.scalar("throughput/chars_per_s", step, tps)?;
@@ -609,7 +614,10 @@ impl Trainer<'_> {
                 let why = signal.map_or("step budget reached".to_string(), |s| {
                     format!("stopped by {}", crate::signals::name(s))
                 });
-                self.reporter.line(&format!("{why}: checkpointing at step {}", self.cursor.step));
+                self.reporter.line(&format!(
+                    "{why}: checkpointing at step {}",
+                    self.cursor.step
+                ));
                 self.checkpoint(false)?;
                 self.record.message = Some(why);
                 return Ok(RunStatus::Interrupted);
@@ -660,7 +668,11 @@ impl Trainer<'_> {
                 self.opts.progress,
                 &format!(
                     "{status}: {} steps, val loss {:.4} (best {:.4} at step {}), {:.0} chars/s",
-                    self.record.steps, m.val_loss, best.val_loss, best.step, self.record.tokens_per_s
+                    self.record.steps,
+                    m.val_loss,
+                    best.val_loss,
+                    best.step,
+                    self.record.tokens_per_s
                 ),
             );
         }
@@ -757,7 +769,11 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         previous = std::fs::read(&record_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        say(&format!("resuming {} from step {}", out.display(), cursor.step));
+        say(&format!(
+            "resuming {} from step {}",
+            out.display(),
+            cursor.step
+        ));
     }
     crate::atomic::write(&config_path, cfg.to_toml().as_bytes())?;
     vocab.save(&out.join("vocab.json"))?;
@@ -772,6 +788,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         git_commit: Some(env!("CHARLAB_GIT_COMMIT").to_string()).filter(|s| !s.is_empty()),
         device: crate::device::name(&device),
         host: crate::summary::hostname(),
+        pid: std::process::id(),
         command: std::env::args().collect(),
         corpus: CorpusInfo {
             spec: cfg.corpus.clone(),
@@ -792,7 +809,13 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         final_metrics: prev.and_then(|p| p.final_metrics),
         best_metrics: prev.and_then(|p| p.best_metrics),
         evals: prev
-            .map(|p| p.evals.iter().filter(|e| e.step <= cursor.step).copied().collect())
+            .map(|p| {
+                p.evals
+                    .iter()
+                    .filter(|e| e.step <= cursor.step)
+                    .copied()
+                    .collect()
+            })
             .unwrap_or_default(),
         tokens_per_s: prev.map_or(0.0, |p| p.tokens_per_s),
         elapsed_secs: cursor.elapsed_secs,
@@ -800,9 +823,12 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
     };
 
     let mut events = EventWriter::create(out)?;
-    if cursor.step > 0 {
+    // A resumed run drops what earlier invocations wrote after its checkpoint; one that crashed
+    // before its first checkpoint starts over, so it drops everything from step 1.
+    if opts.resume {
         events.purge_from(cursor.step + 1)?;
-    } else {
+    }
+    if cursor.step == 0 {
         events.graph(&model.graph(cfg.batch_size, cfg.seq_len))?;
     }
     let hparams = hparam_values(cfg);

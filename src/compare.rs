@@ -1,0 +1,409 @@
+//! `charlab compare`: one row per run under a directory (usually a sweep), read from the runs'
+//! own `run.json` and `config.toml`, so it works during a sweep and on runs made by hand. Runs
+//! that differ only in their seed are also summarised as one group (mean ± std).
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::summary::HValue;
+use crate::sweep::ledger::{self, Manifest};
+use crate::sweep::plan;
+use crate::train::{self, RunRecord};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+    Markdown,
+}
+
+/// Options of `charlab compare`.
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    /// `val/loss`, `val/bpc`, `val/accuracy`, `final/val/loss`, `train/loss`, `time`,
+    /// `tokens_per_s`, `steps`, or a swept key.
+    pub sort: String,
+    pub top: Option<usize>,
+    pub format: Format,
+}
+
+/// One run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub run: String,
+    pub hparams: Vec<(String, String)>,
+    pub status: String,
+    pub steps: u64,
+    pub total_steps: u64,
+    pub best_val_loss: Option<f64>,
+    pub best_val_bpc: Option<f64>,
+    pub best_val_accuracy: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub time_secs: f64,
+    pub tokens_per_s: f64,
+    pub group: String,
+}
+
+/// Runs of one configuration with different seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub group: String,
+    pub hparams: Vec<(String, String)>,
+    pub runs: usize,
+    pub best_val_loss: Option<(f64, f64)>,
+    pub best_val_bpc: Option<(f64, f64)>,
+    pub best_val_accuracy: Option<(f64, f64)>,
+}
+
+fn show(v: &HValue) -> String {
+    match v {
+        HValue::Num(n) => format!("{n}"),
+        HValue::Str(s) => s.clone(),
+        HValue::Bool(b) => b.to_string(),
+    }
+}
+
+/// Every scalar key of a config (dotted for `clean.*`) → its value as text.
+fn flat_values(cfg: &RunConfig) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = train::hparam_values(cfg)
+        .iter()
+        .map(|(k, v)| (k.clone(), show(v)))
+        .collect();
+    if let Ok(toml::Value::Table(t)) = toml::Value::try_from(&cfg.clean) {
+        for (k, v) in t {
+            out.push((format!("clean.{k}"), v.to_string()));
+        }
+    }
+    out
+}
+
+fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
+    if xs.is_empty() {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    Some((mean, var.sqrt()))
+}
+
+/// Collects the rows and seed groups under `root`.
+pub fn collect(root: &Path) -> Result<(Vec<Row>, Vec<Group>)> {
+    if !root.is_dir() {
+        return Err(Error::Run {
+            path: root.to_path_buf(),
+            message: "not a directory of runs".into(),
+        });
+    }
+    let mut found: Vec<(PathBuf, RunRecord, Option<RunConfig>)> = Vec::new();
+    for entry in walkdir::WalkDir::new(root)
+        .max_depth(4)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        if entry.file_name() != "run.json" {
+            continue;
+        }
+        let Some(dir) = entry.path().parent() else {
+            continue;
+        };
+        // Mid-write or foreign files are skipped, not fatal: compare runs during a sweep.
+        let Some(rec) = ledger::record(dir) else {
+            continue;
+        };
+        let cfg = RunConfig::load(&dir.join("config.toml")).ok();
+        found.push((dir.to_path_buf(), rec, cfg));
+    }
+    let swept: Vec<String> = match Manifest::load(root) {
+        Ok(m) => m.swept,
+        Err(_) => {
+            // Keys whose values differ across the runs.
+            let all: Vec<Vec<(String, String)>> = found
+                .iter()
+                .filter_map(|(_, _, c)| c.as_ref().map(flat_values))
+                .collect();
+            let mut keys: Vec<String> = Vec::new();
+            if let Some(first) = all.first() {
+                for (k, v) in first {
+                    if all
+                        .iter()
+                        .any(|o| o.iter().find(|(n, _)| n == k).map(|x| &x.1) != Some(v))
+                    {
+                        keys.push(k.clone());
+                    }
+                }
+            }
+            keys
+        }
+    };
+    let rows: Vec<Row> = found
+        .iter()
+        .map(|(dir, rec, cfg)| {
+            let values = cfg.as_ref().map(flat_values).unwrap_or_default();
+            let hparams = swept
+                .iter()
+                .map(|k| {
+                    let v = values
+                        .iter()
+                        .find(|(n, _)| n == k)
+                        .map_or("-".into(), |x| x.1.clone());
+                    (k.clone(), v)
+                })
+                .collect();
+            let group = cfg.as_ref().map_or_else(String::new, plan::group_hash);
+            Row {
+                run: dir
+                    .strip_prefix(root)
+                    .unwrap_or(dir)
+                    .to_string_lossy()
+                    .into_owned()
+                    .replace(std::path::MAIN_SEPARATOR, "/"),
+                hparams,
+                status: rec.status.to_string(),
+                steps: rec.steps,
+                total_steps: rec.total_steps,
+                best_val_loss: rec.best_metrics.map(|m| m.val_loss),
+                best_val_bpc: rec.best_metrics.map(|m| m.val_bpc),
+                best_val_accuracy: rec.best_metrics.map(|m| m.val_accuracy),
+                final_val_loss: rec.final_metrics.map(|m| m.val_loss),
+                train_loss: rec.last_train_loss,
+                time_secs: rec.elapsed_secs,
+                tokens_per_s: rec.tokens_per_s,
+                group,
+            }
+        })
+        .collect();
+
+    let mut groups: Vec<Group> = Vec::new();
+    for r in &rows {
+        if r.group.is_empty() || groups.iter().any(|g| g.group == r.group) {
+            continue;
+        }
+        let members: Vec<&Row> = rows.iter().filter(|o| o.group == r.group).collect();
+        if members.len() < 2 {
+            continue;
+        }
+        let pick = |f: fn(&Row) -> Option<f64>| -> Vec<f64> {
+            members.iter().filter_map(|m| f(m)).collect()
+        };
+        groups.push(Group {
+            group: r.group.clone(),
+            hparams: r
+                .hparams
+                .iter()
+                .filter(|(k, _)| k != "seed")
+                .cloned()
+                .collect(),
+            runs: members.len(),
+            best_val_loss: mean_std(&pick(|m| m.best_val_loss)),
+            best_val_bpc: mean_std(&pick(|m| m.best_val_bpc)),
+            best_val_accuracy: mean_std(&pick(|m| m.best_val_accuracy)),
+        });
+    }
+    Ok((rows, groups))
+}
+
+fn sort_rows(rows: &mut [Row], key: &str) -> Result<()> {
+    let metric = |r: &Row| -> Option<f64> {
+        match key {
+            "val/loss" => r.best_val_loss,
+            "val/bpc" => r.best_val_bpc,
+            "val/accuracy" => r.best_val_accuracy.map(|a| -a),
+            "final/val/loss" => r.final_val_loss,
+            "train/loss" => r.train_loss,
+            "time" => Some(r.time_secs),
+            "tokens_per_s" => Some(-r.tokens_per_s),
+            "steps" => Some(-(r.steps as f64)),
+            _ => None,
+        }
+    };
+    const METRICS: &[&str] = &[
+        "val/loss",
+        "val/bpc",
+        "val/accuracy",
+        "final/val/loss",
+        "train/loss",
+        "time",
+        "tokens_per_s",
+        "steps",
+    ];
+    if METRICS.contains(&key) {
+        // Runs without the metric yet go last.
+        rows.sort_by(|a, b| match (metric(a), metric(b)) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.run.cmp(&b.run),
+        });
+        return Ok(());
+    }
+    if rows
+        .first()
+        .is_some_and(|r| r.hparams.iter().any(|(k, _)| k == key))
+    {
+        let val = |r: &Row| {
+            r.hparams
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|x| x.1.clone())
+                .unwrap_or_default()
+        };
+        rows.sort_by(
+            |a, b| match (val(a).parse::<f64>(), val(b).parse::<f64>()) {
+                (Ok(x), Ok(y)) => x.total_cmp(&y),
+                _ => val(a).cmp(&val(b)),
+            },
+        );
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "--sort",
+        format!(
+            "`{key}`: expected one of {} or a swept key",
+            METRICS.join(", ")
+        ),
+    ))
+}
+
+fn f(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.digits$}"))
+}
+
+fn pm(v: Option<(f64, f64)>) -> String {
+    v.map_or("-".into(), |(m, s)| format!("{m:.4} ± {s:.4}"))
+}
+
+/// Lays out a table as aligned text, markdown or CSV.
+pub fn render(headers: &[String], lines: &[Vec<String>], format: Format) -> String {
+    let mut out = String::new();
+    match format {
+        Format::Csv => {
+            let esc = |s: &str| {
+                if s.contains([',', '"', '\n']) {
+                    format!("\"{}\"", s.replace('"', "\"\""))
+                } else {
+                    s.to_string()
+                }
+            };
+            out.push_str(&headers.iter().map(|h| esc(h)).collect::<Vec<_>>().join(","));
+            out.push('\n');
+            for l in lines {
+                out.push_str(&l.iter().map(|c| esc(c)).collect::<Vec<_>>().join(","));
+                out.push('\n');
+            }
+        }
+        Format::Markdown => {
+            out.push_str(&format!("| {} |\n", headers.join(" | ")));
+            out.push_str(&format!("|{}\n", "---|".repeat(headers.len())));
+            for l in lines {
+                out.push_str(&format!("| {} |\n", l.join(" | ")));
+            }
+        }
+        Format::Table | Format::Json => {
+            let widths: Vec<usize> = (0..headers.len())
+                .map(|i| {
+                    lines
+                        .iter()
+                        .map(|l| l[i].chars().count())
+                        .chain([headers[i].chars().count()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let row = |cells: &[String]| {
+                cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
+            };
+            out.push_str(&row(headers));
+            out.push('\n');
+            for l in lines {
+                out.push_str(&row(l));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Renders the comparison of the runs under `root`.
+pub fn compare(root: &Path, opts: &CompareOptions) -> Result<String> {
+    let (mut rows, groups) = collect(root)?;
+    sort_rows(&mut rows, &opts.sort)?;
+    if let Some(k) = opts.top {
+        rows.truncate(k);
+    }
+    if opts.format == Format::Json {
+        let v = serde_json::json!({ "runs": rows, "seed_groups": groups });
+        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    let keys: Vec<String> = rows
+        .first()
+        .map(|r| r.hparams.iter().map(|(k, _)| k.clone()).collect())
+        .unwrap_or_default();
+    let mut headers = vec!["run".to_string()];
+    headers.extend(keys.iter().cloned());
+    headers.extend(
+        [
+            "status",
+            "steps",
+            "best val/loss",
+            "best val/bpc",
+            "best val/acc",
+            "final val/loss",
+            "time_s",
+            "chars/s",
+        ]
+        .map(String::from),
+    );
+    let lines: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut l = vec![r.run.clone()];
+            l.extend(r.hparams.iter().map(|(_, v)| v.clone()));
+            l.extend([
+                r.status.clone(),
+                format!("{}/{}", r.steps, r.total_steps),
+                f(r.best_val_loss, 4),
+                f(r.best_val_bpc, 3),
+                f(r.best_val_accuracy, 3),
+                f(r.final_val_loss, 4),
+                format!("{:.0}", r.time_secs),
+                format!("{:.0}", r.tokens_per_s),
+            ]);
+            l
+        })
+        .collect();
+    let mut out = render(&headers, &lines, opts.format);
+    if !groups.is_empty() && opts.format != Format::Csv {
+        let gkeys: Vec<String> = groups[0].hparams.iter().map(|(k, _)| k.clone()).collect();
+        let mut gh = gkeys.clone();
+        gh.extend(["runs", "val/loss (mean ± std)", "val/bpc", "val/acc"].map(String::from));
+        let gl: Vec<Vec<String>> = groups
+            .iter()
+            .map(|g| {
+                let mut l: Vec<String> = g.hparams.iter().map(|(_, v)| v.clone()).collect();
+                l.extend([
+                    g.runs.to_string(),
+                    pm(g.best_val_loss),
+                    pm(g.best_val_bpc),
+                    pm(g.best_val_accuracy),
+                ]);
+                l
+            })
+            .collect();
+        out.push_str("\nseed groups:\n");
+        out.push_str(&render(&gh, &gl, opts.format));
+    }
+    Ok(out)
+}

@@ -1,0 +1,240 @@
+//! What a sweep has on disk: the manifest (trial index → run directory, config hash, group), a
+//! copy of the sweep file, the lock that keeps a second `charlab sweep` out, and each trial's
+//! status as its own `run.json` says. The run directories are the truth; the manifest only maps
+//! indices to them, which is the contract `sweep-worker --index N` (and a job array) relies on.
+
+use crate::error::{Error, IoContext, Result};
+use crate::sweep::plan::{self, Plan};
+use crate::train::{RunRecord, RunStatus};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One trial of the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: usize,
+    pub dir: String,
+    pub hash: String,
+    pub group: String,
+    /// The swept values, for display.
+    pub overrides: Vec<(String, serde_json::Value)>,
+}
+
+/// `manifest.json` at the sweep root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub experiment: String,
+    pub swept: Vec<String>,
+    pub pruning: Option<plan::Pruning>,
+    pub trials: Vec<Entry>,
+}
+
+impl Manifest {
+    pub fn path(root: &Path) -> PathBuf {
+        root.join("manifest.json")
+    }
+
+    /// Reads a sweep directory's manifest.
+    pub fn load(root: &Path) -> Result<Self> {
+        let p = Self::path(root);
+        let bytes = std::fs::read(&p).at(&p)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Run {
+            path: p,
+            message: format!("not a charlab manifest: {e}"),
+        })
+    }
+
+    pub fn save(&self, root: &Path) -> Result<()> {
+        crate::atomic::write(
+            &Self::path(root),
+            serde_json::to_string_pretty(self)
+                .unwrap_or_default()
+                .as_bytes(),
+        )
+    }
+
+    /// Trial `index`, or an error naming the valid range.
+    pub fn entry(&self, index: usize) -> Result<&Entry> {
+        self.trials.get(index).ok_or_else(|| {
+            Error::invalid(
+                "--index",
+                format!(
+                    "{index} is out of range: the sweep has trials 0..{}",
+                    self.trials.len()
+                ),
+            )
+        })
+    }
+}
+
+fn json(v: &toml::Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// Reconciles a plan with what a sweep directory already holds. The same trials: resume. New
+/// trials besides all old ones: appended with `extend`, refused without. An old trial missing
+/// from the plan: refused, since its results would no longer match the file.
+pub fn reconcile(root: &Path, plan: &Plan, extend: bool) -> Result<Manifest> {
+    let mut manifest = if Manifest::path(root).exists() {
+        Manifest::load(root)?
+    } else {
+        Manifest {
+            version: 1,
+            experiment: plan.experiment.name.clone(),
+            swept: Vec::new(),
+            pruning: None,
+            trials: Vec::new(),
+        }
+    };
+    let old_hashes: Vec<&str> = manifest.trials.iter().map(|e| e.hash.as_str()).collect();
+    if let Some(gone) = manifest
+        .trials
+        .iter()
+        .find(|e| !plan.trials.iter().any(|t| t.hash == e.hash))
+    {
+        return Err(Error::Config {
+            path: plan.path.clone(),
+            message: format!(
+                "the sweep file changed: existing trial {} is no longer in it, so {} would no \
+                 longer match the file; use a new experiment name",
+                gone.dir,
+                root.display()
+            ),
+        });
+    }
+    let new: Vec<&plan::Trial> = plan
+        .trials
+        .iter()
+        .filter(|t| !old_hashes.contains(&t.hash.as_str()))
+        .collect();
+    if !new.is_empty() && !manifest.trials.is_empty() && !extend {
+        return Err(Error::Config {
+            path: plan.path.clone(),
+            message: format!(
+                "the sweep file adds {} trial(s) to {}; pass --extend to run them too",
+                new.len(),
+                root.display()
+            ),
+        });
+    }
+    for t in new {
+        let index = manifest.trials.len();
+        manifest.trials.push(Entry {
+            index,
+            dir: plan::dir_name(index, t),
+            hash: t.hash.clone(),
+            group: t.group.clone(),
+            overrides: t
+                .overrides
+                .iter()
+                .map(|(k, v)| (k.clone(), json(v)))
+                .collect(),
+        });
+    }
+    manifest.swept = plan.swept.iter().map(|(k, _)| k.clone()).collect();
+    manifest.pruning = plan.experiment.pruning.clone();
+    Ok(manifest)
+}
+
+/// A trial's state, from its run directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrialState {
+    Pending,
+    Run(RunStatus),
+}
+
+/// Reads a run directory's `run.json` (None when absent or unreadable mid-write).
+pub fn record(run_dir: &Path) -> Option<RunRecord> {
+    let bytes = std::fs::read(run_dir.join("run.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The state of a trial.
+pub fn state(run_dir: &Path) -> TrialState {
+    match record(run_dir) {
+        Some(r) => TrialState::Run(r.status),
+        None => TrialState::Pending,
+    }
+}
+
+/// Marks a run failed in its `run.json` (after a crash or a timeout), keeping what it recorded.
+pub fn mark_failed(run_dir: &Path, message: &str) -> Result<()> {
+    let Some(mut r) = record(run_dir) else {
+        return Ok(());
+    };
+    if r.status.is_final() {
+        return Ok(());
+    }
+    r.status = RunStatus::Failed;
+    r.message = Some(message.to_string());
+    r.ended = Some(chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false));
+    crate::atomic::write(
+        &run_dir.join("run.json"),
+        serde_json::to_string_pretty(&r)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+}
+
+/// The sweep lock: a file holding the owner's pid. A lock whose pid is gone is stale and taken
+/// over; a live one refuses.
+pub struct Lock {
+    path: PathBuf,
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+impl Lock {
+    pub fn acquire(root: &Path) -> Result<Lock> {
+        std::fs::create_dir_all(root).at(root)?;
+        let path = root.join(".lock");
+        let me = std::process::id();
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(me.to_string().as_bytes()).at(&path)?;
+                    return Ok(Lock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner: Option<u32> = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok());
+                    match owner {
+                        Some(pid) if pid != me && alive(pid) => {
+                            return Err(Error::Run {
+                                path: root.to_path_buf(),
+                                message: format!(
+                                    "another charlab sweep (pid {pid}) is running on this \
+                                     experiment; wait for it or stop it first"
+                                ),
+                            })
+                        }
+                        // Stale (dead owner) or unreadable: take it over.
+                        _ => {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Err(Error::Run {
+            path: root.to_path_buf(),
+            message: "could not take the sweep lock".into(),
+        })
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,323 @@
+//! Sweeps: a TOML grid becomes `runs/<experiment>/`, one run directory per trial, trained by
+//! `charlab sweep-worker` child processes so a crash, OOM or NaN stays in its trial. The parent
+//! never trains in-process; it plans, writes the manifest, launches, watches and retries. The
+//! same worker contract (`--sweep DIR --index N`) serves a cluster scheduler's job arrays.
+
+pub mod ledger;
+pub mod local;
+pub mod plan;
+
+use crate::config::RunConfig;
+use crate::error::{IoContext, Result};
+use crate::summary::{EventWriter, HValue};
+use crate::train::{self, Progress, RunStatus, TrainOptions};
+use ledger::{Manifest, TrialState};
+use plan::Plan;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tensorboard_proto::api::DataType as HpType;
+
+/// Options of `charlab sweep`.
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
+    /// Where experiments go (`runs`).
+    pub runs_root: PathBuf,
+    pub max_trials: usize,
+    pub force: bool,
+    pub extend: bool,
+    /// Overrides `[experiment] retries`.
+    pub retries: Option<u32>,
+    pub fail_fast: bool,
+    /// Overrides `[experiment] jobs`.
+    pub jobs: Option<usize>,
+    pub progress: Progress,
+    pub data_dir: PathBuf,
+    /// The binary run as `sweep-worker` (default: this executable).
+    pub worker_exe: Option<PathBuf>,
+}
+
+impl Default for SweepOptions {
+    fn default() -> Self {
+        SweepOptions {
+            runs_root: PathBuf::from("runs"),
+            max_trials: 1000,
+            force: false,
+            extend: false,
+            retries: None,
+            fail_fast: false,
+            jobs: None,
+            progress: Progress::Auto,
+            data_dir: crate::corpus::data_dir(),
+            worker_exe: None,
+        }
+    }
+}
+
+/// How a sweep invocation ended.
+#[derive(Debug, Clone)]
+pub struct SweepOutcome {
+    pub root: PathBuf,
+    pub manifest: Manifest,
+    /// Each trial's state at the end.
+    pub states: Vec<TrialState>,
+    /// Set when a signal stopped the sweep.
+    pub signal: Option<i32>,
+}
+
+impl SweepOutcome {
+    /// Trials that ended without a final status.
+    pub fn unfinished(&self) -> usize {
+        self.states
+            .iter()
+            .filter(|s| !matches!(s, TrialState::Run(r) if r.is_final()))
+            .count()
+    }
+}
+
+/// The table `--dry-run` prints: one line per trial with its swept values.
+pub fn dry_run_table(plan: &Plan) -> String {
+    let mut out = String::new();
+    let keys: Vec<&str> = plan.swept.iter().map(|(k, _)| k.as_str()).collect();
+    let rows: Vec<Vec<String>> = plan
+        .trials
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut row = vec![i.to_string(), plan::dir_name(i, t)];
+            row.extend(keys.iter().map(|k| {
+                t.overrides
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map_or("-".into(), |(_, v)| v.to_string())
+            }));
+            row
+        })
+        .collect();
+    let mut headers = vec!["trial".to_string(), "run dir".to_string()];
+    headers.extend(keys.iter().map(|k| k.to_string()));
+    out.push_str(&crate::compare::render(
+        &headers,
+        &rows,
+        crate::compare::Format::Table,
+    ));
+    out.push_str(&format!(
+        "{} trials ({} duplicate points collapsed) → runs/{}/",
+        plan.trials.len(),
+        plan.duplicates,
+        plan.experiment.name
+    ));
+    out
+}
+
+/// Writes everything a sweep directory needs before any trial runs: the sweep file copy, the
+/// manifest, each trial's `config.toml`, and the root event file with the HParams experiment
+/// (every swept key with its domain, and the metrics) and the custom-scalars layout.
+fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest) -> Result<()> {
+    crate::atomic::write(&root.join("sweep.toml"), plan.text.as_bytes())?;
+    for entry in &manifest.trials {
+        let trial = plan.trials.iter().find(|t| t.hash == entry.hash);
+        let dir = root.join(&entry.dir);
+        let cfg_path = dir.join("config.toml");
+        if let (Some(t), false) = (trial, cfg_path.exists()) {
+            std::fs::create_dir_all(&dir).at(&dir)?;
+            crate::atomic::write(&cfg_path, t.config.to_toml().as_bytes())?;
+        }
+    }
+    manifest.save(root)?;
+
+    // One root event file, rewritten so the declared domains follow an --extend.
+    for e in std::fs::read_dir(root).at(root)?.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("events.out.tfevents.")
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let mut events = EventWriter::create(root)?;
+    let mut infos: Vec<(String, Option<crate::summary::Domain>, HpType)> = Vec::new();
+    let kind = |v: Option<&HValue>| match v {
+        Some(HValue::Str(_)) => HpType::DATA_TYPE_STRING,
+        Some(HValue::Bool(_)) => HpType::DATA_TYPE_BOOL,
+        _ => HpType::DATA_TYPE_FLOAT64,
+    };
+    let sample = plan
+        .trials
+        .first()
+        .map(|t| train::hparam_values(&t.config))
+        .unwrap_or_default();
+    for (k, d) in &plan.swept {
+        let v = sample.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+        // Nested keys (clean.*) are not HParams values; show them by name only.
+        infos.push((k.clone(), Some(d.clone()), kind(v)));
+    }
+    for (k, v) in &sample {
+        if !infos.iter().any(|(n, _, _)| n == k) {
+            infos.push((k.clone(), None, kind(Some(v))));
+        }
+    }
+    events.hparams_experiment(&infos, train::METRICS)?;
+    events.custom_scalars(&[(
+        "charlab",
+        vec![
+            ("loss (train vs val)", vec!["^train/loss$", "^val/loss$"]),
+            (
+                "bits per char (train vs val)",
+                vec!["^train/bpc$", "^val/bpc$"],
+            ),
+        ],
+    )])?;
+    events.sync()
+}
+
+/// Prepares every distinct corpus of the plan once, in the parent: a missing or bad corpus is
+/// reported before any trial starts, and the workers then read the cache.
+fn prepare_corpora(plan: &Plan, data_dir: &Path, progress: Progress) -> Result<()> {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for t in &plan.trials {
+        let key = (
+            t.config.corpus.clone(),
+            serde_json::to_string(&t.config.clean).unwrap_or_default(),
+        );
+        if seen.contains(&key) {
+            continue;
+        }
+        let mut say = |m: &str| {
+            if progress != Progress::Quiet {
+                eprintln!("{m}");
+            }
+        };
+        let p = crate::corpus::prepare(&t.config.corpus, &t.config.clean, data_dir, &mut say)?;
+        crate::batch::split(
+            &p.ids,
+            t.config.val_fraction,
+            t.config.batch_size,
+            t.config.seq_len,
+        )?;
+        seen.push(key);
+    }
+    Ok(())
+}
+
+/// `charlab sweep`: plans, lays out and runs a sweep on this machine.
+pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
+    let plan = plan::load(path, opts.max_trials, opts.force)?;
+    let root = opts.runs_root.join(&plan.experiment.name);
+    let _lock = ledger::Lock::acquire(&root)?;
+    let manifest = ledger::reconcile(&root, &plan, opts.extend)?;
+    prepare_corpora(&plan, &opts.data_dir, opts.progress)?;
+    lay_out(&root, &plan, &manifest)?;
+    let exp = &plan.experiment;
+    let local = local::LocalOptions {
+        jobs: opts.jobs.unwrap_or(exp.jobs).max(1),
+        devices: exp.devices.clone(),
+        trials_per_device: exp.trials_per_device.max(1),
+        retries: opts.retries.unwrap_or(exp.retries),
+        fail_fast: opts.fail_fast,
+        timeout: exp.timeout.map(std::time::Duration::from_secs_f64),
+        progress: opts.progress,
+        worker_exe: opts.worker_exe.clone(),
+        data_dir: opts.data_dir.clone(),
+    };
+    let signal = local::run(&root, &manifest, &local)?;
+    let states = manifest
+        .trials
+        .iter()
+        .map(|e| ledger::state(&root.join(&e.dir)))
+        .collect();
+    Ok(SweepOutcome {
+        root,
+        manifest,
+        states,
+        signal,
+    })
+}
+
+/// The median pruning rule: prune when this trial's val loss at `step` is worse than the median
+/// of the siblings that have reached `step`, once `min_trials` of them have.
+fn median_rule(
+    root: PathBuf,
+    manifest: &Manifest,
+    me: usize,
+    eval_every: u64,
+    rule: plan::Pruning,
+) -> Arc<dyn Fn(u64, f64) -> bool + Send + Sync> {
+    let siblings: Vec<PathBuf> = manifest
+        .trials
+        .iter()
+        .filter(|e| e.index != me)
+        .map(|e| root.join(&e.dir))
+        .collect();
+    Arc::new(move |step, loss| {
+        if step / eval_every.max(1) <= rule.warmup_evals as u64 {
+            return false;
+        }
+        let mut others: Vec<f64> = siblings
+            .iter()
+            .filter_map(|d| ledger::record(d))
+            .filter_map(|r| r.evals.iter().find(|e| e.step == step).map(|e| e.val_loss))
+            .collect();
+        if others.len() < rule.min_trials {
+            return false;
+        }
+        others.sort_by(f64::total_cmp);
+        let n = others.len();
+        let median = if n % 2 == 1 {
+            others[n / 2]
+        } else {
+            (others[n / 2 - 1] + others[n / 2]) / 2.0
+        };
+        loss > median
+    })
+}
+
+/// `charlab sweep-worker`: runs (or resumes) exactly trial `index` of the sweep in `sweep_dir`.
+pub fn worker(
+    sweep_dir: &Path,
+    index: usize,
+    threads: Option<usize>,
+    device: Option<String>,
+    data_dir: &Path,
+    progress: Progress,
+) -> Result<RunStatus> {
+    let manifest = Manifest::load(sweep_dir)?;
+    let entry = manifest.entry(index)?;
+    let run_dir = sweep_dir.join(&entry.dir);
+    if let Some(r) = ledger::record(&run_dir) {
+        if r.status.is_final() {
+            return Ok(r.status);
+        }
+    }
+    let mut cfg = RunConfig::load(&run_dir.join("config.toml"))?;
+    if threads.is_some() {
+        cfg.threads = threads;
+    }
+    if let Some(d) = device {
+        cfg.device = d;
+    }
+    let prune = manifest.pruning.clone().map(|rule| {
+        median_rule(
+            sweep_dir.to_path_buf(),
+            &manifest,
+            index,
+            cfg.eval_every,
+            rule,
+        )
+    });
+    let opts = TrainOptions {
+        resume: true,
+        progress,
+        data_dir: data_dir.to_path_buf(),
+        write_experiment: false,
+        group: Some(entry.group.clone()),
+        prune,
+        ..TrainOptions::default()
+    };
+    match train::train(&cfg, &run_dir, &opts) {
+        Ok(r) => Ok(r.status),
+        Err(e) => {
+            let _ = ledger::mark_failed(&run_dir, &e.to_string());
+            Err(e)
+        }
+    }
+}

@@ -275,3 +275,22 @@ fn sampling_is_deterministic_with_a_seed_and_checks_the_prime() {
     .to_string();
     assert!(err.contains("'Z'") && err.contains("--prime"), "{err}");
 }
+
+#[test]
+fn patience_stops_a_run_whose_val_loss_stops_improving() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path());
+    // An update too small to change any f32 weight: val/loss stays exactly the same.
+    let cfg = RunConfig {
+        optimizer: OptimizerKind::Sgd,
+        lr: 1e-30,
+        max_steps: Some(100),
+        eval_every: 5,
+        patience: Some(2),
+        ..common::tiny_config(&corpus)
+    };
+    let r = train(&cfg, &dir.path().join("run"), &common::quiet(dir.path())).unwrap();
+    assert_eq!(r.status, RunStatus::Completed);
+    assert_eq!(r.record.steps, 15, "first eval sets the best, two more without improvement stop it");
+    assert!(r.record.message.unwrap().contains("early stop"));
+}

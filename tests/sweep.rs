@@ -1,0 +1,617 @@
+//! Sweeps: planning (expansion and every bad-input case), and end-to-end runs through the CLI,
+//! checked with TensorBoard's own reader and `compare`.
+
+mod common;
+
+use charlab::sweep::plan;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn plan_of(text: &str) -> charlab::Result<plan::Plan> {
+    plan::plan(Path::new("sweep.toml"), text, 1000, false)
+}
+
+fn err_of(text: &str) -> String {
+    plan_of(text).unwrap_err().to_string()
+}
+
+const HEAD: &str = "[experiment]\nname = \"t\"\ncorpus = \"x.txt\"\n";
+
+#[test]
+fn grid_count_is_the_product_of_list_lengths_in_file_order() {
+    let p = plan_of(&format!(
+        "{HEAD}[grid]\nseq_len = [50, 100]\nlayers = [1, 2, 3]\ndropout = [0.0, 0.25, 0.5]\nlr = [1e-3, 2e-3]\n"
+    ))
+    .unwrap();
+    assert_eq!(p.trials.len(), 2 * 3 * 3 * 2);
+    let keys: Vec<&str> = p.swept.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["seq_len", "layers", "dropout", "lr"]);
+    // Last key varies fastest.
+    assert_eq!(p.trials[0].config.lr, 1e-3);
+    assert_eq!(p.trials[1].config.lr, 2e-3);
+    assert_eq!(p.trials[0].config.seq_len, 50);
+    assert_eq!(p.trials[35].config.seq_len, 100);
+    assert!(p.trials.iter().all(|t| t.config.corpus == "x.txt"));
+}
+
+#[test]
+fn random_search_is_deterministic_and_within_its_domains() {
+    let text = format!(
+        "{HEAD}seed = 7\n[random]\ntrials = 20\nlr = {{ log_uniform = [1e-4, 1e-2] }}\n\
+         dropout = {{ uniform = [0.0, 0.6] }}\nhidden = {{ choice = [128, 256, 512] }}\n"
+    );
+    let a = plan_of(&text).unwrap();
+    let b = plan_of(&text).unwrap();
+    assert_eq!(a.trials, b.trials);
+    assert_eq!(a.trials.len(), 20);
+    for t in &a.trials {
+        assert!((1e-4..=1e-2).contains(&t.config.lr));
+        assert!((0.0..=0.6).contains(&t.config.dropout));
+        assert!([128, 256, 512].contains(&t.config.hidden));
+    }
+    let other = plan_of(&text.replace("seed = 7", "seed = 8")).unwrap();
+    assert_ne!(a.trials, other.trials);
+}
+
+#[test]
+fn duplicates_collapse_and_explicit_trials_are_added() {
+    let p = plan_of(&format!(
+        "{HEAD}[grid]\nlr = [1e-3, 0.001, 2e-3]\n[[trial]]\nlr = 5e-3\nlayers = 3\n[[trial]]\nlr = 1e-3\nlayers = 1\n"
+    ))
+    .unwrap();
+    // 1e-3 == 0.001 collapses; the explicit (1e-3, layers 1) is a new point unless layers=1
+    // is already the default for the grid: defaults have layers = 2, so it is new.
+    assert_eq!(p.duplicates, 1);
+    assert_eq!(p.trials.len(), 4);
+    assert_eq!(p.trials[2].config.layers, 3);
+    // An explicit trial that repeats another explicit one is an error.
+    let e = err_of(&format!(
+        "{HEAD}[[trial]]\nlr = 5e-3\n[[trial]]\nlr = 5e-3\n"
+    ));
+    assert!(e.contains("duplicates"), "{e}");
+}
+
+#[test]
+fn every_bad_input_names_the_file_line_and_key() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[grid]\nhiden = [1, 2]\n",
+            &["sweep.toml", "line 5", "hiden", "did you mean `hidden`"],
+        ),
+        (
+            "[defaults]\nlearning_rate = 1e-3\n",
+            &["line 5", "learning_rate"],
+        ),
+        (
+            "[grid]\ndropout = [0.0, 1.0]\n",
+            &["line 5", "dropout", "[0, 1)"],
+        ),
+        ("[grid]\nlr = [1e-3, 0.0]\n", &["line 5", "`lr`", "> 0"]),
+        ("[grid]\nseq_len = [0, 10]\n", &["line 5", "seq_len"]),
+        ("[grid]\nlayers = []\n", &["line 5", "layers", "empty"]),
+        ("[grid]\nlayers = 2\n", &["line 5", "layers", "list"]),
+        (
+            "[grid]\nhidden = [\"big\"]\n",
+            &["line 5", "hidden", "integer"],
+        ),
+        (
+            "[random]\ntrials = 3\nlr = { log_uniform = [0.0, 1e-2] }\n",
+            &["line 6", "lr", "low > 0"],
+        ),
+        ("[random]\nlr = { uniform = [1e-3, 1e-2] }\n", &["trials"]),
+        ("[gird]\nlr = [1]\n", &["gird", "did you mean `grid`"]),
+        ("[grid]\nlr = [1e-3\n", &["line 5"]),
+    ];
+    for (body, needles) in cases {
+        let e = err_of(&format!("{HEAD}{body}"));
+        for n in *needles {
+            assert!(e.contains(n), "{body:?}: `{n}` not in: {e}");
+        }
+    }
+    let e = err_of("[experiment]\nnme = \"x\"\n");
+    assert!(
+        e.contains("nme") && e.contains("did you mean `name`") && e.contains("line 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn experiment_names_cannot_escape_runs() {
+    for name in ["../up", "/abs", "a/b", "..", "tab\tname", ""] {
+        let e = err_of(&format!("[experiment]\nname = {name:?}\n"));
+        assert!(e.contains("experiment name"), "{name:?}: {e}");
+    }
+}
+
+#[test]
+fn a_huge_grid_is_refused_before_it_is_built() {
+    let lists: String = (0..12)
+        .map(|i| {
+            format!(
+                "{} = [{}]\n",
+                [
+                    "lr",
+                    "dropout",
+                    "hidden",
+                    "layers",
+                    "seq_len",
+                    "embed_dim",
+                    "batch_size",
+                    "seed",
+                    "momentum",
+                    "beta1",
+                    "beta2",
+                    "eps"
+                ][i],
+                (1..=10)
+                    .map(|v| match i {
+                        0 => format!("{}e-4", v),
+                        1 | 8 | 9 => format!("0.{v}"),
+                        10 => format!("0.9{v}"),
+                        11 => format!("{v}e-9"),
+                        _ => v.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    let e = err_of(&format!("{HEAD}[grid]\n{lists}"));
+    assert!(
+        e.contains("more than the limit of 1000") && e.contains("--force"),
+        "{e}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(1));
+    let small = plan::plan(
+        Path::new("s.toml"),
+        &format!("{HEAD}[grid]\nlr = [1e-3, 2e-3, 3e-3]\n"),
+        2,
+        false,
+    );
+    assert!(small.unwrap_err().to_string().contains("limit of 2"));
+    assert_eq!(
+        plan::plan(
+            Path::new("s.toml"),
+            &format!("{HEAD}[grid]\nlr = [1e-3, 2e-3, 3e-3]\n"),
+            2,
+            true
+        )
+        .unwrap()
+        .trials
+        .len(),
+        3
+    );
+}
+
+#[test]
+fn run_directory_names_are_short_and_unique() {
+    let p = plan_of(&format!(
+        "{HEAD}[grid]\nlr = [1e-3, 2e-3]\nweight_decay = [0.0, 0.0001]\nlr_schedule = [\"none\", \"cosine\"]\nembed_dim = [64, 128]\n"
+    ))
+    .unwrap();
+    let names: Vec<String> = p
+        .trials
+        .iter()
+        .enumerate()
+        .map(|(i, t)| plan::dir_name(i, t))
+        .collect();
+    for n in &names {
+        assert!(n.len() <= 64, "{n}");
+        assert!(
+            n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c)),
+            "{n}"
+        );
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), names.len());
+    assert!(
+        names[0].starts_with("000-lr0.001_wd0_lsnone_ed64-"),
+        "{}",
+        names[0]
+    );
+}
+
+// ---- end to end, through the CLI ----
+
+struct Sweep {
+    dir: tempfile::TempDir,
+    file: PathBuf,
+}
+
+impl Sweep {
+    /// A sweep of tiny trials on the fixture corpus; `extra_defaults` lines (`key = value`)
+    /// replace the defaults of the same key.
+    fn new(name: &str, grid: &str, extra_defaults: &str) -> Sweep {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = common::write_corpus(dir.path());
+        let file = dir.path().join("sweep.toml");
+        let mut defaults: Vec<String> = [
+            "batch_size = 4",
+            "seq_len = 16",
+            "embed_dim = 16",
+            "hidden = 32",
+            "max_steps = 40",
+            "eval_every = 10",
+            "log_every = 1",
+            "histogram_every = 0",
+            "sample_length = 10",
+            "val_fraction = 0.1",
+            "device = \"cpu\"",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for line in extra_defaults.lines().filter(|l| !l.trim().is_empty()) {
+            let key = line.split('=').next().unwrap().trim();
+            defaults.retain(|d| d.split('=').next().unwrap().trim() != key);
+            defaults.push(line.to_string());
+        }
+        let text = format!(
+            "[experiment]\nname = {name:?}\ncorpus = {:?}\njobs = 2\n\n[defaults]\n{}\n\n[grid]\n{grid}\n",
+            corpus.to_str().unwrap(),
+            defaults.join("\n")
+        );
+        std::fs::write(&file, text).unwrap();
+        Sweep { dir, file }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_charlab"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("CHARLAB_DATA", self.dir.path().join("data"));
+        c
+    }
+
+    fn run(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["sweep", self.file.to_str().unwrap(), "--plain"];
+        args.extend(extra);
+        self.cmd(&args).output().unwrap()
+    }
+
+    fn spawn(&self, extra: &[&str]) -> Child {
+        let mut args = vec!["sweep", self.file.to_str().unwrap(), "--plain"];
+        args.extend(extra);
+        self.cmd(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn root(&self, name: &str) -> PathBuf {
+        self.dir.path().join("runs").join(name)
+    }
+}
+
+fn run_dirs(root: &Path) -> Vec<PathBuf> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
+    m["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| root.join(t["dir"].as_str().unwrap()))
+        .collect()
+}
+
+fn record(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap()
+}
+
+fn steps_of(tb: &serde_json::Value, tag: &str) -> Vec<u64> {
+    tb["scalars"][tag]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_sweep_of_four_trials_is_read_by_tensorboard_and_compared() {
+    let s = Sweep::new("four", "lr = [1e-3, 1e-2]\nlayers = [1, 2]", "");
+    let o = s.run(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let root = s.root("four");
+    assert!(root.join("sweep.toml").exists() && root.join("manifest.json").exists());
+    let dirs = run_dirs(&root);
+    assert_eq!(dirs.len(), 4);
+    for d in &dirs {
+        assert_eq!(record(d)["status"], "completed", "{}", d.display());
+        let tb = common::tb_read(d);
+        assert_eq!(steps_of(&tb, "train/loss"), (1..=40).collect::<Vec<_>>());
+        assert_eq!(steps_of(&tb, "val/loss"), vec![10, 20, 30, 40]);
+        let hp = &tb["hparams"];
+        assert_eq!(hp["end"]["status"], "STATUS_SUCCESS");
+        let lr = hp["start"]["hparams"]["lr"].as_f64().unwrap();
+        assert!(lr == 1e-3 || lr == 1e-2);
+        assert!(!hp["start"]["group_name"].as_str().unwrap().is_empty());
+        assert!(
+            hp.get("experiment").is_none(),
+            "runs of a sweep leave the experiment to the root"
+        );
+    }
+    let root_tb = common::tb_read(&root);
+    let declared: Vec<&str> = root_tb["hparams"]["experiment"]["hparams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(&declared[..2], ["lr", "layers"]);
+    let metrics = root_tb["hparams"]["experiment"]["metrics"]
+        .as_array()
+        .unwrap();
+    assert!(metrics.iter().any(|m| m == "val/loss"));
+
+    // compare: one row per trial, sorted by best val loss.
+    let c = s
+        .cmd(&["compare", root.to_str().unwrap(), "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    let runs = j["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    let losses: Vec<f64> = runs
+        .iter()
+        .map(|r| r["best_val_loss"].as_f64().unwrap())
+        .collect();
+    assert!(losses.windows(2).all(|w| w[0] <= w[1]), "{losses:?}");
+    for r in runs {
+        let dir = root.join(r["run"].as_str().unwrap());
+        assert_eq!(
+            record(&dir)["best_metrics"]["val_loss"].as_f64().unwrap(),
+            r["best_val_loss"].as_f64().unwrap()
+        );
+    }
+    let table = s
+        .cmd(&["compare", root.to_str().unwrap(), "--top", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.lines().next().unwrap().contains("lr") && text.contains("completed"));
+    let md = s
+        .cmd(&[
+            "compare",
+            root.to_str().unwrap(),
+            "--format",
+            "markdown",
+            "--sort",
+            "lr",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(md.stdout)
+        .unwrap()
+        .starts_with("| run | lr | layers |"));
+
+    // Running it again does nothing: every trial is done.
+    let again = s.run(&[]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 to run"));
+}
+
+#[test]
+fn a_sweep_killed_mid_way_finishes_on_rerun_with_each_step_once() {
+    let s = Sweep::new(
+        "killed",
+        "lr = [1e-3, 3e-3, 1e-2]\nseed = [1, 2]",
+        "max_steps = 300\neval_every = 50\nhidden = 64",
+    );
+    let root = s.root("killed");
+    let mut child = s.spawn(&[]);
+    // Kill the parent once some trial has checkpointed past its first evaluation.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let progressed = root.join("manifest.json").exists()
+            && run_dirs(&root).iter().any(|d| {
+                d.join("run.json").exists() && record(d)["steps"].as_u64().unwrap_or(0) >= 60
+            });
+        if progressed || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup in the parent
+    child.wait().unwrap();
+    // Orphaned workers finish or die on their own; the lock's owner is dead, so a rerun takes over.
+    let o = s.run(&["--retries", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for d in run_dirs(&root) {
+        assert_eq!(record(&d)["status"], "completed", "{}", d.display());
+        let tb = common::tb_read(&d);
+        assert_eq!(
+            steps_of(&tb, "train/loss"),
+            (1..=300).collect::<Vec<_>>(),
+            "{}",
+            d.display()
+        );
+        assert_eq!(steps_of(&tb, "val/loss"), vec![50, 100, 150, 200, 250, 300]);
+    }
+}
+
+#[test]
+fn a_second_sweep_on_the_same_experiment_is_refused() {
+    let s = Sweep::new(
+        "locked",
+        "lr = [1e-3, 2e-3]",
+        "max_steps = 3000\nhidden = 64",
+    );
+    let root = s.root("locked");
+    let mut first = s.spawn(&[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !root.join(".lock").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = s.run(&[]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        err.contains("another charlab sweep") && err.contains(&first.id().to_string()),
+        "{err}"
+    );
+    // SIGINT: the sweep asks its workers to checkpoint, and exits 130 with them interrupted.
+    Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .unwrap();
+    let status = first.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    for d in run_dirs(&root) {
+        if d.join("run.json").exists() {
+            let st = record(&d)["status"].clone();
+            assert!(st == "interrupted" || st == "completed", "{st}");
+        }
+    }
+    assert!(!root.join(".lock").exists(), "the lock is released");
+}
+
+#[test]
+fn a_killed_worker_is_retried_from_its_checkpoint() {
+    let s = Sweep::new(
+        "retry",
+        "lr = [2e-3]",
+        "max_steps = 400\neval_every = 20\nhidden = 64",
+    );
+    let root = s.root("retry");
+    let mut parent = s.spawn(&["--retries", "2"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dir = loop {
+        if root.join("manifest.json").exists() {
+            let d = run_dirs(&root).remove(0);
+            if d.join("run.json").exists() && record(&d)["steps"].as_u64().unwrap_or(0) >= 40 {
+                break d;
+            }
+        }
+        assert!(Instant::now() < deadline, "the trial never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pid = record(&dir)["pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(parent.wait().unwrap().success());
+    assert_eq!(record(&dir)["status"], "completed");
+    let tb = common::tb_read(&dir);
+    assert_eq!(steps_of(&tb, "train/loss"), (1..=400).collect::<Vec<_>>());
+    let log = std::fs::read_to_string(dir.join("worker.log")).unwrap();
+    assert!(log.contains("resuming"), "{log}");
+}
+
+#[test]
+fn a_changed_sweep_file_is_refused_unless_extended() {
+    let s = Sweep::new("grow", "lr = [1e-3, 2e-3]", "max_steps = 10");
+    assert!(s.run(&[]).status.success());
+    let text = std::fs::read_to_string(&s.file).unwrap();
+    std::fs::write(
+        &s.file,
+        text.replace("lr = [1e-3, 2e-3]", "lr = [1e-3, 2e-3, 3e-3]"),
+    )
+    .unwrap();
+    let refused = s.run(&[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--extend"));
+    let extended = s.run(&["--extend"]);
+    assert!(
+        extended.status.success(),
+        "{}",
+        String::from_utf8_lossy(&extended.stderr)
+    );
+    let dirs = run_dirs(&s.root("grow"));
+    assert_eq!(dirs.len(), 3);
+    assert!(dirs[2]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("002-lr0.003"));
+    std::fs::write(&s.file, text.replace("lr = [1e-3, 2e-3]", "lr = [1e-3]")).unwrap();
+    let shrunk = s.run(&["--extend"]);
+    assert_eq!(shrunk.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&shrunk.stderr).contains("no longer in it"));
+}
+
+#[test]
+fn the_median_rule_prunes_a_trial_worse_than_its_siblings() {
+    let s = Sweep::new("prune", "lr = [1e-2, 9e-3, 8e-3, 1e-5]", "max_steps = 60");
+    let text = std::fs::read_to_string(&s.file).unwrap().replace(
+        "jobs = 2",
+        "jobs = 1\npruning = { rule = \"median\", warmup_evals = 1, min_trials = 3 }",
+    );
+    std::fs::write(&s.file, text).unwrap();
+    let o = s.run(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dirs = run_dirs(&s.root("prune"));
+    for d in &dirs[..3] {
+        assert_eq!(record(d)["status"], "completed");
+    }
+    let slow = record(&dirs[3]);
+    assert_eq!(slow["status"], "pruned", "{slow}");
+    assert_eq!(
+        slow["steps"], 20,
+        "pruned at the first evaluation after the warm-up"
+    );
+    let c = s
+        .cmd(&["compare", s.root("prune").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(c.stdout).unwrap().contains("pruned"));
+}
+
+#[test]
+fn a_trial_over_its_timeout_fails_and_the_sweep_goes_on() {
+    let s = Sweep::new(
+        "timeout",
+        "hidden = [256, 16]",
+        "max_steps = 100000\neval_every = 1000",
+    );
+    let text = std::fs::read_to_string(&s.file)
+        .unwrap()
+        .replace("jobs = 2", "jobs = 1\ntimeout = \"2s\"");
+    std::fs::write(&s.file, text).unwrap();
+    let o = s.run(&[]);
+    assert_eq!(o.status.code(), Some(1));
+    let dirs = run_dirs(&s.root("timeout"));
+    for d in &dirs {
+        let r = record(d);
+        assert_eq!(r["status"], "failed");
+        assert!(
+            r["message"]
+                .as_str()
+                .unwrap()
+                .contains("timed out after 2s"),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn sweep_worker_rejects_an_index_out_of_range() {
+    let s = Sweep::new("worker", "lr = [1e-3]", "max_steps = 5");
+    assert!(s.run(&[]).status.success());
+    let o = s
+        .cmd(&[
+            "sweep-worker",
+            "--sweep",
+            s.root("worker").to_str().unwrap(),
+            "--index",
+            "7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--index"));
+    let dry = s
+        .cmd(&["sweep", s.file.to_str().unwrap(), "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("1 trials"));
+}

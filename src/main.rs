@@ -303,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    charlab::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -107,9 +107,16 @@ impl EventWriter {
         std::fs::create_dir_all(dir).at(dir)?;
         let host = hostname();
         let n = WRITERS.fetch_add(1, Ordering::Relaxed);
-        let secs = now_secs() as u64;
+        // TensorBoard reads a directory's event files in name order, and a resume's purge only
+        // works if its file comes after the one it purges: the name starts with the creation
+        // time to the microsecond. The pid and a per-process counter make it unique.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let path = dir.join(format!(
-            "events.out.tfevents.{secs:010}.{host}.{}.{n}",
+            "events.out.tfevents.{:010}.{:06}.{host}.{}.{n}",
+            now.as_secs(),
+            now.subsec_micros(),
             std::process::id()
         ));
         let file = File::options()

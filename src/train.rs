@@ -398,10 +398,8 @@ struct Trainer<'a> {
     evals_without_improvement: u32,
 }
 
-/// Why the loop stopped early.
-enum Stop {
-    Status(RunStatus, String),
-}
+/// Why the loop stopped early: the status to record and a message.
+type Stop = (RunStatus, String);
 
 impl Trainer<'_> {
     fn epoch_f(&self) -> f64 {
@@ -431,7 +429,7 @@ impl Trainer<'_> {
         // A uniform guess costs ln V; ten times that is no longer training.
         if !loss_v.is_finite() || loss_v > 10.0 * self.record.ln_vocab.max(1.0) {
             let msg = format!("loss became {loss_v} at step {next_step}");
-            return Ok(Some(Stop::Status(RunStatus::Diverged, msg)));
+            return Ok(Some((RunStatus::Diverged, msg)));
         }
         if self.cursor.step == 0 {
             self.record.first_loss = Some(loss_v);
@@ -560,13 +558,13 @@ impl Trainer<'_> {
         if let Some(p) = self.cfg.patience {
             if self.evals_without_improvement >= p {
                 let msg = format!("early stop: no val/loss improvement in {p} evaluations");
-                return Ok(Some(Stop::Status(RunStatus::Completed, msg)));
+                return Ok(Some((RunStatus::Completed, msg)));
             }
         }
         if let Some(prune) = &self.opts.prune {
             if step < self.total_steps && prune(step, val_loss) {
                 let msg = format!("pruned at step {step} (val/loss {val_loss:.4})");
-                return Ok(Some(Stop::Status(RunStatus::Pruned, msg)));
+                return Ok(Some((RunStatus::Pruned, msg)));
             }
         }
         Ok(None)
@@ -632,7 +630,7 @@ impl Trainer<'_> {
                 }
                 None => None,
             };
-            if let Some(Stop::Status(status, msg)) = stop {
+            if let Some((status, msg)) = stop {
                 self.reporter.line(&msg);
                 self.record.message = Some(msg);
                 return Ok(status);
@@ -684,6 +682,58 @@ impl Trainer<'_> {
     }
 }
 
+/// An exclusive lock on a run directory for as long as a process trains it: a worker orphaned
+/// by a killed sweep and the worker of the rerun must not both write the same run. It is an
+/// flock, so the kernel releases it when its holder dies, however it dies.
+struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock, waiting up to a minute for a holder that is stopping.
+    fn acquire(out: &Path, progress: Progress) -> Result<RunLock> {
+        let path = out.join(".train.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let mut told = false;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is shared with the call.
+            let rc = unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                )
+            };
+            if rc == 0 {
+                return Ok(RunLock { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(Error::io(&path, err));
+            }
+            if Instant::now() > deadline {
+                return Err(run_error(
+                    out,
+                    "another process is training this run directory",
+                ));
+            }
+            if !told {
+                log_line(
+                    progress,
+                    &format!("{}: waiting for another process training it", out.display()),
+                );
+                told = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
 /// Trains one run into `out`.
 pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResult> {
     cfg.validate()?;
@@ -693,6 +743,8 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
     let config_path = out.join("config.toml");
     let last_ckpt = checkpoint::path(out, "last");
 
+    std::fs::create_dir_all(out).at(out)?;
+    let _lock = RunLock::acquire(out, progress)?;
     if record_path.exists() && !opts.resume {
         return Err(run_error(
             out,
@@ -703,7 +755,6 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         let saved = RunConfig::load(&config_path)?;
         check_resumable(&saved, cfg, out)?;
     }
-    std::fs::create_dir_all(out).at(out)?;
 
     let mut say = |m: &str| log_line(progress, m);
     let prepared = corpus::prepare(&cfg.corpus, &cfg.clean, &opts.data_dir, &mut say)?;

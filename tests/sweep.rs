@@ -436,6 +436,21 @@ fn a_sweep_killed_mid_way_finishes_on_rerun_with_each_step_once() {
         );
         assert_eq!(steps_of(&tb, "val/loss"), vec![50, 100, 150, 200, 250, 300]);
     }
+    // compare agrees with the run directories.
+    let c = s
+        .cmd(&["compare", root.to_str().unwrap(), "--format", "csv"])
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(c.stdout).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 6, "{csv}");
+    assert_eq!(
+        csv.lines()
+            .filter(|l| l.contains(",completed,300/300,"))
+            .count(),
+        6,
+        "{csv}"
+    );
+    assert!(csv.starts_with("run,lr,seed,status,"), "{csv}");
 }
 
 #[test]

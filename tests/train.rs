@@ -291,6 +291,9 @@ fn patience_stops_a_run_whose_val_loss_stops_improving() {
     };
     let r = train(&cfg, &dir.path().join("run"), &common::quiet(dir.path())).unwrap();
     assert_eq!(r.status, RunStatus::Completed);
-    assert_eq!(r.record.steps, 15, "first eval sets the best, two more without improvement stop it");
+    assert_eq!(
+        r.record.steps, 15,
+        "first eval sets the best, two more without improvement stop it"
+    );
     assert!(r.record.message.unwrap().contains("early stop"));
 }

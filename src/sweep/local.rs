@@ -348,6 +348,19 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Opti
                     cmd.arg("--threads").arg(threads.to_string());
                 }
             }
+            // A worker outlives a SIGKILLed sweep only until the kernel tells it: it then
+            // checkpoints and stops instead of racing the rerun's worker.
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                        Ok(())
+                    });
+                }
+            }
             let child = cmd.spawn().at(&exe)?;
             running.push(Running {
                 index,

@@ -201,6 +201,8 @@ fn prepare_corpora(plan: &Plan, data_dir: &Path, progress: Progress) -> Result<(
 
 /// `charlab sweep`: plans, lays out and runs a sweep on this machine.
 pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
+    // Before the lock exists: a Ctrl-C from then on stops the sweep cleanly.
+    crate::signals::install();
     let plan = plan::load(path, opts.max_trials, opts.force)?;
     let root = opts.runs_root.join(&plan.experiment.name);
     let _lock = ledger::Lock::acquire(&root)?;

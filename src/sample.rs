@@ -50,8 +50,9 @@ pub fn generate(
     for _ in 0..length {
         let fwd = model.forward(&input, &state, None)?;
         state = fwd.state;
-        let rows = fwd.logits.dim(0)?;
-        let logits = fwd.logits.get(rows - 1)?.to_vec1::<f32>()?;
+        let rows = fwd.hidden.dim(0)?;
+        let last = fwd.hidden.narrow(0, rows - 1, 1)?;
+        let logits = model.logits(&last)?.squeeze(0)?.to_vec1::<f32>()?;
         let next = pick(&logits, how, rng);
         out.push(next);
         input = Tensor::from_slice(&[next], (1, 1), device)?;

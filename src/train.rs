@@ -8,7 +8,7 @@ use crate::checkpoint::{self, Cursor};
 use crate::config::RunConfig;
 use crate::corpus;
 use crate::error::{Error, IoContext, Result};
-use crate::model::{self, CharRnn, Dims, LstmImpl, State};
+use crate::model::{CharRnn, Dims, LstmImpl, State};
 use crate::optim::{self, Hyper, Optimizer};
 use crate::rng::Rng;
 use crate::sample;
@@ -305,7 +305,7 @@ pub fn evaluate(model: &CharRnn, split: &Split) -> Result<(f64, f64)> {
     for w in 0..split.windows() {
         let (x, y) = window_tensors(&split.window(w), model.device())?;
         let fwd = model.forward(&x, &state, None)?;
-        let (loss, acc) = model::loss_and_accuracy(&fwd.logits, &y)?;
+        let (loss, acc) = model.loss(&fwd.hidden, &y)?;
         let count = y.elem_count();
         loss_sum += loss.to_scalar::<f32>()? as f64 * count as f64;
         acc_sum += acc as f64 * count as f64;
@@ -423,7 +423,7 @@ impl Trainer<'_> {
         let fwd = self
             .model
             .forward(&x, &self.state, Some((cfg.dropout, &mut self.rng)))?;
-        let (loss, acc) = model::loss_and_accuracy(&fwd.logits, &y)?;
+        let (loss, acc) = self.model.loss(&fwd.hidden, &y)?;
         let loss_v = loss.to_scalar::<f32>()? as f64;
         let next_step = self.cursor.step + 1;
         // A uniform guess costs ln V; ten times that is no longer training.

@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use charlab::config::RunConfig;
-use charlab::model::{loss_and_accuracy, lstm, CharRnn, Dims, LstmImpl};
+use charlab::model::{head, lstm, CharRnn, Dims, LstmImpl};
 use charlab::rng::Rng;
 use std::path::Path;
 
@@ -96,7 +96,7 @@ fn fused_model_matches_reference_loss_and_every_gradient() {
         let fwd = model
             .forward(&x, &state, Some((0.3, &mut drop_rng)))
             .unwrap();
-        let (loss, _) = loss_and_accuracy(&fwd.logits, &y).unwrap();
+        let (loss, _) = model.loss(&fwd.hidden, &y).unwrap();
         let grads = loss.backward().unwrap();
         let g: Vec<Tensor> = model
             .params()
@@ -116,6 +116,39 @@ fn fused_model_matches_reference_loss_and_every_gradient() {
     for (((name, _), a), b) in fused.params().iter().zip(fg).zip(rg) {
         let e = rel_err(a, b);
         assert!(e < 1e-4, "{name}: relative error {e}");
+    }
+}
+
+#[test]
+fn fused_head_matches_reference_loss_accuracy_and_gradients() {
+    let mut rng = Rng::new(11, 0);
+    let (n, h, v) = (37, 12, 29);
+    let hidden = candle_core::Var::from_tensor(&random(&[n, h], &mut rng, 1.0)).unwrap();
+    let w = candle_core::Var::from_tensor(&random(&[v, h], &mut rng, 0.5)).unwrap();
+    let b = candle_core::Var::from_tensor(&random(&[v], &mut rng, 0.5)).unwrap();
+    let t: Vec<u32> = (0..n).map(|_| (rng.next_u64() % v as u64) as u32).collect();
+    let targets = Tensor::from_vec(t, n, &Device::Cpu).unwrap();
+    let mut out = Vec::new();
+    for f in [head::fused, head::reference] {
+        let (loss, acc) = f(&hidden, &w, &b, &targets).unwrap();
+        // Scale the loss so the incoming gradient is not 1: the op must use it.
+        let g = (loss.clone() * 3.0).unwrap().backward().unwrap();
+        out.push((
+            loss.to_scalar::<f32>().unwrap(),
+            acc,
+            [
+                g.get(&hidden).unwrap().clone(),
+                g.get(&w).unwrap().clone(),
+                g.get(&b).unwrap().clone(),
+            ],
+        ));
+    }
+    let (fl, fa, fg) = &out[0];
+    let (rl, ra, rg) = &out[1];
+    assert!(((fl - rl) / rl).abs() < 1e-5, "loss {fl} vs {rl}");
+    assert_eq!(fa, ra);
+    for (name, (a, b)) in ["d hidden", "d w", "d b"].iter().zip(fg.iter().zip(rg)) {
+        assert!(rel_err(a, b) < 1e-4, "{name}: {}", rel_err(a, b));
     }
 }
 

@@ -90,7 +90,7 @@ fn sigmoid(x: f32) -> f32 {
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with explicit (row, col) strides, single-threaded unless
 /// `threads > 1`.
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+pub(crate) fn gemm(
     m: usize,
     n: usize,
     k: usize,

@@ -2,6 +2,7 @@
 //! the decoder) → linear decoder → softmax cross-entropy. Parameters are named by the scope they
 //! show under in TensorBoard (`LSTM/layer_0/w_hh`), and the same names key the checkpoint.
 
+pub mod head;
 pub mod lstm;
 
 use crate::rng::Rng;
@@ -30,8 +31,8 @@ pub type State = Vec<(Tensor, Tensor)>;
 
 /// The outputs of one forward pass.
 pub struct Forward {
-    /// `[B·T, V]`
-    pub logits: Tensor,
+    /// The last layer's output after dropout, `[B·T, H]`: the decoder's input.
+    pub hidden: Tensor,
     /// The state after the last step (detached).
     pub state: State,
 }
@@ -198,13 +199,27 @@ impl CharRnn {
             }
         }
         debug_assert_eq!(in_dim, h);
-        let logits = input
-            .matmul(&self.get("Logits/weight")?.t()?)?
-            .broadcast_add(self.get("Logits/bias")?)?;
         Ok(Forward {
-            logits,
+            hidden: input,
             state: new_state,
         })
+    }
+
+    /// Decoder logits `[N, V]` of `hidden` `[N, H]` (for sampling).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        hidden
+            .matmul(&self.get("Logits/weight")?.t()?)?
+            .broadcast_add(self.get("Logits/bias")?)
+    }
+
+    /// Mean cross-entropy (with gradient) and accuracy of the decoder on `hidden` against
+    /// `targets` `[N]` u32: the fused head, or plain candle ops for the reference model.
+    pub fn loss(&self, hidden: &Tensor, targets: &Tensor) -> Result<(Tensor, f32)> {
+        let (w, b) = (self.get("Logits/weight")?, self.get("Logits/bias")?);
+        match self.lstm {
+            LstmImpl::Fused => head::fused(hidden, w, b, targets),
+            LstmImpl::Reference => head::reference(hidden, w, b, targets),
+        }
     }
 
     /// The model as graph nodes for TensorBoard, with the shapes of a `[batch, seq]` input.
@@ -316,17 +331,4 @@ fn apply_dropout(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
         .map(|_| if rng.uniform() < p { 0.0 } else { scale })
         .collect();
     x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
-}
-
-/// Mean cross-entropy and accuracy of `logits` `[N, V]` against `targets` `[N]` u32.
-pub fn loss_and_accuracy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, f32)> {
-    let loss = candle_nn::loss::cross_entropy(logits, targets)?;
-    let hits = logits
-        .detach()
-        .argmax(1)?
-        .eq(targets)?
-        .to_dtype(DType::F32)?
-        .mean_all()?
-        .to_scalar::<f32>()?;
-    Ok((loss, hits))
 }

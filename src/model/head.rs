@@ -96,31 +96,37 @@ impl CustomOp3 for HeadCe {
         // logits = x · wᵀ
         super::lstm::gemm(n, v, h, &mut probs, v, false, x, h, 1, w, 1, h, threads);
         let mut out = vec![0f32; n * 2];
-        for (i, row) in probs.chunks_exact_mut(v).enumerate() {
-            let mut max = f32::NEG_INFINITY;
-            let mut arg = 0usize;
-            for (j, z) in row.iter_mut().enumerate() {
-                *z += b[j];
-                if *z > max {
-                    max = *z;
-                    arg = j;
+        // Rows are independent: spread them over the run's threads.
+        use rayon::prelude::*;
+        probs
+            .par_chunks_exact_mut(v)
+            .zip(out.par_chunks_exact_mut(2))
+            .zip(self.targets.par_iter())
+            .for_each(|((row, o), &t)| {
+                let mut max = f32::NEG_INFINITY;
+                let mut arg = 0usize;
+                for (j, z) in row.iter_mut().enumerate() {
+                    *z += b[j];
+                    if *z > max {
+                        max = *z;
+                        arg = j;
+                    }
                 }
-            }
-            let t = self.targets[i] as usize;
-            let zt = row[t] - max;
-            let mut sum = 0f32;
-            for z in row.iter_mut() {
-                *z = (*z - max).exp();
-                sum += *z;
-            }
-            let inv = 1.0 / sum;
-            // loss = log Σ exp(z − max) − (z_t − max)
-            out[2 * i] = sum.ln() - zt;
-            out[2 * i + 1] = (arg == t) as u8 as f32;
-            for z in row.iter_mut() {
-                *z *= inv;
-            }
-        }
+                let t = t as usize;
+                let zt = row[t] - max;
+                let mut sum = 0f32;
+                for z in row.iter_mut() {
+                    *z = (*z - max).exp();
+                    sum += *z;
+                }
+                let inv = 1.0 / sum;
+                // loss = log Σ exp(z − max) − (z_t − max)
+                o[0] = sum.ln() - zt;
+                o[1] = (arg == t) as u8 as f32;
+                for z in row.iter_mut() {
+                    *z *= inv;
+                }
+            });
         *self
             .probs
             .lock()

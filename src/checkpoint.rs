@@ -6,7 +6,6 @@
 use crate::error::{Error, IoContext, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -39,13 +38,6 @@ pub fn path(run_dir: &Path, which: &str) -> PathBuf {
         .join(format!("{which}.safetensors"))
 }
 
-fn digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn data_region(bytes: &[u8]) -> Option<&[u8]> {
     let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
     bytes.get(8usize.checked_add(n)?..)
@@ -65,7 +57,7 @@ pub fn save(path: &Path, tensors: &HashMap<String, Tensor>, cursor: &Cursor) -> 
     // Serialize once to learn the data region, then again with its checksum in the header.
     let mut info = HashMap::from([(META_KEY.to_string(), meta)]);
     let first = safetensors::serialize(&cpu, Some(info.clone())).map_err(bad)?;
-    let sum = digest(data_region(&first).unwrap_or_default());
+    let sum = crate::corpus::sha256_hex(data_region(&first).unwrap_or_default());
     info.insert(SUM_KEY.into(), sum);
     let bytes = safetensors::serialize(&cpu, Some(info)).map_err(bad)?;
     crate::atomic::write(path, &bytes)
@@ -86,7 +78,7 @@ pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Cu
         .and_then(|m| serde_json::from_str(m).ok())
         .ok_or_else(|| bad("checkpoint has no charlab metadata".into()))?;
     let expected = info.get(SUM_KEY).cloned().unwrap_or_default();
-    let got = digest(data_region(&bytes).unwrap_or_default());
+    let got = crate::corpus::sha256_hex(data_region(&bytes).unwrap_or_default());
     if got != expected {
         return Err(bad("checkpoint is damaged (checksum mismatch)".into()));
     }

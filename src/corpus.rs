@@ -67,7 +67,8 @@ pub fn resolve(spec: &str, data_dir: &Path, log: &mut dyn FnMut(&str)) -> Result
     )))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// Lower-case hex sha256 of `bytes` (corpus, checkpoint and trial hashes).
+pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -136,6 +136,14 @@ enum Command {
     },
 }
 
+fn progress(plain: bool) -> Progress {
+    if plain {
+        Progress::Lines
+    } else {
+        Progress::Auto
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Prepare { corpus, config } => {
@@ -172,11 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let opts = TrainOptions {
                 resume,
-                progress: if plain {
-                    Progress::Lines
-                } else {
-                    Progress::Auto
-                },
+                progress: progress(plain),
                 ..Default::default()
             };
             charlab::signals::install();
@@ -223,11 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 retries,
                 fail_fast,
                 jobs,
-                progress: if plain {
-                    Progress::Lines
-                } else {
-                    Progress::Auto
-                },
+                progress: progress(plain),
                 ..Default::default()
             };
             let outcome = charlab::sweep::sweep(&file, &opts)?;

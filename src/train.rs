@@ -179,19 +179,11 @@ impl Default for TrainOptions {
     }
 }
 
-/// Keys that may differ between a run's saved config and the config it is resumed with: they
-/// change how long the run goes or how it is observed, not what it computes.
-const RESUMABLE_KEYS: &[&str] = &[
-    "max_steps",
-    "epochs",
-    "device",
-    "threads",
-    "log_every",
-    "eval_every",
-    "histogram_every",
-    "sample_length",
-    "sample_temperature",
-];
+/// Keys that may differ between a run's saved config and the config it is resumed with: the
+/// observation keys, and the two that say how long the run goes.
+fn resumable(key: &str) -> bool {
+    OBSERVATION_KEYS.contains(&key) || key == "max_steps" || key == "epochs"
+}
 
 /// The metrics declared to the HParams dashboard.
 pub const METRICS: &[&str] = &["val/loss", "val/accuracy", "val/bpc", "train/loss"];
@@ -275,7 +267,7 @@ fn check_resumable(saved: &RunConfig, now: &RunConfig, path: &Path) -> Result<()
     let changed: Vec<&String> = a
         .keys()
         .chain(b.keys())
-        .filter(|k| !RESUMABLE_KEYS.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .filter(|k| !resumable(k) && a.get(*k) != b.get(*k))
         .collect();
     if changed.is_empty() {
         return Ok(());
@@ -285,9 +277,10 @@ fn check_resumable(saved: &RunConfig, now: &RunConfig, path: &Path) -> Result<()
     Err(run_error(
         path,
         format!(
-            "cannot resume: the config differs from the run's in {} (only {} may change)",
+            "cannot resume: the config differs from the run's in {} (only max_steps, epochs \
+             and {} may change)",
             names.join(", "),
-            RESUMABLE_KEYS.join(", ")
+            OBSERVATION_KEYS.join(", ")
         ),
     ))
 }
@@ -407,9 +400,13 @@ impl Trainer<'_> {
     }
 
     fn write_record(&self) -> Result<()> {
+        self.write(&self.record)
+    }
+
+    fn write(&self, record: &RunRecord) -> Result<()> {
         crate::atomic::write(
             &self.out.join("run.json"),
-            serde_json::to_string_pretty(&self.record)
+            serde_json::to_string_pretty(record)
                 .unwrap_or_default()
                 .as_bytes(),
         )
@@ -592,12 +589,7 @@ impl Trainer<'_> {
         self.record.tokens_per_s = self.cursor.tokens as f64 / self.cursor.elapsed_secs.max(1e-9);
         let mut snapshot = self.record.clone();
         snapshot.elapsed_secs = self.cursor.elapsed_secs;
-        crate::atomic::write(
-            &self.out.join("run.json"),
-            serde_json::to_string_pretty(&snapshot)
-                .unwrap_or_default()
-                .as_bytes(),
-        )
+        self.write(&snapshot)
     }
 
     fn run(&mut self) -> Result<RunStatus> {

@@ -8,6 +8,7 @@
 //! GEMMs that cannot be avoided. [`reference`] is the plain version, used off the CPU and by the
 //! equivalence tests.
 
+use super::lstm::{gemm, slice};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
@@ -60,14 +61,6 @@ struct HeadCe {
     probs: Mutex<Vec<f32>>,
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("head: input is not contiguous"),
-    }
-}
-
 impl CustomOp3 for HeadCe {
     fn name(&self) -> &'static str {
         "linear-softmax-ce"
@@ -94,7 +87,7 @@ impl CustomOp3 for HeadCe {
         let mut probs = vec![0f32; n * v];
         let threads = candle_core::utils::get_num_threads();
         // logits = x · wᵀ
-        super::lstm::gemm(n, v, h, &mut probs, v, false, x, h, 1, w, 1, h, threads);
+        gemm(n, v, h, &mut probs, v, false, x, h, 1, w, 1, h, threads);
         let mut out = vec![0f32; n * 2];
         // Rows are independent: spread them over the run's threads.
         use rayon::prelude::*;
@@ -169,10 +162,10 @@ impl CustomOp3 for HeadCe {
         let threads = candle_core::utils::get_num_threads();
         // dx = dlogits · w
         let mut dx = vec![0f32; n * h];
-        super::lstm::gemm(n, h, v, &mut dx, h, false, &d, v, 1, &wv, h, 1, threads);
+        gemm(n, h, v, &mut dx, h, false, &d, v, 1, &wv, h, 1, threads);
         // dw = dlogitsᵀ · x
         let mut dw = vec![0f32; v * h];
-        super::lstm::gemm(v, h, n, &mut dw, h, false, &d, 1, v, &x, h, 1, threads);
+        gemm(v, h, n, &mut dw, h, false, &d, 1, v, &x, h, 1, threads);
         let dev = hidden.device();
         Ok((
             Some(Tensor::from_vec(dx, (n, h), dev)?),

@@ -74,11 +74,12 @@ pub fn fused(xproj: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<
 /// backward pass needs, so nothing is recomputed.
 struct LstmSeq;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+/// The contiguous f32 data of a custom op's input.
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("lstm: input is not contiguous"),
+        None => candle_core::bail!("custom op: input is not contiguous"),
     }
 }
 

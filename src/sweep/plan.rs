@@ -7,7 +7,6 @@ use crate::error::{Error, IoContext, Result};
 use crate::rng::Rng;
 use crate::summary::{Domain, HValue};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
@@ -263,20 +262,14 @@ fn set_path(table: &mut Table, key: &str, v: Value) {
     }
 }
 
-fn short_hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The hash that identifies a trial's computation.
 pub fn config_hash(cfg: &RunConfig) -> String {
     let mut c = cfg.clone();
     c.device = String::new();
     c.threads = None;
     debug_assert!(UNHASHED.len() == 2);
-    short_hash(serde_json::to_string(&c).unwrap_or_default().as_bytes())
+    crate::corpus::sha256_hex(serde_json::to_string(&c).unwrap_or_default().as_bytes())[..16]
+        .to_string()
 }
 
 /// The hash of a config without its seed: the seeds of one configuration share it.

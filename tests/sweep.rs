@@ -630,3 +630,25 @@ fn sweep_worker_rejects_an_index_out_of_range() {
         .unwrap();
     assert!(String::from_utf8_lossy(&dry.stdout).contains("1 trials"));
 }
+
+#[test]
+fn fail_fast_stops_at_the_first_failed_trial() {
+    // A CUDA device on a build without CUDA: the worker fails with a clear error.
+    let s = Sweep::new("fails", "lr = [1e-3, 2e-3, 3e-3]", "device = \"cuda\"");
+    let text = std::fs::read_to_string(&s.file)
+        .unwrap()
+        .replace("jobs = 2", "jobs = 1");
+    std::fs::write(&s.file, text).unwrap();
+    let o = s.run(&["--fail-fast"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--fail-fast"), "{err}");
+    let dirs = run_dirs(&s.root("fails"));
+    let log = std::fs::read_to_string(dirs[0].join("worker.log")).unwrap();
+    assert!(log.contains("without CUDA"), "{log}");
+    assert!(!dirs[1].join("worker.log").exists() && !dirs[2].join("worker.log").exists());
+    // Without it every trial is tried (and fails the same way).
+    let o = s.run(&[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(dirs.iter().all(|d| d.join("worker.log").exists()));
+}

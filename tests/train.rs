@@ -297,3 +297,31 @@ fn patience_stops_a_run_whose_val_loss_stops_improving() {
     );
     assert!(r.record.message.unwrap().contains("early stop"));
 }
+
+#[test]
+fn learning_rate_schedules_follow_their_definitions() {
+    use charlab::config::Schedule;
+    use charlab::optim::lr_at;
+    let exp = RunConfig {
+        lr: 1.0,
+        lr_schedule: Schedule::Exponential,
+        lr_decay: 0.5,
+        lr_decay_after: 2.0,
+        ..RunConfig::default()
+    };
+    // char-rnn: constant for the first epochs, then one decay per epoch.
+    assert_eq!(lr_at(&exp, 0, 0.0, 100), 1.0);
+    assert_eq!(lr_at(&exp, 0, 1.9, 100), 1.0);
+    assert_eq!(lr_at(&exp, 0, 2.0, 100), 0.5);
+    assert_eq!(lr_at(&exp, 0, 4.5, 100), 0.125);
+    let cos = RunConfig {
+        lr: 1.0,
+        min_lr: 0.1,
+        lr_schedule: Schedule::Cosine,
+        ..RunConfig::default()
+    };
+    assert!((lr_at(&cos, 0, 0.0, 100) - 1.0).abs() < 1e-12);
+    assert!((lr_at(&cos, 50, 0.0, 100) - 0.55).abs() < 1e-12);
+    assert!((lr_at(&cos, 100, 0.0, 100) - 0.1).abs() < 1e-12);
+    assert_eq!(lr_at(&RunConfig::default(), 77, 9.0, 100), 2e-3);
+}

@@ -491,10 +491,11 @@ fn a_second_sweep_on_the_same_experiment_is_refused() {
 
 #[test]
 fn a_killed_worker_is_retried_from_its_checkpoint() {
+    // Long enough that the worker is still training when the test kills it.
     let s = Sweep::new(
         "retry",
         "lr = [2e-3]",
-        "max_steps = 400\neval_every = 20\nhidden = 64",
+        "max_steps = 1500\neval_every = 20\nhidden = 64",
     );
     let root = s.root("retry");
     let mut parent = s.spawn(&["--retries", "2"]);
@@ -517,7 +518,7 @@ fn a_killed_worker_is_retried_from_its_checkpoint() {
     assert!(parent.wait().unwrap().success());
     assert_eq!(record(&dir)["status"], "completed");
     let tb = common::tb_read(&dir);
-    assert_eq!(steps_of(&tb, "train/loss"), (1..=400).collect::<Vec<_>>());
+    assert_eq!(steps_of(&tb, "train/loss"), (1..=1500).collect::<Vec<_>>());
     let log = std::fs::read_to_string(dir.join("worker.log")).unwrap();
     assert!(log.contains("resuming"), "{log}");
 }
@@ -651,4 +652,29 @@ fn fail_fast_stops_at_the_first_failed_trial() {
     let o = s.run(&[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(dirs.iter().all(|d| d.join("worker.log").exists()));
+}
+
+#[test]
+fn successive_halving_keeps_the_best_third_at_each_rung() {
+    let s = Sweep::new(
+        "halving",
+        "lr = [1e-2, 9e-3, 8e-3, 1e-5, 2e-5]",
+        "max_steps = 90",
+    );
+    let text = std::fs::read_to_string(&s.file).unwrap().replace(
+        "jobs = 2",
+        "jobs = 1\npruning = { rule = \"halving\", eta = 3, warmup_evals = 1, min_trials = 3 }",
+    );
+    std::fs::write(&s.file, text).unwrap();
+    let o = s.run(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dirs = run_dirs(&s.root("halving"));
+    for d in &dirs[..3] {
+        assert_eq!(record(d)["status"], "completed");
+    }
+    for d in &dirs[3..] {
+        let r = record(d);
+        assert_eq!(r["status"], "pruned", "{r}");
+        assert_eq!(r["steps"], 10, "pruned at the first rung");
+    }
 }

@@ -235,9 +235,11 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     })
 }
 
-/// The median pruning rule: prune when this trial's val loss at `step` is worse than the median
-/// of the siblings that have reached `step`, once `min_trials` of them have.
-fn median_rule(
+/// The pruning rule as the trainer's hook: at an evaluation, compare this trial's val loss with
+/// the siblings' at the same step (read from their run.json), once `min_trials` of them have
+/// reached it. `median`: prune when worse than their median. `halving`: at rung evaluations
+/// (warm-up × eta^k) prune unless among the best 1/eta of all trials at that step.
+fn pruner(
     root: PathBuf,
     manifest: &Manifest,
     me: usize,
@@ -251,7 +253,9 @@ fn median_rule(
         .map(|e| root.join(&e.dir))
         .collect();
     Arc::new(move |step, loss| {
-        if step / eval_every.max(1) <= rule.warmup_evals as u64 {
+        let eval = step / eval_every.max(1);
+        let warmup = rule.warmup_evals.max(1) as u64;
+        if eval < warmup || (rule.rule == "median" && eval == warmup) {
             return false;
         }
         let mut others: Vec<f64> = siblings
@@ -263,6 +267,19 @@ fn median_rule(
             return false;
         }
         others.sort_by(f64::total_cmp);
+        if rule.rule == "halving" {
+            // Rungs at warm-up × eta^k evaluations.
+            let mut rung = warmup;
+            while rung < eval {
+                rung *= rule.eta as u64;
+            }
+            if rung != eval {
+                return false;
+            }
+            let keep = (others.len() + 1).div_ceil(rule.eta);
+            let better = others.iter().filter(|&&o| o < loss).count();
+            return better >= keep;
+        }
         let n = others.len();
         let median = if n % 2 == 1 {
             others[n / 2]
@@ -298,7 +315,7 @@ pub fn worker(
         cfg.device = d;
     }
     let prune = manifest.pruning.clone().map(|rule| {
-        median_rule(
+        pruner(
             sweep_dir.to_path_buf(),
             &manifest,
             index,

@@ -14,8 +14,11 @@ use toml::{Table, Value};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pruning {
     /// `median`: stop a trial whose val/loss at an evaluation is worse than the median of its
-    /// siblings' at the same step.
+    /// siblings' at the same step. `halving` (asynchronous successive halving): at rung
+    /// evaluations (warm-up × eta^k), keep only the best 1/eta of the trials that reached it.
     pub rule: String,
+    /// Reduction factor of `halving`.
+    pub eta: usize,
     /// Evaluations a trial always gets before it can be pruned.
     pub warmup_evals: usize,
     /// Siblings that must have reached the step before the rule applies.
@@ -89,7 +92,7 @@ const EXPERIMENT_KEYS: &[&str] = &[
     "max_trials",
     "pruning",
 ];
-const PRUNING_KEYS: &[&str] = &["rule", "warmup_evals", "min_trials"];
+const PRUNING_KEYS: &[&str] = &["rule", "warmup_evals", "min_trials", "eta"];
 /// Keys that do not change what a trial computes, left out of its hash.
 const UNHASHED: &[&str] = &["device", "threads"];
 
@@ -385,12 +388,12 @@ fn parse_experiment(ctx: &Ctx, t: &Table) -> Result<(Experiment, Table)> {
             }
             let rule = match p.get("rule") {
                 None => "median".to_string(),
-                Some(Value::String(s)) if s == "median" => s.clone(),
+                Some(Value::String(s)) if s == "median" || s == "halving" => s.clone(),
                 Some(v) => {
                     return Err(ctx.err(
                         "experiment",
                         "rule",
-                        format!("pruning rule must be \"median\", not {v}"),
+                        format!("pruning rule must be \"median\" or \"halving\", not {v}"),
                     ))
                 }
             };
@@ -407,6 +410,7 @@ fn parse_experiment(ctx: &Ctx, t: &Table) -> Result<(Experiment, Table)> {
                 rule,
                 warmup_evals: int("warmup_evals", 1)?,
                 min_trials: int("min_trials", 3)?.max(1),
+                eta: int("eta", 3)?.max(2),
             })
         }
         Some(v) => {

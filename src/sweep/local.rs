@@ -91,34 +91,40 @@ impl Display {
     }
 
     fn update(&mut self, root: &Path, manifest: &Manifest, running: &[Running], failed: usize) {
-        let mut done = 0;
+        // One read of every run.json per update; a trial whose worker has written its final
+        // status but not exited yet counts as done, not running.
+        let records: Vec<Option<crate::train::RunRecord>> = manifest
+            .trials
+            .iter()
+            .map(|e| ledger::record(&root.join(&e.dir)))
+            .collect();
+        let is_running = |i: usize| running.iter().any(|r| r.index == i);
+        let (mut done, mut pending, mut known) = (0usize, 0usize, 0usize);
         let (mut steps, mut total) = (0u64, 0u64);
-        for e in &manifest.trials {
-            let r = ledger::record(&root.join(&e.dir));
-            if let Some(r) = &r {
-                if r.status.is_final() {
+        for (i, r) in records.iter().enumerate() {
+            match r {
+                Some(r) if r.status.is_final() => {
                     done += 1;
+                    steps += r.total_steps;
                 }
-                steps += if r.status.is_final() {
-                    r.total_steps
-                } else {
-                    r.steps
-                };
+                Some(r) => steps += r.steps,
+                None => {}
+            }
+            if let Some(r) = r {
                 total += r.total_steps;
+                known += 1;
+            }
+            if !matches!(r, Some(r) if r.status.is_final()) && !is_running(i) {
+                pending += 1;
             }
         }
         let base = *self.steps_at_start.get_or_insert(steps);
         let elapsed = self.started.elapsed().as_secs_f64();
         let rate = (steps.saturating_sub(base)) as f64 / elapsed.max(1e-9);
-        let pending = manifest.trials.len() - done - running.len();
         // Trials not started yet count with the mean length of those that have.
-        let known = manifest
-            .trials
-            .iter()
-            .filter(|e| ledger::record(&root.join(&e.dir)).is_some())
-            .count()
-            .max(1);
-        let est_total = total + (total / known as u64) * (manifest.trials.len() - known) as u64;
+        let known = known.max(1);
+        let unknown = manifest.trials.len().saturating_sub(known) as u64;
+        let est_total = total + (total / known as u64) * unknown;
         let eta = if rate > 0.0 {
             fmt_secs(est_total.saturating_sub(steps) as f64 / rate)
         } else {
@@ -126,19 +132,16 @@ impl Display {
         };
         let live: Vec<String> = running
             .iter()
-            .map(|r| {
-                let rec = ledger::record(&root.join(&manifest.trials[r.index].dir));
-                match rec {
-                    Some(rec) => format!(
-                        "#{} {}/{} loss {}",
-                        r.index,
-                        rec.steps,
-                        rec.total_steps,
-                        rec.last_train_loss
-                            .map_or("-".into(), |l| format!("{l:.3}"))
-                    ),
-                    None => format!("#{} starting", r.index),
-                }
+            .map(|r| match &records[r.index] {
+                Some(rec) => format!(
+                    "#{} {}/{} loss {}",
+                    r.index,
+                    rec.steps,
+                    rec.total_steps,
+                    rec.last_train_loss
+                        .map_or("-".into(), |l| format!("{l:.3}"))
+                ),
+                None => format!("#{} starting", r.index),
             })
             .collect();
         let msg = format!(

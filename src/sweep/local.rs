@@ -58,6 +58,8 @@ struct Display {
     bar: Option<indicatif::ProgressBar>,
     progress: Progress,
     last_plain: Instant,
+    /// Updates read every run.json: at most one a second, however many trials.
+    last_update: Option<Instant>,
     started: Instant,
     steps_at_start: Option<u64>,
 }
@@ -77,6 +79,7 @@ impl Display {
             bar,
             progress,
             last_plain: Instant::now(),
+            last_update: None,
             started: Instant::now(),
             steps_at_start: None,
         }
@@ -91,6 +94,13 @@ impl Display {
     }
 
     fn update(&mut self, root: &Path, manifest: &Manifest, running: &[Running], failed: usize) {
+        if self
+            .last_update
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_update = Some(Instant::now());
         // One read of every run.json per update; a trial whose worker has written its final
         // status but not exited yet counts as done, not running.
         let records: Vec<Option<crate::train::RunRecord>> = manifest

@@ -238,7 +238,8 @@ pub fn hparam_values(cfg: &RunConfig) -> Vec<(String, HValue)> {
     out
 }
 
-fn hparam_type(v: &HValue) -> HpType {
+/// The HParams data type of a value.
+pub fn hparam_type(v: &HValue) -> HpType {
     match v {
         HValue::Num(_) => HpType::DATA_TYPE_FLOAT64,
         HValue::Str(_) => HpType::DATA_TYPE_STRING,

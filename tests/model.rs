@@ -6,25 +6,18 @@ use charlab::model::{head, lstm, CharRnn, Dims, LstmImpl};
 use charlab::rng::Rng;
 use std::path::Path;
 
+fn l2(t: &Tensor) -> f32 {
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt()
+}
+
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = (a - b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .sqrt();
-    let norm = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .sqrt();
-    diff / norm.max(1e-12)
+    l2(&(a - b).unwrap()) / l2(b).max(1e-12)
 }
 
 fn random(shape: &[usize], rng: &mut Rng, scale: f32) -> Tensor {

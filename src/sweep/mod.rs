@@ -9,7 +9,7 @@ pub mod plan;
 
 use crate::config::RunConfig;
 use crate::error::{IoContext, Result};
-use crate::summary::{EventWriter, HValue};
+use crate::summary::EventWriter;
 use crate::train::{self, Progress, RunStatus, TrainOptions};
 use ledger::{Manifest, TrialState};
 use plan::Plan;
@@ -136,11 +136,6 @@ fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest) -> Result<()> {
     }
     let mut events = EventWriter::create(root)?;
     let mut infos: Vec<(String, Option<crate::summary::Domain>, HpType)> = Vec::new();
-    let kind = |v: Option<&HValue>| match v {
-        Some(HValue::Str(_)) => HpType::DATA_TYPE_STRING,
-        Some(HValue::Bool(_)) => HpType::DATA_TYPE_BOOL,
-        _ => HpType::DATA_TYPE_FLOAT64,
-    };
     let sample = plan
         .trials
         .first()
@@ -149,11 +144,15 @@ fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest) -> Result<()> {
     for (k, d) in &plan.swept {
         let v = sample.iter().find(|(n, _)| n == k).map(|(_, v)| v);
         // Nested keys (clean.*) are not HParams values; show them by name only.
-        infos.push((k.clone(), Some(d.clone()), kind(v)));
+        infos.push((
+            k.clone(),
+            Some(d.clone()),
+            v.map_or(HpType::DATA_TYPE_FLOAT64, train::hparam_type),
+        ));
     }
     for (k, v) in &sample {
         if !infos.iter().any(|(n, _, _)| n == k) {
-            infos.push((k.clone(), None, kind(Some(v))));
+            infos.push((k.clone(), None, train::hparam_type(v)));
         }
     }
     events.hparams_experiment(&infos, train::METRICS)?;

@@ -8,6 +8,7 @@
 //! GEMMs that cannot be avoided. [`reference`] is the plain version, used off the CPU and by the
 //! equivalence tests.
 
+use super::kernels;
 use super::lstm::{gemm, slice};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
@@ -96,29 +97,9 @@ impl CustomOp3 for HeadCe {
             .zip(out.par_chunks_exact_mut(2))
             .zip(self.targets.par_iter())
             .for_each(|((row, o), &t)| {
-                let mut max = f32::NEG_INFINITY;
-                let mut arg = 0usize;
-                for (j, z) in row.iter_mut().enumerate() {
-                    *z += b[j];
-                    if *z > max {
-                        max = *z;
-                        arg = j;
-                    }
-                }
-                let t = t as usize;
-                let zt = row[t] - max;
-                let mut sum = 0f32;
-                for z in row.iter_mut() {
-                    *z = (*z - max).exp();
-                    sum += *z;
-                }
-                let inv = 1.0 / sum;
-                // loss = log Σ exp(z − max) − (z_t − max)
-                o[0] = sum.ln() - zt;
-                o[1] = (arg == t) as u8 as f32;
-                for z in row.iter_mut() {
-                    *z *= inv;
-                }
+                let (loss, correct) = kernels::softmax(row, b, t as usize);
+                o[0] = loss;
+                o[1] = correct;
             });
         *self
             .probs

@@ -11,6 +11,7 @@
 //!
 //! Gate order is PyTorch's: input, forget, cell, output.
 
+use super::kernels;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 
 /// Output of a layer: the hidden state of every step and the final `(h, c)`.
@@ -83,19 +84,6 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// tanh through one `exp`: libm's `tanhf` goes through `expm1f` and was an eighth of a step.
-/// The absolute error stays below 1e-7; `x` is clamped so `exp` cannot overflow.
-#[inline]
-fn tanh(x: f32) -> f32 {
-    let e = (2.0 * x.clamp(-15.0, 15.0)).exp();
-    (e - 1.0) / (e + 1.0)
-}
-
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with explicit (row, col) strides, single-threaded unless
 /// `threads > 1`.
 #[allow(clippy::too_many_arguments)]
@@ -149,6 +137,141 @@ pub(crate) fn gemm(
     }
 }
 
+/// Splits `b` batch rows into at most `threads` contiguous groups of near-equal size.
+/// The recurrence never mixes rows, so each group runs the whole time loop on its own thread with
+/// no synchronisation per step; a per-step parallel GEMM would need barriers every step, and at
+/// these sizes (a few hundred kFLOP per step) the barriers cost more than the work.
+fn row_groups(b: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
+    let n = threads.clamp(1, b.max(1));
+    (0..n).map(|k| k * b / n..(k + 1) * b / n).collect()
+}
+
+/// Cuts `data` into consecutive mutable pieces of `per_row` elements per row of each group.
+fn split_rows<'a>(
+    mut data: &'a mut [f32],
+    groups: &[std::ops::Range<usize>],
+    per_row: usize,
+) -> Vec<&'a mut [f32]> {
+    let mut pieces = Vec::with_capacity(groups.len());
+    for g in groups {
+        let (piece, rest) = data.split_at_mut(g.len() * per_row);
+        pieces.push(piece);
+        data = rest;
+    }
+    pieces
+}
+
+/// Forward time loop over a group of `nb` rows: `xp [nb,T,4H]`, `h0`/`c0` `[nb,H]` → `out [nb,T,6H]`.
+#[allow(clippy::too_many_arguments)]
+fn forward_rows(
+    xp: &[f32],
+    whh: &[f32],
+    h0: &[f32],
+    c0: &[f32],
+    out: &mut [f32],
+    h: usize,
+    t_len: usize,
+) {
+    let nb = h0.len() / h;
+    let (four_h, w6) = (4 * h, 6 * h);
+    let row = t_len * w6;
+    let mut gates = vec![0f32; nb * four_h];
+    for t in 0..t_len {
+        for bi in 0..nb {
+            let src = &xp[(bi * t_len + t) * four_h..][..four_h];
+            gates[bi * four_h..][..four_h].copy_from_slice(src);
+        }
+        if t == 0 {
+            gemm(
+                nb, four_h, h, &mut gates, four_h, true, h0, h, 1, whh, 1, h, 1,
+            );
+        } else {
+            let prev = &out[(t - 1) * w6..];
+            gemm(
+                nb, four_h, h, &mut gates, four_h, true, prev, row, 1, whh, 1, h, 1,
+            );
+        }
+        for bi in 0..nb {
+            let g = &gates[bi * four_h..][..four_h];
+            let base = bi * row + t * w6;
+            let (before, after) = out.split_at_mut(base);
+            let c_prev = if t == 0 {
+                &c0[bi * h..][..h]
+            } else {
+                &before[base - w6 + h..][..h]
+            };
+            kernels::cell_forward(g, c_prev, &mut after[..w6]);
+        }
+    }
+}
+
+/// Backward time loop over a group of rows (shapes as in [`forward_rows`], `gout` like `out`).
+/// Writes `dxp [nb,T,4H]`, the gradient of the initial state (`dh0`, `dc0`, `[nb,H]`) and
+/// `h_prev [nb,T,H]` (the `h_{t-1}` of every step, the right-hand side of `dW_hh`).
+struct RowsBwd<'a> {
+    out: &'a [f32],
+    gout: &'a [f32],
+    h0: &'a [f32],
+    c0: &'a [f32],
+    dxp: &'a mut [f32],
+    dh: &'a mut [f32],
+    dc: &'a mut [f32],
+    h_prev: &'a mut [f32],
+}
+
+fn backward_rows(r: RowsBwd, whh: &[f32], h: usize, t_len: usize) {
+    let (four_h, w6) = (4 * h, 6 * h);
+    let row = t_len * w6;
+    let nb = r.h0.len() / h;
+    let (out, gout, c0) = (r.out, r.gout, r.c0);
+    let (dxp, dh_next, dc_next) = (r.dxp, r.dh, r.dc);
+    for t in (0..t_len).rev() {
+        for bi in 0..nb {
+            let base = bi * row + t * w6;
+            let c_prev = if t == 0 {
+                &c0[bi * h..][..h]
+            } else {
+                &out[base - w6 + h..][..h]
+            };
+            kernels::cell_backward(
+                &out[base..base + w6],
+                &gout[base..base + w6],
+                c_prev,
+                &mut dh_next[bi * h..][..h],
+                &mut dc_next[bi * h..][..h],
+                &mut dxp[(bi * t_len + t) * four_h..][..four_h],
+            );
+        }
+        // dh_{t-1} = da_t · W_hh
+        let da_t = &dxp[t * four_h..];
+        gemm(
+            nb,
+            h,
+            four_h,
+            dh_next,
+            h,
+            false,
+            da_t,
+            t_len * four_h,
+            1,
+            whh,
+            h,
+            1,
+            1,
+        );
+    }
+    for bi in 0..nb {
+        for t in 0..t_len {
+            let dst = &mut r.h_prev[(bi * t_len + t) * h..][..h];
+            if t == 0 {
+                dst.copy_from_slice(&r.h0[bi * h..][..h]);
+            } else {
+                dst.copy_from_slice(&out[bi * row + (t - 1) * w6..][..h]);
+            }
+        }
+    }
+}
+
 impl CustomOp3 for LstmSeq {
     fn name(&self) -> &'static str {
         "lstm-seq"
@@ -163,53 +286,26 @@ impl CustomOp3 for LstmSeq {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
         let (b, t_len, four_h) = l1.shape().dims3()?;
         let h = four_h / 4;
         let (xp, whh, state) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let (h0, c0) = state.split_at(b * h);
         let w6 = 6 * h;
-        let row = t_len * w6;
-        let mut out = vec![0f32; b * row];
-        let mut gates = vec![0f32; b * four_h];
-        for t in 0..t_len {
-            for bi in 0..b {
-                let src = &xp[(bi * t_len + t) * four_h..][..four_h];
-                gates[bi * four_h..][..four_h].copy_from_slice(src);
-            }
-            if t == 0 {
-                gemm(
-                    b, four_h, h, &mut gates, four_h, true, h0, h, 1, whh, 1, h, 1,
-                );
-            } else {
-                let prev = &out[(t - 1) * w6..];
-                gemm(
-                    b, four_h, h, &mut gates, four_h, true, prev, row, 1, whh, 1, h, 1,
-                );
-            }
-            for bi in 0..b {
-                let g = &gates[bi * four_h..][..four_h];
-                let base = bi * row + t * w6;
-                for j in 0..h {
-                    let c_prev = if t == 0 {
-                        c0[bi * h + j]
-                    } else {
-                        out[base - w6 + h + j]
-                    };
-                    let i = sigmoid(g[j]);
-                    let f = sigmoid(g[h + j]);
-                    let gg = tanh(g[2 * h + j]);
-                    let o = sigmoid(g[3 * h + j]);
-                    let c = f * c_prev + i * gg;
-                    let o_row = &mut out[base..base + w6];
-                    o_row[j] = o * tanh(c);
-                    o_row[h + j] = c;
-                    o_row[2 * h + j] = i;
-                    o_row[3 * h + j] = f;
-                    o_row[4 * h + j] = gg;
-                    o_row[5 * h + j] = o;
-                }
-            }
-        }
+        let mut out = vec![0f32; b * t_len * w6];
+        let groups = row_groups(b, candle_core::utils::get_num_threads());
+        let outs = split_rows(&mut out, &groups, t_len * w6);
+        groups.par_iter().zip(outs).for_each(|(g, out)| {
+            forward_rows(
+                &xp[g.start * t_len * four_h..g.end * t_len * four_h],
+                whh,
+                &h0[g.start * h..g.end * h],
+                &c0[g.start * h..g.end * h],
+                out,
+                h,
+                t_len,
+            )
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, t_len, w6))))
     }
 
@@ -221,10 +317,10 @@ impl CustomOp3 for LstmSeq {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
         let (b, t_len, w6) = res.dims3()?;
         let h = w6 / 6;
         let four_h = 4 * h;
-        let row = t_len * w6;
         let out = res.flatten_all()?.to_vec1::<f32>()?;
         let gout = grad_res.flatten_all()?.to_vec1::<f32>()?;
         let whh = w_hh.flatten_all()?.to_vec1::<f32>()?;
@@ -233,67 +329,31 @@ impl CustomOp3 for LstmSeq {
         let threads = candle_core::utils::get_num_threads();
 
         let mut dxp = vec![0f32; b * t_len * four_h];
-        let mut dh_next = vec![0f32; b * h];
-        let mut dc_next = vec![0f32; b * h];
-        for t in (0..t_len).rev() {
-            for bi in 0..b {
-                let base = bi * row + t * w6;
-                let o_row = &out[base..base + w6];
-                let g_row = &gout[base..base + w6];
-                let da = &mut dxp[(bi * t_len + t) * four_h..][..four_h];
-                for j in 0..h {
-                    let c = o_row[h + j];
-                    let (i, f, g, o) = (
-                        o_row[2 * h + j],
-                        o_row[3 * h + j],
-                        o_row[4 * h + j],
-                        o_row[5 * h + j],
-                    );
-                    let c_prev = if t == 0 {
-                        c0[bi * h + j]
-                    } else {
-                        out[base - w6 + h + j]
-                    };
-                    let tc = tanh(c);
-                    let dh = g_row[j] + dh_next[bi * h + j];
-                    let dc = dc_next[bi * h + j] + g_row[h + j] + dh * o * (1.0 - tc * tc);
-                    dc_next[bi * h + j] = dc * f;
-                    da[j] = dc * g * i * (1.0 - i);
-                    da[h + j] = dc * c_prev * f * (1.0 - f);
-                    da[2 * h + j] = dc * i * (1.0 - g * g);
-                    da[3 * h + j] = dh * tc * o * (1.0 - o);
-                }
-            }
-            // dh_{t-1} = da_t · W_hh
-            let da_t = &dxp[t * four_h..];
-            gemm(
-                b,
-                h,
-                four_h,
-                &mut dh_next,
-                h,
-                false,
-                da_t,
-                t_len * four_h,
-                1,
-                &whh,
-                h,
-                1,
-                1,
-            );
-        }
-        // dW_hh = Σ_t da_tᵀ · h_{t-1}, as one GEMM over all (b, t) rows.
+        // [dh0 (b×h) | dc0 (b×h)], the layout of the state input's gradient.
+        let mut dstate = vec![0f32; 2 * b * h];
         let mut h_prev = vec![0f32; b * t_len * h];
-        for bi in 0..b {
-            for t in 0..t_len {
-                let dst = &mut h_prev[(bi * t_len + t) * h..][..h];
-                if t == 0 {
-                    dst.copy_from_slice(&h0[bi * h..][..h]);
-                } else {
-                    dst.copy_from_slice(&out[bi * row + (t - 1) * w6..][..h]);
-                }
-            }
-        }
+        let groups = row_groups(b, threads);
+        let (dh_all, dc_all) = dstate.split_at_mut(b * h);
+        let jobs: Vec<_> = groups
+            .iter()
+            .zip(split_rows(&mut dxp, &groups, t_len * four_h))
+            .zip(split_rows(dh_all, &groups, h))
+            .zip(split_rows(dc_all, &groups, h))
+            .zip(split_rows(&mut h_prev, &groups, t_len * h))
+            .map(|((((g, dxp), dh), dc), h_prev)| RowsBwd {
+                out: &out[g.start * t_len * w6..g.end * t_len * w6],
+                gout: &gout[g.start * t_len * w6..g.end * t_len * w6],
+                h0: &h0[g.start * h..g.end * h],
+                c0: &c0[g.start * h..g.end * h],
+                dxp,
+                dh,
+                dc,
+                h_prev,
+            })
+            .collect();
+        jobs.into_par_iter()
+            .for_each(|r| backward_rows(r, &whh, h, t_len));
+        // dW_hh = Σ_t da_tᵀ · h_{t-1}, as one GEMM over all (b, t) rows.
         let mut dwhh = vec![0f32; four_h * h];
         gemm(
             four_h,
@@ -311,8 +371,6 @@ impl CustomOp3 for LstmSeq {
             threads,
         );
         let dev = res.device();
-        let mut dstate = dh_next;
-        dstate.extend_from_slice(&dc_next);
         Ok((
             Some(Tensor::from_vec(dxp, (b, t_len, four_h), dev)?),
             Some(Tensor::from_vec(dwhh, (four_h, h), dev)?),

@@ -3,6 +3,7 @@
 //! show under in TensorBoard (`LSTM/layer_0/w_hh`), and the same names key the checkpoint.
 
 pub mod head;
+mod kernels;
 pub mod lstm;
 
 use crate::rng::Rng;

@@ -32,22 +32,26 @@ fn fused_layer_matches_reference_forward_and_backward() {
     let (b, t, h) = (3, 9, 8);
     let xproj = candle_core::Var::from_tensor(&random(&[b, t, 4 * h], &mut rng, 1.0)).unwrap();
     let w_hh = candle_core::Var::from_tensor(&random(&[4 * h, h], &mut rng, 0.3)).unwrap();
+    let bias = candle_core::Var::from_tensor(&random(&[4 * h], &mut rng, 0.5)).unwrap();
     // A non-zero initial state, as after a previous window.
     let h0 = random(&[b, h], &mut rng, 0.5);
     let c0 = random(&[b, h], &mut rng, 0.5);
     let weight = random(&[b, t, h], &mut rng, 1.0);
-    let run = |f: fn(&Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<lstm::LayerOut>| {
-        let out = f(&xproj, &w_hh, &h0, &c0).unwrap();
+    type Layer =
+        fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<lstm::LayerOut>;
+    let run = |f: Layer| {
+        let out = f(&xproj, &w_hh, &bias, &h0, &c0).unwrap();
         let obj = (out.hs.clone() * &weight).unwrap().sum_all().unwrap();
         let g = obj.backward().unwrap();
         (
             out,
             g.get(&xproj).unwrap().clone(),
             g.get(&w_hh).unwrap().clone(),
+            g.get(&bias).unwrap().clone(),
         )
     };
-    let (fo, fgx, fgw) = run(lstm::fused);
-    let (ro, rgx, rgw) = run(lstm::reference);
+    let (fo, fgx, fgw, fgb) = run(lstm::fused);
+    let (ro, rgx, rgw, rgb) = run(lstm::reference);
     assert!(rel_err(&fo.hs, &ro.hs) < 1e-5);
     assert!(rel_err(&fo.h_last, &ro.h_last) < 1e-5);
     assert!(rel_err(&fo.c_last, &ro.c_last) < 1e-5);
@@ -60,6 +64,11 @@ fn fused_layer_matches_reference_forward_and_backward() {
         rel_err(&fgw, &rgw) < 1e-4,
         "d w_hh: {}",
         rel_err(&fgw, &rgw)
+    );
+    assert!(
+        rel_err(&fgb, &rgb) < 1e-4,
+        "d bias: {}",
+        rel_err(&fgb, &rgb)
     );
 }
 

@@ -86,7 +86,7 @@ impl CustomOp3 for HeadCe {
         }
         let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let mut probs = vec![0f32; n * v];
-        let threads = candle_core::utils::get_num_threads();
+        let threads = rayon::current_num_threads();
         // logits = x · wᵀ
         gemm(n, v, h, &mut probs, v, false, x, h, 1, w, 1, h, threads);
         let mut out = vec![0f32; n * 2];
@@ -140,7 +140,7 @@ impl CustomOp3 for HeadCe {
         }
         let x = hidden.flatten_all()?.to_vec1::<f32>()?;
         let wv = w.flatten_all()?.to_vec1::<f32>()?;
-        let threads = candle_core::utils::get_num_threads();
+        let threads = rayon::current_num_threads();
         // dx = dlogits · w
         let mut dx = vec![0f32; n * h];
         gemm(n, h, v, &mut dx, h, false, &d, v, 1, &wv, h, 1, threads);

@@ -75,11 +75,11 @@ macro_rules! multiversion {
 }
 
 #[inline(always)]
-fn cell_forward_body(gates: &[f32], c_prev: &[f32], out: &mut [f32]) {
+fn cell_forward_body(gates: &[f32], c_prev: &[f32], h_out: &mut [f32], acts: &mut [f32]) {
     let h = c_prev.len();
-    let (hc, acts) = out[..6 * h].split_at_mut(2 * h);
-    let (h_out, c_out) = hc.split_at_mut(h);
-    let (ifg, o) = acts.split_at_mut(3 * h);
+    let h_out = &mut h_out[..h];
+    let (c_out, ifgo) = acts[..5 * h].split_at_mut(h);
+    let (ifg, o) = ifgo.split_at_mut(3 * h);
     let (if_, g) = ifg.split_at_mut(2 * h);
     let (i, f) = if_.split_at_mut(h);
     let gates = &gates[..4 * h];
@@ -104,37 +104,36 @@ fn cell_forward_body(gates: &[f32], c_prev: &[f32], out: &mut [f32]) {
 
 multiversion! {
     /// One LSTM cell step for one batch row: `gates` = the four pre-activations `[i f g o]`
-    /// (each `H` long), `c_prev` = `c_{t-1}`; writes `out` = `[h c i f g o]` (6·H).
-    pub fn cell_forward(gates: &[f32], c_prev: &[f32], out: &mut [f32]) => cell_forward_body
+    /// (each `H` long), `c_prev` = `c_{t-1}`; writes `h_out` (H) and `acts` = `[c i f g o]` (5·H).
+    pub fn cell_forward(gates: &[f32], c_prev: &[f32], h_out: &mut [f32], acts: &mut [f32]) => cell_forward_body
 }
 
 #[inline(always)]
 fn cell_backward_body(
-    out: &[f32],
-    grad_out: &[f32],
+    acts: &[f32],
+    dh_out: &[f32],
     c_prev: &[f32],
-    dh_next: &mut [f32],
+    dh_next: &[f32],
     dc_next: &mut [f32],
     da: &mut [f32],
 ) {
     let h = c_prev.len();
-    let out = &out[..6 * h];
-    let grad_out = &grad_out[..2 * h];
+    let acts = &acts[..5 * h];
     let (c, i, f, g, o) = (
-        &out[h..2 * h],
-        &out[2 * h..3 * h],
-        &out[3 * h..4 * h],
-        &out[4 * h..5 * h],
-        &out[5 * h..6 * h],
+        &acts[..h],
+        &acts[h..2 * h],
+        &acts[2 * h..3 * h],
+        &acts[3 * h..4 * h],
+        &acts[4 * h..5 * h],
     );
-    let (dh_next, dc_next) = (&mut dh_next[..h], &mut dc_next[..h]);
+    let (dh_out, dh_next, dc_next) = (&dh_out[..h], &dh_next[..h], &mut dc_next[..h]);
     let (da_if, da_go) = da[..4 * h].split_at_mut(2 * h);
     let (da_i, da_f) = da_if.split_at_mut(h);
     let (da_g, da_o) = da_go.split_at_mut(h);
     for j in 0..h {
         let tc = tanh(c[j]);
-        let dh = grad_out[j] + dh_next[j];
-        let dc = dc_next[j] + grad_out[h + j] + dh * o[j] * (1.0 - tc * tc);
+        let dh = dh_out[j] + dh_next[j];
+        let dc = dc_next[j] + dh * o[j] * (1.0 - tc * tc);
         dc_next[j] = dc * f[j];
         da_i[j] = dc * g[j] * i[j] * (1.0 - i[j]);
         da_f[j] = dc * c_prev[j] * f[j] * (1.0 - f[j]);
@@ -144,15 +143,15 @@ fn cell_backward_body(
 }
 
 multiversion! {
-    /// The backward of [`cell_forward`] for one row: from the saved `out` row, the gradient
-    /// reaching its `[h c]` (`grad_out`, 2·H used) and the carried `dh_next`/`dc_next`, writes
-    /// the pre-activation gradient `da` (4·H) and leaves `dc_next` = `dc_{t-1}` (the part through
-    /// the cell state). `dh_next` is only read here; the caller replaces it with `da · W_hh`.
+    /// The backward of [`cell_forward`] for one row: from the saved `acts`, the gradient reaching
+    /// this step's `h` from above (`dh_out`) and through time (`dh_next`, `dc_next`), writes the
+    /// pre-activation gradient `da` (4·H) and leaves `dc_next` = the gradient of `c_{t-1}`.
+    /// The caller turns `da` into the next `dh_next` (`da · W_hh`).
     pub fn cell_backward(
-        out: &[f32],
-        grad_out: &[f32],
+        acts: &[f32],
+        dh_out: &[f32],
         c_prev: &[f32],
-        dh_next: &mut [f32],
+        dh_next: &[f32],
         dc_next: &mut [f32],
         da: &mut [f32]
     ) => cell_backward_body

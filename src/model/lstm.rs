@@ -2,10 +2,11 @@
 //!
 //! - [`fused`]: a candle `CustomOp3` that runs the time loop itself on the CPU, forward and
 //!   backward. The input projection of all steps is one big matmul done before the op (by candle,
-//!   multi-threaded); inside, each step is one small GEMM into a preallocated buffer plus one pass
-//!   over the gates, and backward-through-time computes `dW_hh` as a single GEMM after the loop.
-//!   Per-step candle ops would instead build a graph of ~15 nodes per step, and the backward of
-//!   slicing one step out of the projection allocates a zero-padded full-size gradient per step.
+//!   multi-threaded); inside, each step is one small GEMM into a preallocated buffer plus one
+//!   vectorised pass over the gates ([`super::kernels`]), and backward-through-time computes
+//!   `dW_hh` as a single GEMM after the loop. Per-step candle ops would instead build a graph of
+//!   ~15 nodes per step, and the backward of slicing one step out of the projection allocates a
+//!   zero-padded full-size gradient per step.
 //! - [`reference`]: the same maths as plain candle ops, one step at a time. It runs on any device
 //!   (it is the CUDA path for now) and is what the equivalence tests check the fused op against.
 //!
@@ -13,6 +14,7 @@
 
 use super::kernels;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+use std::sync::{Arc, Mutex};
 
 /// Output of a layer: the hidden state of every step and the final `(h, c)`.
 pub struct LayerOut {
@@ -26,10 +28,18 @@ pub struct LayerOut {
 
 /// Runs one layer with the plain step-by-step ops.
 ///
-/// `xproj` is `[B, T, 4H]` (input projection plus bias), `w_hh` is `[4H, H]`, `h0`/`c0` `[B, H]`.
-pub fn reference(xproj: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<LayerOut> {
+/// `xproj` is `[B, T, 4H]` (the input projection, without bias), `w_hh` `[4H, H]`, `bias`
+/// `[4H]`, `h0`/`c0` `[B, H]`.
+pub fn reference(
+    xproj: &Tensor,
+    w_hh: &Tensor,
+    bias: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+) -> Result<LayerOut> {
     let (_b, t_len, four_h) = xproj.dims3()?;
     let h_dim = four_h / 4;
+    let xproj = xproj.broadcast_add(bias)?;
     let w_t = w_hh.t()?;
     let (mut h, mut c) = (h0.clone(), c0.clone());
     let mut hs = Vec::with_capacity(t_len);
@@ -51,29 +61,62 @@ pub fn reference(xproj: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor) -> Res
 }
 
 /// Runs one layer with the fused CPU op (falls back to [`reference`] on other devices).
-pub fn fused(xproj: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<LayerOut> {
+/// Arguments as for [`reference`]; the initial state is a value, not differentiated.
+pub fn fused(
+    xproj: &Tensor,
+    w_hh: &Tensor,
+    bias: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+) -> Result<LayerOut> {
     if !xproj.device().is_cpu() {
-        return reference(xproj, w_hh, h0, c0);
+        return reference(xproj, w_hh, bias, h0, c0);
     }
-    let (_b, t_len, four_h) = xproj.dims3()?;
-    let h_dim = four_h / 4;
-    let state = Tensor::stack(&[h0, c0], 0)?;
-    let out = xproj
+    let (b, t_len, four_h) = xproj.dims3()?;
+    let h = four_h / 4;
+    let mut state = h0.flatten_all()?.to_vec1::<f32>()?;
+    state.extend(c0.flatten_all()?.to_vec1::<f32>()?);
+    if state.len() != 2 * b * h {
+        candle_core::bail!("lstm: state is not [{b}, {h}]");
+    }
+    let acts = Arc::new(Mutex::new(Vec::new()));
+    let op = LstmSeq {
+        state,
+        acts: Arc::clone(&acts),
+    };
+    let hs = xproj
         .contiguous()?
-        .apply_op3(&w_hh.contiguous()?, &state.contiguous()?, LstmSeq)?;
-    let hs = out.narrow(D::Minus1, 0, h_dim)?;
-    let last = out.narrow(1, t_len - 1, 1)?.squeeze(1)?.detach();
+        .apply_op3(&w_hh.contiguous()?, &bias.contiguous()?, op)?;
+    let h_last = hs
+        .narrow(1, t_len - 1, 1)?
+        .squeeze(1)?
+        .detach()
+        .contiguous()?;
+    let c_last: Vec<f32> = {
+        let acts = acts
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lstm: poisoned".into()))?;
+        (0..b)
+            .flat_map(|bi| &acts[(bi * t_len + t_len - 1) * 5 * h..][..h])
+            .copied()
+            .collect()
+    };
     Ok(LayerOut {
         hs,
-        h_last: last.narrow(D::Minus1, 0, h_dim)?,
-        c_last: last.narrow(D::Minus1, h_dim, h_dim)?,
+        h_last,
+        c_last: Tensor::from_vec(c_last, (b, h), xproj.device())?,
     })
 }
 
-/// The fused op. Inputs: `xproj [B,T,4H]`, `w_hh [4H,H]`, `state [2,B,H]` (h0, c0).
-/// Output `[B, T, 6H]`: per step `h`, `c` and the four activated gates, which is everything the
-/// backward pass needs, so nothing is recomputed.
-struct LstmSeq;
+/// The fused op. Inputs: `xproj [B,T,4H]`, `w_hh [4H,H]`, `bias [4H]`; the initial state
+/// (`h0` then `c0`, each `[B,H]`) is a plain value. Output: `hs [B,T,H]`. The cell state and the
+/// four activated gates of every step (`[B,T,5H]`: c, i, f, g, o) are kept in `acts` for the
+/// backward pass, so nothing is recomputed, and the output needs no slicing (whose backward would
+/// zero-pad the gradient to the full saved size).
+struct LstmSeq {
+    state: Vec<f32>,
+    acts: Arc<Mutex<Vec<f32>>>,
+}
 
 /// The contiguous f32 data of a custom op's input.
 pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -161,97 +204,108 @@ fn split_rows<'a>(
     pieces
 }
 
-/// Forward time loop over a group of `nb` rows: `xp [nb,T,4H]`, `h0`/`c0` `[nb,H]` → `out [nb,T,6H]`.
-#[allow(clippy::too_many_arguments)]
-fn forward_rows(
-    xp: &[f32],
-    whh: &[f32],
-    h0: &[f32],
-    c0: &[f32],
-    out: &mut [f32],
-    h: usize,
-    t_len: usize,
-) {
-    let nb = h0.len() / h;
-    let (four_h, w6) = (4 * h, 6 * h);
-    let row = t_len * w6;
+/// One group's forward time loop; slices hold the group's rows only.
+struct RowsFwd<'a> {
+    /// `[nb,T,4H]`
+    xp: &'a [f32],
+    /// `[nb,H]` each
+    h0: &'a [f32],
+    c0: &'a [f32],
+    /// `[nb,T,H]`
+    hs: &'a mut [f32],
+    /// `[nb,T,5H]`
+    acts: &'a mut [f32],
+}
+
+/// `wt` is `W_hhᵀ` (`[H,4H]`, row-major): with that layout the step GEMM reads the weights in
+/// the order its kernel wants, where `W_hh` itself would be repacked on every step.
+fn forward_rows(r: RowsFwd, wt: &[f32], bias: &[f32], h: usize, t_len: usize) {
+    let (four_h, w5) = (4 * h, 5 * h);
+    let nb = r.h0.len() / h;
+    let (hs, acts) = (r.hs, r.acts);
     let mut gates = vec![0f32; nb * four_h];
     for t in 0..t_len {
         for bi in 0..nb {
-            let src = &xp[(bi * t_len + t) * four_h..][..four_h];
-            gates[bi * four_h..][..four_h].copy_from_slice(src);
+            let src = &r.xp[(bi * t_len + t) * four_h..][..four_h];
+            for ((g, &x), &b) in gates[bi * four_h..][..four_h].iter_mut().zip(src).zip(bias) {
+                *g = x + b;
+            }
         }
-        if t == 0 {
-            gemm(
-                nb, four_h, h, &mut gates, four_h, true, h0, h, 1, whh, 1, h, 1,
-            );
+        let (prev, prev_rs) = if t == 0 {
+            (r.h0, h)
         } else {
-            let prev = &out[(t - 1) * w6..];
-            gemm(
-                nb, four_h, h, &mut gates, four_h, true, prev, row, 1, whh, 1, h, 1,
-            );
-        }
+            (&hs[(t - 1) * h..], t_len * h)
+        };
+        gemm(
+            nb, four_h, h, &mut gates, four_h, true, prev, prev_rs, 1, wt, four_h, 1, 1,
+        );
         for bi in 0..nb {
-            let g = &gates[bi * four_h..][..four_h];
-            let base = bi * row + t * w6;
-            let (before, after) = out.split_at_mut(base);
+            let at = (bi * t_len + t) * w5;
+            let (before, after) = acts.split_at_mut(at);
             let c_prev = if t == 0 {
-                &c0[bi * h..][..h]
+                &r.c0[bi * h..][..h]
             } else {
-                &before[base - w6 + h..][..h]
+                &before[at - w5..][..h]
             };
-            kernels::cell_forward(g, c_prev, &mut after[..w6]);
+            kernels::cell_forward(
+                &gates[bi * four_h..][..four_h],
+                c_prev,
+                &mut hs[(bi * t_len + t) * h..][..h],
+                &mut after[..w5],
+            );
         }
     }
 }
 
-/// Backward time loop over a group of rows (shapes as in [`forward_rows`], `gout` like `out`).
-/// Writes `dxp [nb,T,4H]`, the gradient of the initial state (`dh0`, `dc0`, `[nb,H]`) and
-/// `h_prev [nb,T,H]` (the `h_{t-1}` of every step, the right-hand side of `dW_hh`).
+/// One group's backward time loop; slices hold the group's rows only.
 struct RowsBwd<'a> {
-    out: &'a [f32],
-    gout: &'a [f32],
+    /// `[nb,T,5H]`, `[nb,T,H]`, `[nb,T,H]` (the gradient reaching `hs`)
+    acts: &'a [f32],
+    hs: &'a [f32],
+    dhs: &'a [f32],
+    /// `[nb,H]` each
     h0: &'a [f32],
     c0: &'a [f32],
+    /// `[nb,T,4H]`: the pre-activation gradient, which is also `d xproj`.
     dxp: &'a mut [f32],
-    dh: &'a mut [f32],
-    dc: &'a mut [f32],
+    /// `[4H]`: this group's share of `d bias`.
+    dbias: &'a mut [f32],
+    /// `[nb,T,H]`: `h_{t-1}` of every step, the right-hand side of `dW_hh`.
     h_prev: &'a mut [f32],
 }
 
 fn backward_rows(r: RowsBwd, whh: &[f32], h: usize, t_len: usize) {
-    let (four_h, w6) = (4 * h, 6 * h);
-    let row = t_len * w6;
+    let (four_h, w5) = (4 * h, 5 * h);
     let nb = r.h0.len() / h;
-    let (out, gout, c0) = (r.out, r.gout, r.c0);
-    let (dxp, dh_next, dc_next) = (r.dxp, r.dh, r.dc);
+    let (acts, dxp) = (r.acts, r.dxp);
+    let mut dh_next = vec![0f32; nb * h];
+    let mut dc_next = vec![0f32; nb * h];
     for t in (0..t_len).rev() {
         for bi in 0..nb {
-            let base = bi * row + t * w6;
+            let at = (bi * t_len + t) * w5;
             let c_prev = if t == 0 {
-                &c0[bi * h..][..h]
+                &r.c0[bi * h..][..h]
             } else {
-                &out[base - w6 + h..][..h]
+                &acts[at - w5..][..h]
             };
             kernels::cell_backward(
-                &out[base..base + w6],
-                &gout[base..base + w6],
+                &acts[at..at + w5],
+                &r.dhs[(bi * t_len + t) * h..][..h],
                 c_prev,
-                &mut dh_next[bi * h..][..h],
+                &dh_next[bi * h..][..h],
                 &mut dc_next[bi * h..][..h],
                 &mut dxp[(bi * t_len + t) * four_h..][..four_h],
             );
         }
         // dh_{t-1} = da_t · W_hh
-        let da_t = &dxp[t * four_h..];
         gemm(
             nb,
             h,
             four_h,
-            dh_next,
+            &mut dh_next,
             h,
             false,
-            da_t,
+            &dxp[t * four_h..],
             t_len * four_h,
             1,
             whh,
@@ -260,13 +314,18 @@ fn backward_rows(r: RowsBwd, whh: &[f32], h: usize, t_len: usize) {
             1,
         );
     }
+    for da in dxp.chunks_exact(four_h) {
+        for (s, &d) in r.dbias.iter_mut().zip(da) {
+            *s += d;
+        }
+    }
     for bi in 0..nb {
         for t in 0..t_len {
             let dst = &mut r.h_prev[(bi * t_len + t) * h..][..h];
             if t == 0 {
                 dst.copy_from_slice(&r.h0[bi * h..][..h]);
             } else {
-                dst.copy_from_slice(&out[bi * row + (t - 1) * w6..][..h]);
+                dst.copy_from_slice(&r.hs[(bi * t_len + t - 1) * h..][..h]);
             }
         }
     }
@@ -289,70 +348,95 @@ impl CustomOp3 for LstmSeq {
         use rayon::prelude::*;
         let (b, t_len, four_h) = l1.shape().dims3()?;
         let h = four_h / 4;
-        let (xp, whh, state) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let (h0, c0) = state.split_at(b * h);
-        let w6 = 6 * h;
-        let mut out = vec![0f32; b * t_len * w6];
-        let groups = row_groups(b, candle_core::utils::get_num_threads());
-        let outs = split_rows(&mut out, &groups, t_len * w6);
-        groups.par_iter().zip(outs).for_each(|(g, out)| {
-            forward_rows(
-                &xp[g.start * t_len * four_h..g.end * t_len * four_h],
-                whh,
-                &h0[g.start * h..g.end * h],
-                &c0[g.start * h..g.end * h],
-                out,
-                h,
-                t_len,
-            )
-        });
-        Ok((CpuStorage::F32(out), Shape::from((b, t_len, w6))))
+        let (xp, whh, bias) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        if whh.len() != four_h * h || bias.len() != four_h || self.state.len() != 2 * b * h {
+            candle_core::bail!("lstm: shapes do not match");
+        }
+        let (h0, c0) = self.state.split_at(b * h);
+        let mut wt = vec![0f32; four_h * h];
+        for (n, w_row) in whh.chunks_exact(h).enumerate() {
+            for (k, &w) in w_row.iter().enumerate() {
+                wt[k * four_h + n] = w;
+            }
+        }
+        let mut hs = vec![0f32; b * t_len * h];
+        let mut acts = vec![0f32; b * t_len * 5 * h];
+        let groups = row_groups(b, rayon::current_num_threads());
+        let jobs: Vec<_> = groups
+            .iter()
+            .zip(split_rows(&mut hs, &groups, t_len * h))
+            .zip(split_rows(&mut acts, &groups, t_len * 5 * h))
+            .map(|((g, hs), acts)| RowsFwd {
+                xp: &xp[g.start * t_len * four_h..g.end * t_len * four_h],
+                h0: &h0[g.start * h..g.end * h],
+                c0: &c0[g.start * h..g.end * h],
+                hs,
+                acts,
+            })
+            .collect();
+        jobs.into_par_iter()
+            .for_each(|r| forward_rows(r, &wt, bias, h, t_len));
+        *self
+            .acts
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lstm: poisoned".into()))? = acts;
+        Ok((CpuStorage::F32(hs), Shape::from((b, t_len, h))))
     }
 
     fn bwd(
         &self,
         _xproj: &Tensor,
         w_hh: &Tensor,
-        state: &Tensor,
+        _bias: &Tensor,
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         use rayon::prelude::*;
-        let (b, t_len, w6) = res.dims3()?;
-        let h = w6 / 6;
+        let (b, t_len, h) = res.dims3()?;
         let four_h = 4 * h;
-        let out = res.flatten_all()?.to_vec1::<f32>()?;
-        let gout = grad_res.flatten_all()?.to_vec1::<f32>()?;
+        let acts = std::mem::take(
+            &mut *self
+                .acts
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("lstm: poisoned".into()))?,
+        );
+        if acts.len() != b * t_len * 5 * h {
+            candle_core::bail!("lstm: backward ran twice or without forward");
+        }
+        let hs = res.flatten_all()?.to_vec1::<f32>()?;
+        let dhs = grad_res.flatten_all()?.to_vec1::<f32>()?;
         let whh = w_hh.flatten_all()?.to_vec1::<f32>()?;
-        let st = state.flatten_all()?.to_vec1::<f32>()?;
-        let (h0, c0) = st.split_at(b * h);
-        let threads = candle_core::utils::get_num_threads();
+        let (h0, c0) = self.state.split_at(b * h);
+        let threads = rayon::current_num_threads();
 
         let mut dxp = vec![0f32; b * t_len * four_h];
-        // [dh0 (b×h) | dc0 (b×h)], the layout of the state input's gradient.
-        let mut dstate = vec![0f32; 2 * b * h];
         let mut h_prev = vec![0f32; b * t_len * h];
         let groups = row_groups(b, threads);
-        let (dh_all, dc_all) = dstate.split_at_mut(b * h);
+        let mut dbias_parts = vec![0f32; groups.len() * four_h];
         let jobs: Vec<_> = groups
             .iter()
             .zip(split_rows(&mut dxp, &groups, t_len * four_h))
-            .zip(split_rows(dh_all, &groups, h))
-            .zip(split_rows(dc_all, &groups, h))
+            .zip(dbias_parts.chunks_exact_mut(four_h))
             .zip(split_rows(&mut h_prev, &groups, t_len * h))
-            .map(|((((g, dxp), dh), dc), h_prev)| RowsBwd {
-                out: &out[g.start * t_len * w6..g.end * t_len * w6],
-                gout: &gout[g.start * t_len * w6..g.end * t_len * w6],
+            .map(|(((g, dxp), dbias), h_prev)| RowsBwd {
+                acts: &acts[g.start * t_len * 5 * h..g.end * t_len * 5 * h],
+                hs: &hs[g.start * t_len * h..g.end * t_len * h],
+                dhs: &dhs[g.start * t_len * h..g.end * t_len * h],
                 h0: &h0[g.start * h..g.end * h],
                 c0: &c0[g.start * h..g.end * h],
                 dxp,
-                dh,
-                dc,
+                dbias,
                 h_prev,
             })
             .collect();
         jobs.into_par_iter()
             .for_each(|r| backward_rows(r, &whh, h, t_len));
+        let mut dbias = vec![0f32; four_h];
+        for part in dbias_parts.chunks_exact(four_h) {
+            for (s, &d) in dbias.iter_mut().zip(part) {
+                *s += d;
+            }
+        }
         // dW_hh = Σ_t da_tᵀ · h_{t-1}, as one GEMM over all (b, t) rows.
         let mut dwhh = vec![0f32; four_h * h];
         gemm(
@@ -374,7 +458,7 @@ impl CustomOp3 for LstmSeq {
         Ok((
             Some(Tensor::from_vec(dxp, (b, t_len, four_h), dev)?),
             Some(Tensor::from_vec(dwhh, (four_h, h), dev)?),
-            Some(Tensor::from_vec(dstate, (2, b, h), dev)?),
+            Some(Tensor::from_vec(dbias, four_h, dev)?),
         ))
     }
 }

@@ -186,11 +186,11 @@ impl CharRnn {
             let [w_ih, w_hh, bias] = layer_names(layer);
             let xproj = input
                 .matmul(&self.get(&w_ih)?.t()?)?
-                .broadcast_add(self.get(&bias)?)?
                 .reshape((b, t, 4 * h))?;
+            let (w_hh, bias) = (self.get(&w_hh)?, self.get(&bias)?);
             let out = match self.lstm {
-                LstmImpl::Fused => lstm::fused(&xproj, self.get(&w_hh)?, h0, c0)?,
-                LstmImpl::Reference => lstm::reference(&xproj, self.get(&w_hh)?, h0, c0)?,
+                LstmImpl::Fused => lstm::fused(&xproj, w_hh, bias, h0, c0)?,
+                LstmImpl::Reference => lstm::reference(&xproj, w_hh, bias, h0, c0)?,
             };
             new_state.push((out.h_last, out.c_last));
             input = out.hs.reshape((b * t, h))?;

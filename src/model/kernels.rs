@@ -157,19 +157,58 @@ multiversion! {
     ) => cell_backward_body
 }
 
+/// Lanes of the explicit accumulators below: a float sum or max over a row is a serial chain
+/// unless split into independent lanes (the compiler may not reassociate float operations).
+const LANES: usize = 16;
+
 #[inline(always)]
 fn softmax_body(row: &mut [f32], bias: &[f32], target: usize) -> (f32, f32) {
-    let bias = &bias[..row.len()];
-    let mut max = f32::NEG_INFINITY;
-    for (z, &b) in row.iter_mut().zip(bias) {
-        *z += b;
-        max = max.max(*z);
+    let v = row.len();
+    let bias = &bias[..v];
+    let split = v - v % LANES;
+    // Pass 1: add the bias; per-lane max and the first index where it occurs.
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let mut at = [0u32; LANES];
+    for (c, (zs, bs)) in row[..split]
+        .chunks_exact_mut(LANES)
+        .zip(bias[..split].chunks_exact(LANES))
+        .enumerate()
+    {
+        for l in 0..LANES {
+            let z = zs[l] + bs[l];
+            zs[l] = z;
+            let better = z > mx[l];
+            mx[l] = if better { z } else { mx[l] };
+            at[l] = if better {
+                (c * LANES + l) as u32
+            } else {
+                at[l]
+            };
+        }
     }
-    // First index of the maximum, as an argmax that breaks ties low.
-    let arg = row.iter().position(|&z| z == max).unwrap_or(0);
+    let (mut max, mut arg) = (f32::NEG_INFINITY, v);
+    for l in 0..LANES {
+        if mx[l] > max || (mx[l] == max && (at[l] as usize) < arg) {
+            (max, arg) = (mx[l], at[l] as usize);
+        }
+    }
+    for j in split..v {
+        row[j] += bias[j];
+        if row[j] > max {
+            (max, arg) = (row[j], j);
+        }
+    }
     let zt = row[target] - max;
-    let mut sum = 0f32;
-    for z in row.iter_mut() {
+    // Pass 2: exponentials and their sum.
+    let mut acc = [0f32; LANES];
+    for zs in row[..split].chunks_exact_mut(LANES) {
+        for l in 0..LANES {
+            zs[l] = exp(zs[l] - max);
+            acc[l] += zs[l];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for z in &mut row[split..] {
         *z = exp(*z - max);
         sum += *z;
     }
@@ -177,7 +216,7 @@ fn softmax_body(row: &mut [f32], bias: &[f32], target: usize) -> (f32, f32) {
     for z in row.iter_mut() {
         *z *= inv;
     }
-    // loss = log Σ exp(z − max) − (z_t − max)
+    // loss = log Σ exp(z − max) − (z_t − max); a row of NaNs has no argmax and counts as a miss.
     (sum.ln() - zt, (arg == target) as u8 as f32)
 }
 
@@ -203,6 +242,30 @@ mod tests {
         assert!(worst < 3e-7, "worst relative error {worst}");
         assert!(exp(f32::NAN).is_nan());
         assert_eq!(exp(-1000.0), exp(-87.0));
+    }
+
+    #[test]
+    fn softmax_matches_the_plain_formula_argmax_takes_the_first_maximum() {
+        // Lengths below, at and above the lane count, with a tie for the maximum.
+        for v in [3usize, 16, 37, 300] {
+            let logits: Vec<f32> = (0..v)
+                .map(|j| ((j * 7919) % 23) as f32 * 0.37 - 3.0)
+                .collect();
+            let bias: Vec<f32> = (0..v).map(|j| (j % 5) as f32 * 0.01).collect();
+            let z: Vec<f32> = logits.iter().zip(&bias).map(|(a, b)| a + b).collect();
+            let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let first = z.iter().position(|&x| x == max).unwrap();
+            let lse = max + z.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+            for target in [0, first, v - 1] {
+                let mut row = logits.clone();
+                let (loss, hit) = softmax(&mut row, &bias, target);
+                assert!((loss - (lse - z[target])).abs() < 1e-5, "v={v} t={target}");
+                assert_eq!(hit, (target == first) as u8 as f32, "v={v} t={target}");
+                let total: f32 = row.iter().sum();
+                assert!((total - 1.0).abs() < 1e-5);
+                assert!((row[target] - (z[target] - lse).exp()).abs() < 1e-6);
+            }
+        }
     }
 
     #[test]

@@ -217,9 +217,15 @@ struct RowsFwd<'a> {
     acts: &'a mut [f32],
 }
 
-/// `wt` is `W_hhᵀ` (`[H,4H]`, row-major): with that layout the step GEMM reads the weights in
-/// the order its kernel wants, where `W_hh` itself would be repacked on every step.
-fn forward_rows(r: RowsFwd, wt: &[f32], bias: &[f32], h: usize, t_len: usize) {
+/// `wt` is `W_hhᵀ` `[H,4H]` with its (row, column) strides: stored row-major, the step GEMM reads
+/// the weights in the order its kernel wants, where `W_hh` itself is repacked on every step.
+fn forward_rows(
+    r: RowsFwd,
+    (wt, wt_rs, wt_cs): (&[f32], usize, usize),
+    bias: &[f32],
+    h: usize,
+    t_len: usize,
+) {
     let (four_h, w5) = (4 * h, 5 * h);
     let nb = r.h0.len() / h;
     let (hs, acts) = (r.hs, r.acts);
@@ -237,7 +243,7 @@ fn forward_rows(r: RowsFwd, wt: &[f32], bias: &[f32], h: usize, t_len: usize) {
             (&hs[(t - 1) * h..], t_len * h)
         };
         gemm(
-            nb, four_h, h, &mut gates, four_h, true, prev, prev_rs, 1, wt, four_h, 1, 1,
+            nb, four_h, h, &mut gates, four_h, true, prev, prev_rs, 1, wt, wt_rs, wt_cs, 1,
         );
         for bi in 0..nb {
             let at = (bi * t_len + t) * w5;
@@ -353,12 +359,21 @@ impl CustomOp3 for LstmSeq {
             candle_core::bail!("lstm: shapes do not match");
         }
         let (h0, c0) = self.state.split_at(b * h);
-        let mut wt = vec![0f32; four_h * h];
-        for (n, w_row) in whh.chunks_exact(h).enumerate() {
-            for (k, &w) in w_row.iter().enumerate() {
-                wt[k * four_h + n] = w;
+        // Transposing costs one pass over W_hh; worth it over a window, not for one step
+        // (sampling runs one character at a time).
+        let wt_owned;
+        let (wt, wt_rs, wt_cs) = if t_len >= 4 {
+            let mut wt = vec![0f32; four_h * h];
+            for (n, w_row) in whh.chunks_exact(h).enumerate() {
+                for (k, &w) in w_row.iter().enumerate() {
+                    wt[k * four_h + n] = w;
+                }
             }
-        }
+            wt_owned = wt;
+            (&wt_owned[..], four_h, 1)
+        } else {
+            (whh, 1, h)
+        };
         let mut hs = vec![0f32; b * t_len * h];
         let mut acts = vec![0f32; b * t_len * 5 * h];
         let groups = row_groups(b, rayon::current_num_threads());
@@ -375,7 +390,7 @@ impl CustomOp3 for LstmSeq {
             })
             .collect();
         jobs.into_par_iter()
-            .for_each(|r| forward_rows(r, &wt, bias, h, t_len));
+            .for_each(|r| forward_rows(r, (wt, wt_rs, wt_cs), bias, h, t_len));
         *self
             .acts
             .lock()

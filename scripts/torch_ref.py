@@ -53,7 +53,9 @@ def main():
     ap.add_argument("--val-fraction", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuDNN's LSTM)")
     a = ap.parse_args()
+    dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
 
@@ -66,7 +68,8 @@ def main():
     val_batch = max(1, min(a.batch, n_val // (a.seq + 1)))
     val, val_windows = streams(ids[len(ids) - n_val:], val_batch, a.seq)
 
-    model = CharRnn(len(chars), a.embed, a.hidden, a.layers, a.dropout)
+    train, val = train.to(dev), val.to(dev)
+    model = CharRnn(len(chars), a.embed, a.hidden, a.layers, a.dropout).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     loss_fn = nn.CrossEntropyLoss()
     state, w = None, 0
@@ -87,6 +90,8 @@ def main():
         w += 1
         if w >= windows:
             w, state = 0, None
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     train_secs = time.perf_counter() - t0
 
     model.eval()
@@ -100,7 +105,7 @@ def main():
             total += loss_fn(logits.reshape(-1, len(chars)), y.reshape(-1)).item() * y.numel()
             n += y.numel()
     print(json.dumps({
-        "impl": f"pytorch {torch.__version__}",
+        "impl": f"pytorch {torch.__version__}" + (" cuDNN" if dev.type == "cuda" else ""),
         "steps": a.steps,
         "first_loss": first,
         "ln_vocab": math.log(len(chars)),

@@ -109,6 +109,20 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Check a device against the CPU: one training step's loss and every gradient, from the
+    /// same weights and batch, must agree to a relative error below 1e-4 (exit 1 otherwise).
+    /// With `--device cpu` it checks the fused CPU kernels against plain step-by-step ops.
+    CheckDevice {
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Model size: vocab,embed,hidden,layers.
+        #[arg(long, default_value = "97,32,64,2")]
+        dims: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 32)]
+        seq: usize,
+    },
     /// Generate text from a trained run.
     Sample {
         /// The run directory.
@@ -146,6 +160,59 @@ fn progress(plain: bool) -> Progress {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::CheckDevice {
+            device,
+            dims,
+            batch,
+            seq,
+        } => {
+            let d: Vec<usize> = dims
+                .split(',')
+                .map(|x| x.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .ok()
+                .filter(|d: &Vec<usize>| d.len() == 4 && d.iter().all(|&x| x > 0))
+                .ok_or_else(|| {
+                    charlab::Error::invalid(
+                        "--dims",
+                        format!("`{dims}`: expected four positive integers vocab,embed,hidden,layers"),
+                    )
+                })?;
+            if batch == 0 || seq == 0 {
+                return Err(charlab::Error::invalid("--batch/--seq", "must be at least 1").into());
+            }
+            let dev = charlab::device::open(&device, &mut |m| eprintln!("{m}"))?;
+            let dims = charlab::model::Dims {
+                vocab: d[0],
+                embed_dim: d[1],
+                hidden: d[2],
+                layers: d[3],
+            };
+            let lstm = if dev.is_cpu() {
+                charlab::model::LstmImpl::Reference
+            } else {
+                charlab::model::LstmImpl::Fused
+            };
+            let rows = charlab::model::check_against_cpu(&dev, lstm, dims, batch, seq, 1)
+                .context("running the check")?;
+            let against = if dev.is_cpu() {
+                "cpu step-by-step"
+            } else {
+                "cpu fused"
+            };
+            println!(
+                "{} vs {against}: relative error (limit 1e-4)",
+                charlab::device::name(&dev)
+            );
+            let mut ok = true;
+            for r in &rows {
+                let pass = r.rel_err < 1e-4;
+                ok &= pass;
+                println!("{:<28} {:>10.2e} {}", r.name, r.rel_err, if pass { "ok" } else { "FAIL" });
+            }
+            println!("{}", if ok { "equivalent" } else { "NOT equivalent" });
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
         Command::Prepare { corpus, config } => {
             let clean = match &config {
                 Some(p) => RunConfig::load(p)?.clean,

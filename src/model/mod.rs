@@ -333,3 +333,72 @@ fn apply_dropout(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
         .collect();
     x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
 }
+
+/// One line of [`check_against_cpu`]: a quantity and its relative error.
+#[derive(Debug, Clone)]
+pub struct CheckRow {
+    pub name: String,
+    pub rel_err: f32,
+}
+
+/// Runs one training step's forward and backward (dropout off) on the CPU's fused path and on
+/// `device` with `lstm` there, from the same weights and batch, and returns the relative error
+/// of the loss and of every parameter gradient. With `device` = CPU and `lstm` = `Reference` this
+/// is the fused-vs-step-by-step check; with a GPU it checks the GPU path against the CPU.
+pub fn check_against_cpu(
+    device: &Device,
+    lstm: LstmImpl,
+    dims: Dims,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+) -> Result<Vec<CheckRow>> {
+    let mut rng = Rng::new(seed, 7);
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|_| (rng.next_u64() % dims.vocab as u64) as u32)
+        .collect();
+    let tgt: Vec<u32> = (0..batch * seq)
+        .map(|_| (rng.next_u64() % dims.vocab as u64) as u32)
+        .collect();
+    let run = |dev: &Device, imp: LstmImpl| -> Result<(f32, Vec<(String, Vec<f32>)>)> {
+        let mut model = CharRnn::new(dims, seed, dev)?;
+        model.lstm = imp;
+        let x = Tensor::from_vec(ids.clone(), (batch, seq), dev)?;
+        let y = Tensor::from_vec(tgt.clone(), batch * seq, dev)?;
+        // A non-zero carried state, as after a previous window.
+        let state: State = model
+            .zero_state(batch)?
+            .into_iter()
+            .map(|(h, c)| Ok(((h + 0.25)?, (c - 0.5)?)))
+            .collect::<Result<_>>()?;
+        let fwd = model.forward(&x, &state, None)?;
+        let (loss, _) = model.loss(&fwd.hidden, &y)?;
+        let grads = loss.backward()?;
+        let mut g = Vec::new();
+        for (name, var) in model.params() {
+            let t = grads
+                .get(var.as_tensor())
+                .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for {name}")))?;
+            g.push((name.clone(), t.flatten_all()?.to_vec1::<f32>()?));
+        }
+        Ok((loss.to_scalar::<f32>()?, g))
+    };
+    let (cpu_loss, cpu_grads) = run(&Device::Cpu, LstmImpl::Fused)?;
+    let (loss, grads) = run(device, lstm)?;
+    let rel = |a: &[f32], b: &[f32]| {
+        let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+        let den: f32 = b.iter().map(|y| y * y).sum();
+        (num / den.max(1e-30)).sqrt()
+    };
+    let mut rows = vec![CheckRow {
+        name: "loss".into(),
+        rel_err: rel(&[loss], &[cpu_loss]),
+    }];
+    for ((name, a), (_, b)) in grads.iter().zip(&cpu_grads) {
+        rows.push(CheckRow {
+            name: format!("d {name}"),
+            rel_err: rel(a, b),
+        });
+    }
+    Ok(rows)
+}

@@ -1,5 +1,5 @@
 """PyTorch reference for charlab's char-LSTM: the same model, data, batching and optimizer, so
-tokens/s and validation loss can be compared side by side (scripts/compare-torch.sh runs both).
+tokens/s and validation loss can be compared side by side (scripts/bench.sh runs both).
 
 Reads a prepared corpus directory (charlab's cache: data/prepared/<key>/ with clean.txt and
 vocab.json, the `corpus.key` of a run's run.json) so both train on identical ids.

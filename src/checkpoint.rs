@@ -63,6 +63,49 @@ pub fn save(path: &Path, tensors: &HashMap<String, Tensor>, cursor: &Cursor) -> 
     crate::atomic::write(path, &bytes)
 }
 
+/// Writes `last`, keeping the one it replaces as `previous`: if `last` is later found damaged
+/// (a disk error, a truncated copy), a resume still has the checkpoint before it.
+pub fn save_last(run_dir: &Path, tensors: &HashMap<String, Tensor>, cursor: &Cursor) -> Result<()> {
+    let last = path(run_dir, "last");
+    if last.exists() {
+        let prev = path(run_dir, "previous");
+        std::fs::rename(&last, &prev).at(&prev)?;
+    }
+    save(&last, tensors, cursor)
+}
+
+/// The newest intact checkpoint of a run, `last` or else `previous`, with the problems found on
+/// the way (one line each, for the run's log). `Ok(None)` when the run has no checkpoint at all;
+/// an error when it has some but none is intact (its work is not silently thrown away).
+pub fn load_latest(
+    run_dir: &Path,
+    device: &Device,
+) -> Result<(Option<(HashMap<String, Tensor>, Cursor)>, Vec<String>)> {
+    let mut problems = Vec::new();
+    let mut found = false;
+    for which in ["last", "previous"] {
+        let p = path(run_dir, which);
+        if !p.exists() {
+            continue;
+        }
+        found = true;
+        match load(&p, device) {
+            Ok(loaded) => return Ok((Some(loaded), problems)),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if found {
+        return Err(Error::Run {
+            path: run_dir.join("checkpoints"),
+            message: format!(
+                "no intact checkpoint to resume from ({}); remove the run directory to start over",
+                problems.join("; ")
+            ),
+        });
+    }
+    Ok((None, problems))
+}
+
 /// Reads a checkpoint, verifying its checksum.
 pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Cursor)> {
     let bytes = std::fs::read(path).at(path)?;

@@ -259,11 +259,13 @@ fn is_cjk(c: char) -> bool {
     matches!(c as u32, 0x3000..=0x303F | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0xFF00..=0xFFEF | 0x20000..=0x2FA1F)
 }
 
-/// True when most non-space chars are CJK: there a space is layout, not a word separator.
+/// True when most letters are CJK: there a space is layout, not a word separator.
 fn mostly_cjk(lines: &[String]) -> bool {
+    // Letters only: punctuation changes under cleaning (`……` becomes `。`), letters do not, so
+    // cleaning clean text makes the same choice (cleaning is idempotent; a property test).
     let (mut cjk, mut all) = (0usize, 0usize);
     for c in lines.iter().flat_map(|l| l.chars()) {
-        if !c.is_whitespace() {
+        if c.is_alphabetic() {
             all += 1;
             cjk += is_cjk(c) as usize;
         }

@@ -587,7 +587,7 @@ impl Trainer<'_> {
             tensors.insert(format!("state/layer_{k}/h"), h.clone());
             tensors.insert(format!("state/layer_{k}/c"), c.clone());
         }
-        checkpoint::save(&checkpoint::path(&self.out, "last"), &tensors, &self.cursor)?;
+        checkpoint::save_last(&self.out, &tensors, &self.cursor)?;
         if best {
             checkpoint::save(&checkpoint::path(&self.out, "best"), &tensors, &self.cursor)?;
         }
@@ -740,7 +740,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
     let progress = opts.progress;
     let record_path = out.join("run.json");
     let config_path = out.join("config.toml");
-    let last_ckpt = checkpoint::path(out, "last");
+    let ckpt_dir = out.join("checkpoints");
 
     std::fs::create_dir_all(out).at(out)?;
     let _lock = RunLock::acquire(out, progress)?;
@@ -793,7 +793,16 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
     };
     let mut state: State = model.zero_state(cfg.batch_size)?;
     let mut previous: Option<RunRecord> = None;
-    if opts.resume && last_ckpt.exists() {
+    let latest = if opts.resume {
+        let (latest, problems) = checkpoint::load_latest(out, &device)?;
+        for p in problems {
+            say(&format!("{p}; falling back to the previous checkpoint"));
+        }
+        latest
+    } else {
+        None
+    };
+    if let Some((tensors, c)) = latest {
         let saved_vocab = Vocab::load(&out.join("vocab.json"))?;
         if saved_vocab != vocab {
             return Err(run_error(
@@ -801,7 +810,6 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
                 "cannot resume: the corpus's vocabulary differs from the run's vocab.json",
             ));
         }
-        let (tensors, c) = checkpoint::load(&last_ckpt, &device)?;
         model.load(&tensors)?;
         optimizer.load(c.step, &tensors)?;
         state = (0..cfg.layers)
@@ -810,7 +818,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
                     tensors
                         .get(&format!("state/layer_{k}/{n}"))
                         .cloned()
-                        .ok_or_else(|| run_error(&last_ckpt, format!("no state/layer_{k}/{n}")))
+                        .ok_or_else(|| run_error(&ckpt_dir, format!("no state/layer_{k}/{n}")))
                 };
                 Ok((get("h")?, get("c")?))
             })

@@ -33,3 +33,21 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     result
 }
+
+/// Removes the temp files [`write`] leaves behind when a process is killed mid-write. Call it
+/// only while holding the lock that makes this process the directory's one writer.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_temp = name.starts_with('.')
+            && name
+                .rsplit_once(".tmp.")
+                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if is_temp {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}

@@ -77,10 +77,7 @@ pub fn save_last(run_dir: &Path, tensors: &HashMap<String, Tensor>, cursor: &Cur
 /// The newest intact checkpoint of a run, `last` or else `previous`, with the problems found on
 /// the way (one line each, for the run's log). `Ok(None)` when the run has no checkpoint at all;
 /// an error when it has some but none is intact (its work is not silently thrown away).
-pub fn load_latest(
-    run_dir: &Path,
-    device: &Device,
-) -> Result<(Option<(HashMap<String, Tensor>, Cursor)>, Vec<String>)> {
+pub fn load_latest(run_dir: &Path, device: &Device) -> Result<(Option<Loaded>, Vec<String>)> {
     let mut problems = Vec::new();
     let mut found = false;
     for which in ["last", "previous"] {
@@ -106,8 +103,11 @@ pub fn load_latest(
     Ok((None, problems))
 }
 
+/// A checkpoint's tensors by name, and where the run was.
+pub type Loaded = (HashMap<String, Tensor>, Cursor);
+
 /// Reads a checkpoint, verifying its checksum.
-pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Cursor)> {
+pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     let bytes = std::fs::read(path).at(path)?;
     let bad = |message: String| Error::Run {
         path: path.to_path_buf(),

@@ -175,7 +175,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .ok_or_else(|| {
                     charlab::Error::invalid(
                         "--dims",
-                        format!("`{dims}`: expected four positive integers vocab,embed,hidden,layers"),
+                        format!(
+                            "`{dims}`: expected four positive integers vocab,embed,hidden,layers"
+                        ),
                     )
                 })?;
             if batch == 0 || seq == 0 {
@@ -208,10 +210,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for r in &rows {
                 let pass = r.rel_err < 1e-4;
                 ok &= pass;
-                println!("{:<28} {:>10.2e} {}", r.name, r.rel_err, if pass { "ok" } else { "FAIL" });
+                println!(
+                    "{:<28} {:>10.2e} {}",
+                    r.name,
+                    r.rel_err,
+                    if pass { "ok" } else { "FAIL" }
+                );
             }
             println!("{}", if ok { "equivalent" } else { "NOT equivalent" });
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Prepare { corpus, config } => {
             let clean = match &config {
@@ -375,8 +386,14 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // One line: the outermost context, then each cause.
-            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            // One line: the outermost context, then each cause not already spelled out by the
+            // one before it (an I/O error's message includes its OS error).
+            let mut msg: Vec<String> = Vec::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !msg.last().is_some_and(|m| m.contains(&cause)) {
+                    msg.push(cause);
+                }
+            }
             eprintln!("error: {}", msg.join(": "));
             let user = e.chain().any(|c| {
                 c.downcast_ref::<charlab::Error>()

@@ -744,6 +744,9 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
 
     std::fs::create_dir_all(out).at(out)?;
     let _lock = RunLock::acquire(out, progress)?;
+    for dir in [out.to_path_buf(), ckpt_dir.clone()] {
+        crate::atomic::remove_stale_temps(&dir);
+    }
     if record_path.exists() && !opts.resume {
         return Err(run_error(
             out,

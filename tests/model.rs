@@ -224,14 +224,25 @@ fn config_round_trips_through_toml() {
 fn check_device_command_proves_fused_cpu_equals_step_by_step_and_refuses_missing_cuda() {
     let bin = env!("CARGO_BIN_EXE_charlab");
     let out = std::process::Command::new(bin)
-        .args(["check-device", "--dims", "41,8,12,3", "--batch", "5", "--seq", "7"])
+        .args([
+            "check-device",
+            "--dims",
+            "41,8,12,3",
+            "--batch",
+            "5",
+            "--seq",
+            "7",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.trim_end().ends_with("equivalent"), "{text}");
     // The loss and one row per parameter (embedding, 3 per layer, decoder weight and bias).
-    assert_eq!(text.lines().filter(|l| l.ends_with(" ok")).count(), 1 + 1 + 3 * 3 + 2);
+    assert_eq!(
+        text.lines().filter(|l| l.ends_with(" ok")).count(),
+        1 + 1 + 3 * 3 + 2
+    );
 
     let out = std::process::Command::new(bin)
         .args(["check-device", "--dims", "41,8"])

@@ -14,8 +14,28 @@ use std::path::Path;
 /// Text made of the characters cleaning cares about, so the interesting cases are common.
 fn noisy_text() -> impl Strategy<Value = String> {
     let pieces = prop::sample::select(vec![
-        "a", "b", "字", "。", " ", "\u{3000}", "\r", "\n", "\n\n", "[", "]", "<", ">", "【", "】",
-        "……", "…", "x y", "章节目录", "\t", "é", "🙂",
+        "a",
+        "b",
+        "字",
+        "。",
+        " ",
+        "\u{3000}",
+        "\r",
+        "\n",
+        "\n\n",
+        "[",
+        "]",
+        "<",
+        ">",
+        "【",
+        "】",
+        "……",
+        "…",
+        "x y",
+        "章节目录",
+        "\t",
+        "é",
+        "🙂",
     ]);
     prop::collection::vec(pieces, 0..60).prop_map(|v| v.concat())
 }
@@ -98,7 +118,8 @@ fn the_event_reader_answers_truncated_real_files() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = charlab::summary::EventWriter::create(dir.path()).unwrap();
     for step in 0..20 {
-        w.scalar("train/loss", step, 1.0 / (step + 1) as f64).unwrap();
+        w.scalar("train/loss", step, 1.0 / (step + 1) as f64)
+            .unwrap();
     }
     w.sync().unwrap();
     let path = w.path().to_path_buf();

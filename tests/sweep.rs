@@ -678,3 +678,95 @@ fn successive_halving_keeps_the_best_third_at_each_rung() {
         assert_eq!(r["steps"], 10, "pruned at the first rung");
     }
 }
+
+/// The worker processes of a sweep (children of its pid).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Crash soak: SIGKILL the sweep, or one of its workers and then the sweep, at random moments,
+/// rerun the same command, `CHARLAB_SOAK_ROUNDS` times (scripts/soak.sh runs more); then every
+/// trial has finished, each step's scalar appears exactly once for TensorBoard, and `compare`
+/// agrees with the run directories.
+#[test]
+fn crash_soak_random_sigkills_lose_nothing_and_duplicate_nothing() {
+    let rounds: u64 = std::env::var("CHARLAB_SOAK_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let seed: u64 = std::env::var("CHARLAB_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let steps = 200 + 500 * rounds;
+    let s = Sweep::new(
+        "soak",
+        "lr = [1e-3, 3e-3]\nseed = [1, 2]",
+        &format!("max_steps = {steps}\neval_every = 20\nhistogram_every = 20\nhidden = 48"),
+    );
+    let root = s.root("soak");
+    let mut rng = charlab::rng::Rng::new(seed, 99);
+    let (mut parent_kills, mut worker_kills) = (0, 0);
+    for round in 0..rounds {
+        let mut child = s.spawn(&["--retries", "5"]);
+        let until = Instant::now() + Duration::from_millis(200 + rng.next_u64() % 1000);
+        while Instant::now() < until && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before the kill
+        }
+        if round % 2 == 1 {
+            let workers = children(child.id());
+            if !workers.is_empty() {
+                let w = workers[(rng.next_u64() % workers.len() as u64) as usize];
+                let _ = Command::new("kill")
+                    .args(["-KILL", &w.to_string()])
+                    .status();
+                worker_kills += 1;
+                std::thread::sleep(Duration::from_millis(100 + rng.next_u64() % 700));
+            }
+        }
+        let _ = child.kill(); // SIGKILL the sweep itself
+        child.wait().unwrap();
+        parent_kills += 1;
+    }
+    println!("soak: {rounds} rounds, {parent_kills} sweep kills, {worker_kills} worker kills");
+    let o = s.run(&["--retries", "5"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dirs = run_dirs(&root);
+    assert_eq!(dirs.len(), 4);
+    let evals: Vec<u64> = (1..=steps / 20).map(|k| 20 * k).collect();
+    for d in &dirs {
+        assert_eq!(record(d)["status"], "completed", "{}", d.display());
+        assert_eq!(record(d)["steps"], steps, "{}", d.display());
+        let tb = common::tb_read(d);
+        assert_eq!(
+            steps_of(&tb, "train/loss"),
+            (1..=steps).collect::<Vec<_>>(),
+            "{}",
+            d.display()
+        );
+        assert_eq!(steps_of(&tb, "val/loss"), evals, "{}", d.display());
+        // No half-written files left behind.
+        for e in walkdir::WalkDir::new(d).into_iter().filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy();
+            assert!(!name.contains(".tmp."), "leftover {}", e.path().display());
+        }
+    }
+    let c = s
+        .cmd(&["compare", root.to_str().unwrap(), "--format", "csv"])
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(c.stdout).unwrap();
+    let done = format!(",completed,{steps}/{steps},");
+    assert_eq!(
+        csv.lines().filter(|l| l.contains(&done)).count(),
+        4,
+        "{csv}"
+    );
+}

@@ -360,7 +360,8 @@ pub fn check_against_cpu(
     let tgt: Vec<u32> = (0..batch * seq)
         .map(|_| (rng.next_u64() % dims.vocab as u64) as u32)
         .collect();
-    let run = |dev: &Device, imp: LstmImpl| -> Result<(f32, Vec<(String, Vec<f32>)>)> {
+    type Grads = Vec<(String, Vec<f32>)>;
+    let run = |dev: &Device, imp: LstmImpl| -> Result<(f32, Grads)> {
         let mut model = CharRnn::new(dims, seed, dev)?;
         model.lstm = imp;
         let x = Tensor::from_vec(ids.clone(), (batch, seq), dev)?;

@@ -205,6 +205,7 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     let plan = plan::load(path, opts.max_trials, opts.force)?;
     let root = opts.runs_root.join(&plan.experiment.name);
     let _lock = ledger::Lock::acquire(&root)?;
+    crate::atomic::remove_stale_temps(&root);
     let manifest = ledger::reconcile(&root, &plan, opts.extend)?;
     prepare_corpora(&plan, &opts.data_dir, opts.progress)?;
     lay_out(&root, &plan, &manifest)?;

@@ -31,6 +31,9 @@ pub enum Error {
     /// A device that was asked for but is not available.
     #[error("device: {0}")]
     Device(String),
+    /// A cluster scheduler could not be reached or refused a submission.
+    #[error("slurm: {0}")]
+    Launcher(String),
     /// Text given to the sampler that the model cannot take.
     #[error("sample: {0}")]
     Sample(String),

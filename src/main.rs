@@ -4,6 +4,8 @@ use anyhow::Context;
 use charlab::compare::{CompareOptions, Format};
 use charlab::config::RunConfig;
 use charlab::sample::{SampleOptions, Sampling};
+use charlab::sweep::plan::SlurmSettings;
+use charlab::sweep::slurm::SlurmOptions;
 use charlab::sweep::SweepOptions;
 use charlab::train::{Progress, RunStatus, TrainOptions};
 use clap::{Parser, Subcommand};
@@ -80,6 +82,39 @@ enum Command {
         /// Plain log lines instead of a progress display.
         #[arg(long)]
         plain: bool,
+        /// Where trials run: local processes, or a Slurm job array (one task per trial).
+        #[arg(long, value_enum, default_value_t = Launcher::Local)]
+        launcher: Launcher,
+        /// Slurm: print each trial's state (run status, steps, task state) and exit.
+        #[arg(long)]
+        status: bool,
+        /// Slurm: return after submitting instead of watching.
+        #[arg(long)]
+        detach: bool,
+        /// Slurm: partition (overrides [slurm] partition).
+        #[arg(long)]
+        partition: Option<String>,
+        /// Slurm: generic resources per trial, e.g. gpu:1.
+        #[arg(long)]
+        gres: Option<String>,
+        /// Slurm: time limit per trial, e.g. 02:00:00.
+        #[arg(long)]
+        time: Option<String>,
+        /// Slurm: CPUs per trial (the trial's threads).
+        #[arg(long)]
+        cpus_per_task: Option<usize>,
+        /// Slurm: memory per trial, e.g. 8G.
+        #[arg(long)]
+        mem: Option<String>,
+        /// Slurm: array tasks running at once.
+        #[arg(long)]
+        array_parallelism: Option<usize>,
+        /// Slurm: seconds before the time limit that SIGUSR1 asks a trial to checkpoint and requeue.
+        #[arg(long)]
+        signal_lead: Option<u32>,
+        /// Slurm: one more sbatch option, verbatim (repeatable): --slurm-arg=--account=abc
+        #[arg(long, allow_hyphen_values = true)]
+        slurm_arg: Vec<String>,
     },
     /// Run (or resume) exactly one trial of a sweep: the contract launchers use.
     SweepWorker {
@@ -148,6 +183,12 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Launcher {
+    Local,
+    Slurm,
 }
 
 fn progress(plain: bool) -> Progress {
@@ -291,6 +332,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             jobs,
             runs,
             plain,
+            launcher,
+            status,
+            detach,
+            partition,
+            gres,
+            time,
+            cpus_per_task,
+            mem,
+            array_parallelism,
+            signal_lead,
+            slurm_arg,
         } => {
             if dry_run {
                 let plan = charlab::sweep::plan::load(&file, max_trials, force)?;
@@ -306,9 +358,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 fail_fast,
                 jobs,
                 progress: progress(plain),
+                slurm: (launcher == Launcher::Slurm).then(|| SlurmOptions {
+                    settings: SlurmSettings {
+                        partition,
+                        gres,
+                        time,
+                        cpus_per_task,
+                        mem,
+                        array_parallelism,
+                        signal_lead,
+                        args: Some(slurm_arg),
+                    },
+                    detach,
+                    ..Default::default()
+                }),
                 ..Default::default()
             };
+            if status {
+                print!("{}", charlab::sweep::slurm_status(&file, &opts)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let outcome = charlab::sweep::sweep(&file, &opts)?;
+            if detach && launcher == Launcher::Slurm {
+                eprintln!(
+                    "submitted; `charlab sweep {} --launcher slurm --status` shows the trials",
+                    file.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             if let Some(sig) = outcome.signal {
                 eprintln!("sweep interrupted: run the same command again to resume");
                 return Ok(ExitCode::from(charlab::signals::exit_code(sig)));

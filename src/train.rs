@@ -124,9 +124,10 @@ pub struct RunResult {
 }
 
 /// How progress is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Progress {
     /// A bar on a terminal, plain lines otherwise.
+    #[default]
     Auto,
     /// Plain lines only.
     Lines,

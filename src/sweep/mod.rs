@@ -6,6 +6,7 @@
 pub mod ledger;
 pub mod local;
 pub mod plan;
+pub mod slurm;
 
 use crate::config::RunConfig;
 use crate::error::{IoContext, Result};
@@ -34,6 +35,9 @@ pub struct SweepOptions {
     pub data_dir: PathBuf,
     /// The binary run as `sweep-worker` (default: this executable).
     pub worker_exe: Option<PathBuf>,
+    /// Run the trials as a Slurm job array instead of local processes; its `settings` are the
+    /// command line's, laid over the sweep file's `[slurm]`.
+    pub slurm: Option<slurm::SlurmOptions>,
 }
 
 impl Default for SweepOptions {
@@ -49,6 +53,7 @@ impl Default for SweepOptions {
             progress: Progress::Auto,
             data_dir: crate::corpus::data_dir(),
             worker_exe: None,
+            slurm: None,
         }
     }
 }
@@ -210,18 +215,51 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     prepare_corpora(&plan, &opts.data_dir, opts.progress)?;
     lay_out(&root, &plan, &manifest)?;
     let exp = &plan.experiment;
-    let local = local::LocalOptions {
-        jobs: opts.jobs.unwrap_or(exp.jobs).max(1),
-        devices: exp.devices.clone(),
-        trials_per_device: exp.trials_per_device.max(1),
-        retries: opts.retries.unwrap_or(exp.retries),
-        fail_fast: opts.fail_fast,
-        timeout: exp.timeout.map(std::time::Duration::from_secs_f64),
-        progress: opts.progress,
-        worker_exe: opts.worker_exe.clone(),
-        data_dir: opts.data_dir.clone(),
+    let retries = opts.retries.unwrap_or(exp.retries);
+    let signal = if let Some(flags) = &opts.slurm {
+        let file = &plan.slurm;
+        let f = &flags.settings;
+        let settings = plan::SlurmSettings {
+            partition: f.partition.clone().or_else(|| file.partition.clone()),
+            gres: f.gres.clone().or_else(|| file.gres.clone()),
+            time: f.time.clone().or_else(|| file.time.clone()),
+            cpus_per_task: f.cpus_per_task.or(file.cpus_per_task),
+            mem: f.mem.clone().or_else(|| file.mem.clone()),
+            array_parallelism: f.array_parallelism.or(file.array_parallelism),
+            signal_lead: f.signal_lead.or(file.signal_lead),
+            args: Some(
+                file.args
+                    .iter()
+                    .chain(f.args.iter())
+                    .flatten()
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        let so = slurm::SlurmOptions {
+            settings,
+            retries,
+            fail_fast: opts.fail_fast,
+            progress: opts.progress,
+            worker_exe: opts.worker_exe.clone(),
+            data_dir: std::path::absolute(&opts.data_dir).at(&opts.data_dir)?,
+            ..flags.clone()
+        };
+        slurm::run(&root, &manifest, &so)?
+    } else {
+        let local = local::LocalOptions {
+            jobs: opts.jobs.unwrap_or(exp.jobs).max(1),
+            devices: exp.devices.clone(),
+            trials_per_device: exp.trials_per_device.max(1),
+            retries,
+            fail_fast: opts.fail_fast,
+            timeout: exp.timeout.map(std::time::Duration::from_secs_f64),
+            progress: opts.progress,
+            worker_exe: opts.worker_exe.clone(),
+            data_dir: opts.data_dir.clone(),
+        };
+        local::run(&root, &manifest, &local)?
     };
-    let signal = local::run(&root, &manifest, &local)?;
     let states = manifest
         .trials
         .iter()
@@ -233,6 +271,14 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
         states,
         signal,
     })
+}
+
+/// `charlab sweep FILE --launcher slurm --status`: the per-trial table of a submitted sweep.
+pub fn slurm_status(path: &Path, opts: &SweepOptions) -> Result<String> {
+    let plan = plan::load(path, opts.max_trials, opts.force)?;
+    let root = opts.runs_root.join(&plan.experiment.name);
+    let manifest = Manifest::load(&root)?;
+    slurm::status(&root, &manifest)
 }
 
 /// The pruning rule as the trainer's hook: at an evaluation, compare this trial's val loss with
@@ -308,6 +354,12 @@ pub fn worker(
         }
     }
     let mut cfg = RunConfig::load(&run_dir.join("config.toml"))?;
+    // Inside a Slurm allocation, the cores it granted.
+    let threads = threads.or_else(|| {
+        std::env::var("SLURM_CPUS_PER_TASK")
+            .ok()
+            .and_then(|s| s.parse().ok())
+    });
     if threads.is_some() {
         cfg.threads = threads;
     }
@@ -333,7 +385,16 @@ pub fn worker(
         ..TrainOptions::default()
     };
     match train::train(&cfg, &run_dir, &opts) {
-        Ok(r) => Ok(r.status),
+        Ok(r) => {
+            // SIGUSR1 is Slurm's "time limit near": the checkpoint is written, so hand the task
+            // back to the queue to resume.
+            if r.status == RunStatus::Interrupted
+                && crate::signals::requested() == Some(signal_hook::consts::SIGUSR1)
+            {
+                slurm::requeue_self()?;
+            }
+            Ok(r.status)
+        }
         Err(e) => {
             let _ = ledger::mark_failed(&run_dir, &e.to_string());
             Err(e)

@@ -76,9 +76,31 @@ pub struct Plan {
     pub swept: Vec<(String, Domain)>,
     /// Grid or random points that resolved to an already listed trial.
     pub duplicates: usize,
+    pub slurm: SlurmSettings,
 }
 
-const TOP_KEYS: &[&str] = &["experiment", "defaults", "grid", "random", "trial"];
+const TOP_KEYS: &[&str] = &["experiment", "defaults", "grid", "random", "trial", "slurm"];
+
+/// The `[slurm]` table: per-trial resources and job settings for `--launcher slurm` (flags
+/// override them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSettings {
+    pub partition: Option<String>,
+    /// e.g. `gpu:1`
+    pub gres: Option<String>,
+    /// Per-task time limit, as sbatch takes it (`02:00:00`).
+    pub time: Option<String>,
+    pub cpus_per_task: Option<usize>,
+    /// e.g. `8G`
+    pub mem: Option<String>,
+    /// Array tasks running at once (`%K`).
+    pub array_parallelism: Option<usize>,
+    /// Seconds before the time limit that Slurm sends SIGUSR1 (checkpoint and requeue).
+    pub signal_lead: Option<u32>,
+    /// More sbatch options, verbatim (`["--account=abc"]`).
+    pub args: Option<Vec<String>>,
+}
 const EXPERIMENT_KEYS: &[&str] = &[
     "name",
     "corpus",
@@ -612,6 +634,27 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
         }
     };
     let (experiment, mut base) = parse_experiment(&ctx, &section("experiment")?)?;
+    let slurm: SlurmSettings = Value::Table(section("slurm")?).try_into().map_err(|e| {
+        let msg = e.to_string();
+        let key = msg
+            .split('`')
+            .nth(1)
+            .filter(|k| !k.contains(' '))
+            .unwrap_or("slurm")
+            .to_string();
+        ctx.err("slurm", &key, msg.trim().replace('\n', " "))
+    })?;
+    if slurm.cpus_per_task == Some(0) || slurm.array_parallelism == Some(0) {
+        return Err(ctx.err(
+            "slurm",
+            if slurm.cpus_per_task == Some(0) {
+                "cpus_per_task"
+            } else {
+                "array_parallelism"
+            },
+            "must be at least 1".into(),
+        ));
+    }
     let keys = run_keys();
 
     for (k, v) in flatten(&section("defaults")?) {
@@ -837,6 +880,7 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
         trials,
         swept,
         duplicates,
+        slurm,
     })
 }
 

@@ -1,0 +1,230 @@
+//! The Slurm launcher against a real single-node Slurm (Debian's packages, brought up by
+//! scripts/slurm-up.sh): a 4-trial sweep as a job array, two tasks at a time; one task is
+//! cancelled mid-run (the watcher resubmits it) and one gets Slurm's time-limit warning SIGUSR1
+//! (it checkpoints and requeues itself); every run is then complete, each step once for
+//! TensorBoard's reader, and `compare` agrees. Skipped, with the reason printed, where Slurm
+//! cannot be installed or started (not root, no package registry).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}
+
+struct SlurmDown;
+impl Drop for SlurmDown {
+    fn drop(&mut self) {
+        let _ = Command::new(script("slurm-down.sh")).output();
+    }
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Waits until `f` holds (polling), or panics after `secs`.
+fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
+    let up = Command::new(script("slurm-up.sh")).output().unwrap();
+    if !up.status.success() {
+        println!(
+            "skipped: Slurm could not be brought up here: {}",
+            String::from_utf8_lossy(&up.stderr).trim()
+        );
+        return;
+    }
+    let _down = SlurmDown;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::write_corpus(d);
+    let steps = 3000;
+    std::fs::write(
+        d.join("big.toml"),
+        format!(
+            "[experiment]\nname = \"big\"\ncorpus = \"novel.txt\"\n[defaults]\nbatch_size = 4\n\
+             seq_len = 16\nembed_dim = 16\nhidden = 64\nmax_steps = {steps}\neval_every = 500\n\
+             log_every = 5\nhistogram_every = 0\nval_fraction = 0.1\ndevice = \"cpu\"\n\
+             [grid]\nlr = [1e-3, 2e-3, 3e-3, 4e-3]\n[slurm]\ncpus_per_task = 1\n"
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_charlab");
+    let log = d.join("watch.log");
+    let t0 = Instant::now();
+    let mut watcher = Command::new(bin)
+        .args([
+            "sweep",
+            "big.toml",
+            "--launcher",
+            "slurm",
+            "--array-parallelism",
+            "2",
+        ])
+        .args(["--retries", "2", "--plain"])
+        .current_dir(d)
+        .env("CHARLAB_DATA", d.join("data"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let root = d.join("runs/big");
+    let manifest_dirs = || -> Vec<PathBuf> {
+        json(&root.join("manifest.json"))["trials"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| root.join(t["dir"].as_str().unwrap()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let steps_of = |dir: &Path| json(&dir.join("run.json"))["steps"].as_u64().unwrap_or(0);
+    let status_of = |dir: &Path| {
+        json(&dir.join("run.json"))["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let job = || {
+        json(&root.join("slurm/jobs.json"))["submissions"][0][0]
+            .as_str()
+            .map(str::to_string)
+    };
+
+    // Cancel the first trial well under way (a node failure, an admin, a user's scancel): the
+    // watcher resubmits it and it resumes from its checkpoint.
+    let mut victim = None;
+    wait_until(120, "a running trial to cancel", || {
+        victim = manifest_dirs()
+            .iter()
+            .position(|p| status_of(p) == "running" && steps_of(p) >= 250);
+        victim.is_some() && job().is_some()
+    });
+    let (victim, job) = (victim.unwrap(), job().unwrap());
+    let victim_dir = manifest_dirs()[victim].clone();
+    let o = Command::new("scancel")
+        .arg(format!("{job}_{victim}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_until(60, "the cancelled trial to checkpoint", || {
+        status_of(&victim_dir) == "interrupted"
+    });
+    let at = steps_of(&victim_dir);
+    let resubmitted = || {
+        json(&root.join("slurm/jobs.json"))["submissions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .skip(1)
+            .find(|s| {
+                s[1].as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|i| i.as_u64() == Some(victim as u64))
+            })
+            .map(|s| s[0].as_str().unwrap().to_string())
+    };
+    wait_until(60, "the cancelled trial to run again", || {
+        resubmitted().is_some() && status_of(&victim_dir) == "running" && steps_of(&victim_dir) > at
+    });
+    let job2 = resubmitted().unwrap();
+
+    // Then Slurm's time-limit warning (what `--signal=B:USR1@…` sends) to the same trial: it
+    // checkpoints and requeues its own task. scancel delivers at once but then waits on the
+    // requeue it causes: judge by the effect, not by its exit status.
+    let _signal = Command::new("scancel")
+        .args(["--signal=USR1", "--batch"])
+        .arg(format!("{job2}_{victim}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(60, "the warned trial to checkpoint", || {
+        status_of(&victim_dir) == "interrupted"
+    });
+    wait_until(300, "the sweep to finish", || {
+        watcher.try_wait().unwrap().is_some()
+    });
+    let took = t0.elapsed();
+    let watch_log = std::fs::read_to_string(&log).unwrap();
+    assert!(watcher.wait().unwrap().success(), "{watch_log}");
+    println!(
+        "slurm sweep: 4 trials × {steps} steps, submit to done in {:.1} s",
+        took.as_secs_f64()
+    );
+
+    // The cancelled trial was resubmitted once, then requeued itself (no third submission).
+    assert!(
+        watch_log.contains(&format!("trial {victim} (")) && watch_log.contains("resubmitting"),
+        "{watch_log}"
+    );
+    let jobs = json(&root.join("slurm/jobs.json"));
+    assert_eq!(
+        jobs["attempts"][victim.to_string()],
+        2,
+        "{jobs}\n{watch_log}"
+    );
+    let out = std::fs::read_to_string(root.join(format!("slurm/{job2}_{victim}.out")))
+        .unwrap_or_default();
+    assert!(out.contains("requeued slurm task"), "{out}");
+    assert!(
+        out.matches("resuming").count() >= 2,
+        "resumed after the requeue: {out}"
+    );
+
+    let dirs = manifest_dirs();
+    assert_eq!(dirs.len(), 4);
+    for p in &dirs {
+        assert_eq!(status_of(p), "completed", "{}", p.display());
+        let tb = common::tb_read(p);
+        let got: Vec<u64> = tb["scalars"]["train/loss"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x[0].as_u64().unwrap())
+            .collect();
+        let want: Vec<u64> = (1..=steps / 5).map(|k| 5 * k).collect();
+        assert_eq!(got, want, "{}: each step once", p.display());
+    }
+    let c = Command::new(bin)
+        .args(["compare", "runs/big", "--format", "csv"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&c.stdout);
+    let done = format!(",completed,{steps}/{steps},");
+    assert_eq!(
+        csv.lines().filter(|l| l.contains(&done)).count(),
+        4,
+        "{csv}"
+    );
+    let st = Command::new(bin)
+        .args(["sweep", "big.toml", "--launcher", "slurm", "--status"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&st.stdout);
+    assert_eq!(
+        table.lines().filter(|l| l.contains(" completed ")).count(),
+        4,
+        "{table}"
+    );
+}

@@ -150,7 +150,7 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
     // Then Slurm's time-limit warning (what `--signal=B:USR1@…` sends) to the same trial: it
     // checkpoints and requeues its own task. scancel delivers at once but then waits on the
     // requeue it causes: judge by the effect, not by its exit status.
-    let _signal = Command::new("scancel")
+    let mut signal = Command::new("scancel")
         .args(["--signal=USR1", "--batch"])
         .arg(format!("{job2}_{victim}"))
         .stdout(Stdio::null())

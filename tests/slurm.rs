@@ -163,6 +163,8 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
     wait_until(300, "the sweep to finish", || {
         watcher.try_wait().unwrap().is_some()
     });
+    let _ = signal.kill();
+    let _ = signal.wait();
     let took = t0.elapsed();
     let watch_log = std::fs::read_to_string(&log).unwrap();
     assert!(watcher.wait().unwrap().success(), "{watch_log}");

@@ -488,12 +488,7 @@ fn sigint_and_sigterm_checkpoint_and_exit_130_143_quickly_and_the_rerun_resumes(
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(record()["status"], "completed");
     let tb = common::tb_read(&d.join("out"));
-    let steps: Vec<u64> = tb["scalars"]["train/loss"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p[0].as_u64().unwrap())
-        .collect();
+    let steps = common::tb_steps(&tb, "train/loss");
     assert_eq!(
         steps,
         (1..=2500).collect::<Vec<_>>(),

@@ -197,12 +197,7 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
     for p in &dirs {
         assert_eq!(status_of(p), "completed", "{}", p.display());
         let tb = common::tb_read(p);
-        let got: Vec<u64> = tb["scalars"]["train/loss"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x[0].as_u64().unwrap())
-            .collect();
+        let got = common::tb_steps(&tb, "train/loss");
         let want: Vec<u64> = (1..=steps / 5).map(|k| 5 * k).collect();
         assert_eq!(got, want, "{}: each step once", p.display());
     }

@@ -304,15 +304,6 @@ fn record(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap()
 }
 
-fn steps_of(tb: &serde_json::Value, tag: &str) -> Vec<u64> {
-    tb["scalars"][tag]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p[0].as_u64().unwrap())
-        .collect()
-}
-
 #[test]
 fn a_sweep_of_four_trials_is_read_by_tensorboard_and_compared() {
     let s = Sweep::new("four", "lr = [1e-3, 1e-2]\nlayers = [1, 2]", "");
@@ -325,8 +316,11 @@ fn a_sweep_of_four_trials_is_read_by_tensorboard_and_compared() {
     for d in &dirs {
         assert_eq!(record(d)["status"], "completed", "{}", d.display());
         let tb = common::tb_read(d);
-        assert_eq!(steps_of(&tb, "train/loss"), (1..=40).collect::<Vec<_>>());
-        assert_eq!(steps_of(&tb, "val/loss"), vec![10, 20, 30, 40]);
+        assert_eq!(
+            common::tb_steps(&tb, "train/loss"),
+            (1..=40).collect::<Vec<_>>()
+        );
+        assert_eq!(common::tb_steps(&tb, "val/loss"), vec![10, 20, 30, 40]);
         let hp = &tb["hparams"];
         assert_eq!(hp["end"]["status"], "STATUS_SUCCESS");
         let lr = hp["start"]["hparams"]["lr"].as_f64().unwrap();
@@ -429,12 +423,15 @@ fn a_sweep_killed_mid_way_finishes_on_rerun_with_each_step_once() {
         assert_eq!(record(&d)["status"], "completed", "{}", d.display());
         let tb = common::tb_read(&d);
         assert_eq!(
-            steps_of(&tb, "train/loss"),
+            common::tb_steps(&tb, "train/loss"),
             (1..=300).collect::<Vec<_>>(),
             "{}",
             d.display()
         );
-        assert_eq!(steps_of(&tb, "val/loss"), vec![50, 100, 150, 200, 250, 300]);
+        assert_eq!(
+            common::tb_steps(&tb, "val/loss"),
+            vec![50, 100, 150, 200, 250, 300]
+        );
     }
     // compare agrees with the run directories.
     let c = s
@@ -518,7 +515,10 @@ fn a_killed_worker_is_retried_from_its_checkpoint() {
     assert!(parent.wait().unwrap().success());
     assert_eq!(record(&dir)["status"], "completed");
     let tb = common::tb_read(&dir);
-    assert_eq!(steps_of(&tb, "train/loss"), (1..=1500).collect::<Vec<_>>());
+    assert_eq!(
+        common::tb_steps(&tb, "train/loss"),
+        (1..=1500).collect::<Vec<_>>()
+    );
     let log = std::fs::read_to_string(dir.join("worker.log")).unwrap();
     assert!(log.contains("resuming"), "{log}");
 }
@@ -746,12 +746,12 @@ fn crash_soak_random_sigkills_lose_nothing_and_duplicate_nothing() {
         assert_eq!(record(d)["steps"], steps, "{}", d.display());
         let tb = common::tb_read(d);
         assert_eq!(
-            steps_of(&tb, "train/loss"),
+            common::tb_steps(&tb, "train/loss"),
             (1..=steps).collect::<Vec<_>>(),
             "{}",
             d.display()
         );
-        assert_eq!(steps_of(&tb, "val/loss"), evals, "{}", d.display());
+        assert_eq!(common::tb_steps(&tb, "val/loss"), evals, "{}", d.display());
         // No half-written files left behind.
         for e in walkdir::WalkDir::new(d).into_iter().filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy();

@@ -191,12 +191,7 @@ fn tensorboard_shows_each_step_once_after_a_resume() {
     .unwrap();
     assert_eq!(r.status, RunStatus::Completed);
     let tb = common::tb_read(&out);
-    let steps: Vec<u64> = tb["scalars"]["train/loss"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p[0].as_u64().unwrap())
-        .collect();
+    let steps = common::tb_steps(&tb, "train/loss");
     assert_eq!(steps, (1..=20).collect::<Vec<_>>());
     let val: Vec<u64> = tb["scalars"]["val/loss"]
         .as_array()

@@ -9,7 +9,7 @@
 //! equivalence tests.
 
 use super::kernels;
-use super::lstm::{gemm, slice};
+use super::lstm::{gemm, saved, slice};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
@@ -101,10 +101,7 @@ impl CustomOp3 for HeadCe {
                 o[0] = loss;
                 o[1] = correct;
             });
-        *self
-            .probs
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("head: poisoned".into()))? = probs;
+        *saved(&self.probs, "head")? = probs;
         Ok((CpuStorage::F32(out), Shape::from((n, 2))))
     }
 
@@ -118,12 +115,7 @@ impl CustomOp3 for HeadCe {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, h) = hidden.dims2()?;
         let (v, _) = w.dims2()?;
-        let mut d = std::mem::take(
-            &mut *self
-                .probs
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("head: poisoned".into()))?,
-        );
+        let mut d = std::mem::take(&mut *saved(&self.probs, "head")?);
         if d.len() != n * v {
             candle_core::bail!("head: backward ran twice or without forward");
         }

@@ -93,9 +93,7 @@ pub fn fused(
         .detach()
         .contiguous()?;
     let c_last: Vec<f32> = {
-        let acts = acts
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lstm: poisoned".into()))?;
+        let acts = saved(&acts, "lstm")?;
         (0..b)
             .flat_map(|bi| &acts[(bi * t_len + t_len - 1) * 5 * h..][..h])
             .copied()
@@ -116,6 +114,15 @@ pub fn fused(
 struct LstmSeq {
     state: Vec<f32>,
     acts: Arc<Mutex<Vec<f32>>>,
+}
+
+/// Locks a custom op's saved buffer (what its forward keeps for its backward).
+pub(crate) fn saved<'a>(
+    buf: &'a Mutex<Vec<f32>>,
+    op: &str,
+) -> Result<std::sync::MutexGuard<'a, Vec<f32>>> {
+    buf.lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{op}: poisoned")))
 }
 
 /// The contiguous f32 data of a custom op's input.
@@ -391,10 +398,7 @@ impl CustomOp3 for LstmSeq {
             .collect();
         jobs.into_par_iter()
             .for_each(|r| forward_rows(r, (wt, wt_rs, wt_cs), bias, h, t_len));
-        *self
-            .acts
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lstm: poisoned".into()))? = acts;
+        *saved(&self.acts, "lstm")? = acts;
         Ok((CpuStorage::F32(hs), Shape::from((b, t_len, h))))
     }
 
@@ -409,12 +413,7 @@ impl CustomOp3 for LstmSeq {
         use rayon::prelude::*;
         let (b, t_len, h) = res.dims3()?;
         let four_h = 4 * h;
-        let acts = std::mem::take(
-            &mut *self
-                .acts
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("lstm: poisoned".into()))?,
-        );
+        let acts = std::mem::take(&mut *saved(&self.acts, "lstm")?);
         if acts.len() != b * t_len * 5 * h {
             candle_core::bail!("lstm: backward ran twice or without forward");
         }

@@ -93,3 +93,13 @@ pub fn tb_read(run_dir: &Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("tb_read.py prints JSON")
 }
+
+/// The steps of scalar `tag` in a `tb_read` report, in the order TensorBoard gives them.
+pub fn tb_steps(tb: &serde_json::Value, tag: &str) -> Vec<u64> {
+    tb["scalars"][tag]
+        .as_array()
+        .unwrap_or_else(|| panic!("no scalar {tag} in {tb}"))
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect()
+}

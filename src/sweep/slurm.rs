@@ -279,7 +279,7 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
     let mut given_up: BTreeSet<usize> = BTreeSet::new();
     let poll = opts.poll.unwrap_or(Duration::from_secs(2));
     let started = Instant::now();
-    let mut last_line = String::new();
+    let mut last_counts = None;
     let mut unreadable = 0;
     loop {
         if let Some(sig) = crate::signals::requested() {
@@ -380,14 +380,16 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
             );
             running += to_submit.len();
         }
-        let line = format!(
-            "[{:>5.0}s] {done}/{} done, {running} queued or running, {failed} failed",
-            started.elapsed().as_secs_f64(),
-            manifest.trials.len()
-        );
-        if line[9..] != *last_line.get(9..).unwrap_or("") {
-            say(opts.progress, &line);
-            last_line = line;
+        if last_counts != Some((done, running, failed)) {
+            say(
+                opts.progress,
+                &format!(
+                    "[{:>5.0}s] {done}/{} done, {running} queued or running, {failed} failed",
+                    started.elapsed().as_secs_f64(),
+                    manifest.trials.len()
+                ),
+            );
+            last_counts = Some((done, running, failed));
         }
         if opts.detach || running == 0 {
             return Ok(None);

@@ -217,27 +217,8 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     let exp = &plan.experiment;
     let retries = opts.retries.unwrap_or(exp.retries);
     let signal = if let Some(flags) = &opts.slurm {
-        let file = &plan.slurm;
-        let f = &flags.settings;
-        let settings = plan::SlurmSettings {
-            partition: f.partition.clone().or_else(|| file.partition.clone()),
-            gres: f.gres.clone().or_else(|| file.gres.clone()),
-            time: f.time.clone().or_else(|| file.time.clone()),
-            cpus_per_task: f.cpus_per_task.or(file.cpus_per_task),
-            mem: f.mem.clone().or_else(|| file.mem.clone()),
-            array_parallelism: f.array_parallelism.or(file.array_parallelism),
-            signal_lead: f.signal_lead.or(file.signal_lead),
-            args: Some(
-                file.args
-                    .iter()
-                    .chain(f.args.iter())
-                    .flatten()
-                    .cloned()
-                    .collect(),
-            ),
-        };
         let so = slurm::SlurmOptions {
-            settings,
+            settings: flags.settings.over(&plan.slurm),
             retries,
             fail_fast: opts.fail_fast,
             progress: opts.progress,

@@ -101,6 +101,30 @@ pub struct SlurmSettings {
     /// More sbatch options, verbatim (`["--account=abc"]`).
     pub args: Option<Vec<String>>,
 }
+
+impl SlurmSettings {
+    /// These settings (the command line's) laid over `file`'s: each one given here wins, and the
+    /// extra sbatch arguments of both are kept, the file's first.
+    pub fn over(&self, file: &SlurmSettings) -> SlurmSettings {
+        SlurmSettings {
+            partition: self.partition.clone().or_else(|| file.partition.clone()),
+            gres: self.gres.clone().or_else(|| file.gres.clone()),
+            time: self.time.clone().or_else(|| file.time.clone()),
+            cpus_per_task: self.cpus_per_task.or(file.cpus_per_task),
+            mem: self.mem.clone().or_else(|| file.mem.clone()),
+            array_parallelism: self.array_parallelism.or(file.array_parallelism),
+            signal_lead: self.signal_lead.or(file.signal_lead),
+            args: Some(
+                file.args
+                    .iter()
+                    .chain(self.args.iter())
+                    .flatten()
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+}
 const EXPERIMENT_KEYS: &[&str] = &[
     "name",
     "corpus",

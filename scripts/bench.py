@@ -1,5 +1,7 @@
-"""Driver of scripts/bench.sh: runs charlab and the PyTorch reference on each named config, each
-in its own process (peak RSS from that process's own rusage), and prints one table.
+"""Driver of scripts/bench.sh: runs charlab and the PyTorch reference on each named config and
+thread count, each in its own process (peak RSS from that process's own rusage), alternating
+which side goes first on each repeat (the machine is shared and noisy), and prints one table
+naming the processor.
 
 Configs (issue 4's): M = vocab ~3000 (the first 95k clean chars of hongloumeng), embed 128,
 2x256; S = vocab 84 (shakespeare), embed 64, 2x128; H = all of hongloumeng (vocab 4504), embed
@@ -8,6 +10,8 @@ Configs (issue 4's): M = vocab ~3000 (the first 95k clean chars of hongloumeng),
 import argparse
 import json
 import os
+import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,8 +23,18 @@ CONFIGS = {
 }
 
 
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def measured(cmd):
-    """Runs cmd under a tiny wrapper that reports its own child's peak RSS (KiB) on fd 3."""
+    """Runs cmd under a tiny wrapper that reports its own child's peak RSS (KiB) on stderr."""
     wrapper = (
         "import os,sys\n"
         "pid=os.fork()\n"
@@ -37,52 +51,81 @@ def measured(cmd):
     return p.stdout, int(rss.split()[1]) / 1024
 
 
+def run_charlab(c, steps, threads):
+    tmp = tempfile.mkdtemp()
+    cfg = os.path.join(tmp, "run.toml")
+    with open(cfg, "w") as f:
+        f.write(
+            f'corpus = "{c["corpus"]}"\nmax_steps = {steps}\neval_every = {steps}\n'
+            f'log_every = 10\nhistogram_every = 0\nthreads = {threads}\ndevice = "cpu"\n'
+            f'embed_dim = {c["embed"]}\nhidden = {c["hidden"]}\nlayers = {c["layers"]}\n'
+            'dropout = 0.0\nbatch_size = 32\nseq_len = 64\noptimizer = "adam"\nlr = 2e-3\n'
+            'grad_clip = 5.0\n'
+        )
+        if c["max_chars"]:
+            f.write(f"[clean]\nmax_chars = {c['max_chars']}\n")
+    out = os.path.join(tmp, "run")
+    _, rss = measured(["target/release/charlab", "train", "--config", cfg, "--out", out, "--plain"])
+    r = json.load(open(os.path.join(out, "run.json")))
+    data = os.path.join(os.environ.get("CHARLAB_DATA", "data"), "prepared", r["corpus"]["key"])
+    return data, dict(impl=f"charlab {r['charlab_version']} (candle {r['candle_version']})",
+                      tps=r["tokens_per_s"], rss=rss, first=r["first_loss"],
+                      val=r["final_metrics"]["val_loss"])
+
+
+def run_torch(c, data, steps, threads):
+    out, rss = measured([".venv-torch/bin/python", "scripts/torch_ref.py", "--data", data,
+                         "--steps", str(steps), "--threads", str(threads),
+                         "--embed", str(c["embed"]), "--hidden", str(c["hidden"]),
+                         "--layers", str(c["layers"])])
+    t = json.loads(out.strip().splitlines()[-1])
+    return dict(impl=t["impl"], tps=t["tokens_per_s"], rss=rss, first=t["first_loss"],
+                val=t["val_loss"])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="2", help="comma-separated thread counts, e.g. 1,2")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each side, alternating")
     ap.add_argument("configs", nargs="+", choices=sorted(CONFIGS))
     a = ap.parse_args()
+    threads = [int(t) for t in a.threads.split(",")]
+    vocab = {}
     rows = []
     for name in a.configs:
         c = CONFIGS[name]
-        tmp = tempfile.mkdtemp()
-        cfg = os.path.join(tmp, "run.toml")
-        with open(cfg, "w") as f:
-            f.write(
-                f'corpus = "{c["corpus"]}"\nmax_steps = {a.steps}\neval_every = {a.steps}\n'
-                f'log_every = 10\nhistogram_every = 0\nthreads = {a.threads}\ndevice = "cpu"\n'
-                f'embed_dim = {c["embed"]}\nhidden = {c["hidden"]}\nlayers = {c["layers"]}\n'
-                'dropout = 0.0\nbatch_size = 32\nseq_len = 64\noptimizer = "adam"\nlr = 2e-3\n'
-                'grad_clip = 5.0\n'
-            )
-            if c["max_chars"]:
-                f.write(f"[clean]\nmax_chars = {c['max_chars']}\n")
-        out = os.path.join(tmp, "run")
-        _, rss = measured(["target/release/charlab", "train", "--config", cfg, "--out", out, "--plain"])
-        r = json.load(open(os.path.join(out, "run.json")))
-        data = os.path.join(os.environ.get("CHARLAB_DATA", "data"), "prepared", r["corpus"]["key"])
-        vocab = len(json.load(open(os.path.join(data, "vocab.json"), encoding="utf-8"))["chars"])
-        mine = dict(impl=f"charlab {r['charlab_version']} (candle {r['candle_version']})",
-                    tps=r["tokens_per_s"], rss=rss, first=r["first_loss"],
-                    val=r["final_metrics"]["val_loss"])
-        tout, trss = measured([".venv-torch/bin/python", "scripts/torch_ref.py", "--data", data,
-                               "--steps", str(a.steps), "--threads", str(a.threads),
-                               "--embed", str(c["embed"]), "--hidden", str(c["hidden"]),
-                               "--layers", str(c["layers"])])
-        t = json.loads(tout.strip().splitlines()[-1])
-        theirs = dict(impl=t["impl"], tps=t["tokens_per_s"], rss=trss, first=t["first_loss"],
-                      val=t["val_loss"])
-        rows.append((f"{name} (V={vocab}, {c['layers']}x{c['hidden']})", mine, theirs))
+        for th in threads:
+            mine, theirs = [], []
+            for rep in range(a.repeat):
+                # Alternate which side runs first, so drift in the machine's speed hits both.
+                if rep % 2 == 0:
+                    data, m = run_charlab(c, a.steps, th)
+                    t = run_torch(c, data, a.steps, th)
+                else:
+                    t = run_torch(c, vocab[name][1], a.steps, th)
+                    data, m = run_charlab(c, a.steps, th)
+                mine.append(m)
+                theirs.append(t)
+                v = len(json.load(open(os.path.join(data, "vocab.json"), encoding="utf-8"))["chars"])
+                vocab[name] = (v, data)
+            rows.append((name, th, mine, theirs))
 
-    print(f"{a.steps} steps, batch 32, seq 64, {a.threads} threads")
-    print(f"| config | implementation | tokens/s | peak RSS MB | first loss | val loss |")
-    print(f"|---|---|---|---|---|---|")
-    for name, mine, theirs in rows:
-        for x in (mine, theirs):
-            print(f"| {name} | {x['impl']} | {x['tps']:,.0f} | {x['rss']:,.0f} | {x['first']:.4f} | {x['val']:.4f} |")
-        print(f"| {name} | ratio charlab / PyTorch | {mine['tps'] / theirs['tps']:.2f}x | "
-              f"{mine['rss'] / theirs['rss']:.2f}x | | |")
+    print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; {a.steps} steps, batch 32, seq 64; "
+          f"{a.repeat} runs per side, alternating")
+    print("| config | threads | charlab tokens/s | PyTorch tokens/s | ratio (median) | "
+          "peak RSS charlab / PyTorch MB | val loss charlab / PyTorch |")
+    print("|---|---|---|---|---|---|---|")
+    for name, th, mine, theirs in rows:
+        c = CONFIGS[name]
+        ratios = [m["tps"] / t["tps"] for m, t in zip(mine, theirs)]
+        tps = lambda xs: " / ".join(f"{x['tps']:,.0f}" for x in xs)
+        print(f"| {name} (V={vocab[name][0]}, {c['layers']}x{c['hidden']}) | {th} | {tps(mine)} | "
+              f"{tps(theirs)} | **{statistics.median(ratios):.2f}x** "
+              f"({', '.join(f'{r:.2f}' for r in ratios)}) | "
+              f"{max(m['rss'] for m in mine):,.0f} / {max(t['rss'] for t in theirs):,.0f} | "
+              f"{mine[0]['val']:.4f} / {theirs[0]['val']:.4f} |")
+    print(f"implementations: {mine[0]['impl']}; {theirs[0]['impl']}")
 
 
 if __name__ == "__main__":

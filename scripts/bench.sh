@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Side by side: charlab and a PyTorch char-LSTM (scripts/torch_ref.py) with the same model, data,
-# batching, optimizer and thread count, one after the other in this one command, on the configs
-# of BENCHMARKS.md (M, S, H). Prints one table: tokens/s, peak RSS, first and validation loss, and
-# the charlab / PyTorch ratios.
-#   scripts/bench.sh [STEPS] [CONFIG...]      (defaults: 300 M S)
+# batching, optimizer and thread count, alternating which goes first, on the configs of
+# BENCHMARKS.md (M, S, H). Prints one table naming the processor: tokens/s, ratios, peak RSS,
+# validation losses.
+#   scripts/bench.sh [STEPS] [CONFIG...] [--threads 1,2] [--repeat N]
+#   (defaults: 300 steps, M S, all cores, 2 runs per side)
 # Makes .venv-torch (pip install torch; large) on first use. Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=${1:-300}
-shift || true
-configs=("$@")
+steps=300
+threads=${THREADS:-$(nproc)}
+repeat=2
+configs=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --threads) threads=$2; shift 2 ;;
+    --repeat) repeat=$2; shift 2 ;;
+    [0-9]*) steps=$1; shift ;;
+    *) configs+=("$1"); shift ;;
+  esac
+done
 [ ${#configs[@]} -gt 0 ] || configs=(M S)
 
 if ! .venv-torch/bin/python -c "import torch" >/dev/null 2>&1; then
@@ -17,4 +27,4 @@ if ! .venv-torch/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv-torch/bin/pip install -q --disable-pip-version-check torch numpy
 fi
 cargo build --release -q
-exec python3 scripts/bench.py --steps "$steps" --threads "${THREADS:-$(nproc)}" "${configs[@]}"
+exec python3 scripts/bench.py --steps "$steps" --threads "$threads" --repeat "$repeat" "${configs[@]}"

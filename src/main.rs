@@ -231,22 +231,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hidden: d[2],
                 layers: d[3],
             };
-            let lstm = if dev.is_cpu() {
-                charlab::model::LstmImpl::Reference
-            } else {
-                charlab::model::LstmImpl::Fused
-            };
-            let rows = charlab::model::check_against_cpu(&dev, lstm, dims, batch, seq, 1)
+            let (rows, against) = charlab::model::check_device(&dev, dims, batch, seq)
                 .context("running the check")?;
-            let against = if dev.is_cpu() {
-                "cpu step-by-step"
-            } else {
-                "cpu fused"
-            };
-            println!(
-                "{} vs {against}: relative error (limit 1e-4)",
-                charlab::device::name(&dev)
-            );
+            println!("{against}: relative error (limit 1e-4)");
             let mut ok = true;
             for r in &rows {
                 let pass = r.rel_err < 1e-4;

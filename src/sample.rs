@@ -4,10 +4,10 @@
 use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
-use crate::model::{CharRnn, Dims};
+use crate::model::{Backend, CharRnn, Dims};
 use crate::rng::Rng;
 use crate::vocab::Vocab;
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use std::path::Path;
 
 /// How the next char is picked from the model's distribution.
@@ -35,6 +35,7 @@ pub struct SampleOptions {
 /// Feeds `prime` through the model, then draws `length` chars; returns prime + drawn ids.
 pub fn generate(
     model: &CharRnn,
+    backend: &mut Backend,
     prime: &[u32],
     length: usize,
     how: &Sampling,
@@ -43,19 +44,14 @@ pub fn generate(
     if prime.is_empty() {
         return Err(Error::Sample("the prime text is empty".into()));
     }
-    let device = model.device();
-    let mut state = model.zero_state(1)?;
+    let mut state = model.zero_state(1);
     let mut out = prime.to_vec();
-    let mut input = Tensor::from_slice(prime, (1, prime.len()), device)?;
+    let mut input = prime.to_vec();
     for _ in 0..length {
-        let fwd = model.forward(&input, &state, None)?;
-        state = fwd.state;
-        let rows = fwd.hidden.dim(0)?;
-        let last = fwd.hidden.narrow(0, rows - 1, 1)?;
-        let logits = model.logits(&last)?.squeeze(0)?.to_vec1::<f32>()?;
+        let logits = backend.next_logits(model, &input, &mut state)?;
         let next = pick(&logits, how, rng);
         out.push(next);
-        input = Tensor::from_slice(&[next], (1, 1), device)?;
+        input = vec![next];
     }
     Ok(out)
 }
@@ -144,6 +140,14 @@ pub fn sample(run: &Path, opts: &SampleOptions) -> Result<String> {
         ))
     })?;
     let mut rng = Rng::new(opts.seed, 4);
-    let ids = generate(&model, &prime, opts.length, &opts.sampling, &mut rng)?;
+    let mut backend = Backend::for_model(&model);
+    let ids = generate(
+        &model,
+        &mut backend,
+        &prime,
+        opts.length,
+        &opts.sampling,
+        &mut rng,
+    )?;
     Ok(vocab.decode(&ids))
 }

@@ -3,18 +3,18 @@
 //! (`last` and `best`), and writes everything TensorBoard shows into the run directory. It is a
 //! library function so a sweep can run it in a child process and tests can call it directly.
 
-use crate::batch::{self, Split, Window};
+use crate::batch::{self, Split};
 use crate::checkpoint::{self, Cursor};
 use crate::config::RunConfig;
 use crate::corpus;
 use crate::error::{Error, IoContext, Result};
-use crate::model::{CharRnn, Dims, LstmImpl, State};
+use crate::model::{Backend, CharRnn, Dims, State};
 use crate::optim::{self, Hyper, Optimizer};
 use crate::rng::Rng;
 use crate::sample;
 use crate::summary::{EventWriter, HValue, SessionStatus};
 use crate::vocab::Vocab;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -143,7 +143,6 @@ pub struct TrainOptions {
     pub progress: Progress,
     /// Where corpora and prepared data are cached.
     pub data_dir: PathBuf,
-    pub lstm: LstmImpl,
     /// Write this run's own `_hparams_/experiment` summary (a sweep writes one at its root).
     pub write_experiment: bool,
     /// Stop after this many steps in this invocation (tests use it to simulate an interruption).
@@ -171,7 +170,6 @@ impl Default for TrainOptions {
             resume: false,
             progress: Progress::Auto,
             data_dir: corpus::data_dir(),
-            lstm: LstmImpl::Fused,
             write_experiment: true,
             stop_after: None,
             group: None,
@@ -296,27 +294,18 @@ fn check_resumable(saved: &RunConfig, now: &RunConfig, path: &Path) -> Result<()
     ))
 }
 
-fn window_tensors(w: &Window, device: &Device) -> Result<(Tensor, Tensor)> {
-    let x = Tensor::from_slice(&w.x, (w.streams, w.seq_len), device)?;
-    let y = Tensor::from_slice(&w.y, w.streams * w.seq_len, device)?;
-    Ok((x, y))
-}
-
-/// Loss, accuracy and bits per char on a whole split, from a zero state.
-pub fn evaluate(model: &CharRnn, split: &Split) -> Result<(f64, f64)> {
-    let mut state = model.zero_state(split.streams())?;
-    let (mut loss_sum, mut acc_sum, mut n) = (0f64, 0f64, 0usize);
+/// Loss and accuracy on a whole split, from a zero state.
+pub fn evaluate(model: &CharRnn, backend: &mut Backend, split: &Split) -> Result<(f64, f64)> {
+    let mut state = model.zero_state(split.streams());
+    let (mut loss, mut hits, mut n) = (0f64, 0f64, 0usize);
     for w in 0..split.windows() {
-        let (x, y) = window_tensors(&split.window(w), model.device())?;
-        let fwd = model.forward(&x, &state, None)?;
-        let (loss, acc) = model.loss(&fwd.hidden, &y)?;
-        let count = y.elem_count();
-        loss_sum += loss.to_scalar::<f32>()? as f64 * count as f64;
-        acc_sum += acc as f64 * count as f64;
-        n += count;
-        state = fwd.state;
+        let win = split.window(w);
+        let sums = backend.eval(model, (&win.x, &win.y, win.seq_len), &mut state)?;
+        loss += sums.loss;
+        hits += sums.hits;
+        n += sums.count;
     }
-    Ok((loss_sum / n.max(1) as f64, acc_sum / n.max(1) as f64))
+    Ok((loss / n.max(1) as f64, hits / n.max(1) as f64))
 }
 
 struct Reporter {
@@ -379,11 +368,11 @@ struct Trainer<'a> {
     opts: &'a TrainOptions,
     out: PathBuf,
     model: CharRnn,
+    backend: Backend,
     optimizer: Optimizer,
     vocab: Vocab,
     train_split: Split,
     val_split: Split,
-    device: Device,
     cursor: Cursor,
     state: State,
     rng: Rng,
@@ -427,12 +416,15 @@ impl Trainer<'_> {
     fn step(&mut self) -> Result<Option<Stop>> {
         let cfg = self.cfg;
         let step_start = Instant::now();
-        let (x, y) = window_tensors(&self.train_split.window(self.cursor.window), &self.device)?;
-        let fwd = self
-            .model
-            .forward(&x, &self.state, Some((cfg.dropout, &mut self.rng)))?;
-        let (loss, acc) = self.model.loss(&fwd.hidden, &y)?;
-        let loss_v = loss.to_scalar::<f32>()? as f64;
+        let win = self.train_split.window(self.cursor.window);
+        let sums = self.backend.train(
+            &self.model,
+            (&win.x, &win.y, win.seq_len),
+            &mut self.state,
+            cfg.dropout,
+            &mut self.rng,
+        )?;
+        let (loss_v, acc) = (sums.loss / sums.count as f64, sums.hits / sums.count as f64);
         let next_step = self.cursor.step + 1;
         // A uniform guess costs ln V; ten times that is no longer training.
         if !loss_v.is_finite() || loss_v > 10.0 * self.record.ln_vocab.max(1.0) {
@@ -446,18 +438,9 @@ impl Trainer<'_> {
                 self.record.ln_vocab
             ));
         }
-        let grads_store = loss.backward()?;
         let params: Vec<&candle_core::Var> = self.model.params().iter().map(|(_, v)| v).collect();
-        let grads: Vec<Tensor> = params
-            .iter()
-            .map(|v| {
-                grads_store
-                    .get(v.as_tensor())
-                    .cloned()
-                    .map_or_else(|| v.zeros_like(), Ok)
-            })
-            .collect::<candle_core::Result<_>>()?;
-        let norm = optim::global_norm(&grads)?;
+        let grads = self.backend.grads();
+        let norm = optim::global_norm(grads);
         let lr = optim::lr_at(cfg, self.cursor.step, self.epoch_f(), self.total_steps);
         let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
             (cfg.grad_clip / norm) as f32
@@ -467,30 +450,28 @@ impl Trainer<'_> {
         if cfg.histogram_every > 0
             && (next_step.is_multiple_of(cfg.histogram_every) || next_step == 1)
         {
-            for ((name, var), g) in self.model.params().iter().zip(&grads) {
+            for ((name, var), g) in self.model.params().iter().zip(grads) {
                 let w = var.flatten_all()?.to_vec1::<f32>()?;
                 self.events
                     .histogram(&format!("weights/{name}"), next_step, &w)?;
-                let g = g.flatten_all()?.to_vec1::<f32>()?;
                 self.events
-                    .histogram(&format!("gradients/{name}"), next_step, &g)?;
+                    .histogram(&format!("gradients/{name}"), next_step, g)?;
             }
         }
-        self.optimizer.step(&params, &grads, lr, scale)?;
+        self.optimizer.step(&params, grads, lr, scale)?;
 
-        self.state = fwd.state;
         self.cursor.window += 1;
         if self.cursor.window as u64 >= self.windows {
             self.cursor.window = 0;
             self.cursor.epoch += 1;
-            self.state = self.model.zero_state(cfg.batch_size)?;
+            self.state = self.model.zero_state(cfg.batch_size);
         }
         self.cursor.step = next_step;
         let tokens = (cfg.batch_size * cfg.seq_len) as u64;
         self.cursor.tokens += tokens;
         self.interval_tokens += tokens;
         self.interval.0 += loss_v;
-        self.interval.1 += acc as f64;
+        self.interval.1 += acc;
         self.interval.2 += 1;
         self.train_secs += step_start.elapsed().as_secs_f64();
 
@@ -532,7 +513,7 @@ impl Trainer<'_> {
     /// or pruning.
     fn evaluate(&mut self) -> Result<Option<Stop>> {
         let step = self.cursor.step;
-        let (val_loss, val_acc) = evaluate(&self.model, &self.val_split)?;
+        let (val_loss, val_acc) = evaluate(&self.model, &mut self.backend, &self.val_split)?;
         let metrics = Metrics {
             step,
             val_loss,
@@ -543,7 +524,14 @@ impl Trainer<'_> {
         self.events.scalar("val/loss", step, val_loss)?;
         self.events.scalar("val/accuracy", step, val_acc)?;
         self.events.scalar("val/bpc", step, metrics.val_bpc)?;
-        let text = eval_sample(&self.model, &self.vocab, &self.val_split, self.cfg, step)?;
+        let text = eval_sample(
+            &self.model,
+            &mut self.backend,
+            &self.vocab,
+            &self.val_split,
+            self.cfg,
+            step,
+        )?;
         self.events.text("samples/generated", step, &text)?;
         self.reporter.line(&format!(
             "step {step}: val loss {val_loss:.4}, bpc {:.3}, accuracy {val_acc:.3}",
@@ -587,9 +575,11 @@ impl Trainer<'_> {
         self.events.sync()?;
         let mut tensors = self.model.tensors();
         tensors.extend(self.optimizer.tensors()?);
-        for (k, (h, c)) in self.state.iter().enumerate() {
-            tensors.insert(format!("state/layer_{k}/h"), h.clone());
-            tensors.insert(format!("state/layer_{k}/c"), c.clone());
+        let (b, h) = (self.state.batch, self.state.hidden);
+        for (k, (hv, cv)) in self.state.h.iter().zip(&self.state.c).enumerate() {
+            let t = |v: &[f32]| Tensor::from_slice(v, (b, h), &candle_core::Device::Cpu);
+            tensors.insert(format!("state/layer_{k}/h"), t(hv)?);
+            tensors.insert(format!("state/layer_{k}/c"), t(cv)?);
         }
         checkpoint::save_last(&self.out, &tensors, &self.cursor)?;
         if best {
@@ -774,8 +764,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         hidden: cfg.hidden,
         layers: cfg.layers,
     };
-    let mut model = CharRnn::new(dims, cfg.seed, &device)?;
-    model.lstm = opts.lstm;
+    let model = CharRnn::new(dims, cfg.seed, &device)?;
     let sizes: Vec<usize> = model.params().iter().map(|(_, v)| v.elem_count()).collect();
     let mut optimizer = Optimizer::new(Hyper::from_config(cfg), &sizes);
 
@@ -798,7 +787,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         best_val_loss: None,
         best_step: None,
     };
-    let mut state: State = model.zero_state(cfg.batch_size)?;
+    let mut state: State = model.zero_state(cfg.batch_size);
     let mut previous: Option<RunRecord> = None;
     let latest = if opts.resume {
         let (latest, problems) = checkpoint::load_latest(out, &device)?;
@@ -819,17 +808,23 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         }
         model.load(&tensors)?;
         optimizer.load(c.step, &tensors)?;
-        state = (0..cfg.layers)
-            .map(|k| {
-                let get = |n: &str| {
-                    tensors
-                        .get(&format!("state/layer_{k}/{n}"))
-                        .cloned()
-                        .ok_or_else(|| run_error(&ckpt_dir, format!("no state/layer_{k}/{n}")))
-                };
-                Ok((get("h")?, get("c")?))
-            })
-            .collect::<Result<_>>()?;
+        for k in 0..cfg.layers {
+            let get = |n: &str| -> Result<Vec<f32>> {
+                let t = tensors
+                    .get(&format!("state/layer_{k}/{n}"))
+                    .ok_or_else(|| run_error(&ckpt_dir, format!("no state/layer_{k}/{n}")))?;
+                let v = t.flatten_all()?.to_vec1::<f32>()?;
+                if v.len() != cfg.batch_size * cfg.hidden {
+                    return Err(run_error(
+                        &ckpt_dir,
+                        format!("state/layer_{k}/{n} has the wrong size"),
+                    ));
+                }
+                Ok(v)
+            };
+            state.h[k] = get("h")?;
+            state.c[k] = get("c")?;
+        }
         cursor = c;
         previous = std::fs::read(&record_path)
             .ok()
@@ -924,12 +919,12 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         out: out.to_path_buf(),
         reporter: Reporter::new(progress, total_steps, cursor.step),
         rng: Rng::from_state(cursor.rng),
+        backend: Backend::for_model(&model),
         model,
         optimizer,
         vocab,
         train_split,
         val_split,
-        device,
         cursor,
         state,
         events,
@@ -952,6 +947,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
 /// split, seeded by the step so a resumed run writes the same sample.
 fn eval_sample(
     model: &CharRnn,
+    backend: &mut Backend,
     vocab: &Vocab,
     val: &Split,
     cfg: &RunConfig,
@@ -961,6 +957,7 @@ fn eval_sample(
     let mut rng = Rng::new(cfg.seed ^ step, 3);
     let ids = sample::generate(
         model,
+        backend,
         &prime,
         cfg.sample_length,
         &sample::Sampling {

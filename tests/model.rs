@@ -1,157 +1,137 @@
-//! The fused LSTM against the plain step-by-step reference, and the config schema.
+//! The hand-written CPU model against candle's step-by-step reference (loss, accuracy, every
+//! gradient, the carried state, dropout, sampling logits) at every instruction set this CPU has
+//! and with several thread groups, and the config schema.
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use charlab::config::RunConfig;
-use charlab::model::{head, lstm, CharRnn, Dims, LstmImpl};
+use charlab::model::cpu::CpuModel;
+use charlab::model::simd::Level;
+use charlab::model::{check_backend, rel_err, Backend, CharRnn, Dims, State};
 use charlab::rng::Rng;
 use std::path::Path;
 
-fn l2(t: &Tensor) -> f32 {
-    t.sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .sqrt()
+fn dims(vocab: usize, embed_dim: usize, hidden: usize, layers: usize) -> Dims {
+    Dims {
+        vocab,
+        embed_dim,
+        hidden,
+        layers,
+    }
 }
 
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    l2(&(a - b).unwrap()) / l2(b).max(1e-12)
-}
+/// Shapes that reach every path: the `[V, 4H]` table (small vocabulary) and the gathered
+/// projection (large), a hidden size that needs padding to 16 and ones that do not, a batch
+/// smaller than the thread count, one position.
+const CASES: &[(Dims, usize, usize)] = &[
+    (
+        Dims {
+            vocab: 23,
+            embed_dim: 12,
+            hidden: 16,
+            layers: 3,
+        },
+        4,
+        12,
+    ),
+    (
+        Dims {
+            vocab: 300,
+            embed_dim: 8,
+            hidden: 20,
+            layers: 2,
+        },
+        5,
+        7,
+    ),
+    (
+        Dims {
+            vocab: 7,
+            embed_dim: 5,
+            hidden: 48,
+            layers: 1,
+        },
+        9,
+        30,
+    ),
+    (
+        Dims {
+            vocab: 11,
+            embed_dim: 4,
+            hidden: 64,
+            layers: 2,
+        },
+        1,
+        1,
+    ),
+];
 
-fn random(shape: &[usize], rng: &mut Rng, scale: f32) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.normal() * scale).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+fn assert_equivalent(level: Level, d: Dims, batch: usize, seq: usize, dropout: f64) {
+    let mut backend = Backend::Cpu(Box::new(CpuModel::new(d, level)));
+    let rows = check_backend(&Device::Cpu, &mut backend, d, (batch, seq), dropout, 3).unwrap();
+    for r in rows {
+        assert!(
+            r.rel_err < 1e-4,
+            "{} at {}, {d:?}, batch {batch}, seq {seq}: relative error {}",
+            r.name,
+            level.name(),
+            r.rel_err
+        );
+    }
 }
 
 #[test]
-fn fused_layer_matches_reference_forward_and_backward() {
-    let mut rng = Rng::new(7, 0);
-    let (b, t, h) = (3, 9, 8);
-    let xproj = candle_core::Var::from_tensor(&random(&[b, t, 4 * h], &mut rng, 1.0)).unwrap();
-    let w_hh = candle_core::Var::from_tensor(&random(&[4 * h, h], &mut rng, 0.3)).unwrap();
-    let bias = candle_core::Var::from_tensor(&random(&[4 * h], &mut rng, 0.5)).unwrap();
-    // A non-zero initial state, as after a previous window.
-    let h0 = random(&[b, h], &mut rng, 0.5);
-    let c0 = random(&[b, h], &mut rng, 0.5);
-    let weight = random(&[b, t, h], &mut rng, 1.0);
-    type Layer =
-        fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<lstm::LayerOut>;
-    let run = |f: Layer| {
-        let out = f(&xproj, &w_hh, &bias, &h0, &c0).unwrap();
-        let obj = (out.hs.clone() * &weight).unwrap().sum_all().unwrap();
-        let g = obj.backward().unwrap();
-        (
-            out,
-            g.get(&xproj).unwrap().clone(),
-            g.get(&w_hh).unwrap().clone(),
-            g.get(&bias).unwrap().clone(),
-        )
-    };
-    let (fo, fgx, fgw, fgb) = run(lstm::fused);
-    let (ro, rgx, rgw, rgb) = run(lstm::reference);
-    assert!(rel_err(&fo.hs, &ro.hs) < 1e-5);
-    assert!(rel_err(&fo.h_last, &ro.h_last) < 1e-5);
-    assert!(rel_err(&fo.c_last, &ro.c_last) < 1e-5);
-    assert!(
-        rel_err(&fgx, &rgx) < 1e-4,
-        "d xproj: {}",
-        rel_err(&fgx, &rgx)
-    );
-    assert!(
-        rel_err(&fgw, &rgw) < 1e-4,
-        "d w_hh: {}",
-        rel_err(&fgw, &rgw)
-    );
-    assert!(
-        rel_err(&fgb, &rgb) < 1e-4,
-        "d bias: {}",
-        rel_err(&fgb, &rgb)
-    );
+fn cpu_model_matches_reference_loss_every_gradient_and_state_at_every_level() {
+    for level in Level::all() {
+        for &(d, batch, seq) in CASES {
+            assert_equivalent(level, d, batch, seq, 0.3);
+            assert_equivalent(level, d, batch, seq, 0.0);
+        }
+    }
 }
 
 #[test]
-fn fused_model_matches_reference_loss_and_every_gradient() {
-    let dims = Dims {
-        vocab: 23,
-        embed_dim: 12,
-        hidden: 16,
-        layers: 3,
-    };
-    let mut fused = CharRnn::new(dims, 3, &Device::Cpu).unwrap();
-    fused.lstm = LstmImpl::Fused;
-    let mut reference = CharRnn::new(dims, 3, &Device::Cpu).unwrap();
-    reference.lstm = LstmImpl::Reference;
-    let mut rng = Rng::new(5, 0);
-    let (b, t) = (4, 12);
-    let ids: Vec<u32> = (0..b * t).map(|_| (rng.next_u64() % 23) as u32).collect();
-    let tgt: Vec<u32> = (0..b * t).map(|_| (rng.next_u64() % 23) as u32).collect();
-    let x = Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap();
-    let y = Tensor::from_vec(tgt, b * t, &Device::Cpu).unwrap();
-    let mut results = Vec::new();
-    for model in [&fused, &reference] {
-        let state = model.zero_state(b).unwrap();
-        // Dropout with the same seed draws the same masks in both.
-        let mut drop_rng = Rng::new(9, 2);
-        let fwd = model
-            .forward(&x, &state, Some((0.3, &mut drop_rng)))
+fn cpu_model_is_equivalent_with_one_thread_and_with_more_groups_than_rows_allow() {
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
             .unwrap();
-        let (loss, _) = model.loss(&fwd.hidden, &y).unwrap();
-        let grads = loss.backward().unwrap();
-        let g: Vec<Tensor> = model
-            .params()
-            .iter()
-            .map(|(n, v)| {
-                grads
-                    .get(v.as_tensor())
-                    .unwrap_or_else(|| panic!("no grad for {n}"))
-                    .clone()
-            })
-            .collect();
-        results.push((loss.to_scalar::<f32>().unwrap(), g));
-    }
-    let (fl, fg) = &results[0];
-    let (rl, rg) = &results[1];
-    assert!(((fl - rl) / rl).abs() < 1e-5, "loss {fl} vs {rl}");
-    for (((name, _), a), b) in fused.params().iter().zip(fg).zip(rg) {
-        let e = rel_err(a, b);
-        assert!(e < 1e-4, "{name}: relative error {e}");
+        pool.install(|| {
+            for &(d, batch, seq) in CASES {
+                assert_equivalent(Level::detect(), d, batch, seq, 0.2);
+            }
+        });
     }
 }
 
 #[test]
-fn fused_head_matches_reference_loss_accuracy_and_gradients() {
+fn cpu_model_accuracy_eval_and_sampling_logits_match_the_reference() {
+    let d = dims(29, 6, 24, 2);
+    let model = CharRnn::new(d, 5, &Device::Cpu).unwrap();
     let mut rng = Rng::new(11, 0);
-    let (n, h, v) = (37, 12, 29);
-    let hidden = candle_core::Var::from_tensor(&random(&[n, h], &mut rng, 1.0)).unwrap();
-    let w = candle_core::Var::from_tensor(&random(&[v, h], &mut rng, 0.5)).unwrap();
-    let b = candle_core::Var::from_tensor(&random(&[v], &mut rng, 0.5)).unwrap();
-    let t: Vec<u32> = (0..n).map(|_| (rng.next_u64() % v as u64) as u32).collect();
-    let targets = Tensor::from_vec(t, n, &Device::Cpu).unwrap();
-    let mut out = Vec::new();
-    for f in [head::fused, head::reference] {
-        let (loss, acc) = f(&hidden, &w, &b, &targets).unwrap();
-        // Scale the loss so the incoming gradient is not 1: the op must use it.
-        let g = (loss.clone() * 3.0).unwrap().backward().unwrap();
-        out.push((
-            loss.to_scalar::<f32>().unwrap(),
-            acc,
-            [
-                g.get(&hidden).unwrap().clone(),
-                g.get(&w).unwrap().clone(),
-                g.get(&b).unwrap().clone(),
-            ],
-        ));
+    let (b, t) = (3, 10);
+    let x: Vec<u32> = (0..b * t).map(|_| (rng.next_u64() % 29) as u32).collect();
+    // Targets that the untrained model sometimes gets right: its own inputs.
+    let y = x.clone();
+    let mut cpu = Backend::Cpu(Box::new(CpuModel::new(d, Level::detect())));
+    let mut reference = Backend::Candle { grads: Vec::new() };
+    let mut results = Vec::new();
+    for backend in [&mut cpu, &mut reference] {
+        let mut state = State::zeros(2, b, 24);
+        let eval = backend.eval(&model, (&x, &y, t), &mut state).unwrap();
+        let mut one = State::zeros(2, 1, 24);
+        let first = backend.next_logits(&model, &x[..5], &mut one).unwrap();
+        let next = backend.next_logits(&model, &x[5..6], &mut one).unwrap();
+        results.push((eval, state, first, next));
     }
-    let (fl, fa, fg) = &out[0];
-    let (rl, ra, rg) = &out[1];
-    assert!(((fl - rl) / rl).abs() < 1e-5, "loss {fl} vs {rl}");
-    assert_eq!(fa, ra);
-    for (name, (a, b)) in ["d hidden", "d w", "d b"].iter().zip(fg.iter().zip(rg)) {
-        assert!(rel_err(a, b) < 1e-4, "{name}: {}", rel_err(a, b));
-    }
+    let (ce, cs, cf, cn) = &results[0];
+    let (re, rs, rf, rn) = &results[1];
+    assert_eq!(ce.count, re.count);
+    assert!((ce.loss - re.loss).abs() / re.loss < 1e-5);
+    assert_eq!(ce.hits, re.hits.round(), "accuracy differs");
+    assert!(rel_err(&cs.h.concat(), &rs.h.concat()) < 1e-5);
+    assert_eq!(cf.len(), 29);
+    assert!(rel_err(cf, rf) < 1e-5 && rel_err(cn, rn) < 1e-5);
 }
 
 #[test]
@@ -221,7 +201,7 @@ fn config_round_trips_through_toml() {
 }
 
 #[test]
-fn check_device_command_proves_fused_cpu_equals_step_by_step_and_refuses_missing_cuda() {
+fn check_device_command_proves_the_cpu_path_equals_step_by_step_and_refuses_missing_cuda() {
     let bin = env!("CARGO_BIN_EXE_charlab");
     let out = std::process::Command::new(bin)
         .args([
@@ -238,10 +218,11 @@ fn check_device_command_proves_fused_cpu_equals_step_by_step_and_refuses_missing
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.trim_end().ends_with("equivalent"), "{text}");
-    // The loss and one row per parameter (embedding, 3 per layer, decoder weight and bias).
+    // The loss, one row per parameter (embedding, 3 per layer, decoder weight and bias) and
+    // the state carried to the next window.
     assert_eq!(
         text.lines().filter(|l| l.ends_with(" ok")).count(),
-        1 + 1 + 3 * 3 + 2
+        1 + 1 + 3 * 3 + 2 + 1
     );
 
     let out = std::process::Command::new(bin)

@@ -1,8 +1,9 @@
-//! The element-wise inner loops of the fused CPU ops (LSTM cell, softmax), written so the
-//! compiler vectorises them, and compiled once more for AVX-512 and once for AVX2+FMA, picked
-//! at run time. The default x86-64 target only has SSE2; libm's `expf` is a scalar call that
-//! stops vectorisation, and it was a tenth of a step. Hence [`exp`]: a branch-free Cephes-style
-//! polynomial (relative error ~1e-7, below f32's own rounding of the results it feeds).
+//! The element-wise inner loops of the CPU path (LSTM cell forward and backward, softmax
+//! cross-entropy), written as plain loops the compiler vectorises. They are `#[inline(always)]`
+//! and only called from inside [`super::simd::dispatch`]ed kernels, so they are compiled for
+//! AVX-512 or AVX2 there (the default x86-64 target only has SSE2). libm's `expf` is a scalar
+//! call that stops vectorisation, and it was a tenth of a step; hence [`exp`]: a branch-free
+//! Cephes-style polynomial (relative error ~1e-7, below f32's own rounding of what it feeds).
 
 /// `exp(x)` for f32, vectorisable: `2^n · p(r)` with `x = n·ln2 + r`, `|r| ≤ ln2/2`.
 /// Inputs are clamped to [-87, 88] (the finite, normal range); NaN stays NaN.
@@ -12,10 +13,12 @@ pub fn exp(x: f32) -> f32 {
     // ln 2 split in two so n·C1 is exact.
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    // Adding then subtracting 1.5·2^23 rounds to the nearest integer without a call.
+    // Adding 1.5·2^23 rounds to the nearest integer without a call, and leaves that integer in
+    // the sum's low mantissa bits (its bits are ROUND's plus n).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * C1 - n * C2;
     let z = r * r;
     let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
@@ -26,7 +29,13 @@ pub fn exp(x: f32) -> f32 {
         * z
         + r
         + 1.0;
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2^n from n's bits: `n as i32` would saturate NaN and out-of-range values, which keeps the
+    // compiler from vectorising the conversion (16 scalar conversions per vector).
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    p * f32::from_bits(biased << 23)
 }
 
 #[inline(always)]
@@ -41,75 +50,80 @@ pub fn tanh(x: f32) -> f32 {
     (e - 1.0) / (e + 1.0)
 }
 
-/// Compiles `$body` (an `#[inline(always)]` fn) three times and dispatches on the CPU's features.
-macro_rules! multiversion {
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
-        $(#[$doc])*
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                if std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512bw")
-                    && std::is_x86_feature_detected!("avx512dq")
-                    && std::is_x86_feature_detected!("avx512vl")
-                {
-                    // SAFETY: the features `v4` was compiled for are present on this CPU.
-                    return unsafe { v4($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above, for `v3`.
-                    return unsafe { v3($($arg),*) };
-                }
-            }
-            $body($($arg),*)
+/// The cell update on one register tile, as it leaves the recurrent GEMM: `tile` holds the
+/// pre-activations of `lanes` hidden units (`i f g o`, `lanes` each), `c_prev` their `c_{t-1}`.
+/// Writes `c i f g o` to `out + q·stride` (the row's five `Hp`-long segments) and `h` to `h_out`.
+///
+/// # Safety
+/// `lanes` is 8 or 16; `c_prev`, `h_out` and `out + q·stride` (q < 5) hold `lanes` floats.
+#[inline(always)]
+pub(crate) unsafe fn cell_block(
+    lanes: usize,
+    tile: &[f32; 64],
+    c_prev: *const f32,
+    out: *mut f32,
+    stride: usize,
+    h_out: *mut f32,
+) {
+    // SAFETY: the caller's contract. `lanes` is a constant where this is inlined, so one branch
+    // remains.
+    unsafe {
+        if lanes == 16 {
+            cell_chunk::<16>(tile, 0, 16, c_prev, out, stride, h_out);
+        } else {
+            cell_chunk::<8>(tile, 0, 8, c_prev, out, stride, h_out);
         }
-    };
+    }
 }
 
+/// [`cell_block`] for `W` units starting at unit `u0` of a tile of `lanes` units. The results go
+/// through local arrays first: written straight through the output pointers, the compiler
+/// cannot rule out aliasing and keeps the loop scalar (five scalar `exp`s per unit).
+///
+/// # Safety
+/// As [`cell_block`], for `W` floats.
 #[inline(always)]
-fn cell_forward_body(gates: &[f32], c_prev: &[f32], h_out: &mut [f32], acts: &mut [f32]) {
-    let h = c_prev.len();
-    let h_out = &mut h_out[..h];
-    let (c_out, ifgo) = acts[..5 * h].split_at_mut(h);
-    let (ifg, o) = ifgo.split_at_mut(3 * h);
-    let (if_, g) = ifg.split_at_mut(2 * h);
-    let (i, f) = if_.split_at_mut(h);
-    let gates = &gates[..4 * h];
-    for (a, &z) in i.iter_mut().zip(&gates[..h]) {
-        *a = sigmoid(z);
+unsafe fn cell_chunk<const W: usize>(
+    tile: &[f32; 64],
+    u0: usize,
+    lanes: usize,
+    c_prev: *const f32,
+    out: *mut f32,
+    stride: usize,
+    h_out: *mut f32,
+) {
+    let mut cp = [0f32; W];
+    let mut r = [[0f32; W]; 6];
+    // SAFETY: `c_prev + u0` holds W floats (the caller's contract).
+    unsafe { std::ptr::copy_nonoverlapping(c_prev.add(u0), cp.as_mut_ptr(), W) };
+    for u in 0..W {
+        let i = sigmoid(tile[u0 + u]);
+        let f = sigmoid(tile[lanes + u0 + u]);
+        let g = tanh(tile[2 * lanes + u0 + u]);
+        let o = sigmoid(tile[3 * lanes + u0 + u]);
+        let c = f * cp[u] + i * g;
+        r[0][u] = c;
+        r[1][u] = i;
+        r[2][u] = f;
+        r[3][u] = g;
+        r[4][u] = o;
+        r[5][u] = o * tanh(c);
     }
-    for (a, &z) in f.iter_mut().zip(&gates[h..2 * h]) {
-        *a = sigmoid(z);
-    }
-    for (a, &z) in g.iter_mut().zip(&gates[2 * h..3 * h]) {
-        *a = tanh(z);
-    }
-    for (a, &z) in o.iter_mut().zip(&gates[3 * h..]) {
-        *a = sigmoid(z);
-    }
-    for j in 0..h {
-        let c = f[j] * c_prev[j] + i[j] * g[j];
-        c_out[j] = c;
-        h_out[j] = o[j] * tanh(c);
+    // SAFETY: as above, for the five segments and h_out.
+    unsafe {
+        for (q, v) in r[..5].iter().enumerate() {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), out.add(q * stride + u0), W);
+        }
+        std::ptr::copy_nonoverlapping(r[5].as_ptr(), h_out.add(u0), W);
     }
 }
 
-multiversion! {
-    /// One LSTM cell step for one batch row: `gates` = the four pre-activations `[i f g o]`
-    /// (each `H` long), `c_prev` = `c_{t-1}`; writes `h_out` (H) and `acts` = `[c i f g o]` (5·H).
-    pub fn cell_forward(gates: &[f32], c_prev: &[f32], h_out: &mut [f32], acts: &mut [f32]) => cell_forward_body
-}
-
+/// The backward of the cell for one row: from the saved `acts` (`c i f g o`, `H` each), the
+/// gradient reaching this step's `h` from above (`dh_out`) and through time (`dh_next`,
+/// `dc_next`), writes the pre-activation gradient `da` (`i f g o`) and leaves `dc_next` = the
+/// gradient of `c_{t-1}`. The caller turns `da` into the next `dh_next` (`da · W_hh`).
 #[inline(always)]
-fn cell_backward_body(
+pub(crate) fn cell_backward_row(
     acts: &[f32],
     dh_out: &[f32],
     c_prev: &[f32],
@@ -142,27 +156,22 @@ fn cell_backward_body(
     }
 }
 
-multiversion! {
-    /// The backward of [`cell_forward`] for one row: from the saved `acts`, the gradient reaching
-    /// this step's `h` from above (`dh_out`) and through time (`dh_next`, `dc_next`), writes the
-    /// pre-activation gradient `da` (4·H) and leaves `dc_next` = the gradient of `c_{t-1}`.
-    /// The caller turns `da` into the next `dh_next` (`da · W_hh`).
-    pub fn cell_backward(
-        acts: &[f32],
-        dh_out: &[f32],
-        c_prev: &[f32],
-        dh_next: &[f32],
-        dc_next: &mut [f32],
-        da: &mut [f32]
-    ) => cell_backward_body
-}
-
 /// Lanes of the explicit accumulators below: a float sum or max over a row is a serial chain
 /// unless split into independent lanes (the compiler may not reassociate float operations).
 const LANES: usize = 16;
 
+/// Softmax cross-entropy of one row of logits plus `bias`, in place; returns (loss against
+/// `target`, 1.0 when the argmax is the target; a row of NaNs has no argmax and is a miss).
+/// With `grad = Some((scale, db))` the row becomes the loss gradient `scale · (p − onehot)` and
+/// `db` gets it added (the bias gradient, in the same pass); otherwise the row is left as
+/// `exp(z − max)`. `target < row.len()` (the caller checks).
 #[inline(always)]
-fn softmax_body(row: &mut [f32], bias: &[f32], target: usize) -> (f32, f32) {
+pub(crate) fn softmax_row(
+    row: &mut [f32],
+    bias: &[f32],
+    target: usize,
+    grad: Option<(f32, &mut [f32])>,
+) -> (f32, f32) {
     let v = row.len();
     let bias = &bias[..v];
     let split = v - v % LANES;
@@ -212,18 +221,19 @@ fn softmax_body(row: &mut [f32], bias: &[f32], target: usize) -> (f32, f32) {
         *z = exp(*z - max);
         sum += *z;
     }
-    let inv = 1.0 / sum;
-    for z in row.iter_mut() {
-        *z *= inv;
+    if let Some((scale, db)) = grad {
+        // Pass 3: the gradient and the bias gradient.
+        let k = scale / sum;
+        let db = &mut db[..v];
+        for (z, d) in row.iter_mut().zip(db.iter_mut()) {
+            *z *= k;
+            *d += *z;
+        }
+        row[target] -= scale;
+        db[target] -= scale;
     }
-    // loss = log Σ exp(z − max) − (z_t − max); a row of NaNs has no argmax and counts as a miss.
+    // loss = log Σ exp(z − max) − (z_t − max)
     (sum.ln() - zt, (arg == target) as u8 as f32)
-}
-
-multiversion! {
-    /// Softmax of one row of logits plus `bias`, in place; returns (cross-entropy against
-    /// `target`, 1.0 when the argmax is the target). `target < row.len()` (checked by the op).
-    pub fn softmax(row: &mut [f32], bias: &[f32], target: usize) -> (f32, f32) => softmax_body
 }
 
 #[cfg(test)]
@@ -258,12 +268,22 @@ mod tests {
             let lse = max + z.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
             for target in [0, first, v - 1] {
                 let mut row = logits.clone();
-                let (loss, hit) = softmax(&mut row, &bias, target);
+                let mut db = vec![0.5f32; v];
+                let (loss, hit) = softmax_row(&mut row, &bias, target, Some((0.25, &mut db)));
                 assert!((loss - (lse - z[target])).abs() < 1e-5, "v={v} t={target}");
                 assert_eq!(hit, (target == first) as u8 as f32, "v={v} t={target}");
+                // The gradient of 0.25 · CE: 0.25 · (p − onehot); it sums to 0, and db got it.
                 let total: f32 = row.iter().sum();
-                assert!((total - 1.0).abs() < 1e-5);
-                assert!((row[target] - (z[target] - lse).exp()).abs() < 1e-6);
+                assert!(total.abs() < 1e-6);
+                for j in 0..v {
+                    let p = (z[j] - lse).exp();
+                    let want = 0.25 * (p - (j == target) as u8 as f32);
+                    assert!((row[j] - want).abs() < 1e-6, "v={v} t={target} j={j}");
+                    assert!((db[j] - 0.5 - want).abs() < 1e-6);
+                }
+                let mut plain = logits.clone();
+                let (loss2, hit2) = softmax_row(&mut plain, &bias, target, None);
+                assert_eq!((loss2, hit2), (loss, hit));
             }
         }
     }

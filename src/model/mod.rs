@@ -2,13 +2,17 @@
 //! the decoder) → linear decoder → softmax cross-entropy. Parameters are named by the scope they
 //! show under in TensorBoard (`LSTM/layer_0/w_hh`), and the same names key the checkpoint.
 
-pub mod head;
+pub mod cpu;
+pub mod gemm;
 mod kernels;
-pub mod lstm;
+pub mod recurrence;
+pub mod reference;
+pub mod simd;
 
 use crate::rng::Rng;
 use crate::summary::GraphNode;
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Storage, Tensor, Var};
+use cpu::{CpuModel, Pass, Sums, Weights};
 use std::collections::HashMap;
 
 /// The model's dimensions.
@@ -20,33 +24,40 @@ pub struct Dims {
     pub layers: usize,
 }
 
-/// Which LSTM implementation to run (see [`lstm`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LstmImpl {
-    Fused,
-    Reference,
+/// The recurrent state carried from one window to the next: per layer, `h` and `c` as `[B, H]`
+/// row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    pub batch: usize,
+    pub hidden: usize,
+    pub h: Vec<Vec<f32>>,
+    pub c: Vec<Vec<f32>>,
 }
 
-/// The recurrent state carried from one window to the next: `(h, c)` per layer, each `[B, H]`.
-pub type State = Vec<(Tensor, Tensor)>;
+impl State {
+    /// The zero state of `layers` layers for `batch` streams.
+    pub fn zeros(layers: usize, batch: usize, hidden: usize) -> Self {
+        State {
+            batch,
+            hidden,
+            h: vec![vec![0.0; batch * hidden]; layers],
+            c: vec![vec![0.0; batch * hidden]; layers],
+        }
+    }
 
-/// The outputs of one forward pass.
-pub struct Forward {
-    /// The last layer's output after dropout, `[B·T, H]`: the decoder's input.
-    pub hidden: Tensor,
-    /// The state after the last step (detached).
-    pub state: State,
+    pub fn layers(&self) -> usize {
+        self.h.len()
+    }
 }
 
 /// A char-rnn.
 pub struct CharRnn {
     pub dims: Dims,
-    pub lstm: LstmImpl,
     params: Vec<(String, Var)>,
     device: Device,
 }
 
-fn layer_names(k: usize) -> [String; 3] {
+pub(crate) fn layer_names(k: usize) -> [String; 3] {
     [
         format!("LSTM/layer_{k}/w_ih"),
         format!("LSTM/layer_{k}/w_hh"),
@@ -95,7 +106,6 @@ impl CharRnn {
         })?;
         Ok(CharRnn {
             dims,
-            lstm: LstmImpl::Fused,
             params,
             device: device.clone(),
         })
@@ -111,7 +121,7 @@ impl CharRnn {
         &self.params
     }
 
-    fn get(&self, name: &str) -> Result<&Tensor> {
+    pub(crate) fn get(&self, name: &str) -> Result<&Tensor> {
         self.params
             .iter()
             .find(|(n, _)| n == name)
@@ -150,77 +160,29 @@ impl CharRnn {
         Ok(())
     }
 
-    /// A zero state for `batch` streams.
-    pub fn zero_state(&self, batch: usize) -> Result<State> {
-        let z = Tensor::zeros((batch, self.dims.hidden), DType::F32, &self.device)?;
-        Ok((0..self.dims.layers)
-            .map(|_| (z.clone(), z.clone()))
-            .collect())
+    /// The zero state for `batch` streams.
+    pub fn zero_state(&self, batch: usize) -> State {
+        State::zeros(self.dims.layers, batch, self.dims.hidden)
     }
 
-    /// Runs the model on `x` (`[B, T]` u32 ids) from `state`. `dropout` is `(p, rng)` when
-    /// training; masks come from the run's RNG so a seeded run is reproducible.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        state: &State,
-        dropout: Option<(f64, &mut Rng)>,
-    ) -> Result<Forward> {
-        let (b, t) = x.dims2()?;
-        let (e, h) = (self.dims.embed_dim, self.dims.hidden);
-        if state.len() != self.dims.layers {
-            candle_core::bail!(
-                "state has {} layers, the model {}",
-                state.len(),
-                self.dims.layers
-            );
-        }
-        let emb = self
-            .get("Embedding/weight")?
-            .index_select(&x.flatten_all()?, 0)?;
-        let mut input = emb; // [B·T, in]
-        let mut in_dim = e;
-        let mut new_state = Vec::with_capacity(self.dims.layers);
-        let mut dropout = dropout.filter(|(p, _)| *p > 0.0);
-        for (layer, (h0, c0)) in state.iter().enumerate().take(self.dims.layers) {
-            let [w_ih, w_hh, bias] = layer_names(layer);
-            let xproj = input
-                .matmul(&self.get(&w_ih)?.t()?)?
-                .reshape((b, t, 4 * h))?;
-            let (w_hh, bias) = (self.get(&w_hh)?, self.get(&bias)?);
-            let out = match self.lstm {
-                LstmImpl::Fused => lstm::fused(&xproj, w_hh, bias, h0, c0)?,
-                LstmImpl::Reference => lstm::reference(&xproj, w_hh, bias, h0, c0)?,
+    /// Calls `f` with the parameters as slices (CPU only), holding their storage read-locked.
+    pub fn with_weights<R>(&self, f: impl FnOnce(&Weights) -> R) -> Result<R> {
+        let guards: Vec<_> = self
+            .params
+            .iter()
+            .map(|(_, v)| v.as_tensor().storage_and_layout())
+            .collect();
+        let mut slices = Vec::with_capacity(guards.len());
+        for ((name, _), (storage, layout)) in self.params.iter().zip(&guards) {
+            let Storage::Cpu(cpu) = &**storage else {
+                candle_core::bail!("{name} is not on the CPU");
             };
-            new_state.push((out.h_last, out.c_last));
-            input = out.hs.reshape((b * t, h))?;
-            in_dim = h;
-            if let Some((p, rng)) = dropout.as_mut() {
-                input = apply_dropout(&input, *p, rng)?;
-            }
+            let Some((a, b)) = layout.contiguous_offsets() else {
+                candle_core::bail!("{name} is not contiguous");
+            };
+            slices.push(&cpu.as_slice::<f32>()?[a..b]);
         }
-        debug_assert_eq!(in_dim, h);
-        Ok(Forward {
-            hidden: input,
-            state: new_state,
-        })
-    }
-
-    /// Decoder logits `[N, V]` of `hidden` `[N, H]` (for sampling).
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        hidden
-            .matmul(&self.get("Logits/weight")?.t()?)?
-            .broadcast_add(self.get("Logits/bias")?)
-    }
-
-    /// Mean cross-entropy (with gradient) and accuracy of the decoder on `hidden` against
-    /// `targets` `[N]` u32: the fused head, or plain candle ops for the reference model.
-    pub fn loss(&self, hidden: &Tensor, targets: &Tensor) -> Result<(Tensor, f32)> {
-        let (w, b) = (self.get("Logits/weight")?, self.get("Logits/bias")?);
-        match self.lstm {
-            LstmImpl::Fused => head::fused(hidden, w, b, targets),
-            LstmImpl::Reference => head::reference(hidden, w, b, targets),
-        }
+        Ok(f(&Weights::from_slices(&slices)))
     }
 
     /// The model as graph nodes for TensorBoard, with the shapes of a `[batch, seq]` input.
@@ -324,82 +286,212 @@ impl CharRnn {
     }
 }
 
-/// Inverted dropout with a mask drawn from `rng`.
-fn apply_dropout(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
-    let scale = (1.0 / (1.0 - p)) as f32;
-    let p = p as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.uniform() < p { 0.0 } else { scale })
-        .collect();
-    x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
+/// Where a model's windows run: the hand-written CPU path, or candle's ops and autograd (any
+/// device; the reference the CPU path is checked against).
+pub enum Backend {
+    Cpu(Box<CpuModel>),
+    Candle { grads: Vec<Vec<f32>> },
 }
 
-/// One line of [`check_against_cpu`]: a quantity and its relative error.
+/// Loss and accuracy sums of a window as a [`Sums`], from candle's mean loss and accuracy.
+fn sums_of(loss: f32, acc: f32, count: usize) -> Sums {
+    Sums {
+        loss: loss as f64 * count as f64,
+        hits: acc as f64 * count as f64,
+        count,
+    }
+}
+
+impl Backend {
+    /// The CPU path for a model on the CPU (the widest instruction set the CPU has), candle's
+    /// otherwise.
+    pub fn for_model(model: &CharRnn) -> Backend {
+        if model.device().is_cpu() {
+            Backend::Cpu(Box::new(CpuModel::new(model.dims, simd::Level::detect())))
+        } else {
+            Backend::Candle { grads: Vec::new() }
+        }
+    }
+
+    /// One training window: loss and accuracy sums; the gradients are then in [`Backend::grads`].
+    /// `x`, `y` are `[state.batch, seq]`; `state` becomes the state after the window.
+    pub fn train(
+        &mut self,
+        model: &CharRnn,
+        (x, y, seq): (&[u32], &[u32], usize),
+        state: &mut State,
+        dropout: f64,
+        rng: &mut Rng,
+    ) -> crate::Result<Sums> {
+        match self {
+            Backend::Cpu(cpu) => {
+                let pass = Pass::Train { dropout, rng };
+                model.with_weights(|w| cpu.run(w, x, y, seq, state, pass))?
+            }
+            Backend::Candle { grads } => {
+                let dev = model.device();
+                let xt = Tensor::from_slice(x, (state.batch, seq), dev)?;
+                let yt = Tensor::from_slice(y, x.len(), dev)?;
+                let hidden = reference::forward(model, &xt, state, Some((dropout, rng)))?;
+                let (loss, acc) = reference::loss(model, &hidden, &yt)?;
+                let store = loss.backward()?;
+                grads.clear();
+                for (name, var) in model.params() {
+                    let g = store.get(var.as_tensor()).ok_or_else(|| {
+                        candle_core::Error::Msg(format!("no gradient for {name}"))
+                    })?;
+                    grads.push(g.flatten_all()?.to_vec1::<f32>()?);
+                }
+                Ok(sums_of(loss.to_scalar::<f32>()?, acc, x.len()))
+            }
+        }
+    }
+
+    /// Loss and accuracy sums of a window, without gradients or dropout.
+    pub fn eval(
+        &mut self,
+        model: &CharRnn,
+        (x, y, seq): (&[u32], &[u32], usize),
+        state: &mut State,
+    ) -> crate::Result<Sums> {
+        match self {
+            Backend::Cpu(cpu) => {
+                model.with_weights(|w| cpu.run(w, x, y, seq, state, Pass::Eval))?
+            }
+            Backend::Candle { .. } => {
+                let dev = model.device();
+                let xt = Tensor::from_slice(x, (state.batch, seq), dev)?;
+                let yt = Tensor::from_slice(y, x.len(), dev)?;
+                let hidden = reference::forward(model, &xt, state, None)?;
+                let (loss, acc) = reference::loss(model, &hidden, &yt)?;
+                Ok(sums_of(loss.to_scalar::<f32>()?, acc, x.len()))
+            }
+        }
+    }
+
+    /// Feeds `ids` (one stream) from `state` and returns the decoder's logits after the last one.
+    pub fn next_logits(
+        &mut self,
+        model: &CharRnn,
+        ids: &[u32],
+        state: &mut State,
+    ) -> crate::Result<Vec<f32>> {
+        match self {
+            Backend::Cpu(cpu) => {
+                model.with_weights(|w| cpu.run(w, ids, ids, ids.len(), state, Pass::Logits))??;
+                Ok(cpu.last_logits())
+            }
+            Backend::Candle { .. } => {
+                let xt = Tensor::from_slice(ids, (1, ids.len()), model.device())?;
+                let hidden = reference::forward(model, &xt, state, None)?;
+                let last = hidden.narrow(0, ids.len() - 1, 1)?;
+                Ok(reference::logits(model, &last)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?)
+            }
+        }
+    }
+
+    /// The gradients of the last training window, in [`CharRnn::params`] order.
+    pub fn grads(&self) -> &[Vec<f32>] {
+        match self {
+            Backend::Cpu(cpu) => cpu.grads(),
+            Backend::Candle { grads } => grads,
+        }
+    }
+}
+
+/// One line of [`check_backend`]: a quantity and its relative error.
 #[derive(Debug, Clone)]
 pub struct CheckRow {
     pub name: String,
     pub rel_err: f32,
 }
 
-/// Runs one training step's forward and backward (dropout off) on the CPU's fused path and on
-/// `device` with `lstm` there, from the same weights and batch, and returns the relative error
-/// of the loss and of every parameter gradient. With `device` = CPU and `lstm` = `Reference` this
-/// is the fused-vs-step-by-step check; with a GPU it checks the GPU path against the CPU.
-pub fn check_against_cpu(
+/// Relative L2 error of `a` against `b`.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt() as f32
+}
+
+/// Runs one training window (dropout `p`, a non-zero carried state) with `backend` on `device`
+/// and with the reference ops on the CPU, from the same weights, batch and dropout masks, and
+/// returns the relative error of the loss, of every parameter gradient and of the state after
+/// the window: the equivalence check of `charlab check-device` and of the tests.
+pub fn check_backend(
     device: &Device,
-    lstm: LstmImpl,
+    backend: &mut Backend,
+    dims: Dims,
+    (batch, seq): (usize, usize),
+    dropout: f64,
+    seed: u64,
+) -> crate::Result<Vec<CheckRow>> {
+    let mut rng = Rng::new(seed, 7);
+    let mut ids = |_| (rng.next_u64() % dims.vocab as u64) as u32;
+    let x: Vec<u32> = (0..batch * seq).map(&mut ids).collect();
+    let y: Vec<u32> = (0..batch * seq).map(&mut ids).collect();
+    let mut start = State::zeros(dims.layers, batch, dims.hidden);
+    for (k, (h, c)) in start.h.iter_mut().zip(&mut start.c).enumerate() {
+        h.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = ((i + k) % 7) as f32 * 0.1 - 0.3);
+        c.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = ((i * 3 + k) % 5) as f32 * 0.2 - 0.4);
+    }
+    let run = |dev: &Device, b: &mut Backend| -> crate::Result<(Sums, Vec<Vec<f32>>, State)> {
+        let model = CharRnn::new(dims, seed, dev)?;
+        let mut state = start.clone();
+        let mut drop_rng = Rng::new(seed, 8);
+        let sums = b.train(&model, (&x, &y, seq), &mut state, dropout, &mut drop_rng)?;
+        Ok((sums, b.grads().to_vec(), state))
+    };
+    let (want, want_grads, want_state) =
+        run(&Device::Cpu, &mut Backend::Candle { grads: Vec::new() })?;
+    let (got, got_grads, got_state) = run(device, backend)?;
+    let model = CharRnn::new(dims, seed, &Device::Cpu)?;
+    let mut rows = vec![CheckRow {
+        name: "loss".into(),
+        rel_err: rel_err(&[got.loss as f32], &[want.loss as f32]),
+    }];
+    for (((name, _), a), b) in model.params().iter().zip(&got_grads).zip(&want_grads) {
+        rows.push(CheckRow {
+            name: format!("d {name}"),
+            rel_err: rel_err(a, b),
+        });
+    }
+    let flat = |s: &State| {
+        s.h.concat()
+            .into_iter()
+            .chain(s.c.concat())
+            .collect::<Vec<_>>()
+    };
+    rows.push(CheckRow {
+        name: "state after the window".into(),
+        rel_err: rel_err(&flat(&got_state), &flat(&want_state)),
+    });
+    Ok(rows)
+}
+
+/// `charlab check-device`: the backend a run on `device` would use (the CPU path on the CPU,
+/// candle's ops elsewhere) against candle's reference ops on the CPU, with dropout on. Returns
+/// the rows and a description of what was compared.
+pub fn check_device(
+    device: &Device,
     dims: Dims,
     batch: usize,
     seq: usize,
-    seed: u64,
-) -> Result<Vec<CheckRow>> {
-    let mut rng = Rng::new(seed, 7);
-    let ids: Vec<u32> = (0..batch * seq)
-        .map(|_| (rng.next_u64() % dims.vocab as u64) as u32)
-        .collect();
-    let tgt: Vec<u32> = (0..batch * seq)
-        .map(|_| (rng.next_u64() % dims.vocab as u64) as u32)
-        .collect();
-    type Grads = Vec<(String, Vec<f32>)>;
-    let run = |dev: &Device, imp: LstmImpl| -> Result<(f32, Grads)> {
-        let mut model = CharRnn::new(dims, seed, dev)?;
-        model.lstm = imp;
-        let x = Tensor::from_vec(ids.clone(), (batch, seq), dev)?;
-        let y = Tensor::from_vec(tgt.clone(), batch * seq, dev)?;
-        // A non-zero carried state, as after a previous window.
-        let state: State = model
-            .zero_state(batch)?
-            .into_iter()
-            .map(|(h, c)| Ok(((h + 0.25)?, (c - 0.5)?)))
-            .collect::<Result<_>>()?;
-        let fwd = model.forward(&x, &state, None)?;
-        let (loss, _) = model.loss(&fwd.hidden, &y)?;
-        let grads = loss.backward()?;
-        let mut g = Vec::new();
-        for (name, var) in model.params() {
-            let t = grads
-                .get(var.as_tensor())
-                .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for {name}")))?;
-            g.push((name.clone(), t.flatten_all()?.to_vec1::<f32>()?));
-        }
-        Ok((loss.to_scalar::<f32>()?, g))
+) -> crate::Result<(Vec<CheckRow>, String)> {
+    let model = CharRnn::new(dims, 1, device)?;
+    let mut backend = Backend::for_model(&model);
+    let against = match &backend {
+        Backend::Cpu(cpu) => format!("cpu {} kernels vs cpu step-by-step", cpu.level().name()),
+        Backend::Candle { .. } => format!(
+            "{} step-by-step vs cpu step-by-step",
+            crate::device::name(device)
+        ),
     };
-    let (cpu_loss, cpu_grads) = run(&Device::Cpu, LstmImpl::Fused)?;
-    let (loss, grads) = run(device, lstm)?;
-    let rel = |a: &[f32], b: &[f32]| {
-        let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-        let den: f32 = b.iter().map(|y| y * y).sum();
-        (num / den.max(1e-30)).sqrt()
-    };
-    let mut rows = vec![CheckRow {
-        name: "loss".into(),
-        rel_err: rel(&[loss], &[cpu_loss]),
-    }];
-    for ((name, a), (_, b)) in grads.iter().zip(&cpu_grads) {
-        rows.push(CheckRow {
-            name: format!("d {name}"),
-            rel_err: rel(a, b),
-        });
-    }
-    Ok(rows)
+    let rows = check_backend(device, &mut backend, dims, (batch, seq), 0.25, 1)?;
+    Ok((rows, against))
 }

@@ -1,0 +1,833 @@
+//! The whole model on the CPU, forward and backward, written by hand: embedding → LSTM layers →
+//! dropout → decoder → softmax cross-entropy, and every gradient, with no autograd graph. The
+//! candle model ([`super::reference`]) computes the same thing with tensor ops; it is the oracle of
+//! the equivalence tests and the path for other devices.
+//!
+//! Why by hand: an autograd step allocates every intermediate and every gradient afresh, zeroes
+//! and adds gradients it could have written once, and cannot see that the loss's gradient
+//! (`1/N` per row, known before the backward pass) lets the decoder's backward start inside the
+//! softmax pass. Here buffers are sized once per batch shape and reused.
+//!
+//! Parallelism is over batch rows: the recurrence never mixes rows, and neither does anything
+//! else in a step except the weight gradients. So each thread runs the whole forward and backward
+//! for its group of rows, with single-threaded GEMMs and no barrier inside the step, and writes its
+//! own partial weight gradients, which are summed at the end. One thread (a sweep's trial) runs
+//! exactly the same code with one group.
+//!
+//! Layer 0's input projection, for a vocabulary small next to the batch, is a `[V, 4H]` table
+//! (`embedding · W_ihᵀ`, rebuilt each step) read by id instead of a GEMM over every position; its
+//! gradient is scattered into the table and folded back into the embedding and `W_ih` once.
+
+use super::gemm::{matmul, View, ViewMut};
+use super::kernels;
+use super::recurrence::{self, Input};
+use super::simd::{dispatch, Kernel, Level, Simd};
+use super::{Dims, State};
+use crate::rng::Rng;
+
+/// The parameters as slices, in the model's order.
+pub struct Weights<'a> {
+    pub emb: &'a [f32],
+    /// `(w_ih, w_hh, bias)` per layer.
+    pub layers: Vec<[&'a [f32]; 3]>,
+    pub head_w: &'a [f32],
+    pub head_b: &'a [f32],
+}
+
+impl<'a> Weights<'a> {
+    /// From the parameter slices in [`super::CharRnn::params`] order.
+    pub fn from_slices(p: &[&'a [f32]]) -> Self {
+        let layers = (p.len() - 3) / 3;
+        Weights {
+            emb: p[0],
+            layers: (0..layers)
+                .map(|k| [p[1 + 3 * k], p[2 + 3 * k], p[3 + 3 * k]])
+                .collect(),
+            head_w: p[p.len() - 2],
+            head_b: p[p.len() - 1],
+        }
+    }
+}
+
+/// What a pass over a window computes.
+pub enum Pass<'a> {
+    /// Loss, accuracy and every gradient; dropout masks drawn from `rng`.
+    Train { dropout: f64, rng: &'a mut Rng },
+    /// Loss and accuracy only.
+    Eval,
+    /// The decoder's logits only (`y` is ignored); read them with [`CpuModel::last_logits`].
+    Logits,
+}
+
+/// What the groups compute, without the pass's borrowed RNG.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Train,
+    Eval,
+    Logits,
+}
+
+/// Loss and accuracy of a window: sums over its positions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sums {
+    pub loss: f64,
+    pub hits: f64,
+    pub count: usize,
+}
+
+/// The CPU model's buffers: sized once per batch shape, reused every step.
+pub struct CpuModel {
+    dims: Dims,
+    hp: usize,
+    level: Level,
+    shapes: Vec<Workspace>,
+    /// The workspace of the last pass.
+    last: usize,
+    passes: u64,
+    /// The batch shape of the last training pass (whose workspace holds the gradients).
+    trained: Option<(usize, usize)>,
+    shared: Shared,
+}
+
+/// Read-only during the parallel part of a step.
+#[derive(Default)]
+struct Shared {
+    packed_fwd: Vec<Vec<f32>>,
+    packed_bwd: Vec<Vec<f32>>,
+    /// Per layer `[4·Hp]`.
+    bias: Vec<Vec<f32>>,
+    /// `[V, 4·Hp]` when layer 0 uses the table.
+    table: Vec<f32>,
+    /// Per layer, `[B, T, H]` in the reference model's order; empty without dropout.
+    masks: Vec<Vec<f32>>,
+    /// The window's ids and targets, `[B, T]`.
+    x: Vec<u32>,
+    y: Vec<u32>,
+}
+
+struct Workspace {
+    batch: usize,
+    seq: usize,
+    table: bool,
+    groups: Vec<Group>,
+    /// When it was last used (a pass counter), to drop the stalest when there are too many.
+    used: u64,
+}
+
+/// Batch shapes whose buffers are kept (training, evaluation, a sampler's prime and its steps).
+const MAX_SHAPES: usize = 4;
+
+/// One thread's rows `b0..b0+nb` of the batch, and everything it computes for them.
+struct Group {
+    b0: usize,
+    nb: usize,
+    /// Time-major ids and targets of the group (`n = t·nb + b`).
+    ids: Vec<u32>,
+    targets: Vec<u32>,
+    /// Layer 0's input `[T·nb, E]` (gathered embeddings), then its gradient.
+    x0: Vec<f32>,
+    layers: Vec<LayerBufs>,
+    /// `[T·nb, V]`: logits, then their gradient.
+    logits: Vec<f32>,
+    /// `[T·nb, Hp]`: the gradient reaching a layer's output.
+    dy: Vec<f32>,
+    dh_next: Vec<f32>,
+    dc_next: Vec<f32>,
+    dbias: Vec<f32>,
+    /// This group's share of every parameter gradient (group 0's become the total).
+    grads: Vec<Vec<f32>>,
+    /// `[V, 4·Hp]`: the table's gradient (table mode).
+    dtable: Vec<f32>,
+    sums: Sums,
+}
+
+struct LayerBufs {
+    /// `[T·nb, 4·Hp]`: the input projection, then the pre-activation gradient.
+    xp: Vec<f32>,
+    /// `[(T+1)·nb, Hp]`, block 0 = the initial state.
+    hs: Vec<f32>,
+    /// `[T·nb, 5·Hp]`: `c i f g o`.
+    acts: Vec<f32>,
+    /// `[nb, Hp]`
+    c0: Vec<f32>,
+    /// `[T·nb, Hp]`: the output after dropout (empty without dropout: the output is `hs`).
+    y: Vec<f32>,
+}
+
+/// `H` rounded up to a multiple of 16: whole register blocks at every vector width.
+fn padded(h: usize) -> usize {
+    h.div_ceil(16) * 16
+}
+
+impl CpuModel {
+    pub fn new(dims: Dims, level: Level) -> Self {
+        CpuModel {
+            dims,
+            hp: padded(dims.hidden),
+            level,
+            shapes: Vec::new(),
+            last: 0,
+            passes: 0,
+            trained: None,
+            shared: Shared::default(),
+        }
+    }
+
+    /// The instruction set the kernels run with.
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// The gradients of the last training pass, in parameter order.
+    pub fn grads(&self) -> &[Vec<f32>] {
+        self.shapes
+            .iter()
+            .find(|w| Some((w.batch, w.seq)) == self.trained)
+            .map_or(&[], |w| &w.groups[0].grads)
+    }
+
+    /// Runs one window `x`/`y` (`[batch, seq]`, row-major) from `state`, which becomes the state
+    /// after the window. Returns loss and accuracy sums; after `Pass::Train` the gradients are in
+    /// [`CpuModel::grads`].
+    pub fn run(
+        &mut self,
+        w: &Weights,
+        x: &[u32],
+        y: &[u32],
+        seq: usize,
+        state: &mut State,
+        pass: Pass,
+    ) -> crate::Result<Sums> {
+        let batch = state.batch;
+        self.check(x, y, batch, seq, state)?;
+        let mode = match pass {
+            Pass::Train { .. } => Mode::Train,
+            Pass::Eval => Mode::Eval,
+            Pass::Logits => Mode::Logits,
+        };
+        let at = self.workspace(batch, seq, mode == Mode::Train);
+        self.last = at;
+        let table = self.shapes[at].table;
+        self.prepare(w, x, y, (batch, seq), pass, table);
+        let (dims, hp, level) = (self.dims, self.hp, self.level);
+        let shared = &self.shared;
+        let ws = &mut self.shapes[at];
+        let job = |g: &mut Group| {
+            g.load(shared, state, seq, hp);
+            g.forward(w, shared, (dims, hp, level), seq, mode, table);
+            if mode == Mode::Train {
+                g.backward(w, shared, (dims, hp, level), seq, table);
+            }
+        };
+        if ws.groups.len() == 1 {
+            job(&mut ws.groups[0]);
+        } else {
+            use rayon::prelude::*;
+            ws.groups.par_iter_mut().for_each(job);
+        }
+        let mut sums = Sums::default();
+        for g in &ws.groups {
+            g.store_state(state, seq, hp);
+            sums.loss += g.sums.loss;
+            sums.hits += g.sums.hits;
+            sums.count += g.sums.count;
+        }
+        if mode == Mode::Train {
+            reduce(ws, w, dims, hp);
+            self.trained = Some((batch, seq));
+        }
+        Ok(sums)
+    }
+
+    /// After a [`Pass::Logits`]: the logits at the window's last position, `[batch, V]`.
+    pub fn last_logits(&self) -> Vec<f32> {
+        let v = self.dims.vocab;
+        let mut out = Vec::new();
+        if let Some(ws) = self.shapes.get(self.last) {
+            for g in &ws.groups {
+                let last = (ws.seq - 1) * g.nb;
+                out.extend_from_slice(&g.logits[last * v..(last + g.nb) * v]);
+            }
+        }
+        out
+    }
+
+    fn check(
+        &self,
+        x: &[u32],
+        y: &[u32],
+        batch: usize,
+        seq: usize,
+        state: &State,
+    ) -> crate::Result<()> {
+        let d = self.dims;
+        let bad = |m: String| crate::Error::Candle(candle_core::Error::Msg(m));
+        if batch == 0 || seq == 0 || x.len() != batch * seq || y.len() != batch * seq {
+            return Err(bad(format!(
+                "cpu model: a window of {} ids is not [{batch}, {seq}]",
+                x.len()
+            )));
+        }
+        if state.layers() != d.layers || state.hidden != d.hidden {
+            return Err(bad("cpu model: the state does not fit the model".into()));
+        }
+        if let Some(&id) = x.iter().chain(y).find(|&&i| i as usize >= d.vocab) {
+            return Err(bad(format!(
+                "cpu model: id {id} outside the vocabulary of {}",
+                d.vocab
+            )));
+        }
+        Ok(())
+    }
+
+    /// The workspace for this batch shape, made on first use.
+    fn workspace(&mut self, batch: usize, seq: usize, train: bool) -> usize {
+        self.passes += 1;
+        let found = self
+            .shapes
+            .iter()
+            .position(|w| w.batch == batch && w.seq == seq);
+        if found.is_none() && self.shapes.len() >= MAX_SHAPES {
+            let stalest = (0..self.shapes.len()).min_by_key(|&i| self.shapes[i].used);
+            if let Some(i) = stalest {
+                self.shapes.remove(i);
+            }
+        }
+        let at = found.unwrap_or_else(|| {
+            let n = batch * seq;
+            // The table costs V·E·4H to build against N·E·4H for the projection.
+            let table = self.dims.vocab * 4 <= n;
+            let threads = rayon::current_num_threads().clamp(1, batch);
+            let groups = (0..threads)
+                .map(|k| {
+                    let b0 = k * batch / threads;
+                    let nb = (k + 1) * batch / threads - b0;
+                    Group::new(self.dims, self.hp, b0, nb, seq)
+                })
+                .collect();
+            self.shapes.push(Workspace {
+                batch,
+                seq,
+                table,
+                groups,
+                used: 0,
+            });
+            self.shapes.len() - 1
+        });
+        self.shapes[at].used = self.passes;
+        if train {
+            let (dims, hp, table) = (self.dims, self.hp, self.shapes[at].table);
+            for g in &mut self.shapes[at].groups {
+                g.alloc_grads(dims, hp, table);
+            }
+        }
+        at
+    }
+
+    /// Everything the groups read: packed weights, padded biases, the table, dropout masks.
+    fn prepare(
+        &mut self,
+        w: &Weights,
+        x: &[u32],
+        y: &[u32],
+        (batch, seq): (usize, usize),
+        pass: Pass,
+        table: bool,
+    ) {
+        let train = matches!(pass, Pass::Train { .. });
+        let (h, hp, lanes) = (self.dims.hidden, self.hp, self.level.lanes());
+        let s = &mut self.shared;
+        let layers = w.layers.len();
+        s.packed_fwd.resize_with(layers, Vec::new);
+        s.packed_bwd.resize_with(layers, Vec::new);
+        s.bias = w
+            .layers
+            .iter()
+            .map(|[_, _, b]| pad_gates(b, h, hp))
+            .collect();
+        {
+            use rayon::prelude::*;
+            let fwd = s.packed_fwd.par_iter_mut().zip(&w.layers);
+            let bwd = s.packed_bwd.par_iter_mut().zip(&w.layers);
+            rayon::join(
+                || {
+                    fwd.for_each(|(p, [_, w_hh, _])| {
+                        recurrence::pack_forward(w_hh, h, hp, lanes, p)
+                    })
+                },
+                || {
+                    if train {
+                        bwd.for_each(|(p, [_, w_hh, _])| {
+                            recurrence::pack_backward(w_hh, h, hp, lanes, p)
+                        })
+                    }
+                },
+            );
+        }
+        if table {
+            let (v, e) = (self.dims.vocab, self.dims.embed_dim);
+            s.table.resize(v * 4 * hp, 0.0);
+            let emb = View::new(w.emb, v, e, e);
+            for_gates(h, hp, |q, cols| {
+                let dst = ViewMut::new(&mut s.table, v, 4 * hp, 4 * hp).cols(q * hp, cols);
+                let w_ih = View::new(w.layers[0][0], 4 * h, e, e).rows(q * h, cols);
+                matmul(dst, emb, w_ih.t(), false);
+            });
+        }
+        s.x.clear();
+        s.x.extend_from_slice(x);
+        s.y.clear();
+        s.y.extend_from_slice(y);
+        s.masks.resize_with(layers, Vec::new);
+        match pass {
+            Pass::Train { dropout, rng } if dropout > 0.0 => {
+                let scale = (1.0 / (1.0 - dropout)) as f32;
+                let p = dropout as f32;
+                for m in &mut s.masks {
+                    m.clear();
+                    m.extend(
+                        (0..batch * seq * h).map(|_| if rng.uniform() < p { 0.0 } else { scale }),
+                    );
+                }
+            }
+            _ => s.masks.iter_mut().for_each(Vec::clear),
+        }
+    }
+}
+
+/// Calls `f(q, cols)` once per gate block that a GEMM must write separately: all four gates at
+/// once when `H` needs no padding (`q = 0`, `4H` columns), else each gate's `H` columns.
+fn for_gates(h: usize, hp: usize, mut f: impl FnMut(usize, usize)) {
+    if h == hp {
+        f(0, 4 * h);
+    } else {
+        (0..4).for_each(|q| f(q, h));
+    }
+}
+
+/// A `[4H]` gate vector laid out as `[4·Hp]` with zeros in the padding.
+fn pad_gates(v: &[f32], h: usize, hp: usize) -> Vec<f32> {
+    let mut out = vec![0f32; 4 * hp];
+    for q in 0..4 {
+        out[q * hp..q * hp + h].copy_from_slice(&v[q * h..(q + 1) * h]);
+    }
+    out
+}
+
+/// The inverse of [`pad_gates`], added into `dst`.
+fn add_unpadded(dst: &mut [f32], v: &[f32], h: usize, hp: usize) {
+    for q in 0..4 {
+        for (d, s) in dst[q * h..(q + 1) * h]
+            .iter_mut()
+            .zip(&v[q * hp..q * hp + h])
+        {
+            *d += s;
+        }
+    }
+}
+
+impl Group {
+    fn new(d: Dims, hp: usize, b0: usize, nb: usize, seq: usize) -> Self {
+        let n = nb * seq;
+        let layers = (0..d.layers)
+            .map(|_| LayerBufs {
+                xp: vec![0.0; n * 4 * hp],
+                hs: vec![0.0; (n + nb) * hp],
+                acts: vec![0.0; n * 5 * hp],
+                c0: vec![0.0; nb * hp],
+                y: Vec::new(),
+            })
+            .collect();
+        Group {
+            b0,
+            nb,
+            ids: vec![0; n],
+            targets: vec![0; n],
+            x0: vec![0.0; n * d.embed_dim],
+            layers,
+            logits: vec![0.0; n * d.vocab],
+            dy: vec![0.0; n * hp],
+            dh_next: vec![0.0; nb * hp],
+            dc_next: vec![0.0; nb * hp],
+            dbias: vec![0.0; 4 * hp],
+            grads: Vec::new(),
+            dtable: Vec::new(),
+            sums: Sums::default(),
+        }
+    }
+
+    fn alloc_grads(&mut self, d: Dims, hp: usize, table: bool) {
+        if !self.grads.is_empty() {
+            return;
+        }
+        let (v, e, h) = (d.vocab, d.embed_dim, d.hidden);
+        self.grads.push(vec![0.0; v * e]);
+        for k in 0..d.layers {
+            let input = if k == 0 { e } else { h };
+            self.grads.push(vec![0.0; 4 * h * input]);
+            self.grads.push(vec![0.0; 4 * h * h]);
+            self.grads.push(vec![0.0; 4 * h]);
+        }
+        self.grads.push(vec![0.0; v * h]);
+        self.grads.push(vec![0.0; v]);
+        if table {
+            self.dtable = vec![0.0; v * 4 * hp];
+        }
+    }
+
+    /// This group's ids, targets and initial state, time-major.
+    fn load(&mut self, s: &Shared, state: &State, seq: usize, hp: usize) {
+        let h = state.hidden;
+        for t in 0..seq {
+            for b in 0..self.nb {
+                let src = (self.b0 + b) * seq + t;
+                self.ids[t * self.nb + b] = s.x[src];
+                self.targets[t * self.nb + b] = s.y[src];
+            }
+        }
+        for (k, l) in self.layers.iter_mut().enumerate() {
+            for b in 0..self.nb {
+                let row = (self.b0 + b) * h..(self.b0 + b + 1) * h;
+                l.hs[b * hp..b * hp + h].copy_from_slice(&state.h[k][row.clone()]);
+                l.c0[b * hp..b * hp + h].copy_from_slice(&state.c[k][row]);
+            }
+        }
+    }
+
+    /// Writes the state after the window into this group's rows of `state`.
+    fn store_state(&self, state: &mut State, seq: usize, hp: usize) {
+        let (h, nb) = (state.hidden, self.nb);
+        for (k, l) in self.layers.iter().enumerate() {
+            for b in 0..nb {
+                let row = (self.b0 + b) * h..(self.b0 + b + 1) * h;
+                state.h[k][row.clone()].copy_from_slice(&l.hs[(seq * nb + b) * hp..][..h]);
+                state.c[k][row].copy_from_slice(&l.acts[((seq - 1) * nb + b) * 5 * hp..][..h]);
+            }
+        }
+    }
+}
+
+/// The output of layer `l` as the next stage reads it: after dropout, `[T·nb, H]` in rows of `Hp`.
+fn output(l: &LayerBufs, n: usize, nb: usize, h: usize, hp: usize) -> View<'_> {
+    let data = if l.y.is_empty() {
+        &l.hs[nb * hp..]
+    } else {
+        &l.y[..]
+    };
+    View::new(data, n, h, hp)
+}
+
+impl Group {
+    fn forward(
+        &mut self,
+        w: &Weights,
+        s: &Shared,
+        (d, hp, level): (Dims, usize, Level),
+        seq: usize,
+        mode: Mode,
+        table: bool,
+    ) {
+        let (nb, h, e) = (self.nb, d.hidden, d.embed_dim);
+        let n = nb * seq;
+        if !table {
+            for (row, &id) in self.x0.chunks_exact_mut(e).zip(&self.ids) {
+                row.copy_from_slice(&w.emb[id as usize * e..][..e]);
+            }
+        }
+        for k in 0..d.layers {
+            let (below, rest) = self.layers.split_at_mut(k);
+            let l = &mut rest[0];
+            if k > 0 || !table {
+                let (input, in_dim) = match below.last() {
+                    Some(prev) => (output(prev, n, nb, h, hp), h),
+                    None => (View::new(&self.x0, n, e, e), e),
+                };
+                let w_ih = View::new(w.layers[k][0], 4 * h, in_dim, in_dim);
+                for_gates(h, hp, |q, cols| {
+                    let dst = ViewMut::new(&mut l.xp, n, 4 * hp, 4 * hp).cols(q * hp, cols);
+                    matmul(dst, input, w_ih.rows(q * h, cols).t(), false);
+                });
+            }
+            let input = if k == 0 && table {
+                Input::Table {
+                    table: &s.table,
+                    ids: &self.ids,
+                }
+            } else {
+                Input::Rows(&l.xp)
+            };
+            recurrence::Forward {
+                t_len: seq,
+                nb,
+                h,
+                hp,
+                input,
+                bias: &s.bias[k],
+                packed: &s.packed_fwd[k],
+                c0: &l.c0,
+                hs: &mut l.hs,
+                acts: &mut l.acts,
+            }
+            .run(level);
+            self.dropout(&s.masks[k], k, seq, h, hp);
+        }
+        self.head(w, s, (d, hp, level), mode);
+    }
+
+    /// Applies layer `k`'s dropout mask to its output (into `y`), or leaves `y` empty.
+    fn dropout(&mut self, mask: &[f32], k: usize, seq: usize, h: usize, hp: usize) {
+        let (nb, b0) = (self.nb, self.b0);
+        let l = &mut self.layers[k];
+        if mask.is_empty() {
+            l.y.clear();
+            return;
+        }
+        l.y.resize(nb * seq * hp, 0.0);
+        for t in 0..seq {
+            for b in 0..nb {
+                let n = t * nb + b;
+                let m = &mask[((b0 + b) * seq + t) * h..][..h];
+                let src = &l.hs[(n + nb) * hp..][..h];
+                for ((y, &x), &m) in l.y[n * hp..][..h].iter_mut().zip(src).zip(m) {
+                    *y = x * m;
+                }
+            }
+        }
+    }
+
+    /// Decoder, softmax cross-entropy and accuracy; in training also the decoder's gradients
+    /// and the gradient reaching the top layer's output (`dy`).
+    fn head(&mut self, w: &Weights, s: &Shared, (d, hp, level): (Dims, usize, Level), mode: Mode) {
+        let (v, h, layers) = (d.vocab, d.hidden, d.layers);
+        let n = self.ids.len();
+        let top = output(&self.layers[layers - 1], n, self.nb, h, hp);
+        let head_w = View::new(w.head_w, v, h, h);
+        matmul(
+            ViewMut::new(&mut self.logits, n, v, v),
+            top,
+            head_w.t(),
+            false,
+        );
+        if mode == Mode::Logits {
+            for row in self.logits.chunks_exact_mut(v) {
+                row.iter_mut().zip(w.head_b).for_each(|(z, b)| *z += b);
+            }
+            self.sums = Sums::default();
+            return;
+        }
+        let train = mode == Mode::Train;
+        let scale = 1.0 / s.x.len() as f32;
+        let g = self.grads.len();
+        let db = if train {
+            let db = &mut self.grads[g - 1];
+            db.fill(0.0);
+            Some((scale, &mut db[..]))
+        } else {
+            None
+        };
+        self.sums = dispatch(
+            level,
+            HeadRows {
+                logits: &mut self.logits,
+                v,
+                bias: w.head_b,
+                targets: &self.targets,
+                grad: db,
+            },
+        );
+        if train {
+            let dlogits = View::new(&self.logits, n, v, v);
+            matmul(
+                ViewMut::new(&mut self.grads[g - 2], v, h, h),
+                dlogits.t(),
+                top,
+                false,
+            );
+            matmul(ViewMut::new(&mut self.dy, n, h, hp), dlogits, head_w, false);
+        }
+    }
+}
+
+/// The softmax pass over a group's logits (see [`kernels::softmax_row`]).
+struct HeadRows<'a> {
+    logits: &'a mut [f32],
+    v: usize,
+    bias: &'a [f32],
+    targets: &'a [u32],
+    grad: Option<(f32, &'a mut [f32])>,
+}
+
+impl Kernel for HeadRows<'_> {
+    type Out = Sums;
+    #[inline(always)]
+    fn call<S: Simd>(mut self) -> Sums {
+        let mut sums = Sums::default();
+        for (row, &t) in self.logits.chunks_exact_mut(self.v).zip(self.targets) {
+            let grad = self.grad.as_mut().map(|(k, db)| (*k, &mut db[..]));
+            let (loss, hit) = kernels::softmax_row(row, self.bias, t as usize, grad);
+            sums.loss += loss as f64;
+            sums.hits += hit as f64;
+            sums.count += 1;
+        }
+        sums
+    }
+}
+
+impl Group {
+    /// Backward through the layers, top to bottom, from `dy` (set by the head).
+    fn backward(
+        &mut self,
+        w: &Weights,
+        s: &Shared,
+        (d, hp, level): (Dims, usize, Level),
+        seq: usize,
+        table: bool,
+    ) {
+        let (nb, h) = (self.nb, d.hidden);
+        let n = nb * seq;
+        for k in (0..d.layers).rev() {
+            self.undo_dropout(&s.masks[k], seq, h, hp);
+            let (below, rest) = self.layers.split_at_mut(k);
+            let l = &mut rest[0];
+            self.dbias.fill(0.0);
+            recurrence::Backward {
+                t_len: seq,
+                nb,
+                hp,
+                packed: &s.packed_bwd[k],
+                acts: &l.acts,
+                c0: &l.c0,
+                dh_above: &self.dy,
+                da: &mut l.xp,
+                dbias: &mut self.dbias,
+                dh_next: &mut self.dh_next,
+                dc_next: &mut self.dc_next,
+            }
+            .run(level);
+            let gi = 1 + 3 * k;
+            let [dw_ih, dw_hh, db] = &mut self.grads[gi..gi + 3] else {
+                unreachable!("three gradients per layer")
+            };
+            db.fill(0.0);
+            add_unpadded(db, &self.dbias, h, hp);
+            let da = View::new(&l.xp, n, 4 * hp, 4 * hp);
+            let h_prev = View::new(&l.hs, n, h, hp);
+            for_gates(h, hp, |q, cols| {
+                let dst = ViewMut::new(dw_hh, 4 * h, h, h).rows(q * h, cols);
+                matmul(dst, da.cols(q * hp, cols).t(), h_prev, false);
+            });
+            match below.last() {
+                Some(prev) => {
+                    weight_grad(da, output(prev, n, nb, h, hp), dw_ih, h, hp);
+                    let w_ih = View::new(w.layers[k][0], 4 * h, h, h);
+                    input_grad(da, w_ih, &mut self.dy, hp, h, hp);
+                }
+                None if table => {
+                    self.dtable.fill(0.0);
+                    scatter_rows(&mut self.dtable, &l.xp, 4 * hp, &self.ids);
+                }
+                None => {
+                    let e = d.embed_dim;
+                    weight_grad(da, View::new(&self.x0, n, e, e), dw_ih, h, hp);
+                    // The gathered embeddings are not needed again this step: their buffer
+                    // takes their gradient.
+                    let w_ih = View::new(w.layers[0][0], 4 * h, e, e);
+                    input_grad(da, w_ih, &mut self.x0, e, h, hp);
+                    self.grads[0].fill(0.0);
+                    scatter_rows(&mut self.grads[0], &self.x0, e, &self.ids);
+                }
+            }
+        }
+    }
+
+    /// `dy ⊙ mask`: the gradient through layer `k`'s dropout.
+    fn undo_dropout(&mut self, mask: &[f32], seq: usize, h: usize, hp: usize) {
+        if mask.is_empty() {
+            return;
+        }
+        let (nb, b0) = (self.nb, self.b0);
+        for t in 0..seq {
+            for b in 0..nb {
+                let m = &mask[((b0 + b) * seq + t) * h..][..h];
+                for (g, &m) in self.dy[(t * nb + b) * hp..][..h].iter_mut().zip(m) {
+                    *g *= m;
+                }
+            }
+        }
+    }
+}
+
+/// `dW_ih = daᵀ · input`, per gate block (`da` is `[N, 4·Hp]`, `dw` `[4H, in]`).
+fn weight_grad(da: View, input: View, dw: &mut [f32], h: usize, hp: usize) {
+    let n_in = dw.len() / (4 * h);
+    for_gates(h, hp, |q, cols| {
+        let dst = ViewMut::new(dw, 4 * h, n_in, n_in).rows(q * h, cols);
+        matmul(dst, da.cols(q * hp, cols).t(), input, false);
+    });
+}
+
+/// `dst = da · W_ih` (`dst` is `[N, in]` in rows of `dst_stride`): the gradient reaching the
+/// layer's input.
+fn input_grad(da: View, w_ih: View, dst: &mut [f32], dst_stride: usize, h: usize, hp: usize) {
+    let n = dst.len() / dst_stride;
+    let n_in = w_ih.t().row_count();
+    let mut first = true;
+    for_gates(h, hp, |q, cols| {
+        let out = ViewMut::new(dst, n, n_in, dst_stride);
+        matmul(out, da.cols(q * hp, cols), w_ih.rows(q * h, cols), !first);
+        first = false;
+    });
+}
+
+/// `dst[ids[r]] += src[r]` for every row (rows of `width` floats).
+fn scatter_rows(dst: &mut [f32], src: &[f32], width: usize, ids: &[u32]) {
+    for (row, &id) in src.chunks_exact(width).zip(ids) {
+        for (d, s) in dst[id as usize * width..][..width].iter_mut().zip(row) {
+            *d += s;
+        }
+    }
+}
+
+/// Sums the groups' partial gradients into group 0's, and in table mode turns the table's
+/// gradient into the embedding's and layer 0's `W_ih`'s.
+fn reduce(ws: &mut Workspace, w: &Weights, d: Dims, hp: usize) {
+    let (first, rest) = ws.groups.split_at_mut(1);
+    let g0 = &mut first[0];
+    // In table mode the groups leave the embedding and W_ih_0 gradients to the table's.
+    let skip = if ws.table { 2 } else { 0 };
+    {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 15;
+        let add = |dst: &mut [f32], i: usize, part: &dyn Fn(&Group) -> &[f32]| {
+            for g in rest.iter() {
+                let src = &part(g)[i * CHUNK..][..dst.len()];
+                dst.iter_mut().zip(src).for_each(|(x, y)| *x += y);
+            }
+        };
+        for (p, grad) in g0.grads.iter_mut().enumerate().skip(skip) {
+            grad.par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(i, dst)| add(dst, i, &|g: &Group| &g.grads[p]));
+        }
+        g0.dtable
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, dst)| add(dst, i, &|g: &Group| &g.dtable));
+    }
+    if ws.table {
+        let (v, e, h) = (d.vocab, d.embed_dim, d.hidden);
+        let dtable = View::new(&g0.dtable, v, 4 * hp, 4 * hp);
+        let [demb, dw_ih] = &mut g0.grads[..2] else {
+            unreachable!("embedding and W_ih_0 gradients")
+        };
+        weight_grad(dtable, View::new(w.emb, v, e, e), dw_ih, h, hp);
+        input_grad(
+            dtable,
+            View::new(w.layers[0][0], 4 * h, e, e),
+            demb,
+            e,
+            h,
+            hp,
+        );
+    }
+}

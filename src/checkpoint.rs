@@ -4,10 +4,11 @@
 //! tensor bytes in the metadata catches a file damaged after it was written.
 
 use crate::error::{Error, IoContext, Result};
+use crate::run_dir::{Checkpoint, RunDir};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where training stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,13 +31,6 @@ pub struct Cursor {
 
 const META_KEY: &str = "charlab";
 const SUM_KEY: &str = "charlab.sha256";
-
-/// The path of checkpoint `which` (`last` or `best`) in a run directory.
-pub fn path(run_dir: &Path, which: &str) -> PathBuf {
-    run_dir
-        .join("checkpoints")
-        .join(format!("{which}.safetensors"))
-}
 
 fn data_region(bytes: &[u8]) -> Option<&[u8]> {
     let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
@@ -65,10 +59,10 @@ pub fn save(path: &Path, tensors: &HashMap<String, Tensor>, cursor: &Cursor) -> 
 
 /// Writes `last`, keeping the one it replaces as `previous`: if `last` is later found damaged
 /// (a disk error, a truncated copy), a resume still has the checkpoint before it.
-pub fn save_last(run_dir: &Path, tensors: &HashMap<String, Tensor>, cursor: &Cursor) -> Result<()> {
-    let last = path(run_dir, "last");
+pub fn save_last(run: &RunDir, tensors: &HashMap<String, Tensor>, cursor: &Cursor) -> Result<()> {
+    let last = run.checkpoint(Checkpoint::Last);
     if last.exists() {
-        let prev = path(run_dir, "previous");
+        let prev = run.checkpoint(Checkpoint::Previous);
         std::fs::rename(&last, &prev).at(&prev)?;
     }
     save(&last, tensors, cursor)
@@ -77,11 +71,11 @@ pub fn save_last(run_dir: &Path, tensors: &HashMap<String, Tensor>, cursor: &Cur
 /// The newest intact checkpoint of a run, `last` or else `previous`, with the problems found on
 /// the way (one line each, for the run's log). `Ok(None)` when the run has no checkpoint at all;
 /// an error when it has some but none is intact (its work is not silently thrown away).
-pub fn load_latest(run_dir: &Path, device: &Device) -> Result<(Option<Loaded>, Vec<String>)> {
+pub fn load_latest(run: &RunDir, device: &Device) -> Result<(Option<Loaded>, Vec<String>)> {
     let mut problems = Vec::new();
     let mut found = false;
-    for which in ["last", "previous"] {
-        let p = path(run_dir, which);
+    for which in [Checkpoint::Last, Checkpoint::Previous] {
+        let p = run.checkpoint(which);
         if !p.exists() {
             continue;
         }
@@ -93,7 +87,7 @@ pub fn load_latest(run_dir: &Path, device: &Device) -> Result<(Option<Loaded>, V
     }
     if found {
         return Err(Error::Run {
-            path: run_dir.join("checkpoints"),
+            path: run.checkpoints(),
             message: format!(
                 "no intact checkpoint to resume from ({}); remove the run directory to start over",
                 problems.join("; ")

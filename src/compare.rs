@@ -4,21 +4,14 @@
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
+use crate::run_dir::RunDir;
 use crate::summary::HValue;
-use crate::sweep::ledger::{self, Manifest};
+use crate::sweep::ledger::Manifest;
 use crate::sweep::plan;
+pub use crate::table::{render, Format};
 use crate::train::{self, RunRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-
-/// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Csv,
-    Json,
-    Markdown,
-}
 
 /// Options of `charlab compare`.
 #[derive(Debug, Clone)]
@@ -91,34 +84,60 @@ fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
     Some((mean, var.sqrt()))
 }
 
-/// Collects the rows and seed groups under `root`.
-pub fn collect(root: &Path) -> Result<(Vec<Row>, Vec<Group>)> {
-    if !root.is_dir() {
-        return Err(Error::Run {
-            path: root.to_path_buf(),
-            message: "not a directory of runs".into(),
-        });
-    }
-    let mut found: Vec<(PathBuf, RunRecord, Option<RunConfig>)> = Vec::new();
+/// The runs under `root`, with the ones that could not be read (path and reason).
+type Found = (Vec<(PathBuf, RunRecord, Option<RunConfig>)>, Vec<String>);
+
+fn find_runs(root: &Path) -> Found {
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
     for entry in walkdir::WalkDir::new(root)
         .max_depth(4)
         .sort_by_file_name()
         .into_iter()
         .filter_map(|e| e.ok())
     {
-        if entry.file_name() != "run.json" {
-            continue;
-        }
         let Some(dir) = entry.path().parent() else {
             continue;
         };
-        // Mid-write or foreign files are skipped, not fatal: compare runs during a sweep.
-        let Some(rec) = ledger::record(dir) else {
+        if entry.file_name() != "run.json" {
             continue;
-        };
-        let cfg = RunConfig::load(&dir.join("config.toml")).ok();
-        found.push((dir.to_path_buf(), rec, cfg));
+        }
+        let run = RunDir::new(dir);
+        // Records are written atomically, so one that does not parse is damaged, not half
+        // written: say so rather than leave the run out silently.
+        match run.read_record() {
+            Ok(Some(rec)) => found.push((dir.to_path_buf(), rec, run.load_config().ok())),
+            Ok(None) => {}
+            Err(e) => skipped.push(e.to_string()),
+        }
     }
+    (found, skipped)
+}
+
+/// A run's name in the table: its path under `root`, or its own name when `root` is the run.
+fn run_name(dir: &Path, root: &Path) -> String {
+    let rel = dir.strip_prefix(root).unwrap_or(dir);
+    let name = if rel.as_os_str().is_empty() {
+        root.canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_os_string()))
+            .unwrap_or_else(|| root.as_os_str().to_os_string())
+    } else {
+        rel.as_os_str().to_os_string()
+    };
+    name.to_string_lossy()
+        .replace(std::path::MAIN_SEPARATOR, "/")
+}
+
+/// Collects the rows and seed groups under `root`, and the runs skipped as unreadable.
+pub fn collect(root: &Path) -> Result<(Vec<Row>, Vec<Group>, Vec<String>)> {
+    if !root.is_dir() {
+        return Err(Error::Run {
+            path: root.to_path_buf(),
+            message: "not a directory of runs".into(),
+        });
+    }
+    let (found, skipped) = find_runs(root);
     let swept: Vec<String> = match Manifest::load(root) {
         Ok(m) => m.swept,
         Err(_) => {
@@ -157,12 +176,7 @@ pub fn collect(root: &Path) -> Result<(Vec<Row>, Vec<Group>)> {
                 .collect();
             let group = cfg.as_ref().map_or_else(String::new, plan::group_hash);
             Row {
-                run: dir
-                    .strip_prefix(root)
-                    .unwrap_or(dir)
-                    .to_string_lossy()
-                    .into_owned()
-                    .replace(std::path::MAIN_SEPARATOR, "/"),
+                run: run_name(dir, root),
                 hparams,
                 status: rec.status.to_string(),
                 steps: rec.steps,
@@ -205,7 +219,7 @@ pub fn collect(root: &Path) -> Result<(Vec<Row>, Vec<Group>)> {
             best_val_accuracy: mean_std(&pick(|m| m.best_val_accuracy)),
         });
     }
-    Ok((rows, groups))
+    Ok((rows, groups, skipped))
 }
 
 fn sort_rows(rows: &mut [Row], key: &str) -> Result<()> {
@@ -278,67 +292,23 @@ fn pm(v: Option<(f64, f64)>) -> String {
     v.map_or("-".into(), |(m, s)| format!("{m:.4} ± {s:.4}"))
 }
 
-/// Lays out a table as aligned text, markdown or CSV.
-pub fn render(headers: &[String], lines: &[Vec<String>], format: Format) -> String {
-    let mut out = String::new();
-    match format {
-        Format::Csv => {
-            let esc = |s: &str| {
-                if s.contains([',', '"', '\n']) {
-                    format!("\"{}\"", s.replace('"', "\"\""))
-                } else {
-                    s.to_string()
-                }
-            };
-            out.push_str(&headers.iter().map(|h| esc(h)).collect::<Vec<_>>().join(","));
-            out.push('\n');
-            for l in lines {
-                out.push_str(&l.iter().map(|c| esc(c)).collect::<Vec<_>>().join(","));
-                out.push('\n');
-            }
-        }
-        Format::Markdown => {
-            out.push_str(&format!("| {} |\n", headers.join(" | ")));
-            out.push_str(&format!("|{}\n", "---|".repeat(headers.len())));
-            for l in lines {
-                out.push_str(&format!("| {} |\n", l.join(" | ")));
-            }
-        }
-        Format::Table | Format::Json => {
-            let widths: Vec<usize> = (0..headers.len())
-                .map(|i| {
-                    lines
-                        .iter()
-                        .map(|l| l[i].chars().count())
-                        .chain([headers[i].chars().count()])
-                        .max()
-                        .unwrap_or(0)
-                })
-                .collect();
-            let row = |cells: &[String]| {
-                cells
-                    .iter()
-                    .zip(&widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-                    .trim_end()
-                    .to_string()
-            };
-            out.push_str(&row(headers));
-            out.push('\n');
-            for l in lines {
-                out.push_str(&row(l));
-                out.push('\n');
-            }
-        }
-    }
-    out
+/// A rendered comparison, and the runs it had to leave out (path and reason, for stderr).
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub text: String,
+    pub skipped: Vec<String>,
 }
 
 /// Renders the comparison of the runs under `root`.
-pub fn compare(root: &Path, opts: &CompareOptions) -> Result<String> {
-    let (mut rows, groups) = collect(root)?;
+pub fn compare(root: &Path, opts: &CompareOptions) -> Result<Comparison> {
+    let (rows, groups, skipped) = collect(root)?;
+    Ok(Comparison {
+        text: render_runs(rows, &groups, opts)?,
+        skipped,
+    })
+}
+
+fn render_runs(mut rows: Vec<Row>, groups: &[Group], opts: &CompareOptions) -> Result<String> {
     sort_rows(&mut rows, &opts.sort)?;
     if let Some(k) = opts.top {
         rows.truncate(k);

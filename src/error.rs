@@ -37,6 +37,9 @@ pub enum Error {
     /// Text given to the sampler that the model cannot take.
     #[error("sample: {0}")]
     Sample(String),
+    /// A run that asks for more than the machine has (memory).
+    #[error("too large: {0}")]
+    Resources(String),
     /// An error from the tensor library.
     #[error("tensor: {0}")]
     Candle(#[from] candle_core::Error),
@@ -72,6 +75,7 @@ impl Error {
                 | Error::Corpus(_)
                 | Error::Device(_)
                 | Error::Sample(_)
+                | Error::Resources(_)
         )
     }
 }

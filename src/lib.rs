@@ -18,10 +18,12 @@ pub mod error;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod run_dir;
 pub mod sample;
 pub mod signals;
 pub mod summary;
 pub mod sweep;
+pub mod table;
 pub mod train;
 pub mod vocab;
 

@@ -1,13 +1,17 @@
 //! Stage 5: text from a trained run. A run directory is self-contained (config.toml, vocab.json,
-//! checkpoints), so sampling needs neither the corpus nor the sweep that made it.
+//! checkpoints), so sampling needs neither the corpus nor the sweep that made it. Text is
+//! written as it is generated, like char-rnn's sampler, and a reader that goes away (`| head`)
+//! ends it quietly.
 
 use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::model::{Backend, CharRnn, Dims};
 use crate::rng::Rng;
+use crate::run_dir::{Checkpoint, RunDir};
 use crate::vocab::Vocab;
 use candle_core::Device;
+use std::io::Write;
 use std::path::Path;
 
 /// How the next char is picked from the model's distribution.
@@ -24,15 +28,41 @@ pub struct Sampling {
 /// Options of `charlab sample`.
 #[derive(Debug, Clone)]
 pub struct SampleOptions {
-    /// `best` or `last`.
-    pub checkpoint: String,
+    pub checkpoint: Checkpoint,
     pub prime: String,
     pub length: usize,
     pub sampling: Sampling,
     pub seed: u64,
 }
 
-/// Feeds `prime` through the model, then draws `length` chars; returns prime + drawn ids.
+/// Feeds `prime` through the model, then draws up to `length` chars, handing each to `emit`
+/// as it is drawn; `emit` returns false to stop early.
+pub fn generate_with(
+    model: &CharRnn,
+    backend: &mut Backend,
+    prime: &[u32],
+    length: usize,
+    how: &Sampling,
+    rng: &mut Rng,
+    emit: &mut dyn FnMut(u32) -> Result<bool>,
+) -> Result<()> {
+    if prime.is_empty() {
+        return Err(Error::Sample("the prime text is empty".into()));
+    }
+    let mut state = model.zero_state(1);
+    let mut input = prime.to_vec();
+    for _ in 0..length {
+        let logits = backend.next_logits(model, &input, &mut state)?;
+        let next = pick(&logits, how, rng);
+        if !emit(next)? {
+            break;
+        }
+        input = vec![next];
+    }
+    Ok(())
+}
+
+/// [`generate_with`], collected: prime + drawn ids.
 pub fn generate(
     model: &CharRnn,
     backend: &mut Backend,
@@ -41,18 +71,11 @@ pub fn generate(
     how: &Sampling,
     rng: &mut Rng,
 ) -> Result<Vec<u32>> {
-    if prime.is_empty() {
-        return Err(Error::Sample("the prime text is empty".into()));
-    }
-    let mut state = model.zero_state(1);
     let mut out = prime.to_vec();
-    let mut input = prime.to_vec();
-    for _ in 0..length {
-        let logits = backend.next_logits(model, &input, &mut state)?;
-        let next = pick(&logits, how, rng);
-        out.push(next);
-        input = vec![next];
-    }
+    generate_with(model, backend, prime, length, how, rng, &mut |id| {
+        out.push(id);
+        Ok(true)
+    })?;
     Ok(out)
 }
 
@@ -101,14 +124,16 @@ fn pick(logits: &[f32], how: &Sampling, rng: &mut Rng) -> u32 {
     order[order.len() - 1] as u32
 }
 
-/// Loads a run directory's model and vocabulary from checkpoint `which` (`best` or `last`).
-pub fn load_run(run: &Path, which: &str, device: &Device) -> Result<(CharRnn, Vocab, RunConfig)> {
-    if which != "best" && which != "last" {
-        return Err(Error::invalid("--checkpoint", "expected `best` or `last`"));
-    }
-    let cfg = RunConfig::load(&run.join("config.toml"))?;
-    let vocab = Vocab::load(&run.join("vocab.json"))?;
-    let path = checkpoint::path(run, which);
+/// Loads a run directory's model and vocabulary from checkpoint `which`.
+pub fn load_run(
+    run: &Path,
+    which: Checkpoint,
+    device: &Device,
+) -> Result<(CharRnn, Vocab, RunConfig)> {
+    let run = RunDir::new(run);
+    let cfg = run.load_config()?;
+    let vocab = run.load_vocab()?;
+    let path = run.checkpoint(which);
     if !path.exists() {
         return Err(Error::Run {
             path,
@@ -127,12 +152,13 @@ pub fn load_run(run: &Path, which: &str, device: &Device) -> Result<(CharRnn, Vo
     Ok((model, vocab, cfg))
 }
 
-/// `charlab sample`: text from a run directory.
-pub fn sample(run: &Path, opts: &SampleOptions) -> Result<String> {
+/// `charlab sample`: writes the prime and then each generated char to `out` as it is drawn. A
+/// closed pipe (the reader stopped: `| head`) ends it without an error.
+pub fn sample_to(run: &Path, opts: &SampleOptions, out: &mut dyn Write) -> Result<()> {
     if !(opts.sampling.temperature > 0.0 && opts.sampling.temperature.is_finite()) {
         return Err(Error::invalid("--temperature", "must be > 0"));
     }
-    let (model, vocab, _) = load_run(run, &opts.checkpoint, &Device::Cpu)?;
+    let (model, vocab, _) = load_run(run, opts.checkpoint, &Device::Cpu)?;
     let prime = vocab.encode(&opts.prime).map_err(|e| {
         Error::Sample(format!(
             "--prime: {}",
@@ -141,13 +167,45 @@ pub fn sample(run: &Path, opts: &SampleOptions) -> Result<String> {
     })?;
     let mut rng = Rng::new(opts.seed, 4);
     let mut backend = Backend::for_model(&model);
-    let ids = generate(
+    // Ok(false) once the reader is gone; other write errors are errors.
+    let mut write = |text: &str, flush: bool| -> Result<bool> {
+        let r = out
+            .write_all(text.as_bytes())
+            .and_then(|_| if flush { out.flush() } else { Ok(()) });
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(Error::io("output", e)),
+        }
+    };
+    if !write(&opts.prime, true)? {
+        return Ok(());
+    }
+    let mut since_flush = 0;
+    let mut emit = |id: u32| {
+        let text = vocab.decode(&[id]);
+        since_flush += 1;
+        let flush = text.contains('\n') || since_flush >= 16;
+        if flush {
+            since_flush = 0;
+        }
+        write(&text, flush)
+    };
+    generate_with(
         &model,
         &mut backend,
         &prime,
         opts.length,
         &opts.sampling,
         &mut rng,
+        &mut emit,
     )?;
-    Ok(vocab.decode(&ids))
+    write("", true).map(|_| ())
+}
+
+/// `charlab sample` into a string.
+pub fn sample(run: &Path, opts: &SampleOptions) -> Result<String> {
+    let mut buf = Vec::new();
+    sample_to(run, opts, &mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }

@@ -74,6 +74,17 @@ pub enum Domain {
     Discrete(Vec<HValue>),
 }
 
+/// A hyperparameter as the `_hparams_/experiment` summary declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HParamDecl {
+    pub name: String,
+    pub domain: Option<Domain>,
+    pub ty: HpType,
+    /// True for a key whose value differs between the runs (a swept key): TensorBoard sorts
+    /// these first and shows them as the table's default columns.
+    pub differs: bool,
+}
+
 /// How a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionStatus {
@@ -325,18 +336,19 @@ impl EventWriter {
 
     /// `_hparams_/experiment`: declares the hyperparameters (with domains) and the metrics, so the
     /// HPARAMS dashboard shows every run's values beside its final metrics.
-    pub fn hparams_experiment(
-        &mut self,
-        hparams: &[(String, Option<Domain>, HpType)],
-        metrics: &[&str],
-    ) -> Result<()> {
+    pub fn hparams_experiment(&mut self, hparams: &[HParamDecl], metrics: &[&str]) -> Result<()> {
         let mut exp = Experiment::new();
         exp.set_time_created_secs(now_secs());
-        for (name, domain, ty) in hparams {
+        for h in hparams {
             let mut info = HParamInfo::new();
-            info.set_name(name.clone());
-            info.set_field_type(*ty);
-            match domain {
+            info.set_name(h.name.clone());
+            info.set_field_type(h.ty);
+            if h.differs {
+                // `HParamInfo.differs` is field 7 (bool), newer than tensorboard-proto's copy of
+                // the message, so it goes on the wire as a known-to-TensorBoard unknown field.
+                info.mut_unknown_fields().add_varint(7, 1);
+            }
+            match &h.domain {
                 Some(Domain::Interval(lo, hi)) => {
                     let mut iv = Interval::new();
                     iv.set_min_value(*lo);

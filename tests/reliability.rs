@@ -4,6 +4,7 @@
 
 mod common;
 
+use charlab::run_dir::{Checkpoint, RunDir};
 use charlab::train::{train, RunStatus, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -303,8 +304,9 @@ fn a_damaged_last_checkpoint_is_reported_and_the_run_resumes_from_the_previous_o
             train(&cfg, &out, &first).unwrap().status,
             RunStatus::Interrupted
         );
-        let last = charlab::checkpoint::path(&out, "last");
-        let prev = charlab::checkpoint::path(&out, "previous");
+        let run = RunDir::new(&out);
+        let last = run.checkpoint(Checkpoint::Last);
+        let prev = run.checkpoint(Checkpoint::Previous);
         assert!(prev.exists(), "the checkpoint before last is kept");
         let mut bytes = std::fs::read(&last).unwrap();
         match damage {
@@ -343,8 +345,8 @@ fn a_damaged_last_checkpoint_is_reported_and_the_run_resumes_from_the_previous_o
         ..common::quiet(d)
     };
     train(&cfg, &out, &first).unwrap();
-    for which in ["last", "previous"] {
-        std::fs::write(charlab::checkpoint::path(&out, which), b"garbage").unwrap();
+    for which in [Checkpoint::Last, Checkpoint::Previous] {
+        std::fs::write(RunDir::new(&out).checkpoint(which), b"garbage").unwrap();
     }
     let e = train(
         &cfg,

@@ -3,6 +3,7 @@
 mod common;
 
 use charlab::config::{OptimizerKind, RunConfig};
+use charlab::run_dir::Checkpoint;
 use charlab::sample::{sample, SampleOptions, Sampling};
 use charlab::summary::read_scalars;
 use charlab::train::{train, RunStatus, TrainOptions};
@@ -217,7 +218,7 @@ fn sampling_is_deterministic_with_a_seed_and_checks_the_prime() {
     )
     .unwrap();
     let opts = SampleOptions {
-        checkpoint: "best".into(),
+        checkpoint: Checkpoint::Best,
         prime: "宝玉".into(),
         length: 50,
         sampling: Sampling {

@@ -5,6 +5,7 @@
 pub mod cpu;
 pub mod gemm;
 mod kernels;
+pub mod memory;
 pub mod recurrence;
 pub mod reference;
 pub mod simd;
@@ -22,6 +23,30 @@ pub struct Dims {
     pub embed_dim: usize,
     pub hidden: usize,
     pub layers: usize,
+}
+
+impl Dims {
+    /// `vocab,embed,hidden,layers`, four positive integers (`check-device --dims`).
+    pub fn parse(text: &str) -> crate::Result<Dims> {
+        let d: Vec<usize> = text
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<std::result::Result<_, _>>()
+            .ok()
+            .filter(|d: &Vec<usize>| d.len() == 4 && d.iter().all(|&x| x > 0))
+            .ok_or_else(|| {
+                crate::Error::invalid(
+                    "--dims",
+                    format!("`{text}`: expected four positive integers vocab,embed,hidden,layers"),
+                )
+            })?;
+        Ok(Dims {
+            vocab: d[0],
+            embed_dim: d[1],
+            hidden: d[2],
+            layers: d[3],
+        })
+    }
 }
 
 /// The recurrent state carried from one window to the next: per layer, `h` and `c` as `[B, H]`
@@ -47,6 +72,41 @@ impl State {
 
     pub fn layers(&self) -> usize {
         self.h.len()
+    }
+
+    /// The state as named tensors, for a checkpoint (`state/layer_K/h`, `…/c`).
+    pub fn to_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (k, (h, c)) in self.h.iter().zip(&self.c).enumerate() {
+            let t = |v: &[f32]| Tensor::from_slice(v, (self.batch, self.hidden), &Device::Cpu);
+            out.insert(format!("state/layer_{k}/h"), t(h)?);
+            out.insert(format!("state/layer_{k}/c"), t(c)?);
+        }
+        Ok(out)
+    }
+
+    /// The state saved by [`State::to_tensors`]; an error names what is missing or misshapen.
+    pub fn from_tensors(
+        tensors: &HashMap<String, Tensor>,
+        layers: usize,
+        batch: usize,
+        hidden: usize,
+    ) -> std::result::Result<State, String> {
+        let mut s = State::zeros(layers, batch, hidden);
+        for k in 0..layers {
+            for (name, dst) in [("h", &mut s.h[k]), ("c", &mut s.c[k])] {
+                let key = format!("state/layer_{k}/{name}");
+                let v = tensors
+                    .get(&key)
+                    .and_then(|t| t.flatten_all().ok()?.to_vec1::<f32>().ok())
+                    .ok_or_else(|| format!("the checkpoint has no {key}"))?;
+                if v.len() != batch * hidden {
+                    return Err(format!("the checkpoint's {key} is not [{batch}, {hidden}]"));
+                }
+                *dst = v;
+            }
+        }
+        Ok(s)
     }
 }
 

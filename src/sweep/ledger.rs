@@ -4,8 +4,8 @@
 //! indices to them, which is the contract `sweep-worker --index N` (and a job array) relies on.
 
 use crate::error::{Error, IoContext, Result};
+use crate::run_dir::{RunDir, RunStatus};
 use crate::sweep::plan::{self, Plan};
-use crate::train::{RunRecord, RunStatus};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -144,37 +144,17 @@ pub enum TrialState {
     Run(RunStatus),
 }
 
-/// Reads a run directory's `run.json` (None when absent or unreadable mid-write).
-pub fn record(run_dir: &Path) -> Option<RunRecord> {
-    let bytes = std::fs::read(run_dir.join("run.json")).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 /// The state of a trial.
-pub fn state(run_dir: &Path) -> TrialState {
-    match record(run_dir) {
-        Some(r) => TrialState::Run(r.status),
+pub fn state(run: &RunDir) -> TrialState {
+    match run.status() {
+        Some(s) => TrialState::Run(s),
         None => TrialState::Pending,
     }
 }
 
-/// Marks a run failed in its `run.json` (after a crash or a timeout), keeping what it recorded.
-pub fn mark_failed(run_dir: &Path, message: &str) -> Result<()> {
-    let Some(mut r) = record(run_dir) else {
-        return Ok(());
-    };
-    if r.status.is_final() {
-        return Ok(());
-    }
-    r.status = RunStatus::Failed;
-    r.message = Some(message.to_string());
-    r.ended = Some(chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false));
-    crate::atomic::write(
-        &run_dir.join("run.json"),
-        serde_json::to_string_pretty(&r)
-            .unwrap_or_default()
-            .as_bytes(),
-    )
+/// True when the trial in `run` has ended for good.
+pub fn finished(run: &RunDir) -> bool {
+    run.status().is_some_and(RunStatus::is_final)
 }
 
 /// The sweep lock: a file holding the owner's pid. A lock whose pid is gone is stale and taken

@@ -4,7 +4,8 @@
 //! workers are told to checkpoint and stop, and the sweep exits once they have.
 
 use crate::error::{Error, IoContext, Result};
-use crate::sweep::ledger::{self, Manifest, TrialState};
+use crate::run_dir::RunDir;
+use crate::sweep::ledger::{self, Manifest};
 use crate::train::{Progress, RunStatus};
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -106,7 +107,7 @@ impl Display {
         let records: Vec<Option<crate::train::RunRecord>> = manifest
             .trials
             .iter()
-            .map(|e| ledger::record(&root.join(&e.dir)))
+            .map(|e| RunDir::new(root.join(&e.dir)).record())
             .collect();
         let is_running = |i: usize| running.iter().any(|r| r.index == i);
         let (mut done, mut pending, mut known) = (0usize, 0usize, 0usize);
@@ -202,9 +203,7 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Opti
     let mut queue: VecDeque<usize> = manifest
         .trials
         .iter()
-        .filter(
-            |e| !matches!(ledger::state(&root.join(&e.dir)), TrialState::Run(s) if s.is_final()),
-        )
+        .filter(|e| !ledger::finished(&RunDir::new(root.join(&e.dir))))
         .map(|e| e.index)
         .collect();
     let mut attempts = vec![0u32; manifest.trials.len()];
@@ -263,8 +262,8 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Opti
             let r = running.swap_remove(i);
             free.push(r.slot);
             let entry = &manifest.trials[r.index];
-            let dir = root.join(&entry.dir);
-            let rec = ledger::record(&dir);
+            let run = RunDir::new(root.join(&entry.dir));
+            let rec = run.record();
             let status = rec.as_ref().map(|x| x.status);
             match (status, r.stopping) {
                 (Some(s), _) if s.is_final() => {
@@ -280,7 +279,7 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Opti
                 (_, Some((_, "timeout"))) => {
                     let limit = opts.timeout.map_or(0.0, |d| d.as_secs_f64());
                     let msg = format!("timed out after {}", fmt_secs(limit));
-                    ledger::mark_failed(&dir, &msg)?;
+                    run.mark_failed(&msg)?;
                     display.line(&format!("trial {} failed: {msg}", entry.dir));
                     failed.push(r.index);
                 }
@@ -295,7 +294,7 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Opti
                             entry.dir,
                             attempts[r.index],
                             opts.retries,
-                            dir.join("worker.log").display()
+                            run.worker_log().display()
                         ));
                         queue.push_back(r.index);
                     } else {
@@ -303,15 +302,15 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Opti
                             .and_then(|x| x.message)
                             .filter(|m| !m.is_empty())
                             .unwrap_or_else(|| format!("worker exited with {code}"));
-                        ledger::mark_failed(&dir, &msg)?;
-                        if ledger::record(&dir).is_none() {
+                        run.mark_failed(&msg)?;
+                        if run.record().is_none() {
                             // Failed before writing run.json (e.g. a bad config): say so here.
                             display.line(&format!("trial {} failed: {msg}", entry.dir));
                         } else {
                             display.line(&format!(
                                 "trial {} failed: {msg} (log: {})",
                                 entry.dir,
-                                dir.join("worker.log").display()
+                                run.worker_log().display()
                             ));
                         }
                         failed.push(r.index);
@@ -334,9 +333,9 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Opti
                 break;
             };
             let entry = &manifest.trials[index];
-            let dir = root.join(&entry.dir);
-            std::fs::create_dir_all(&dir).at(&dir)?;
-            let log_path = dir.join("worker.log");
+            let run = RunDir::new(root.join(&entry.dir));
+            std::fs::create_dir_all(run.path()).at(run.path())?;
+            let log_path = run.worker_log();
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -394,12 +393,12 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Opti
     let finished = manifest
         .trials
         .iter()
-        .filter(|e| matches!(ledger::state(&root.join(&e.dir)), TrialState::Run(s) if s.is_final()))
+        .filter(|e| ledger::finished(&RunDir::new(root.join(&e.dir))))
         .count();
     let statuses: Vec<RunStatus> = manifest
         .trials
         .iter()
-        .filter_map(|e| ledger::record(&root.join(&e.dir)).map(|r| r.status))
+        .filter_map(|e| RunDir::new(root.join(&e.dir)).status())
         .collect();
     let count = |s: RunStatus| statuses.iter().filter(|&&x| x == s).count();
     display.line(&format!(

@@ -8,12 +8,12 @@ pub mod local;
 pub mod plan;
 pub mod slurm;
 
-use crate::config::RunConfig;
 use crate::error::{IoContext, Result};
-use crate::summary::EventWriter;
+use crate::run_dir::RunDir;
+use crate::summary::{EventWriter, HParamDecl};
 use crate::train::{self, Progress, RunStatus, TrainOptions};
 use ledger::{Manifest, TrialState};
-use plan::Plan;
+use plan::{Plan, SlurmSettings};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tensorboard_proto::api::DataType as HpType;
@@ -35,9 +35,23 @@ pub struct SweepOptions {
     pub data_dir: PathBuf,
     /// The binary run as `sweep-worker` (default: this executable).
     pub worker_exe: Option<PathBuf>,
-    /// Run the trials as a Slurm job array instead of local processes; its `settings` are the
-    /// command line's, laid over the sweep file's `[slurm]`.
-    pub slurm: Option<slurm::SlurmOptions>,
+    /// Where the trials run.
+    pub launcher: Launcher,
+}
+
+/// Where a sweep's trials run.
+#[derive(Debug, Clone, Default)]
+pub enum Launcher {
+    /// Child processes on this machine.
+    #[default]
+    Local,
+    /// A Slurm job array. `flags` are the command line's settings, laid over the sweep file's
+    /// `[slurm]`; `detach` returns after submitting.
+    Slurm {
+        flags: SlurmSettings,
+        detach: bool,
+        poll: Option<std::time::Duration>,
+    },
 }
 
 impl Default for SweepOptions {
@@ -53,7 +67,7 @@ impl Default for SweepOptions {
             progress: Progress::Auto,
             data_dir: crate::corpus::data_dir(),
             worker_exe: None,
-            slurm: None,
+            launcher: Launcher::Local,
         }
     }
 }
@@ -100,10 +114,10 @@ pub fn dry_run_table(plan: &Plan) -> String {
         .collect();
     let mut headers = vec!["trial".to_string(), "run dir".to_string()];
     headers.extend(keys.iter().map(|k| k.to_string()));
-    out.push_str(&crate::compare::render(
+    out.push_str(&crate::table::render(
         &headers,
         &rows,
-        crate::compare::Format::Table,
+        crate::table::Format::Table,
     ));
     out.push_str(&format!(
         "{} trials ({} duplicate points collapsed) → runs/{}/",
@@ -121,11 +135,9 @@ fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest) -> Result<()> {
     crate::atomic::write(&root.join("sweep.toml"), plan.text.as_bytes())?;
     for entry in &manifest.trials {
         let trial = plan.trials.iter().find(|t| t.hash == entry.hash);
-        let dir = root.join(&entry.dir);
-        let cfg_path = dir.join("config.toml");
-        if let (Some(t), false) = (trial, cfg_path.exists()) {
-            std::fs::create_dir_all(&dir).at(&dir)?;
-            crate::atomic::write(&cfg_path, t.config.to_toml().as_bytes())?;
+        let run = RunDir::new(root.join(&entry.dir));
+        if let (Some(t), false) = (trial, run.config_path().exists()) {
+            run.save_config(&t.config)?;
         }
     }
     manifest.save(root)?;
@@ -140,24 +152,31 @@ fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest) -> Result<()> {
         }
     }
     let mut events = EventWriter::create(root)?;
-    let mut infos: Vec<(String, Option<crate::summary::Domain>, HpType)> = Vec::new();
+    let mut infos: Vec<HParamDecl> = Vec::new();
     let sample = plan
         .trials
         .first()
         .map(|t| train::hparam_values(&t.config))
         .unwrap_or_default();
+    // The swept keys first, marked as differing: TensorBoard's table opens on them.
     for (k, d) in &plan.swept {
         let v = sample.iter().find(|(n, _)| n == k).map(|(_, v)| v);
         // Nested keys (clean.*) are not HParams values; show them by name only.
-        infos.push((
-            k.clone(),
-            Some(d.clone()),
-            v.map_or(HpType::DATA_TYPE_FLOAT64, train::hparam_type),
-        ));
+        infos.push(HParamDecl {
+            name: k.clone(),
+            domain: Some(d.clone()),
+            ty: v.map_or(HpType::DATA_TYPE_FLOAT64, train::hparam_type),
+            differs: true,
+        });
     }
     for (k, v) in &sample {
-        if !infos.iter().any(|(n, _, _)| n == k) {
-            infos.push((k.clone(), None, train::hparam_type(v)));
+        if !infos.iter().any(|h| &h.name == k) {
+            infos.push(HParamDecl {
+                name: k.clone(),
+                domain: None,
+                ty: train::hparam_type(v),
+                differs: false,
+            });
         }
     }
     events.hparams_experiment(&infos, train::METRICS)?;
@@ -216,15 +235,21 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     lay_out(&root, &plan, &manifest)?;
     let exp = &plan.experiment;
     let retries = opts.retries.unwrap_or(exp.retries);
-    let signal = if let Some(flags) = &opts.slurm {
+    let signal = if let Launcher::Slurm {
+        flags,
+        detach,
+        poll,
+    } = &opts.launcher
+    {
         let so = slurm::SlurmOptions {
-            settings: flags.settings.over(&plan.slurm),
+            settings: flags.over(&plan.slurm),
             retries,
             fail_fast: opts.fail_fast,
+            detach: *detach,
             progress: opts.progress,
             worker_exe: opts.worker_exe.clone(),
             data_dir: std::path::absolute(&opts.data_dir).at(&opts.data_dir)?,
-            ..flags.clone()
+            poll: *poll,
         };
         slurm::run(&root, &manifest, &so)?
     } else {
@@ -244,7 +269,7 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     let states = manifest
         .trials
         .iter()
-        .map(|e| ledger::state(&root.join(&e.dir)))
+        .map(|e| ledger::state(&RunDir::new(root.join(&e.dir))))
         .collect();
     Ok(SweepOutcome {
         root,
@@ -273,11 +298,11 @@ fn pruner(
     eval_every: u64,
     rule: plan::Pruning,
 ) -> Arc<dyn Fn(u64, f64) -> bool + Send + Sync> {
-    let siblings: Vec<PathBuf> = manifest
+    let siblings: Vec<RunDir> = manifest
         .trials
         .iter()
         .filter(|e| e.index != me)
-        .map(|e| root.join(&e.dir))
+        .map(|e| RunDir::new(root.join(&e.dir)))
         .collect();
     Arc::new(move |step, loss| {
         let eval = step / eval_every.max(1);
@@ -287,7 +312,7 @@ fn pruner(
         }
         let mut others: Vec<f64> = siblings
             .iter()
-            .filter_map(|d| ledger::record(d))
+            .filter_map(RunDir::record)
             .filter_map(|r| r.evals.iter().find(|e| e.step == step).map(|e| e.val_loss))
             .collect();
         if others.len() < rule.min_trials {
@@ -328,13 +353,11 @@ pub fn worker(
 ) -> Result<RunStatus> {
     let manifest = Manifest::load(sweep_dir)?;
     let entry = manifest.entry(index)?;
-    let run_dir = sweep_dir.join(&entry.dir);
-    if let Some(r) = ledger::record(&run_dir) {
-        if r.status.is_final() {
-            return Ok(r.status);
-        }
+    let run = RunDir::new(sweep_dir.join(&entry.dir));
+    if let Some(status) = run.status().filter(|s| s.is_final()) {
+        return Ok(status);
     }
-    let mut cfg = RunConfig::load(&run_dir.join("config.toml"))?;
+    let mut cfg = run.load_config()?;
     // Inside a Slurm allocation, the cores it granted.
     let threads = threads.or_else(|| {
         std::env::var("SLURM_CPUS_PER_TASK")
@@ -365,7 +388,7 @@ pub fn worker(
         prune,
         ..TrainOptions::default()
     };
-    match train::train(&cfg, &run_dir, &opts) {
+    match train::train(&cfg, run.path(), &opts) {
         Ok(r) => {
             // SIGUSR1 is Slurm's "time limit near": the checkpoint is written, so hand the task
             // back to the queue to resume.
@@ -377,7 +400,7 @@ pub fn worker(
             Ok(r.status)
         }
         Err(e) => {
-            let _ = ledger::mark_failed(&run_dir, &e.to_string());
+            let _ = run.mark_failed(&e.to_string());
             Err(e)
         }
     }

@@ -81,24 +81,34 @@ pub struct Plan {
 
 const TOP_KEYS: &[&str] = &["experiment", "defaults", "grid", "random", "trial", "slurm"];
 
-/// The `[slurm]` table: per-trial resources and job settings for `--launcher slurm` (flags
-/// override them).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The `[slurm]` table of a sweep file, and the same settings as `charlab sweep` flags (a flag
+/// given wins over the file): per-trial resources and job settings for `--launcher slurm`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct SlurmSettings {
+    /// Slurm: partition.
+    #[arg(long)]
     pub partition: Option<String>,
-    /// e.g. `gpu:1`
+    /// Slurm: generic resources per trial, e.g. gpu:1.
+    #[arg(long)]
     pub gres: Option<String>,
-    /// Per-task time limit, as sbatch takes it (`02:00:00`).
+    /// Slurm: time limit per trial, as sbatch takes it, e.g. 02:00:00.
+    #[arg(long)]
     pub time: Option<String>,
+    /// Slurm: CPUs per trial (the trial's threads).
+    #[arg(long)]
     pub cpus_per_task: Option<usize>,
-    /// e.g. `8G`
+    /// Slurm: memory per trial, e.g. 8G.
+    #[arg(long)]
     pub mem: Option<String>,
-    /// Array tasks running at once (`%K`).
+    /// Slurm: array tasks running at once.
+    #[arg(long)]
     pub array_parallelism: Option<usize>,
-    /// Seconds before the time limit that Slurm sends SIGUSR1 (checkpoint and requeue).
+    /// Slurm: seconds before the time limit that SIGUSR1 asks a trial to checkpoint and requeue.
+    #[arg(long)]
     pub signal_lead: Option<u32>,
-    /// More sbatch options, verbatim (`["--account=abc"]`).
+    /// Slurm: one more sbatch option, verbatim (repeatable): --slurm-arg=--account=abc
+    #[arg(long = "slurm-arg", allow_hyphen_values = true)]
     pub args: Option<Vec<String>>,
 }
 

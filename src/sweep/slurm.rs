@@ -9,6 +9,7 @@
 
 use super::ledger::{self, Manifest, TrialState};
 use crate::error::{Error, IoContext, Result};
+use crate::run_dir::RunDir;
 use crate::train::{Progress, RunStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -303,8 +304,8 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
         let mut to_submit = Vec::new();
         let (mut done, mut running, mut failed) = (0, 0, 0);
         for e in &manifest.trials {
-            let dir = root.join(&e.dir);
-            let state = ledger::state(&dir);
+            let run = RunDir::new(root.join(&e.dir));
+            let state = ledger::state(&run);
             let task = tasks.get(&e.index);
             if matches!(state, TrialState::Run(s) if s.is_final()) {
                 done += 1;
@@ -349,7 +350,7 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
                             "slurm task ended ({}) without finishing, after {tries} submissions",
                             state_name(task)
                         );
-                        let _ = ledger::mark_failed(&dir, &why);
+                        let _ = run.mark_failed(&why);
                     }
                     say(
                         opts.progress,
@@ -418,7 +419,7 @@ pub fn status(root: &Path, manifest: &Manifest) -> Result<String> {
         .trials
         .iter()
         .map(|e| {
-            let rec = ledger::record(&root.join(&e.dir));
+            let rec = RunDir::new(root.join(&e.dir)).record();
             vec![
                 e.index.to_string(),
                 e.dir.clone(),

@@ -1,0 +1,327 @@
+//! A run directory: its layout, its record (`run.json`) and its lock. Everything in charlab that
+//! reads or writes a run's files goes through here: the trainer writes the record, a sweep marks a
+//! crashed trial failed, `compare`, `sample` and the launchers read it.
+//!
+//! ```text
+//! <run>/run.json                  the record: status, progress, metrics, provenance
+//! <run>/config.toml               the hyperparameters (RunConfig)
+//! <run>/vocab.json                the character vocabulary
+//! <run>/checkpoints/{last,previous,best}.safetensors
+//! <run>/events.out.tfevents.*     TensorBoard (summary.rs)
+//! <run>/worker.log                a sweep worker's output
+//! <run>/.train.lock               held (flock) while a process trains the run
+//! ```
+
+use crate::config::RunConfig;
+use crate::error::{Error, IoContext, Result};
+use crate::vocab::Vocab;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How a run ended (or that it is still going).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    /// The loss became NaN or infinite.
+    Diverged,
+    Interrupted,
+    Failed,
+    /// Stopped by a sweep's pruning rule (worse than its siblings at the same step).
+    Pruned,
+}
+
+impl RunStatus {
+    /// True for a status after which the run is not resumed.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Diverged | RunStatus::Pruned
+        )
+    }
+
+    /// The process exit code for a run that ended so: 0 when it finished, 128 + the signal when
+    /// a signal interrupted it (`signal`, SIGINT if unknown), 1 otherwise.
+    pub fn exit_code(self, signal: Option<i32>) -> u8 {
+        match self {
+            RunStatus::Completed | RunStatus::Pruned => 0,
+            RunStatus::Interrupted => crate::signals::exit_code(signal.unwrap_or(2)),
+            RunStatus::Running | RunStatus::Diverged | RunStatus::Failed => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        write!(f, "{}", s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+    }
+}
+
+/// Validation metrics at one step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub step: u64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub val_bpc: f64,
+    /// Mean training loss over the last logging interval.
+    pub train_loss: f64,
+}
+
+/// One evaluation's validation loss (the history sweeps prune on and `compare` reads).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub step: u64,
+    pub val_loss: f64,
+}
+
+/// The run record (`run.json`), rewritten atomically at start, at every evaluation and at the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub status: RunStatus,
+    pub started: String,
+    pub ended: Option<String>,
+    pub charlab_version: String,
+    pub candle_version: String,
+    pub git_commit: Option<String>,
+    pub device: String,
+    pub host: String,
+    /// The process training it (a launcher or a test can signal it).
+    pub pid: u32,
+    pub command: Vec<String>,
+    pub corpus: CorpusInfo,
+    pub params: usize,
+    pub steps: u64,
+    pub total_steps: u64,
+    pub epoch: f64,
+    /// The babysitting check: the first loss should be close to ln(vocab).
+    pub first_loss: Option<f64>,
+    pub ln_vocab: f64,
+    /// Mean train loss of the last logging interval (live progress).
+    pub last_train_loss: Option<f64>,
+    pub final_metrics: Option<Metrics>,
+    pub best_metrics: Option<Metrics>,
+    /// Every evaluation so far.
+    pub evals: Vec<EvalPoint>,
+    pub tokens_per_s: f64,
+    pub elapsed_secs: f64,
+    pub message: Option<String>,
+}
+
+/// What the run was trained on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CorpusInfo {
+    pub spec: String,
+    pub source: PathBuf,
+    pub key: String,
+    pub chars: usize,
+    pub vocab: usize,
+    pub train_chars: usize,
+    pub val_chars: usize,
+}
+
+/// A checkpoint of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// The latest, written at every evaluation and when the run stops.
+    Last,
+    /// The `last` before the latest (kept in case `last` is found damaged).
+    Previous,
+    /// The one with the best validation loss so far.
+    Best,
+}
+
+impl Checkpoint {
+    pub fn name(self) -> &'static str {
+        match self {
+            Checkpoint::Last => "last",
+            Checkpoint::Previous => "previous",
+            Checkpoint::Best => "best",
+        }
+    }
+}
+
+impl std::str::FromStr for Checkpoint {
+    type Err = Error;
+    /// `best` or `last` (what a user may ask `sample` for).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "best" => Ok(Checkpoint::Best),
+            "last" => Ok(Checkpoint::Last),
+            _ => Err(Error::invalid("--checkpoint", "expected `best` or `last`")),
+        }
+    }
+}
+
+/// The time as run records write it (local, RFC 3339, seconds).
+pub fn now() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
+/// A run directory (it need not exist yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        RunDir { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn record_path(&self) -> PathBuf {
+        self.path.join("run.json")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path.join("config.toml")
+    }
+
+    pub fn vocab_path(&self) -> PathBuf {
+        self.path.join("vocab.json")
+    }
+
+    pub fn checkpoints(&self) -> PathBuf {
+        self.path.join("checkpoints")
+    }
+
+    pub fn checkpoint(&self, which: Checkpoint) -> PathBuf {
+        self.checkpoints()
+            .join(format!("{}.safetensors", which.name()))
+    }
+
+    pub fn worker_log(&self) -> PathBuf {
+        self.path.join("worker.log")
+    }
+
+    /// True when `path` is a run directory (it holds a record).
+    pub fn is_run(path: &Path) -> bool {
+        path.join("run.json").is_file()
+    }
+
+    /// The record, or `None` when there is none yet or it cannot be read (for polling, where
+    /// the next read will tell).
+    pub fn record(&self) -> Option<RunRecord> {
+        self.read_record().ok().flatten()
+    }
+
+    /// The record: `Ok(None)` when there is none, an error naming the file when it is damaged.
+    pub fn read_record(&self) -> Result<Option<RunRecord>> {
+        let path = self.record_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Run {
+                path,
+                message: format!("not a readable run record ({e})"),
+            })
+    }
+
+    /// Writes the record atomically: a reader sees the old one or the new one.
+    pub fn write_record(&self, record: &RunRecord) -> Result<()> {
+        let text = serde_json::to_string_pretty(record).unwrap_or_default();
+        crate::atomic::write(&self.record_path(), text.as_bytes())
+    }
+
+    /// The run's status, `None` before it has a record.
+    pub fn status(&self) -> Option<RunStatus> {
+        self.record().map(|r| r.status)
+    }
+
+    /// Marks a run failed (after its worker crashed or timed out), keeping what it recorded. A
+    /// run without a record, or one that already ended for good, is left alone.
+    pub fn mark_failed(&self, message: &str) -> Result<()> {
+        let Some(mut r) = self.record() else {
+            return Ok(());
+        };
+        if r.status.is_final() {
+            return Ok(());
+        }
+        r.status = RunStatus::Failed;
+        r.message = Some(message.to_string());
+        r.ended = Some(now());
+        self.write_record(&r)
+    }
+
+    pub fn load_config(&self) -> Result<RunConfig> {
+        RunConfig::load(&self.config_path())
+    }
+
+    pub fn save_config(&self, cfg: &RunConfig) -> Result<()> {
+        crate::atomic::write(&self.config_path(), cfg.to_toml().as_bytes())
+    }
+
+    pub fn load_vocab(&self) -> Result<Vocab> {
+        Vocab::load(&self.vocab_path())
+    }
+
+    pub fn save_vocab(&self, vocab: &Vocab) -> Result<()> {
+        vocab.save(&self.vocab_path())
+    }
+
+    /// Takes the run's lock (creating the directory), waiting up to a minute for a holder that
+    /// is stopping; `waiting` is told once if it has to wait.
+    pub fn lock(&self, waiting: &mut dyn FnMut(&str)) -> Result<RunLock> {
+        std::fs::create_dir_all(&self.path).at(&self.path)?;
+        let path = self.path.join(".train.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut told = false;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is shared with the call.
+            let rc = unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                )
+            };
+            if rc == 0 {
+                // Temp files of a killed writer are ours to clear now that we are the writer.
+                crate::atomic::remove_stale_temps(&self.path);
+                crate::atomic::remove_stale_temps(&self.checkpoints());
+                return Ok(RunLock { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(Error::io(&path, err));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Run {
+                    path: self.path.clone(),
+                    message: "another process is training this run directory".into(),
+                });
+            }
+            if !told {
+                waiting(&format!(
+                    "{}: waiting for another process training it",
+                    self.path.display()
+                ));
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// An exclusive lock on a run directory for as long as a process trains it: a worker orphaned
+/// by a killed sweep and the worker of the rerun must not both write the same run. It is an
+/// flock, so the kernel releases it when its holder dies, however it dies.
+pub struct RunLock {
+    _file: std::fs::File,
+}

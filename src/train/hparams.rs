@@ -1,0 +1,59 @@
+//! A run's hyperparameters as the HParams dashboard sees them: which config keys are
+//! hyperparameters (not the ones about observing a run), their values and types, and the
+//! metrics declared beside them.
+
+use crate::config::RunConfig;
+use crate::summary::HValue;
+use tensorboard_proto::api::DataType as HpType;
+
+/// Config keys that are about observing a run, not about the model: left out of HParams, and
+/// free to change when a run is resumed.
+pub const OBSERVATION_KEYS: &[&str] = &[
+    "device",
+    "threads",
+    "log_every",
+    "eval_every",
+    "histogram_every",
+    "sample_length",
+    "sample_temperature",
+];
+
+/// The metrics declared to the HParams dashboard.
+pub const METRICS: &[&str] = &["val/loss", "val/accuracy", "val/bpc", "train/loss"];
+
+/// Keys that may differ between a run's saved config and the config it is resumed with: the
+/// observation keys, and the two that say how long the run goes.
+pub fn resumable(key: &str) -> bool {
+    OBSERVATION_KEYS.contains(&key) || key == "max_steps" || key == "epochs"
+}
+
+/// The run's hyperparameters as HParams values: every scalar key of the config except the
+/// observation keys.
+pub fn hparam_values(cfg: &RunConfig) -> Vec<(String, HValue)> {
+    let mut out = Vec::new();
+    if let Ok(toml::Value::Table(t)) = toml::Value::try_from(cfg) {
+        for (k, v) in t {
+            if OBSERVATION_KEYS.contains(&k.as_str()) {
+                continue;
+            }
+            let hv = match v {
+                toml::Value::Integer(i) => HValue::Num(i as f64),
+                toml::Value::Float(f) => HValue::Num(f),
+                toml::Value::String(s) => HValue::Str(s),
+                toml::Value::Boolean(b) => HValue::Bool(b),
+                _ => continue,
+            };
+            out.push((k, hv));
+        }
+    }
+    out
+}
+
+/// The HParams data type of a value.
+pub fn hparam_type(v: &HValue) -> HpType {
+    match v {
+        HValue::Num(_) => HpType::DATA_TYPE_FLOAT64,
+        HValue::Str(_) => HpType::DATA_TYPE_STRING,
+        HValue::Bool(_) => HpType::DATA_TYPE_BOOL,
+    }
+}

@@ -1,0 +1,115 @@
+//! Stage 4: one training run, end to end. `train(config, out)` prepares the corpus, trains with
+//! truncated BPTT, evaluates on the whole validation split every `eval_every` steps, checkpoints
+//! (`last` and `best`), and writes everything TensorBoard shows into the run directory. It is a
+//! library function so a sweep can run it in a child process and tests can call it directly.
+//!
+//! The stages: [`setup`] (data, model, resume, the record and event file), [`trainer`] (the step
+//! loop, evaluations, checkpoints, the end of the run), [`hparams`] (what HParams shows),
+//! [`report`] (progress on the terminal).
+
+mod hparams;
+mod report;
+mod setup;
+mod trainer;
+
+pub use crate::run_dir::{CorpusInfo, EvalPoint, Metrics, RunRecord, RunStatus};
+pub use hparams::{hparam_type, hparam_values, METRICS, OBSERVATION_KEYS};
+pub use report::{log_line, Progress};
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::run_dir::RunDir;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What `train` returns.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub status: RunStatus,
+    pub record: RunRecord,
+    pub out: PathBuf,
+}
+
+/// Asked at each evaluation with (step, val loss): true prunes the run (status `pruned`).
+pub type PruneHook = Arc<dyn Fn(u64, f64) -> bool + Send + Sync>;
+
+/// Options that are about this invocation, not the run's hyperparameters.
+#[derive(Clone)]
+pub struct TrainOptions {
+    /// Continue from the run directory's last checkpoint.
+    pub resume: bool,
+    pub progress: Progress,
+    /// Where corpora and prepared data are cached.
+    pub data_dir: PathBuf,
+    /// Write this run's own `_hparams_/experiment` summary (a sweep writes one at its root).
+    pub write_experiment: bool,
+    /// Stop after this many steps in this invocation (tests use it to simulate an interruption).
+    pub stop_after: Option<u64>,
+    /// HParams group name (a sweep gives the seeds of one configuration the same group).
+    pub group: Option<String>,
+    pub prune: Option<PruneHook>,
+}
+
+impl std::fmt::Debug for TrainOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOptions")
+            .field("resume", &self.resume)
+            .field("progress", &self.progress)
+            .field("data_dir", &self.data_dir)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            resume: false,
+            progress: Progress::Auto,
+            data_dir: crate::corpus::data_dir(),
+            write_experiment: true,
+            stop_after: None,
+            group: None,
+            prune: None,
+        }
+    }
+}
+
+/// The run's threads: a pool of its own (the config's count, or all cores), so that runs in one
+/// process (tests, a library user) each get the count they asked for, and no environment
+/// variable has to be set while other threads run.
+fn thread_pool(threads: Option<usize>, out: &Path) -> Result<rayon::ThreadPool> {
+    let n = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .map_err(|e| Error::Run {
+            path: out.to_path_buf(),
+            message: format!("cannot start {n} threads: {e}"),
+        })
+}
+
+/// Trains one run into `out`.
+pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResult> {
+    cfg.validate()?;
+    let mut say = |m: &str| log_line(opts.progress, m);
+    // Everything that can fail on the user's input (corpus, device, a model too large for the
+    // machine) is checked before the run directory is touched: a failed start leaves nothing.
+    let data = setup::Data::prepare(cfg, &opts.data_dir, &mut say)?;
+    let device = crate::device::open(&cfg.device, &mut say)?;
+    let dims = data.dims(cfg);
+    if device.is_cpu() {
+        crate::model::memory::check(dims, cfg, data.val.streams())?;
+    }
+    let run = RunDir::new(out);
+    let _lock = run.lock(&mut say)?;
+    thread_pool(cfg.threads, out)?.install(|| {
+        let mut trainer = setup::start(cfg, opts, run, data, device)?;
+        let status = trainer.run()?;
+        trainer.finish(status)
+    })
+}

@@ -1,0 +1,308 @@
+//! Getting a run ready to step: the prepared data and its splits, the model and optimizer (fresh
+//! or restored from the run's checkpoint), the run record and the event file.
+
+use super::hparams::{hparam_type, hparam_values, resumable, METRICS, OBSERVATION_KEYS};
+use super::trainer::Trainer;
+use super::{log_line, TrainOptions};
+use crate::batch::{self, Split};
+use crate::checkpoint::{self, Cursor};
+use crate::config::RunConfig;
+use crate::corpus::Prepared;
+use crate::error::{Error, Result};
+use crate::model::{CharRnn, Dims, State};
+use crate::optim::{Hyper, Optimizer};
+use crate::rng::Rng;
+use crate::run_dir::{now, CorpusInfo, RunDir, RunRecord, RunStatus};
+use crate::summary::{EventWriter, HParamDecl};
+use candle_core::Device;
+
+/// The run's data: the prepared corpus and its train and validation streams.
+pub(super) struct Data {
+    pub prepared: Prepared,
+    pub train: Split,
+    pub val: Split,
+}
+
+impl Data {
+    pub fn prepare(
+        cfg: &RunConfig,
+        data_dir: &std::path::Path,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Data> {
+        let prepared = crate::corpus::prepare(&cfg.corpus, &cfg.clean, data_dir, say)?;
+        let (train, val) =
+            batch::split(&prepared.ids, cfg.val_fraction, cfg.batch_size, cfg.seq_len)?;
+        Ok(Data {
+            prepared,
+            train,
+            val,
+        })
+    }
+
+    pub fn dims(&self, cfg: &RunConfig) -> Dims {
+        Dims {
+            vocab: self.prepared.vocab.len(),
+            embed_dim: cfg.embed_dim,
+            hidden: cfg.hidden,
+            layers: cfg.layers,
+        }
+    }
+
+    /// Windows in one pass over the training split.
+    pub fn windows(&self) -> u64 {
+        self.train.windows() as u64
+    }
+
+    /// Steps of the whole run: `max_steps`, the steps of `epochs` passes, or the smaller.
+    pub fn total_steps(&self, cfg: &RunConfig) -> Result<u64> {
+        let by_epochs = |e: f64| ((e * self.windows() as f64).ceil() as u64).max(1);
+        match (cfg.max_steps, cfg.epochs) {
+            (Some(s), Some(e)) => Ok(s.min(by_epochs(e))),
+            (Some(s), None) => Ok(s),
+            (None, Some(e)) => Ok(by_epochs(e)),
+            (None, None) => Err(Error::invalid("max_steps", "set `max_steps` or `epochs`")),
+        }
+    }
+}
+
+fn run_error(run: &RunDir, message: impl Into<String>) -> Error {
+    Error::Run {
+        path: run.path().to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn check_resumable(saved: &RunConfig, now: &RunConfig, run: &RunDir) -> Result<()> {
+    let table = |c: &RunConfig| match toml::Value::try_from(c) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => Default::default(),
+    };
+    let (a, b) = (table(saved), table(now));
+    let mut changed: Vec<&str> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| !resumable(k) && a.get(*k) != b.get(*k))
+        .map(String::as_str)
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    changed.dedup();
+    Err(run_error(
+        run,
+        format!(
+            "cannot resume: the config differs from the run's in {} (only max_steps, epochs \
+             and {} may change)",
+            changed.join(", "),
+            OBSERVATION_KEYS.join(", ")
+        ),
+    ))
+}
+
+/// What a run continues from: a fresh start or its checkpoint.
+pub(super) struct Resumed {
+    pub cursor: Cursor,
+    pub state: State,
+    /// The record of the invocations before this one.
+    pub previous: Option<RunRecord>,
+}
+
+fn fresh(cfg: &RunConfig, model: &CharRnn) -> Resumed {
+    Resumed {
+        cursor: Cursor {
+            step: 0,
+            epoch: 0,
+            window: 0,
+            rng: Rng::new(cfg.seed, 2).state(),
+            tokens: 0,
+            elapsed_secs: 0.0,
+            best_val_loss: None,
+            best_step: None,
+        },
+        state: model.zero_state(cfg.batch_size),
+        previous: None,
+    }
+}
+
+/// Restores the model, the optimizer and the carried state from the run's newest intact
+/// checkpoint; a run without one starts fresh.
+fn resume(
+    cfg: &RunConfig,
+    run: &RunDir,
+    data: &Data,
+    model: &CharRnn,
+    optimizer: &mut Optimizer,
+    say: &mut dyn FnMut(&str),
+) -> Result<Resumed> {
+    let (latest, problems) = checkpoint::load_latest(run, model.device())?;
+    for p in problems {
+        say(&format!("{p}; falling back to the previous checkpoint"));
+    }
+    let Some((tensors, cursor)) = latest else {
+        return Ok(fresh(cfg, model));
+    };
+    if run.load_vocab()? != data.prepared.vocab {
+        return Err(run_error(
+            run,
+            "cannot resume: the corpus's vocabulary differs from the run's vocab.json",
+        ));
+    }
+    model.load(&tensors)?;
+    optimizer.load(cursor.step, &tensors)?;
+    let state = State::from_tensors(&tensors, cfg.layers, cfg.batch_size, cfg.hidden)
+        .map_err(|m| run_error(run, m))?;
+    say(&format!(
+        "resuming {} from step {}",
+        run.path().display(),
+        cursor.step
+    ));
+    Ok(Resumed {
+        cursor,
+        state,
+        previous: run.record(),
+    })
+}
+
+/// The record of this invocation, carrying over what earlier ones of the same run recorded.
+fn new_record(
+    data: &Data,
+    model: &CharRnn,
+    r: &Resumed,
+    total_steps: u64,
+    cfg: &RunConfig,
+) -> RunRecord {
+    let prev = r.previous.as_ref();
+    let c = &r.cursor;
+    let vocab = data.prepared.vocab.len();
+    RunRecord {
+        status: RunStatus::Running,
+        started: prev.map(|p| p.started.clone()).unwrap_or_else(now),
+        ended: None,
+        charlab_version: env!("CARGO_PKG_VERSION").into(),
+        candle_version: env!("CHARLAB_CANDLE_VERSION").into(),
+        git_commit: Some(env!("CHARLAB_GIT_COMMIT").to_string()).filter(|s| !s.is_empty()),
+        device: crate::device::name(model.device()),
+        host: crate::summary::hostname(),
+        pid: std::process::id(),
+        command: std::env::args().collect(),
+        corpus: CorpusInfo {
+            spec: cfg.corpus.clone(),
+            source: data.prepared.source.clone(),
+            key: data.prepared.key.clone(),
+            chars: data.prepared.ids.len(),
+            vocab,
+            train_chars: data.train.chars_per_pass(),
+            val_chars: data.val.chars_per_pass(),
+        },
+        params: model.num_params(),
+        steps: c.step,
+        total_steps,
+        epoch: c.epoch as f64 + c.window as f64 / data.windows() as f64,
+        first_loss: prev.and_then(|p| p.first_loss),
+        ln_vocab: (vocab as f64).ln(),
+        last_train_loss: prev.and_then(|p| p.last_train_loss),
+        final_metrics: prev.and_then(|p| p.final_metrics),
+        best_metrics: prev.and_then(|p| p.best_metrics),
+        evals: prev
+            .map(|p| {
+                p.evals
+                    .iter()
+                    .filter(|e| e.step <= c.step)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default(),
+        tokens_per_s: prev.map_or(0.0, |p| p.tokens_per_s),
+        elapsed_secs: c.elapsed_secs,
+        message: None,
+    }
+}
+
+/// A new event file for this invocation: the purge of what a crashed one wrote after its
+/// checkpoint, the graph (once per run), HParams.
+fn open_events(
+    cfg: &RunConfig,
+    opts: &TrainOptions,
+    run: &RunDir,
+    model: &CharRnn,
+    step: u64,
+) -> Result<EventWriter> {
+    let mut events = EventWriter::create(run.path())?;
+    // A resumed run drops what earlier invocations wrote after its checkpoint; one that crashed
+    // before its first checkpoint starts over, so it drops everything from step 1.
+    if opts.resume {
+        events.purge_from(step + 1)?;
+    }
+    if step == 0 {
+        events.graph(&model.graph(cfg.batch_size, cfg.seq_len))?;
+    }
+    let hparams = hparam_values(cfg);
+    if opts.write_experiment {
+        let infos: Vec<_> = hparams
+            .iter()
+            .map(|(k, v)| HParamDecl {
+                name: k.clone(),
+                domain: None,
+                ty: hparam_type(v),
+                differs: false,
+            })
+            .collect();
+        events.hparams_experiment(&infos, METRICS)?;
+    }
+    events.session_start(&hparams, opts.group.as_deref().unwrap_or(""))?;
+    events.flush()?;
+    Ok(events)
+}
+
+/// Everything up to the first step: a fresh run, or the continuation of the run in `run`.
+pub(super) fn start<'a>(
+    cfg: &'a RunConfig,
+    opts: &'a TrainOptions,
+    run: RunDir,
+    data: Data,
+    device: Device,
+) -> Result<Trainer<'a>> {
+    let mut say = |m: &str| log_line(opts.progress, m);
+    if run.record_path().exists() && !opts.resume {
+        return Err(run_error(
+            &run,
+            "already holds a run: pass --resume to continue it, or choose another --out",
+        ));
+    }
+    if opts.resume && run.config_path().exists() {
+        check_resumable(&run.load_config()?, cfg, &run)?;
+    }
+    let model = CharRnn::new(data.dims(cfg), cfg.seed, &device)?;
+    let sizes: Vec<usize> = model.params().iter().map(|(_, v)| v.elem_count()).collect();
+    let mut optimizer = Optimizer::new(Hyper::from_config(cfg), &sizes);
+    let resumed = if opts.resume {
+        resume(cfg, &run, &data, &model, &mut optimizer, &mut say)?
+    } else {
+        fresh(cfg, &model)
+    };
+    run.save_config(cfg)?;
+    run.save_vocab(&data.prepared.vocab)?;
+    let total_steps = data.total_steps(cfg)?;
+    let record = new_record(&data, &model, &resumed, total_steps, cfg);
+    let events = open_events(cfg, opts, &run, &model, resumed.cursor.step)?;
+    say(&format!(
+        "{}: {} params, vocab {}, {} train / {} val chars, {} steps on {}",
+        run.path().display(),
+        model.num_params(),
+        data.prepared.vocab.len(),
+        data.train.chars_per_pass(),
+        data.val.chars_per_pass(),
+        total_steps,
+        record.device
+    ));
+    Trainer::new(
+        cfg,
+        opts,
+        run,
+        (model, optimizer),
+        data,
+        resumed,
+        record,
+        events,
+    )
+}

@@ -1,0 +1,452 @@
+//! The step loop of a run: a training step, the scalars of each logging interval, an
+//! evaluation (with its text sample, early stopping and pruning), checkpoints, and the end of
+//! the run (its status, the HParams session end, the final record).
+
+use super::report::Reporter;
+use super::setup::{Data, Resumed};
+use super::{log_line, RunResult, TrainOptions};
+use crate::checkpoint::{self, Cursor};
+use crate::config::RunConfig;
+use crate::error::Result;
+use crate::model::{Backend, CharRnn, State};
+use crate::optim::{self, Optimizer};
+use crate::rng::Rng;
+use crate::run_dir::{now, Checkpoint, EvalPoint, Metrics, RunDir, RunRecord, RunStatus};
+use crate::sample;
+use crate::summary::{EventWriter, SessionStatus};
+use std::time::Instant;
+
+/// Why the loop stopped before its last step.
+enum Stop {
+    /// The loss became non-finite or absurd.
+    Diverged(String),
+    /// `patience` evaluations without improvement (early stopping): the run is complete.
+    Patience(String),
+    /// The sweep's pruning rule stopped it.
+    Pruned(String),
+    /// A signal or the invocation's step budget: it checkpointed and will resume.
+    Interrupted(String),
+}
+
+impl Stop {
+    fn status(&self) -> RunStatus {
+        match self {
+            Stop::Diverged(_) => RunStatus::Diverged,
+            Stop::Patience(_) => RunStatus::Completed,
+            Stop::Pruned(_) => RunStatus::Pruned,
+            Stop::Interrupted(_) => RunStatus::Interrupted,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Stop::Diverged(m) | Stop::Patience(m) | Stop::Pruned(m) | Stop::Interrupted(m) => m,
+        }
+    }
+}
+
+/// Training losses and accuracies since the last scalar point.
+struct Interval {
+    loss: f64,
+    accuracy: f64,
+    steps: u64,
+    tokens: u64,
+    start: Instant,
+}
+
+impl Interval {
+    fn new() -> Self {
+        Interval {
+            loss: 0.0,
+            accuracy: 0.0,
+            steps: 0,
+            tokens: 0,
+            start: Instant::now(),
+        }
+    }
+}
+
+/// Everything a run holds while it trains.
+pub(super) struct Trainer<'a> {
+    cfg: &'a RunConfig,
+    opts: &'a TrainOptions,
+    run: RunDir,
+    model: CharRnn,
+    backend: Backend,
+    optimizer: Optimizer,
+    data: Data,
+    total_steps: u64,
+    cursor: Cursor,
+    state: State,
+    rng: Rng,
+    events: EventWriter,
+    record: RunRecord,
+    reporter: Reporter,
+    interval: Interval,
+    /// Seconds spent training in this invocation.
+    train_secs: f64,
+    last_record_write: Instant,
+    evals_without_improvement: u32,
+}
+
+impl<'a> Trainer<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: &'a RunConfig,
+        opts: &'a TrainOptions,
+        run: RunDir,
+        (model, optimizer): (CharRnn, Optimizer),
+        data: Data,
+        resumed: Resumed,
+        record: RunRecord,
+        events: EventWriter,
+    ) -> Result<Self> {
+        let total_steps = record.total_steps;
+        let t = Trainer {
+            cfg,
+            opts,
+            run,
+            backend: Backend::for_model(&model),
+            model,
+            optimizer,
+            data,
+            total_steps,
+            reporter: Reporter::new(opts.progress, total_steps, resumed.cursor.step),
+            rng: Rng::from_state(resumed.cursor.rng),
+            cursor: resumed.cursor,
+            state: resumed.state,
+            events,
+            record,
+            interval: Interval::new(),
+            train_secs: 0.0,
+            last_record_write: Instant::now(),
+            // Best-so-far comes from the checkpoint, so patience counts from the resume point.
+            evals_without_improvement: 0,
+        };
+        t.run.write_record(&t.record)?;
+        Ok(t)
+    }
+
+    fn epoch_f(&self) -> f64 {
+        self.cursor.epoch as f64 + self.cursor.window as f64 / self.data.windows() as f64
+    }
+
+    /// One optimizer step. Returns a stop reason when the loss diverged.
+    fn step(&mut self) -> Result<Option<Stop>> {
+        let cfg = self.cfg;
+        let step_start = Instant::now();
+        let win = self.data.train.window(self.cursor.window);
+        let sums = self.backend.train(
+            &self.model,
+            (&win.x, &win.y, win.seq_len),
+            &mut self.state,
+            cfg.dropout,
+            &mut self.rng,
+        )?;
+        let (loss, acc) = (sums.loss / sums.count as f64, sums.hits / sums.count as f64);
+        let next_step = self.cursor.step + 1;
+        // A uniform guess costs ln V; ten times that is no longer training.
+        if !loss.is_finite() || loss > 10.0 * self.record.ln_vocab.max(1.0) {
+            return Ok(Some(Stop::Diverged(format!(
+                "loss became {loss} at step {next_step}"
+            ))));
+        }
+        if self.cursor.step == 0 {
+            self.record.first_loss = Some(loss);
+            self.reporter.line(&format!(
+                "step 1: loss {loss:.4}, ln(vocab) = {:.4} (a fresh model should start near it)",
+                self.record.ln_vocab
+            ));
+        }
+        let (lr, norm) = self.update(next_step)?;
+        self.advance_window();
+        self.cursor.step = next_step;
+        let tokens = (cfg.batch_size * cfg.seq_len) as u64;
+        self.cursor.tokens += tokens;
+        self.interval.tokens += tokens;
+        self.interval.loss += loss;
+        self.interval.accuracy += acc;
+        self.interval.steps += 1;
+        self.train_secs += step_start.elapsed().as_secs_f64();
+        if next_step.is_multiple_of(cfg.log_every) || next_step == self.total_steps {
+            self.log_scalars(lr, norm)?;
+        }
+        Ok(None)
+    }
+
+    /// Clips, writes the histograms when due, and applies the optimizer. Returns (lr, norm).
+    fn update(&mut self, next_step: u64) -> Result<(f64, f64)> {
+        let cfg = self.cfg;
+        let params: Vec<&candle_core::Var> = self.model.params().iter().map(|(_, v)| v).collect();
+        let grads = self.backend.grads();
+        let norm = optim::global_norm(grads);
+        let lr = optim::lr_at(cfg, self.cursor.step, self.epoch_f(), self.total_steps);
+        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
+            (cfg.grad_clip / norm) as f32
+        } else {
+            1.0
+        };
+        if cfg.histogram_every > 0
+            && (next_step.is_multiple_of(cfg.histogram_every) || next_step == 1)
+        {
+            for ((name, var), g) in self.model.params().iter().zip(grads) {
+                let w = var.flatten_all()?.to_vec1::<f32>()?;
+                self.events
+                    .histogram(&format!("weights/{name}"), next_step, &w)?;
+                self.events
+                    .histogram(&format!("gradients/{name}"), next_step, g)?;
+            }
+        }
+        self.optimizer.step(&params, grads, lr, scale)?;
+        Ok((lr, norm))
+    }
+
+    /// Moves to the next window; after the last one of the split, a new epoch from a zero state.
+    fn advance_window(&mut self) {
+        self.cursor.window += 1;
+        if self.cursor.window as u64 >= self.data.windows() {
+            self.cursor.window = 0;
+            self.cursor.epoch += 1;
+            self.state = self.model.zero_state(self.cfg.batch_size);
+        }
+    }
+
+    fn log_scalars(&mut self, lr: f64, norm: f64) -> Result<()> {
+        let step = self.cursor.step;
+        let iv = &self.interval;
+        let tps = iv.tokens as f64 / iv.start.elapsed().as_secs_f64().max(1e-9);
+        let n = iv.steps.max(1) as f64;
+        let (loss, acc) = (iv.loss / n, iv.accuracy / n);
+        self.events.scalar("train/loss", step, loss)?;
+        self.events.scalar("train/accuracy", step, acc)?;
+        self.events
+            .scalar("train/bpc", step, loss / std::f64::consts::LN_2)?;
+        self.events.scalar("lr", step, lr)?;
+        self.events.scalar("grad_norm", step, norm)?;
+        self.events.scalar("throughput/chars_per_s", step, tps)?;
+        self.reporter.step(step, self.total_steps, loss, tps);
+        self.record.last_train_loss = Some(loss);
+        self.record.steps = step;
+        // run.json doubles as the live progress a sweep shows; a few writes a second at most.
+        if self.last_record_write.elapsed().as_secs_f64() >= 2.0 {
+            self.run.write_record(&self.record)?;
+            self.last_record_write = Instant::now();
+        }
+        self.interval = Interval::new();
+        Ok(())
+    }
+
+    /// Evaluates, writes the scalars and the sample, checkpoints. Returns a stop reason for
+    /// early stopping or pruning.
+    fn evaluate(&mut self) -> Result<Option<Stop>> {
+        let step = self.cursor.step;
+        let (val_loss, val_acc) = evaluate(&self.model, &mut self.backend, &self.data.val)?;
+        let metrics = Metrics {
+            step,
+            val_loss,
+            val_accuracy: val_acc,
+            val_bpc: val_loss / std::f64::consts::LN_2,
+            train_loss: self.record.last_train_loss.unwrap_or(f64::NAN),
+        };
+        self.events.scalar("val/loss", step, val_loss)?;
+        self.events.scalar("val/accuracy", step, val_acc)?;
+        self.events.scalar("val/bpc", step, metrics.val_bpc)?;
+        let text = self.eval_sample(step)?;
+        self.events.text("samples/generated", step, &text)?;
+        self.reporter.line(&format!(
+            "step {step}: val loss {val_loss:.4}, bpc {:.3}, accuracy {val_acc:.3}",
+            metrics.val_bpc
+        ));
+        let improved = self.cursor.best_val_loss.is_none_or(|b| val_loss < b);
+        if improved {
+            self.cursor.best_val_loss = Some(val_loss);
+            self.cursor.best_step = Some(step);
+            self.record.best_metrics = Some(metrics);
+            self.evals_without_improvement = 0;
+        } else {
+            self.evals_without_improvement += 1;
+        }
+        self.record.final_metrics = Some(metrics);
+        self.record.evals.retain(|e| e.step < step);
+        self.record.evals.push(EvalPoint { step, val_loss });
+        self.checkpoint(improved)?;
+        Ok(self.stop_after_eval(step, val_loss))
+    }
+
+    fn stop_after_eval(&self, step: u64, val_loss: f64) -> Option<Stop> {
+        if let Some(p) = self.cfg.patience {
+            if self.evals_without_improvement >= p {
+                return Some(Stop::Patience(format!(
+                    "early stop: no val/loss improvement in {p} evaluations"
+                )));
+            }
+        }
+        let prune = self.opts.prune.as_ref()?;
+        (step < self.total_steps && prune(step, val_loss))
+            .then(|| Stop::Pruned(format!("pruned at step {step} (val/loss {val_loss:.4})")))
+    }
+
+    /// The text sample written at an evaluation: primed with the first char of the validation
+    /// split, seeded by the step so a resumed run writes the same sample.
+    fn eval_sample(&mut self, step: u64) -> Result<String> {
+        let cfg = self.cfg;
+        let prime = vec![self.data.val.window(0).x[0]];
+        let mut rng = Rng::new(cfg.seed ^ step, 3);
+        let how = sample::Sampling {
+            temperature: cfg.sample_temperature,
+            top_k: None,
+            argmax: false,
+        };
+        let ids = sample::generate(
+            &self.model,
+            &mut self.backend,
+            &prime,
+            cfg.sample_length,
+            &how,
+            &mut rng,
+        )?;
+        // Indented lines are a markdown code block: TensorBoard keeps the line breaks.
+        Ok(self
+            .data
+            .prepared
+            .vocab
+            .decode(&ids)
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// Writes `last` (and `best`) with the current cursor, and the run record.
+    fn checkpoint(&mut self, best: bool) -> Result<()> {
+        self.cursor.rng = self.rng.state();
+        self.cursor.elapsed_secs = self.record.elapsed_secs + self.train_secs;
+        // The events up to this step reach the disk before the checkpoint that a resume
+        // would start from, so a resume never loses points it will not rewrite.
+        self.events.sync()?;
+        let mut tensors = self.model.tensors();
+        tensors.extend(self.optimizer.tensors()?);
+        tensors.extend(self.state.to_tensors()?);
+        checkpoint::save_last(&self.run, &tensors, &self.cursor)?;
+        if best {
+            let path = self.run.checkpoint(Checkpoint::Best);
+            checkpoint::save(&path, &tensors, &self.cursor)?;
+        }
+        self.record.steps = self.cursor.step;
+        self.record.epoch = self.epoch_f();
+        self.record.tokens_per_s = self.cursor.tokens as f64 / self.cursor.elapsed_secs.max(1e-9);
+        let mut snapshot = self.record.clone();
+        snapshot.elapsed_secs = self.cursor.elapsed_secs;
+        self.run.write_record(&snapshot)
+    }
+
+    /// A signal or the invocation's step budget, as a stop reason.
+    fn interruption(&self, started_step: u64) -> Option<Stop> {
+        let signal = crate::signals::requested();
+        let budget_done = self
+            .opts
+            .stop_after
+            .is_some_and(|n| self.cursor.step - started_step >= n);
+        if signal.is_none() && !budget_done {
+            return None;
+        }
+        Some(Stop::Interrupted(
+            signal.map_or("step budget reached".to_string(), |s| {
+                format!("stopped by {}", crate::signals::name(s))
+            }),
+        ))
+    }
+
+    /// Steps until the run ends or stops; returns the status to record.
+    pub fn run(&mut self) -> Result<RunStatus> {
+        let started_step = self.cursor.step;
+        while self.cursor.step < self.total_steps {
+            if let Some(stop) = self.interruption(started_step) {
+                self.reporter.line(&format!(
+                    "{}: checkpointing at step {}",
+                    stop.message(),
+                    self.cursor.step
+                ));
+                self.checkpoint(false)?;
+                self.record.message = Some(stop.message().to_string());
+                return Ok(RunStatus::Interrupted);
+            }
+            let stop = match self.step()? {
+                Some(stop) => Some(stop),
+                None if self.cursor.step.is_multiple_of(self.cfg.eval_every)
+                    || self.cursor.step == self.total_steps =>
+                {
+                    self.evaluate()?
+                }
+                None => None,
+            };
+            if let Some(stop) = stop {
+                self.reporter.line(stop.message());
+                self.record.message = Some(stop.message().to_string());
+                return Ok(stop.status());
+            }
+        }
+        Ok(RunStatus::Completed)
+    }
+
+    /// Records how the run ended: the record, the HParams session end, a summary line.
+    pub fn finish(mut self, status: RunStatus) -> Result<RunResult> {
+        self.reporter.finish();
+        self.record.elapsed_secs += self.train_secs;
+        self.record.status = status;
+        self.record.ended = Some(now());
+        if status != RunStatus::Interrupted {
+            self.record.steps = self.cursor.step;
+        }
+        // TensorBoard keeps the first `session_end_info` it reads for a run, so a run that will be
+        // resumed writes none: its end is written once, by the invocation that ends it.
+        match status {
+            RunStatus::Completed | RunStatus::Pruned => {
+                self.events.session_end(SessionStatus::Success)?
+            }
+            RunStatus::Diverged | RunStatus::Failed => {
+                self.events.session_end(SessionStatus::Failure)?
+            }
+            RunStatus::Interrupted | RunStatus::Running => {}
+        }
+        self.events.sync()?;
+        self.run.write_record(&self.record)?;
+        if let Some(m) = self.record.final_metrics {
+            let best = self.record.best_metrics.unwrap_or(m);
+            log_line(
+                self.opts.progress,
+                &format!(
+                    "{status}: {} steps, val loss {:.4} (best {:.4} at step {}), {:.0} chars/s",
+                    self.record.steps,
+                    m.val_loss,
+                    best.val_loss,
+                    best.step,
+                    self.record.tokens_per_s
+                ),
+            );
+        }
+        Ok(RunResult {
+            status,
+            record: self.record,
+            out: self.run.path().to_path_buf(),
+        })
+    }
+}
+
+/// Loss and accuracy on a whole split, from a zero state.
+pub fn evaluate(
+    model: &CharRnn,
+    backend: &mut Backend,
+    split: &crate::batch::Split,
+) -> Result<(f64, f64)> {
+    let mut state = model.zero_state(split.streams());
+    let (mut loss, mut hits, mut n) = (0f64, 0f64, 0usize);
+    for w in 0..split.windows() {
+        let win = split.window(w);
+        let sums = backend.eval(model, (&win.x, &win.y, win.seq_len), &mut state)?;
+        loss += sums.loss;
+        hits += sums.hits;
+        n += sums.count;
+    }
+    Ok((loss / n.max(1) as f64, hits / n.max(1) as f64))
+}

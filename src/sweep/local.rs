@@ -25,6 +25,9 @@ pub struct LocalOptions {
     pub progress: Progress,
     pub worker_exe: Option<PathBuf>,
     pub data_dir: PathBuf,
+    /// Each trial's relative cost (by index): the costliest start first, so the sweep does not
+    /// end with one long trial running alone. Empty: index order.
+    pub costs: Vec<f64>,
 }
 
 struct Running {
@@ -200,12 +203,16 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Opti
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores / slots.len()).max(1);
 
-    let mut queue: VecDeque<usize> = manifest
+    let mut pending: Vec<usize> = manifest
         .trials
         .iter()
         .filter(|e| !ledger::finished(&RunDir::new(root.join(&e.dir))))
         .map(|e| e.index)
         .collect();
+    let cost = |i: &usize| opts.costs.get(*i).copied().unwrap_or(0.0);
+    // Longest first (stable: equal costs keep index order).
+    pending.sort_by(|a, b| cost(b).total_cmp(&cost(a)));
+    let mut queue: VecDeque<usize> = pending.into();
     let mut attempts = vec![0u32; manifest.trials.len()];
     let mut running: Vec<Running> = Vec::new();
     let mut free: Vec<usize> = (0..slots.len()).rev().collect();

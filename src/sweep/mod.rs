@@ -193,33 +193,69 @@ fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest) -> Result<()> {
     events.sync()
 }
 
-/// Prepares every distinct corpus of the plan once, in the parent: a missing or bad corpus is
-/// reported before any trial starts, and the workers then read the cache.
-fn prepare_corpora(plan: &Plan, data_dir: &Path, progress: Progress) -> Result<()> {
-    let mut seen: Vec<(String, String)> = Vec::new();
-    for t in &plan.trials {
-        let key = (
-            t.config.corpus.clone(),
-            serde_json::to_string(&t.config.clean).unwrap_or_default(),
-        );
-        if seen.contains(&key) {
+/// Checks, in the parent and before any trial starts, what would otherwise fail inside a
+/// worker: every corpus is prepared (once each; the workers then read the cache) and long
+/// enough for its trial's batches, and no trial needs more memory than the machine has.
+/// Returns each trial's relative cost, by manifest index.
+fn check_trials(
+    plan: &Plan,
+    manifest: &Manifest,
+    data_dir: &Path,
+    progress: Progress,
+) -> Result<Vec<f64>> {
+    let mut prepared: Vec<((String, String), crate::corpus::Prepared)> = Vec::new();
+    let mut costs = vec![0.0; manifest.trials.len()];
+    let mut say = |m: &str| crate::train::log_line(progress, m);
+    for e in &manifest.trials {
+        let Some(t) = plan.trials.iter().find(|t| t.hash == e.hash) else {
             continue;
-        }
-        let mut say = |m: &str| {
-            if progress != Progress::Quiet {
-                eprintln!("{m}");
+        };
+        let c = &t.config;
+        let key = (
+            c.corpus.clone(),
+            serde_json::to_string(&c.clean).unwrap_or_default(),
+        );
+        let at = match prepared.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let p = crate::corpus::prepare(&c.corpus, &c.clean, data_dir, &mut say)?;
+                prepared.push((key, p));
+                prepared.len() - 1
             }
         };
-        let p = crate::corpus::prepare(&t.config.corpus, &t.config.clean, data_dir, &mut say)?;
-        crate::batch::split(
-            &p.ids,
-            t.config.val_fraction,
-            t.config.batch_size,
-            t.config.seq_len,
-        )?;
-        seen.push(key);
+        let p = &prepared[at].1;
+        let (train, val) = crate::batch::split(&p.ids, c.val_fraction, c.batch_size, c.seq_len)?;
+        let dims = crate::model::Dims {
+            vocab: p.vocab.len(),
+            embed_dim: c.embed_dim,
+            hidden: c.hidden,
+            layers: c.layers,
+        };
+        if plan.experiment.devices.is_empty()
+            && c.device != "cuda"
+            && !c.device.starts_with("cuda:")
+        {
+            crate::model::memory::check(dims, c, val.streams())
+                .map_err(|err| crate::Error::Resources(format!("trial {}: {err}", e.dir)))?;
+        }
+        costs[e.index] = trial_cost(c, dims, train.windows());
     }
-    Ok(())
+    Ok(costs)
+}
+
+/// A trial's relative cost: steps × chars per step × multiply-adds per char. The local launcher
+/// starts the costliest first, so that a long trial does not start last and run alone.
+fn trial_cost(c: &crate::config::RunConfig, d: crate::model::Dims, windows: usize) -> f64 {
+    let (e, h, v) = (d.embed_dim as f64, d.hidden as f64, d.vocab as f64);
+    let per_char = 4.0 * h * (e + h) + (d.layers as f64 - 1.0) * 8.0 * h * h + h * v;
+    let by_epochs = c.epochs.map(|ep| ep * windows as f64);
+    let steps = match (c.max_steps, by_epochs) {
+        (Some(s), Some(b)) => (s as f64).min(b),
+        (Some(s), None) => s as f64,
+        (None, Some(b)) => b,
+        (None, None) => 0.0,
+    };
+    steps * (c.batch_size * c.seq_len) as f64 * per_char
 }
 
 /// `charlab sweep`: plans, lays out and runs a sweep on this machine.
@@ -231,7 +267,7 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     let _lock = ledger::Lock::acquire(&root)?;
     crate::atomic::remove_stale_temps(&root);
     let manifest = ledger::reconcile(&root, &plan, opts.extend)?;
-    prepare_corpora(&plan, &opts.data_dir, opts.progress)?;
+    let costs = check_trials(&plan, &manifest, &opts.data_dir, opts.progress)?;
     lay_out(&root, &plan, &manifest)?;
     let exp = &plan.experiment;
     let retries = opts.retries.unwrap_or(exp.retries);
@@ -263,6 +299,7 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
             progress: opts.progress,
             worker_exe: opts.worker_exe.clone(),
             data_dir: opts.data_dir.clone(),
+            costs,
         };
         local::run(&root, &manifest, &local)?
     };

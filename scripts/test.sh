@@ -14,4 +14,5 @@ if ! "$venv/bin/python" -c "import tensorboard" >/dev/null 2>&1; then
 fi
 export CHARLAB_TB_PYTHON="$PWD/$venv/bin/python"
 
-cargo test --locked "$@"
+# The release profile, as the README's main job builds: one build of the dependencies serves both.
+cargo test --release --locked "$@"

@@ -51,7 +51,7 @@ pub fn save(path: &Path, tensors: &HashMap<String, Tensor>, cursor: &Cursor) -> 
     // Serialize once to learn the data region, then again with its checksum in the header.
     let mut info = HashMap::from([(META_KEY.to_string(), meta)]);
     let first = safetensors::serialize(&cpu, Some(info.clone())).map_err(bad)?;
-    let sum = crate::corpus::sha256_hex(data_region(&first).unwrap_or_default());
+    let sum = crate::digest::sha256_hex(data_region(&first).unwrap_or_default());
     info.insert(SUM_KEY.into(), sum);
     let bytes = safetensors::serialize(&cpu, Some(info)).map_err(bad)?;
     crate::atomic::write(path, &bytes)
@@ -115,7 +115,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
         .and_then(|m| serde_json::from_str(m).ok())
         .ok_or_else(|| bad("checkpoint has no charlab metadata".into()))?;
     let expected = info.get(SUM_KEY).cloned().unwrap_or_default();
-    let got = crate::corpus::sha256_hex(data_region(&bytes).unwrap_or_default());
+    let got = crate::digest::sha256_hex(data_region(&bytes).unwrap_or_default());
     if got != expected {
         return Err(bad("checkpoint is damaged (checksum mismatch)".into()));
     }

@@ -96,10 +96,8 @@ fn find_runs(root: &Path) -> Found {
         .into_iter()
         .filter_map(|e| e.ok())
     {
-        let Some(dir) = entry.path().parent() else {
-            continue;
-        };
-        if entry.file_name() != "run.json" {
+        let dir = entry.path();
+        if !entry.file_type().is_dir() || !RunDir::is_run(dir) {
             continue;
         }
         let run = RunDir::new(dir);
@@ -129,72 +127,66 @@ fn run_name(dir: &Path, root: &Path) -> String {
         .replace(std::path::MAIN_SEPARATOR, "/")
 }
 
-/// Collects the rows and seed groups under `root`, and the runs skipped as unreadable.
-pub fn collect(root: &Path) -> Result<(Vec<Row>, Vec<Group>, Vec<String>)> {
-    if !root.is_dir() {
-        return Err(Error::Run {
-            path: root.to_path_buf(),
-            message: "not a directory of runs".into(),
-        });
+/// The swept keys: the manifest's for a sweep, else the keys whose values differ across the
+/// runs.
+fn swept_keys(root: &Path, found: &[(PathBuf, RunRecord, Option<RunConfig>)]) -> Vec<String> {
+    if let Ok(m) = Manifest::load(root) {
+        return m.swept;
     }
-    let (found, skipped) = find_runs(root);
-    let swept: Vec<String> = match Manifest::load(root) {
-        Ok(m) => m.swept,
-        Err(_) => {
-            // Keys whose values differ across the runs.
-            let all: Vec<Vec<(String, String)>> = found
-                .iter()
-                .filter_map(|(_, _, c)| c.as_ref().map(flat_values))
-                .collect();
-            let mut keys: Vec<String> = Vec::new();
-            if let Some(first) = all.first() {
-                for (k, v) in first {
-                    if all
-                        .iter()
-                        .any(|o| o.iter().find(|(n, _)| n == k).map(|x| &x.1) != Some(v))
-                    {
-                        keys.push(k.clone());
-                    }
-                }
-            }
-            keys
-        }
-    };
-    let rows: Vec<Row> = found
+    let all: Vec<Vec<(String, String)>> = found
         .iter()
-        .map(|(dir, rec, cfg)| {
-            let values = cfg.as_ref().map(flat_values).unwrap_or_default();
-            let hparams = swept
+        .filter_map(|(_, _, c)| c.as_ref().map(flat_values))
+        .collect();
+    let Some(first) = all.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .filter(|(k, v)| {
+            all.iter()
+                .any(|o| o.iter().find(|(n, _)| n == k).map(|x| &x.1) != Some(v))
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn row(
+    root: &Path,
+    swept: &[String],
+    (dir, rec, cfg): &(PathBuf, RunRecord, Option<RunConfig>),
+) -> Row {
+    let values = cfg.as_ref().map(flat_values).unwrap_or_default();
+    let hparams = swept
+        .iter()
+        .map(|k| {
+            let v = values
                 .iter()
-                .map(|k| {
-                    let v = values
-                        .iter()
-                        .find(|(n, _)| n == k)
-                        .map_or("-".into(), |x| x.1.clone());
-                    (k.clone(), v)
-                })
-                .collect();
-            let group = cfg.as_ref().map_or_else(String::new, plan::group_hash);
-            Row {
-                run: run_name(dir, root),
-                hparams,
-                status: rec.status.to_string(),
-                steps: rec.steps,
-                total_steps: rec.total_steps,
-                best_val_loss: rec.best_metrics.map(|m| m.val_loss),
-                best_val_bpc: rec.best_metrics.map(|m| m.val_bpc),
-                best_val_accuracy: rec.best_metrics.map(|m| m.val_accuracy),
-                final_val_loss: rec.final_metrics.map(|m| m.val_loss),
-                train_loss: rec.last_train_loss,
-                time_secs: rec.elapsed_secs,
-                tokens_per_s: rec.tokens_per_s,
-                group,
-            }
+                .find(|(n, _)| n == k)
+                .map_or("-".into(), |x| x.1.clone());
+            (k.clone(), v)
         })
         .collect();
+    Row {
+        run: run_name(dir, root),
+        hparams,
+        status: rec.status.to_string(),
+        steps: rec.steps,
+        total_steps: rec.total_steps,
+        best_val_loss: rec.best_metrics.map(|m| m.val_loss),
+        best_val_bpc: rec.best_metrics.map(|m| m.val_bpc),
+        best_val_accuracy: rec.best_metrics.map(|m| m.val_accuracy),
+        final_val_loss: rec.final_metrics.map(|m| m.val_loss),
+        train_loss: rec.last_train_loss,
+        time_secs: rec.elapsed_secs,
+        tokens_per_s: rec.tokens_per_s,
+        group: cfg.as_ref().map_or_else(String::new, plan::group_hash),
+    }
+}
 
+/// Runs that differ only in their seed, summarised (two or more runs each).
+fn seed_groups(rows: &[Row]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    for r in &rows {
+    for r in rows {
         if r.group.is_empty() || groups.iter().any(|g| g.group == r.group) {
             continue;
         }
@@ -219,6 +211,21 @@ pub fn collect(root: &Path) -> Result<(Vec<Row>, Vec<Group>, Vec<String>)> {
             best_val_accuracy: mean_std(&pick(|m| m.best_val_accuracy)),
         });
     }
+    groups
+}
+
+/// Collects the rows and seed groups under `root`, and the runs skipped as unreadable.
+pub fn collect(root: &Path) -> Result<(Vec<Row>, Vec<Group>, Vec<String>)> {
+    if !root.is_dir() {
+        return Err(Error::Run {
+            path: root.to_path_buf(),
+            message: "not a directory of runs".into(),
+        });
+    }
+    let (found, skipped) = find_runs(root);
+    let swept = swept_keys(root, &found);
+    let rows: Vec<Row> = found.iter().map(|f| row(root, &swept, f)).collect();
+    let groups = seed_groups(&rows);
     Ok((rows, groups, skipped))
 }
 

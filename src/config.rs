@@ -205,18 +205,36 @@ impl RunConfig {
 
     /// Checks every range before any work starts.
     pub fn validate(&self) -> Result<()> {
-        fn positive(key: &str, v: usize) -> Result<()> {
-            if v == 0 {
-                return Err(Error::invalid(key, "must be at least 1"));
+        self.validate_shapes()?;
+        self.validate_optimizer()?;
+        self.validate_run()?;
+        crate::device::parse(&self.device)?;
+        for pair in &self.clean.brackets {
+            if pair[0].is_empty() || pair[1].is_empty() {
+                return Err(Error::invalid(
+                    "clean.brackets",
+                    "delimiters must not be empty",
+                ));
             }
-            Ok(())
         }
-        positive("batch_size", self.batch_size)?;
-        positive("seq_len", self.seq_len)?;
-        positive("embed_dim", self.embed_dim)?;
-        positive("hidden", self.hidden)?;
-        positive("layers", self.layers)?;
-        positive("sample_length", self.sample_length)?;
+        if self.clean.max_chars == Some(0) {
+            return Err(Error::invalid("clean.max_chars", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The data and model sizes.
+    fn validate_shapes(&self) -> Result<()> {
+        for (key, v) in [
+            ("batch_size", self.batch_size),
+            ("seq_len", self.seq_len),
+            ("embed_dim", self.embed_dim),
+            ("hidden", self.hidden),
+            ("layers", self.layers),
+            ("sample_length", self.sample_length),
+        ] {
+            positive(key, v)?;
+        }
         if self.corpus.trim().is_empty() {
             return Err(Error::invalid("corpus", "must name a corpus or a file"));
         }
@@ -226,6 +244,11 @@ impl RunConfig {
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return Err(Error::invalid("val_fraction", "must be in (0, 1)"));
         }
+        Ok(())
+    }
+
+    /// The optimizer and the learning-rate schedule.
+    fn validate_optimizer(&self) -> Result<()> {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(Error::invalid("lr", "must be > 0"));
         }
@@ -253,6 +276,11 @@ impl RunConfig {
                 return Err(Error::invalid(key, "must be a finite number >= 0"));
             }
         }
+        Ok(())
+    }
+
+    /// How long the run goes and how it is observed.
+    fn validate_run(&self) -> Result<()> {
         if !(self.sample_temperature > 0.0 && self.sample_temperature.is_finite()) {
             return Err(Error::invalid("sample_temperature", "must be > 0"));
         }
@@ -278,20 +306,15 @@ impl RunConfig {
         if self.threads == Some(0) {
             return Err(Error::invalid("threads", "must be at least 1"));
         }
-        crate::device::parse(&self.device)?;
-        for pair in &self.clean.brackets {
-            if pair[0].is_empty() || pair[1].is_empty() {
-                return Err(Error::invalid(
-                    "clean.brackets",
-                    "delimiters must not be empty",
-                ));
-            }
-        }
-        if self.clean.max_chars == Some(0) {
-            return Err(Error::invalid("clean.max_chars", "must be at least 1"));
-        }
         Ok(())
     }
+}
+
+fn positive(key: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        return Err(Error::invalid(key, "must be at least 1"));
+    }
+    Ok(())
 }
 
 /// A TOML error as one line: `line L, column C: what` (toml's own message spans several lines).

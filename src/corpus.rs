@@ -5,10 +5,10 @@
 //! a hundred trials cleans the corpus once.
 
 use crate::config::{CleanConfig, Spaces};
+use crate::digest::sha256_hex;
 use crate::error::{Error, IoContext, Result};
 use crate::vocab::Vocab;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,14 +65,6 @@ pub fn resolve(spec: &str, data_dir: &Path, log: &mut dyn FnMut(&str)) -> Result
         "{spec}: no such file, and not a named corpus ({})",
         names.join(", ")
     )))
-}
-
-/// Lower-case hex sha256 of `bytes` (corpus, checkpoint and trial hashes).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn fetch(named: &NamedCorpus, data_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
@@ -291,6 +283,30 @@ fn remove_spans(line: &str, open: &str, close: &str) -> String {
     out
 }
 
+/// Keeps the first `max` chars of `out`; the step's report when it removed any.
+fn truncate_chars(out: &mut String, max: usize) -> Option<StepReport> {
+    let (cut, _) = out.char_indices().nth(max)?;
+    let chars_removed = out[cut..].chars().count();
+    let lines_removed = out[cut..].matches('\n').count();
+    out.truncate(cut);
+    Some(StepReport {
+        step: "max_chars".into(),
+        lines_removed,
+        chars_removed,
+    })
+}
+
+/// `……` at the end of a line becomes `。`.
+fn ellipsis_to_period(lines: &mut [String]) {
+    for l in lines.iter_mut() {
+        let trimmed = l.trim_end();
+        if trimmed.ends_with("……") {
+            let body = trimmed.trim_end_matches('…');
+            *l = format!("{body}。");
+        }
+    }
+}
+
 /// Cleans text step by step; see [`CleanConfig`] for the steps and their order.
 pub fn clean(text: &str, cfg: &CleanConfig) -> Result<(String, CleanReport)> {
     let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
@@ -348,13 +364,7 @@ pub fn clean(text: &str, cfg: &CleanConfig) -> Result<(String, CleanReport)> {
     }
     if cfg.ellipsis_to_period {
         step("ellipsis_to_period", &mut lines, &mut |ls| {
-            for l in ls.iter_mut() {
-                let trimmed = l.trim_end();
-                if trimmed.ends_with("……") {
-                    let body = trimmed.trim_end_matches('…');
-                    *l = format!("{body}。");
-                }
-            }
+            ellipsis_to_period(ls)
         });
     }
     if cfg.drop_blank_lines {
@@ -368,16 +378,7 @@ pub fn clean(text: &str, cfg: &CleanConfig) -> Result<(String, CleanReport)> {
         out.push('\n');
     }
     if let Some(max) = cfg.max_chars {
-        if let Some((cut, _)) = out.char_indices().nth(max) {
-            let removed = out[cut..].chars().count();
-            let lines_removed = out[cut..].matches('\n').count();
-            out.truncate(cut);
-            steps.push(StepReport {
-                step: "max_chars".into(),
-                lines_removed,
-                chars_removed: removed,
-            });
-        }
+        steps.extend(truncate_chars(&mut out, max));
     }
     let report = CleanReport {
         raw_chars,
@@ -413,13 +414,9 @@ pub fn prepare(
 ) -> Result<Prepared> {
     let source = resolve(spec, data_dir, log)?;
     let raw = std::fs::read(&source).at(&source)?;
-    let mut h = Sha256::new();
-    h.update(&raw);
-    h.update(serde_json::to_vec(cfg).unwrap_or_default());
-    let key: String = h.finalize()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let key = crate::digest::sha256_hex_of(&[&raw, &serde_json::to_vec(cfg).unwrap_or_default()])
+        [..24]
+        .to_string();
     let dir = data_dir.join("prepared").join(&key);
     if let Some(p) = load_cached(&dir, &source, &key) {
         return Ok(p);

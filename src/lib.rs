@@ -14,6 +14,7 @@ pub mod compare;
 pub mod config;
 pub mod corpus;
 pub mod device;
+pub mod digest;
 pub mod error;
 pub mod model;
 pub mod optim;

@@ -2,6 +2,8 @@
 //! gradient, the carried state, dropout, sampling logits) at every instruction set this CPU has
 //! and with several thread groups, and the config schema.
 
+mod common;
+
 use candle_core::Device;
 use charlab::config::RunConfig;
 use charlab::model::cpu::CpuModel;
@@ -202,9 +204,10 @@ fn config_round_trips_through_toml() {
 
 #[test]
 fn check_device_command_proves_the_cpu_path_equals_step_by_step_and_refuses_missing_cuda() {
-    let bin = env!("CARGO_BIN_EXE_charlab");
-    let out = std::process::Command::new(bin)
-        .args([
+    let here = Path::new(".");
+    let out = common::charlab(
+        here,
+        &[
             "check-device",
             "--dims",
             "41,8,12,3",
@@ -212,9 +215,8 @@ fn check_device_command_proves_the_cpu_path_equals_step_by_step_and_refuses_miss
             "5",
             "--seq",
             "7",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.trim_end().ends_with("equivalent"), "{text}");
@@ -225,17 +227,11 @@ fn check_device_command_proves_the_cpu_path_equals_step_by_step_and_refuses_miss
         1 + 1 + 3 * 3 + 2 + 1
     );
 
-    let out = std::process::Command::new(bin)
-        .args(["check-device", "--dims", "41,8"])
-        .output()
-        .unwrap();
+    let out = common::charlab(here, &["check-device", "--dims", "41,8"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dims"));
     if !cfg!(feature = "cuda") {
-        let out = std::process::Command::new(bin)
-            .args(["check-device", "--device", "cuda"])
-            .output()
-            .unwrap();
+        let out = common::charlab(here, &["check-device", "--device", "cuda"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains("built without CUDA"), "{err}");

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -29,15 +29,6 @@ fn json(path: &Path) -> serde_json::Value {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
-}
-
-/// Waits until `f` holds (polling), or panics after `secs`.
-fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -65,25 +56,24 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
         ),
     )
     .unwrap();
-    let bin = env!("CARGO_BIN_EXE_charlab");
     let log = d.join("watch.log");
     let t0 = Instant::now();
-    let mut watcher = Command::new(bin)
-        .args([
+    let mut watcher = common::charlab_cmd(
+        d,
+        &[
             "sweep",
             "big.toml",
             "--launcher",
             "slurm",
             "--array-parallelism",
             "2",
-        ])
-        .args(["--retries", "2", "--plain"])
-        .current_dir(d)
-        .env("CHARLAB_DATA", d.join("data"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        ],
+    )
+    .args(["--retries", "2", "--plain"])
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
     let root = d.join("runs/big");
     let manifest_dirs = || -> Vec<PathBuf> {
         json(&root.join("manifest.json"))["trials"]
@@ -111,7 +101,7 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
     // Cancel the first trial well under way (a node failure, an admin, a user's scancel): the
     // watcher resubmits it and it resumes from its checkpoint.
     let mut victim = None;
-    wait_until(120, "a running trial to cancel", || {
+    common::wait_until(120, "a running trial to cancel", || {
         victim = manifest_dirs()
             .iter()
             .position(|p| status_of(p) == "running" && steps_of(p) >= 250);
@@ -124,7 +114,7 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    wait_until(60, "the cancelled trial to checkpoint", || {
+    common::wait_until(60, "the cancelled trial to checkpoint", || {
         status_of(&victim_dir) == "interrupted"
     });
     let at = steps_of(&victim_dir);
@@ -142,7 +132,7 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
             })
             .map(|s| s[0].as_str().unwrap().to_string())
     };
-    wait_until(60, "the cancelled trial to run again", || {
+    common::wait_until(60, "the cancelled trial to run again", || {
         resubmitted().is_some() && status_of(&victim_dir) == "running" && steps_of(&victim_dir) > at
     });
     let job2 = resubmitted().unwrap();
@@ -157,10 +147,10 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(60, "the warned trial to checkpoint", || {
+    common::wait_until(60, "the warned trial to checkpoint", || {
         status_of(&victim_dir) == "interrupted"
     });
-    wait_until(300, "the sweep to finish", || {
+    common::wait_until(300, "the sweep to finish", || {
         watcher.try_wait().unwrap().is_some()
     });
     let _ = signal.kill();
@@ -201,11 +191,7 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
         let want: Vec<u64> = (1..=steps / 5).map(|k| 5 * k).collect();
         assert_eq!(got, want, "{}: each step once", p.display());
     }
-    let c = Command::new(bin)
-        .args(["compare", "runs/big", "--format", "csv"])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let c = common::charlab(d, &["compare", "runs/big", "--format", "csv"]);
     let csv = String::from_utf8_lossy(&c.stdout);
     let done = format!(",completed,{steps}/{steps},");
     assert_eq!(
@@ -213,11 +199,7 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
         4,
         "{csv}"
     );
-    let st = Command::new(bin)
-        .args(["sweep", "big.toml", "--launcher", "slurm", "--status"])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let st = common::charlab(d, &["sweep", "big.toml", "--launcher", "slurm", "--status"]);
     let table = String::from_utf8_lossy(&st.stdout);
     assert_eq!(
         table.lines().filter(|l| l.contains(" completed ")).count(),

@@ -3,16 +3,8 @@
 mod common;
 
 use charlab::train::{train, RunStatus, TrainOptions};
+use common::charlab;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn charlab(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_charlab"))
-        .args(args)
-        .env("CHARLAB_DATA", data)
-        .output()
-        .expect("run charlab")
-}
 
 fn write_config(dir: &Path, corpus: &Path, extra: &str) -> std::path::PathBuf {
     let p = dir.join("run.toml");
@@ -35,9 +27,8 @@ fn tensorboard_reads_every_kind_of_summary_of_a_run() {
     let corpus = common::write_corpus(dir.path());
     let config = write_config(dir.path(), &corpus, "dropout = 0.1");
     let out = dir.path().join("runs/demo/a");
-    let data = dir.path().join("data");
     let o = charlab(
-        &data,
+        dir.path(),
         &[
             "train",
             "--config",
@@ -142,7 +133,7 @@ fn tensorboard_reads_every_kind_of_summary_of_a_run() {
 
     // The run samples from the command line too.
     let s = charlab(
-        &data,
+        dir.path(),
         &[
             "sample",
             "--run",
@@ -206,7 +197,6 @@ fn tensorboard_shows_each_step_once_after_a_resume() {
 #[test]
 fn bad_input_gets_a_one_line_error_and_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let corpus = common::write_corpus(dir.path());
     let cases: Vec<(String, Vec<&str>)> = vec![
         ("lr = 0.0".into(), vec!["lr"]),
@@ -225,7 +215,7 @@ fn bad_input_gets_a_one_line_error_and_exit_code_2() {
         }
         let out = dir.path().join("bad-run");
         let o = charlab(
-            &data,
+            dir.path(),
             &[
                 "train",
                 "--config",
@@ -248,7 +238,10 @@ fn bad_input_gets_a_one_line_error_and_exit_code_2() {
             assert!(err.contains("run.toml"), "names the file: {err}");
         }
     }
-    let missing = charlab(&data, &["train", "--config", "nope.toml", "--out", "x"]);
+    let missing = charlab(
+        dir.path(),
+        &["train", "--config", "nope.toml", "--out", "x"],
+    );
     assert_ne!(missing.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.toml"));
 }

@@ -267,45 +267,8 @@ impl CharRnn {
         let mut prev = "Embedding/lookup".to_string();
         for k in 0..self.dims.layers {
             let in_dim = if k == 0 { e } else { h };
-            let s = format!("LSTM/layer_{k}");
-            nodes.push(GraphNode::new(
-                &format!("{s}/w_ih"),
-                "VariableV2",
-                &[],
-                &[4 * h, in_dim],
-            ));
-            nodes.push(GraphNode::new(
-                &format!("{s}/w_hh"),
-                "VariableV2",
-                &[],
-                &[4 * h, h],
-            ));
-            nodes.push(GraphNode::new(
-                &format!("{s}/bias"),
-                "VariableV2",
-                &[],
-                &[4 * h],
-            ));
-            nodes.push(GraphNode::new(
-                &format!("{s}/input_projection"),
-                "MatMul",
-                &[&prev, &format!("{s}/w_ih"), &format!("{s}/bias")],
-                &[b, t, 4 * h],
-            ));
-            nodes.push(GraphNode::new(
-                &format!("{s}/cell"),
-                "LSTMBlock",
-                &[&format!("{s}/input_projection"), &format!("{s}/w_hh")],
-                &[b, t, h],
-            ));
-            let drop = format!("Dropout/layer_{k}");
-            nodes.push(GraphNode::new(
-                &drop,
-                "Dropout",
-                &[&format!("{s}/cell")],
-                &[b, t, h],
-            ));
-            prev = drop;
+            nodes.extend(layer_nodes(k, &prev, in_dim, h, (b, t)));
+            prev = format!("Dropout/layer_{k}");
         }
         nodes.extend([
             GraphNode::new("Logits/weight", "VariableV2", &[], &[v, h]),
@@ -344,6 +307,35 @@ impl CharRnn {
         ]);
         nodes
     }
+}
+
+/// The graph nodes of LSTM layer `k` (weights, projection, cell, dropout), fed by `prev`.
+fn layer_nodes(k: usize, prev: &str, in_dim: i64, h: i64, (b, t): (i64, i64)) -> Vec<GraphNode> {
+    let s = format!("LSTM/layer_{k}");
+    let name = |part: &str| format!("{s}/{part}");
+    vec![
+        GraphNode::new(&name("w_ih"), "VariableV2", &[], &[4 * h, in_dim]),
+        GraphNode::new(&name("w_hh"), "VariableV2", &[], &[4 * h, h]),
+        GraphNode::new(&name("bias"), "VariableV2", &[], &[4 * h]),
+        GraphNode::new(
+            &name("input_projection"),
+            "MatMul",
+            &[prev, &name("w_ih"), &name("bias")],
+            &[b, t, 4 * h],
+        ),
+        GraphNode::new(
+            &name("cell"),
+            "LSTMBlock",
+            &[&name("input_projection"), &name("w_hh")],
+            &[b, t, h],
+        ),
+        GraphNode::new(
+            &format!("Dropout/layer_{k}"),
+            "Dropout",
+            &[&name("cell")],
+            &[b, t, h],
+        ),
+    ]
 }
 
 /// Where a model's windows run: the hand-written CPU path, or candle's ops and autograd (any

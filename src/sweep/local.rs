@@ -30,13 +30,22 @@ pub struct LocalOptions {
     pub costs: Vec<f64>,
 }
 
+/// Why the launcher asked a running worker to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopCause {
+    /// A signal to the sweep or --fail-fast: the trial checkpoints and resumes next time.
+    Interrupted,
+    /// The trial ran past `timeout`: it is failed.
+    Timeout,
+}
+
 struct Running {
     index: usize,
     slot: usize,
     child: Child,
     started: Instant,
-    /// When the trial was told to stop (timeout, fail-fast, signal).
-    stopping: Option<(Instant, &'static str)>,
+    /// When the trial was told to stop, and why.
+    stopping: Option<(Instant, StopCause)>,
 }
 
 fn send(child: &Child, sig: i32) {
@@ -184,204 +193,205 @@ impl Display {
     }
 }
 
-/// Runs every unfinished trial of the manifest. Returns the signal that stopped it, if any.
-pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Option<i32>> {
-    crate::signals::install();
-    let exe = match &opts.worker_exe {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().map_err(|e| Error::io("current executable", e))?,
-    };
-    // Slots: one device string per concurrent trial.
-    let slots: Vec<Option<String>> = if opts.devices.is_empty() {
-        vec![None; opts.jobs]
-    } else {
-        opts.devices
+/// The state of a local sweep while it runs.
+struct Launcher<'a> {
+    root: &'a Path,
+    manifest: &'a Manifest,
+    opts: &'a LocalOptions,
+    exe: PathBuf,
+    /// One device string per concurrent trial (None: the CPU, with `threads` threads).
+    slots: Vec<Option<String>>,
+    threads: usize,
+    queue: VecDeque<usize>,
+    attempts: Vec<u32>,
+    running: Vec<Running>,
+    free: Vec<usize>,
+    failed: Vec<usize>,
+    display: Display,
+    /// The signal that is stopping the sweep.
+    stopping_all: Option<i32>,
+    fail_fast_hit: bool,
+}
+
+impl<'a> Launcher<'a> {
+    fn new(root: &'a Path, manifest: &'a Manifest, opts: &'a LocalOptions) -> Result<Self> {
+        let exe = match &opts.worker_exe {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(|e| Error::io("current executable", e))?,
+        };
+        let slots: Vec<Option<String>> = if opts.devices.is_empty() {
+            vec![None; opts.jobs]
+        } else {
+            opts.devices
+                .iter()
+                .flat_map(|d| std::iter::repeat_n(Some(d.clone()), opts.trials_per_device))
+                .collect()
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut pending: Vec<usize> = manifest
+            .trials
             .iter()
-            .flat_map(|d| std::iter::repeat_n(Some(d.clone()), opts.trials_per_device))
-            .collect()
-    };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / slots.len()).max(1);
+            .filter(|e| !ledger::finished(&RunDir::new(root.join(&e.dir))))
+            .map(|e| e.index)
+            .collect();
+        let cost = |i: &usize| opts.costs.get(*i).copied().unwrap_or(0.0);
+        // Longest first (stable: equal costs keep index order).
+        pending.sort_by(|a, b| cost(b).total_cmp(&cost(a)));
+        Ok(Launcher {
+            root,
+            manifest,
+            opts,
+            exe,
+            threads: (cores / slots.len()).max(1),
+            free: (0..slots.len()).rev().collect(),
+            slots,
+            queue: pending.into(),
+            attempts: vec![0; manifest.trials.len()],
+            running: Vec::new(),
+            failed: Vec::new(),
+            display: Display::new(opts.progress, manifest.trials.len()),
+            stopping_all: None,
+            fail_fast_hit: false,
+        })
+    }
 
-    let mut pending: Vec<usize> = manifest
-        .trials
-        .iter()
-        .filter(|e| !ledger::finished(&RunDir::new(root.join(&e.dir))))
-        .map(|e| e.index)
-        .collect();
-    let cost = |i: &usize| opts.costs.get(*i).copied().unwrap_or(0.0);
-    // Longest first (stable: equal costs keep index order).
-    pending.sort_by(|a, b| cost(b).total_cmp(&cost(a)));
-    let mut queue: VecDeque<usize> = pending.into();
-    let mut attempts = vec![0u32; manifest.trials.len()];
-    let mut running: Vec<Running> = Vec::new();
-    let mut free: Vec<usize> = (0..slots.len()).rev().collect();
-    let mut failed: Vec<usize> = Vec::new();
-    let mut display = Display::new(opts.progress, manifest.trials.len());
-    let mut stopping_all: Option<i32> = None;
-    let mut fail_fast_hit = false;
-    display.line(&format!(
-        "sweep {}: {} trials, {} to run, {} at once ({} thread(s) each)",
-        root.display(),
-        manifest.trials.len(),
-        queue.len(),
-        slots.len(),
-        threads
-    ));
+    fn run_dir(&self, index: usize) -> RunDir {
+        RunDir::new(self.root.join(&self.manifest.trials[index].dir))
+    }
 
-    loop {
-        if stopping_all.is_none() {
-            if let Some(sig) = crate::signals::requested() {
-                stopping_all = Some(sig);
-                display.line(&format!(
-                    "{}: asking {} running trial(s) to checkpoint and stop",
-                    crate::signals::name(sig),
-                    running.len()
-                ));
-                for r in &mut running {
-                    send(&r.child, libc::SIGTERM);
-                    r.stopping = Some((Instant::now(), "interrupted"));
-                }
-            }
+    /// Asks every running worker to checkpoint and stop.
+    fn stop_all(&mut self) {
+        for r in &mut self.running {
+            send(&r.child, libc::SIGTERM);
+            r.stopping = Some((Instant::now(), StopCause::Interrupted));
         }
+    }
 
-        // Reap finished workers.
+    fn check_signal(&mut self) {
+        if self.stopping_all.is_some() {
+            return;
+        }
+        if let Some(sig) = crate::signals::requested() {
+            self.stopping_all = Some(sig);
+            self.display.line(&format!(
+                "{}: asking {} running trial(s) to checkpoint and stop",
+                crate::signals::name(sig),
+                self.running.len()
+            ));
+            self.stop_all();
+        }
+    }
+
+    /// Handles the workers that exited; times out the ones past `timeout`.
+    fn reap(&mut self) -> Result<()> {
         let mut i = 0;
-        while i < running.len() {
-            let r = &mut running[i];
-            let exit = r.child.try_wait().at(&exe)?;
-            if exit.is_none() {
-                if let (Some(limit), None) = (opts.timeout, r.stopping) {
+        while i < self.running.len() {
+            let r = &mut self.running[i];
+            let Some(exit) = r.child.try_wait().at(&self.exe)? else {
+                if let (Some(limit), None) = (self.opts.timeout, r.stopping) {
                     if r.started.elapsed() > limit {
                         send(&r.child, libc::SIGTERM);
-                        r.stopping = Some((Instant::now(), "timeout"));
+                        r.stopping = Some((Instant::now(), StopCause::Timeout));
                     }
                 }
                 // A worker that ignores SIGTERM for a minute is killed.
-                if let Some((since, _)) = r.stopping {
-                    if since.elapsed() > Duration::from_secs(60) {
-                        let _ = r.child.kill();
-                    }
+                if r.stopping
+                    .is_some_and(|(since, _)| since.elapsed() > Duration::from_secs(60))
+                {
+                    let _ = r.child.kill();
                 }
                 i += 1;
                 continue;
-            }
-            let r = running.swap_remove(i);
-            free.push(r.slot);
-            let entry = &manifest.trials[r.index];
-            let run = RunDir::new(root.join(&entry.dir));
-            let rec = run.record();
-            let status = rec.as_ref().map(|x| x.status);
-            match (status, r.stopping) {
-                (Some(s), _) if s.is_final() => {
-                    let detail = rec
-                        .as_ref()
-                        .and_then(|x| x.best_metrics)
-                        .map_or(String::new(), |m| {
-                            format!(", best val loss {:.4}", m.val_loss)
-                        });
-                    display.line(&format!("trial {} {s}{detail}", entry.dir));
-                }
-                (_, Some((_, "interrupted"))) => {}
-                (_, Some((_, "timeout"))) => {
-                    let limit = opts.timeout.map_or(0.0, |d| d.as_secs_f64());
-                    let msg = format!("timed out after {}", fmt_secs(limit));
-                    run.mark_failed(&msg)?;
-                    display.line(&format!("trial {} failed: {msg}", entry.dir));
-                    failed.push(r.index);
-                }
-                (_, Some(_)) => {}
-                _ => {
-                    let code = exit.map_or("?".into(), |c| c.to_string());
-                    attempts[r.index] += 1;
-                    if attempts[r.index] <= opts.retries && stopping_all.is_none() && !fail_fast_hit
-                    {
-                        display.line(&format!(
-                            "trial {} failed ({code}); retry {}/{} from its last checkpoint (log: {})",
-                            entry.dir,
-                            attempts[r.index],
-                            opts.retries,
-                            run.worker_log().display()
-                        ));
-                        queue.push_back(r.index);
-                    } else {
-                        let msg = rec
-                            .and_then(|x| x.message)
-                            .filter(|m| !m.is_empty())
-                            .unwrap_or_else(|| format!("worker exited with {code}"));
-                        run.mark_failed(&msg)?;
-                        if run.record().is_none() {
-                            // Failed before writing run.json (e.g. a bad config): say so here.
-                            display.line(&format!("trial {} failed: {msg}", entry.dir));
-                        } else {
-                            display.line(&format!(
-                                "trial {} failed: {msg} (log: {})",
-                                entry.dir,
-                                run.worker_log().display()
-                            ));
-                        }
-                        failed.push(r.index);
-                        if opts.fail_fast && !fail_fast_hit {
-                            fail_fast_hit = true;
-                            display.line("--fail-fast: stopping the other trials");
-                            for o in &mut running {
-                                send(&o.child, libc::SIGTERM);
-                                o.stopping = Some((Instant::now(), "interrupted"));
-                            }
-                        }
-                    }
-                }
-            }
+            };
+            let r = self.running.swap_remove(i);
+            self.free.push(r.slot);
+            self.exited(r, exit)?;
         }
+        Ok(())
+    }
 
-        // Launch.
-        while stopping_all.is_none() && !fail_fast_hit && !free.is_empty() && !queue.is_empty() {
-            let (Some(slot), Some(index)) = (free.pop(), queue.pop_front()) else {
+    /// What a worker's exit means for its trial: done, failed, or retried.
+    fn exited(&mut self, r: Running, exit: std::process::ExitStatus) -> Result<()> {
+        let run = self.run_dir(r.index);
+        let name = &self.manifest.trials[r.index].dir;
+        let rec = run.record();
+        match (rec.as_ref().map(|x| x.status), r.stopping.map(|s| s.1)) {
+            (Some(s), _) if s.is_final() => {
+                let detail = rec
+                    .as_ref()
+                    .and_then(|x| x.best_metrics)
+                    .map_or(String::new(), |m| {
+                        format!(", best val loss {:.4}", m.val_loss)
+                    });
+                self.display.line(&format!("trial {name} {s}{detail}"));
+            }
+            (_, Some(StopCause::Interrupted)) => {}
+            (_, Some(StopCause::Timeout)) => {
+                let limit = self.opts.timeout.map_or(0.0, |d| d.as_secs_f64());
+                let msg = format!("timed out after {}", fmt_secs(limit));
+                run.mark_failed(&msg)?;
+                self.display.line(&format!("trial {name} failed: {msg}"));
+                self.failed.push(r.index);
+            }
+            (_, None) => self.crashed(r.index, exit, rec.and_then(|x| x.message))?,
+        }
+        Ok(())
+    }
+
+    /// A worker that ended without finishing its trial: retry it, or fail it (and with
+    /// --fail-fast, the sweep).
+    fn crashed(
+        &mut self,
+        index: usize,
+        exit: std::process::ExitStatus,
+        message: Option<String>,
+    ) -> Result<()> {
+        let run = self.run_dir(index);
+        let name = self.manifest.trials[index].dir.clone();
+        self.attempts[index] += 1;
+        let tries = self.attempts[index];
+        if tries <= self.opts.retries && self.stopping_all.is_none() && !self.fail_fast_hit {
+            self.display.line(&format!(
+                "trial {name} failed ({exit}); retry {tries}/{} from its last checkpoint (log: {})",
+                self.opts.retries,
+                run.worker_log().display()
+            ));
+            self.queue.push_back(index);
+            return Ok(());
+        }
+        let msg = message
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| format!("worker exited with {exit}"));
+        run.mark_failed(&msg)?;
+        if run.record().is_none() {
+            // Failed before writing run.json (e.g. a bad config): say so here.
+            self.display.line(&format!("trial {name} failed: {msg}"));
+        } else {
+            let log = run.worker_log();
+            self.display.line(&format!(
+                "trial {name} failed: {msg} (log: {})",
+                log.display()
+            ));
+        }
+        self.failed.push(index);
+        if self.opts.fail_fast && !self.fail_fast_hit {
+            self.fail_fast_hit = true;
+            self.display.line("--fail-fast: stopping the other trials");
+            self.stop_all();
+        }
+        Ok(())
+    }
+
+    /// Starts queued trials in the free slots.
+    fn launch(&mut self) -> Result<()> {
+        while self.stopping_all.is_none() && !self.fail_fast_hit {
+            let (Some(&slot), Some(&index)) = (self.free.last(), self.queue.front()) else {
                 break;
             };
-            let entry = &manifest.trials[index];
-            let run = RunDir::new(root.join(&entry.dir));
-            std::fs::create_dir_all(run.path()).at(run.path())?;
-            let log_path = run.worker_log();
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .at(&log_path)?;
-            let log2 = log.try_clone().at(&log_path)?;
-            let mut cmd = Command::new(&exe);
-            cmd.arg("sweep-worker")
-                .arg("--sweep")
-                .arg(root)
-                .arg("--index")
-                .arg(index.to_string())
-                .env("CHARLAB_DATA", &opts.data_dir)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2);
-            match &slots[slot] {
-                Some(d) => {
-                    cmd.arg("--device").arg(d);
-                }
-                None => {
-                    cmd.arg("--threads").arg(threads.to_string());
-                }
-            }
-            // A worker outlives a SIGKILLed sweep only until the kernel tells it: it then
-            // checkpoints and stops instead of racing the rerun's worker.
-            #[cfg(target_os = "linux")]
-            {
-                use std::os::unix::process::CommandExt;
-                // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-                unsafe {
-                    cmd.pre_exec(|| {
-                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                        Ok(())
-                    });
-                }
-            }
-            let child = cmd.spawn().at(&exe)?;
-            running.push(Running {
+            let child = self.spawn(index, slot)?;
+            self.free.pop();
+            self.queue.pop_front();
+            self.running.push(Running {
                 index,
                 slot,
                 child,
@@ -389,33 +399,97 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Opti
                 stopping: None,
             });
         }
-
-        if running.is_empty() && (queue.is_empty() || stopping_all.is_some() || fail_fast_hit) {
-            break;
-        }
-        display.update(root, manifest, &running, failed.len());
-        std::thread::sleep(Duration::from_millis(100));
+        Ok(())
     }
-    display.finish();
-    let finished = manifest
-        .trials
-        .iter()
-        .filter(|e| ledger::finished(&RunDir::new(root.join(&e.dir))))
-        .count();
-    let statuses: Vec<RunStatus> = manifest
-        .trials
-        .iter()
-        .filter_map(|e| RunDir::new(root.join(&e.dir)).status())
-        .collect();
-    let count = |s: RunStatus| statuses.iter().filter(|&&x| x == s).count();
-    display.line(&format!(
-        "sweep {}: {finished}/{} finished ({} completed, {} pruned, {} diverged), {} failed",
+
+    /// `charlab sweep-worker --sweep ROOT --index N`, its output appended to the trial's log.
+    fn spawn(&self, index: usize, slot: usize) -> Result<Child> {
+        let run = self.run_dir(index);
+        std::fs::create_dir_all(run.path()).at(run.path())?;
+        let log_path = run.worker_log();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .at(&log_path)?;
+        let log2 = log.try_clone().at(&log_path)?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("sweep-worker")
+            .arg("--sweep")
+            .arg(self.root)
+            .arg("--index")
+            .arg(index.to_string())
+            .env("CHARLAB_DATA", &self.opts.data_dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        match &self.slots[slot] {
+            Some(d) => cmd.arg("--device").arg(d),
+            None => cmd.arg("--threads").arg(self.threads.to_string()),
+        };
+        // A worker outlives a SIGKILLed sweep only until the kernel tells it: it then
+        // checkpoints and stops instead of racing the rerun's worker.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+        }
+        cmd.spawn().at(&self.exe)
+    }
+
+    fn done(&self) -> bool {
+        self.running.is_empty()
+            && (self.queue.is_empty() || self.stopping_all.is_some() || self.fail_fast_hit)
+    }
+
+    /// The closing line: finished, completed, pruned, diverged, failed.
+    fn summary(&self) {
+        let statuses: Vec<RunStatus> = (0..self.manifest.trials.len())
+            .filter_map(|i| self.run_dir(i).status())
+            .collect();
+        let count = |f: &dyn Fn(RunStatus) -> bool| statuses.iter().filter(|&&x| f(x)).count();
+        self.display.line(&format!(
+            "sweep {}: {}/{} finished ({} completed, {} pruned, {} diverged), {} failed",
+            self.root.display(),
+            count(&|s| s.is_final()),
+            self.manifest.trials.len(),
+            count(&|s| s == RunStatus::Completed),
+            count(&|s| s == RunStatus::Pruned),
+            count(&|s| s == RunStatus::Diverged),
+            self.failed.len()
+        ));
+    }
+}
+
+/// Runs every unfinished trial of the manifest. Returns the signal that stopped it, if any.
+pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Option<i32>> {
+    crate::signals::install();
+    let mut l = Launcher::new(root, manifest, opts)?;
+    l.display.line(&format!(
+        "sweep {}: {} trials, {} to run, {} at once ({} thread(s) each)",
         root.display(),
         manifest.trials.len(),
-        count(RunStatus::Completed),
-        count(RunStatus::Pruned),
-        count(RunStatus::Diverged),
-        failed.len()
+        l.queue.len(),
+        l.slots.len(),
+        l.threads
     ));
-    Ok(stopping_all)
+    loop {
+        l.check_signal();
+        l.reap()?;
+        l.launch()?;
+        if l.done() {
+            break;
+        }
+        l.display.update(root, manifest, &l.running, l.failed.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    l.display.finish();
+    l.summary();
+    Ok(l.stopping_all)
 }

@@ -344,7 +344,7 @@ fn pruner(
     Arc::new(move |step, loss| {
         let eval = step / eval_every.max(1);
         let warmup = rule.warmup_evals.max(1) as u64;
-        if eval < warmup || (rule.rule == "median" && eval == warmup) {
+        if eval < warmup || (rule.rule == plan::PruneRule::Median && eval == warmup) {
             return false;
         }
         let mut others: Vec<f64> = siblings
@@ -356,7 +356,7 @@ fn pruner(
             return false;
         }
         others.sort_by(f64::total_cmp);
-        if rule.rule == "halving" {
+        if rule.rule == plan::PruneRule::Halving {
             // Rungs at warm-up × eta^k evaluations.
             let mut rung = warmup;
             while rung < eval {

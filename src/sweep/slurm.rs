@@ -7,7 +7,7 @@
 //! resumes from its checkpoint. Before a time limit Slurm sends SIGUSR1 (`--signal`): the worker
 //! checkpoints and requeues its own task (`scontrol requeue`), which resumes the same way.
 
-use super::ledger::{self, Manifest, TrialState};
+use super::ledger::{self, Entry, Manifest, TrialState};
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::train::{Progress, RunStatus};
@@ -257,6 +257,133 @@ fn say(progress: Progress, msg: &str) {
     }
 }
 
+/// The watcher's state across polls.
+struct Watcher<'a> {
+    root: PathBuf,
+    manifest: &'a Manifest,
+    opts: &'a SlurmOptions,
+    script: PathBuf,
+    jobs: Jobs,
+    /// Submissions per trial in this invocation: a rerun gives every unfinished trial its
+    /// `retries` again.
+    tries_here: BTreeMap<usize, u32>,
+    given_up: BTreeSet<usize>,
+}
+
+/// What one poll found: trials done, queued or running, failed, and the ones to submit.
+#[derive(Default, PartialEq)]
+struct Counts {
+    done: usize,
+    running: usize,
+    failed: usize,
+}
+
+/// How a poll ended the watch.
+enum Verdict {
+    Continue(Counts),
+    /// --fail-fast cancelled the sweep.
+    Cancelled,
+}
+
+impl Watcher<'_> {
+    /// A requeued task that Slurm holds back two minutes (reason BeginTime) after it
+    /// checkpointed on SIGUSR1: let it go now.
+    fn release(&self, index: usize, task: &Task, state: TrialState) {
+        if task.state == "PENDING"
+            && task.reason == "BeginTime"
+            && state == TrialState::Run(RunStatus::Interrupted)
+        {
+            let id = format!("JobId={}_{index}", task.job);
+            let _ = tool("scontrol", &["update".into(), id, "StartTime=now".into()]);
+        }
+    }
+
+    /// A trial whose task is gone without finishing it: resubmit it, or give up on it.
+    /// Returns true when it is to be submitted.
+    fn retry_or_fail(&mut self, e: &Entry, task: Option<&Task>, state: TrialState) -> bool {
+        let tries = self.tries_here.get(&e.index).copied().unwrap_or(0);
+        if tries <= self.opts.retries {
+            if tries > 0 {
+                say(
+                    self.opts.progress,
+                    &format!(
+                        "trial {} ({}): task ended ({}) without finishing; resubmitting",
+                        e.index,
+                        e.dir,
+                        state_name(task)
+                    ),
+                );
+            }
+            return true;
+        }
+        self.given_up.insert(e.index);
+        if state != TrialState::Run(RunStatus::Failed) {
+            let why = format!(
+                "slurm task ended ({}) without finishing, after {tries} submissions",
+                state_name(task)
+            );
+            let _ = RunDir::new(self.root.join(&e.dir)).mark_failed(&why);
+        }
+        say(
+            self.opts.progress,
+            &format!("trial {} ({}): failed", e.index, e.dir),
+        );
+        false
+    }
+
+    /// One look at the run records and the queue: counts, resubmissions, fail-fast.
+    fn poll(&mut self, tasks: &BTreeMap<usize, Task>) -> Result<Verdict> {
+        let mut to_submit = Vec::new();
+        let mut c = Counts::default();
+        for e in &self.manifest.trials {
+            let state = ledger::state(&RunDir::new(self.root.join(&e.dir)));
+            let task = tasks.get(&e.index);
+            if matches!(state, TrialState::Run(s) if s.is_final()) {
+                c.done += 1;
+            } else if alive(task) {
+                c.running += 1;
+                if let Some(t) = task {
+                    self.release(e.index, t, state);
+                }
+            } else if self.given_up.contains(&e.index) {
+                c.failed += 1;
+            } else if self.retry_or_fail(e, task, state) {
+                to_submit.push(e.index);
+            } else {
+                c.failed += 1;
+                if self.opts.fail_fast {
+                    cancel(&self.jobs);
+                    return Ok(Verdict::Cancelled);
+                }
+            }
+        }
+        if !to_submit.is_empty() {
+            self.submit(&to_submit)?;
+            c.running += to_submit.len();
+        }
+        Ok(Verdict::Continue(c))
+    }
+
+    fn submit(&mut self, trials: &[usize]) -> Result<()> {
+        let id = submit(&self.root, &self.script, trials, self.opts)?;
+        for &i in trials {
+            *self.jobs.attempts.entry(i).or_insert(0) += 1;
+            *self.tries_here.entry(i).or_insert(0) += 1;
+        }
+        self.jobs.submissions.push((id.clone(), trials.to_vec()));
+        self.jobs.save(&self.root)?;
+        say(
+            self.opts.progress,
+            &format!(
+                "submitted job {id}: array {} ({} trials)",
+                array_spec(trials),
+                trials.len()
+            ),
+        );
+        Ok(())
+    }
+}
+
 /// Submits the sweep's unfinished, unqueued trials and (unless detached) watches them to the end.
 /// Returns the signal that stopped the watcher, if any (the tasks keep running on the cluster).
 pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Option<i32>> {
@@ -273,11 +400,15 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
         .unwrap_or_default();
     let script_path = root.join("slurm").join("sweep.sbatch");
     crate::atomic::write(&script_path, script(&root, &name, opts, &exe).as_bytes())?;
-    let mut jobs = Jobs::load(&root);
-    // Submissions per trial in this invocation: a rerun gives every unfinished trial its
-    // `retries` again.
-    let mut tries_here: BTreeMap<usize, u32> = BTreeMap::new();
-    let mut given_up: BTreeSet<usize> = BTreeSet::new();
+    let mut w = Watcher {
+        jobs: Jobs::load(&root),
+        root,
+        manifest,
+        opts,
+        script: script_path,
+        tries_here: BTreeMap::new(),
+        given_up: BTreeSet::new(),
+    };
     let poll = opts.poll.unwrap_or(Duration::from_secs(2));
     let started = Instant::now();
     let mut last_counts = None;
@@ -290,7 +421,7 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
             );
             return Ok(Some(sig));
         }
-        let Some(tasks) = task_states(&jobs)? else {
+        let Some(tasks) = task_states(&w.jobs)? else {
             unreadable += 1;
             if unreadable > 60 {
                 return Err(Error::Launcher(
@@ -301,98 +432,26 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
             continue;
         };
         unreadable = 0;
-        let mut to_submit = Vec::new();
-        let (mut done, mut running, mut failed) = (0, 0, 0);
-        for e in &manifest.trials {
-            let run = RunDir::new(root.join(&e.dir));
-            let state = ledger::state(&run);
-            let task = tasks.get(&e.index);
-            if matches!(state, TrialState::Run(s) if s.is_final()) {
-                done += 1;
-            } else if alive(task) {
-                running += 1;
-                // A task that requeued itself (SIGUSR1 before its time limit) is held back two
-                // minutes by Slurm (reason BeginTime); its checkpoint is written, so let it go.
-                if let Some(t) = task.filter(|t| t.state == "PENDING" && t.reason == "BeginTime") {
-                    if matches!(state, TrialState::Run(RunStatus::Interrupted)) {
-                        let _ = tool(
-                            "scontrol",
-                            &[
-                                "update".into(),
-                                format!("JobId={}_{}", t.job, e.index),
-                                "StartTime=now".into(),
-                            ],
-                        );
-                    }
-                }
-            } else if given_up.contains(&e.index) {
-                failed += 1;
-            } else {
-                let tries = tries_here.get(&e.index).copied().unwrap_or(0);
-                if tries <= opts.retries {
-                    if tries > 0 {
-                        say(
-                            opts.progress,
-                            &format!(
-                                "trial {} ({}): task ended ({}) without finishing; resubmitting",
-                                e.index,
-                                e.dir,
-                                state_name(task)
-                            ),
-                        );
-                    }
-                    to_submit.push(e.index);
-                } else {
-                    given_up.insert(e.index);
-                    failed += 1;
-                    if !matches!(state, TrialState::Run(RunStatus::Failed)) {
-                        let why = format!(
-                            "slurm task ended ({}) without finishing, after {tries} submissions",
-                            state_name(task)
-                        );
-                        let _ = run.mark_failed(&why);
-                    }
-                    say(
-                        opts.progress,
-                        &format!("trial {} ({}): failed", e.index, e.dir),
-                    );
-                    if opts.fail_fast {
-                        cancel(&jobs);
-                        return Ok(None);
-                    }
-                }
-            }
-        }
-        if !to_submit.is_empty() {
-            let id = submit(&root, &script_path, &to_submit, opts)?;
-            for &i in &to_submit {
-                *jobs.attempts.entry(i).or_insert(0) += 1;
-                *tries_here.entry(i).or_insert(0) += 1;
-            }
-            jobs.submissions.push((id.clone(), to_submit.clone()));
-            jobs.save(&root)?;
+        let c = match w.poll(&tasks)? {
+            Verdict::Cancelled => return Ok(None),
+            Verdict::Continue(c) => c,
+        };
+        if last_counts.as_ref() != Some(&c) {
             say(
                 opts.progress,
                 &format!(
-                    "submitted job {id}: array {} ({} trials)",
-                    array_spec(&to_submit),
-                    to_submit.len()
-                ),
-            );
-            running += to_submit.len();
-        }
-        if last_counts != Some((done, running, failed)) {
-            say(
-                opts.progress,
-                &format!(
-                    "[{:>5.0}s] {done}/{} done, {running} queued or running, {failed} failed",
+                    "[{:>5.0}s] {}/{} done, {} queued or running, {} failed",
                     started.elapsed().as_secs_f64(),
-                    manifest.trials.len()
+                    c.done,
+                    manifest.trials.len(),
+                    c.running,
+                    c.failed
                 ),
             );
-            last_counts = Some((done, running, failed));
         }
-        if opts.detach || running == 0 {
+        let idle = c.running == 0;
+        last_counts = Some(c);
+        if opts.detach || idle {
             return Ok(None);
         }
         std::thread::sleep(poll);

@@ -103,3 +103,94 @@ pub fn tb_steps(tb: &serde_json::Value, tag: &str) -> Vec<u64> {
         .map(|p| p[0].as_u64().unwrap())
         .collect()
 }
+
+/// `charlab ARGS` with `cwd` as working directory and `cwd/data` as its data cache.
+pub fn charlab_cmd(cwd: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_charlab"));
+    c.args(args)
+        .current_dir(cwd)
+        .env("CHARLAB_DATA", cwd.join("data"));
+    c
+}
+
+/// Runs `charlab ARGS` in `cwd` to the end and returns its output. A command that never ends
+/// fails the test after ten minutes instead of hanging the suite.
+pub fn charlab(cwd: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = charlab_cmd(cwd, args);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(cmd.output()));
+    rx.recv_timeout(std::time::Duration::from_secs(600))
+        .unwrap_or_else(|_| panic!("charlab {args:?} did not end"))
+        .expect("run charlab")
+}
+
+/// Starts `charlab ARGS` in `cwd` with its output discarded.
+pub fn spawn_quiet(cwd: &Path, args: &[&str]) -> std::process::Child {
+    charlab_cmd(cwd, args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start charlab")
+}
+
+/// Polls `f` every 20 ms until it holds; fails the test naming `what` after `secs` seconds.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child` to exit; kills it and fails naming `what` after `secs` seconds.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    secs: u64,
+    what: &str,
+) -> std::process::ExitStatus {
+    let mut status = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while status.is_none() {
+        status = child.try_wait().expect("wait for charlab");
+        if status.is_none() && std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}: did not exit");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    status.expect("exited")
+}
+
+/// Sends `sig` (`-INT`, `-KILL`, …) to `pid`.
+pub fn kill(sig: &str, pid: u32) {
+    std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+}
+
+/// A run directory's `run.json` as JSON (`null` when it has none yet).
+pub fn record(dir: &Path) -> serde_json::Value {
+    std::fs::read(dir.join("run.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Asserts a one-line `error: …` on stderr with exit code 2 that contains every needle.
+pub fn assert_user_error(o: &std::process::Output, what: &str, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+    assert!(err.starts_with("error: "), "{what}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{what}: one line: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{what}: {err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "{what}: `{n}` not in {err}");
+    }
+}

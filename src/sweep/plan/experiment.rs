@@ -1,0 +1,331 @@
+//! The `[experiment]` table (name, jobs, devices, seed, timeout, retries, pruning) and the
+//! `[slurm]` table of a sweep file.
+
+use super::check::{type_name, Ctx};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// How a sweep prunes trials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PruneRule {
+    /// Stop a trial whose val/loss at an evaluation is worse than the median of its siblings'
+    /// at the same step.
+    Median,
+    /// Asynchronous successive halving: at rung evaluations (warm-up × eta^k), keep only the
+    /// best 1/eta of the trials that reached it.
+    Halving,
+}
+
+/// The sweep-level pruning rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pruning {
+    pub rule: PruneRule,
+    /// Reduction factor of `halving`.
+    pub eta: usize,
+    /// Evaluations a trial always gets before it can be pruned.
+    pub warmup_evals: usize,
+    /// Siblings that must have reached the step before the rule applies.
+    pub min_trials: usize,
+}
+
+/// The `[experiment]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Experiment {
+    pub name: String,
+    /// Trials at once on the CPU.
+    pub jobs: usize,
+    /// GPUs to spread trials over (`["cuda:0", "cuda:1"]`); empty = run on `device`.
+    pub devices: Vec<String>,
+    /// Trials packed onto each GPU at once.
+    pub trials_per_device: usize,
+    /// Seed of the random search.
+    pub seed: u64,
+    /// Per-trial wall-clock limit in seconds.
+    pub timeout: Option<f64>,
+    /// Times a failed trial is retried from its last checkpoint.
+    pub retries: u32,
+    pub max_trials: Option<usize>,
+    pub pruning: Option<Pruning>,
+}
+
+/// The `[slurm]` table of a sweep file, and the same settings as `charlab sweep` flags (a flag
+/// given wins over the file): per-trial resources and job settings for `--launcher slurm`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSettings {
+    /// Slurm: partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Slurm: generic resources per trial, e.g. gpu:1.
+    #[arg(long)]
+    pub gres: Option<String>,
+    /// Slurm: time limit per trial, as sbatch takes it, e.g. 02:00:00.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Slurm: CPUs per trial (the trial's threads).
+    #[arg(long)]
+    pub cpus_per_task: Option<usize>,
+    /// Slurm: memory per trial, e.g. 8G.
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// Slurm: array tasks running at once.
+    #[arg(long)]
+    pub array_parallelism: Option<usize>,
+    /// Slurm: seconds before the time limit that SIGUSR1 asks a trial to checkpoint and requeue.
+    #[arg(long)]
+    pub signal_lead: Option<u32>,
+    /// Slurm: one more sbatch option, verbatim (repeatable): --slurm-arg=--account=abc
+    #[arg(long = "slurm-arg", allow_hyphen_values = true)]
+    pub args: Option<Vec<String>>,
+}
+
+impl SlurmSettings {
+    /// These settings (the command line's) laid over `file`'s: each one given here wins, and the
+    /// extra sbatch arguments of both are kept, the file's first.
+    pub fn over(&self, file: &SlurmSettings) -> SlurmSettings {
+        SlurmSettings {
+            partition: self.partition.clone().or_else(|| file.partition.clone()),
+            gres: self.gres.clone().or_else(|| file.gres.clone()),
+            time: self.time.clone().or_else(|| file.time.clone()),
+            cpus_per_task: self.cpus_per_task.or(file.cpus_per_task),
+            mem: self.mem.clone().or_else(|| file.mem.clone()),
+            array_parallelism: self.array_parallelism.or(file.array_parallelism),
+            signal_lead: self.signal_lead.or(file.signal_lead),
+            args: Some(
+                file.args
+                    .iter()
+                    .chain(self.args.iter())
+                    .flatten()
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+}
+const EXPERIMENT_KEYS: &[&str] = &[
+    "name",
+    "corpus",
+    "device",
+    "jobs",
+    "devices",
+    "trials_per_device",
+    "seed",
+    "timeout",
+    "retries",
+    "max_trials",
+    "pruning",
+];
+const PRUNING_KEYS: &[&str] = &["rule", "warmup_evals", "min_trials", "eta"];
+
+/// Typed reads of the `[experiment]` table's values, with errors naming the key and line.
+struct Reader<'a> {
+    ctx: &'a Ctx<'a>,
+    t: &'a Table,
+}
+
+impl Reader<'_> {
+    fn string(&self, k: &str) -> Result<Option<String>> {
+        match self.t.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(self.ctx.err(
+                "experiment",
+                k,
+                format!("`{k}` must be a string, not {}", type_name(v)),
+            )),
+        }
+    }
+
+    fn uint(&self, k: &str, min: i64) -> Result<Option<i64>> {
+        match self.t.get(k) {
+            None => Ok(None),
+            Some(Value::Integer(i)) if *i >= min => Ok(Some(*i)),
+            Some(v) => Err(self.ctx.err(
+                "experiment",
+                k,
+                format!("`{k}` must be an integer ≥ {min}, not {v}"),
+            )),
+        }
+    }
+
+    fn devices(&self) -> Result<Vec<String>> {
+        let bad = |m: String| self.ctx.err("experiment", "devices", m);
+        match self.t.get("devices") {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => {
+                        crate::device::parse(s).map_err(|e| bad(e.to_string()))?;
+                        Ok(s.clone())
+                    }
+                    v => Err(bad(format!("devices must be strings, not {v}"))),
+                })
+                .collect(),
+            Some(v) => Err(bad(format!(
+                "`devices` must be a list, not {}",
+                type_name(v)
+            ))),
+        }
+    }
+
+    fn pruning(&self) -> Result<Option<Pruning>> {
+        let p = match self.t.get("pruning") {
+            None => return Ok(None),
+            Some(Value::Table(p)) => p,
+            Some(v) => {
+                return Err(self.ctx.err(
+                    "experiment",
+                    "pruning",
+                    format!("`pruning` must be a table, not {}", type_name(v)),
+                ))
+            }
+        };
+        for k in p.keys() {
+            if !PRUNING_KEYS.contains(&k.as_str()) {
+                return Err(self.ctx.unknown("experiment.pruning", k, PRUNING_KEYS));
+            }
+        }
+        let rule = match p.get("rule") {
+            None => PruneRule::Median,
+            Some(Value::String(s)) if s == "median" => PruneRule::Median,
+            Some(Value::String(s)) if s == "halving" => PruneRule::Halving,
+            Some(v) => {
+                return Err(self.ctx.err(
+                    "experiment",
+                    "rule",
+                    format!("pruning rule must be \"median\" or \"halving\", not {v}"),
+                ))
+            }
+        };
+        let int = |k: &str, d: usize| match p.get(k) {
+            None => Ok(d),
+            Some(Value::Integer(i)) if *i >= 0 => Ok(*i as usize),
+            Some(v) => Err(self.ctx.err(
+                "experiment",
+                k,
+                format!("`{k}` must be an integer ≥ 0, not {v}"),
+            )),
+        };
+        Ok(Some(Pruning {
+            rule,
+            warmup_evals: int("warmup_evals", 1)?,
+            min_trials: int("min_trials", 3)?.max(1),
+            eta: int("eta", 3)?.max(2),
+        }))
+    }
+}
+
+/// The `[experiment]` table, and the run keys it sets for every trial (`corpus`, `device`).
+pub(super) fn parse_experiment(ctx: &Ctx, t: &Table) -> Result<(Experiment, Table)> {
+    for k in t.keys() {
+        if !EXPERIMENT_KEYS.contains(&k.as_str()) {
+            return Err(ctx.unknown("experiment", k, EXPERIMENT_KEYS));
+        }
+    }
+    let r = Reader { ctx, t };
+    let name = r.string("name")?.ok_or_else(|| Error::Config {
+        path: ctx.path.to_path_buf(),
+        message: "[experiment] needs a `name` (the runs go to runs/<name>/)".into(),
+    })?;
+    check_name(&name).map_err(|m| ctx.err("experiment", "name", m))?;
+    let mut base = Table::new();
+    if let Some(c) = r.string("corpus")? {
+        base.insert("corpus".into(), Value::String(c));
+    }
+    if let Some(d) = r.string("device")? {
+        crate::device::parse(&d).map_err(|e| ctx.err("experiment", "device", e.to_string()))?;
+        base.insert("device".into(), Value::String(d));
+    }
+    let timeout = match t.get("timeout") {
+        None => None,
+        Some(v) => Some(parse_duration(v).map_err(|m| ctx.err("experiment", "timeout", m))?),
+    };
+    let experiment = Experiment {
+        name,
+        jobs: r.uint("jobs", 1)?.unwrap_or(1) as usize,
+        devices: r.devices()?,
+        trials_per_device: r.uint("trials_per_device", 1)?.unwrap_or(1) as usize,
+        seed: r.uint("seed", 0)?.unwrap_or(0) as u64,
+        timeout,
+        retries: r.uint("retries", 0)?.unwrap_or(0) as u32,
+        max_trials: r.uint("max_trials", 1)?.map(|v| v as usize),
+        pruning: r.pruning()?,
+    };
+    Ok((experiment, base))
+}
+
+/// An experiment name becomes a directory under runs/: no separators, no `..`, no control chars.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "experiment name {name:?} must be 1–64 letters, digits, `-`, `_` or `.` (it names a directory under runs/)"
+        ))
+    }
+}
+
+/// Seconds from a number or a string like "90s", "30m", "2h".
+pub(super) fn parse_duration(v: &Value) -> std::result::Result<f64, String> {
+    let secs = match v {
+        Value::Integer(i) => *i as f64,
+        Value::Float(f) => *f,
+        Value::String(s) => {
+            let s = s.trim();
+            let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic()).unwrap_or(s.len()));
+            let n: f64 = num
+                .trim()
+                .parse()
+                .map_err(|_| format!("cannot read {s:?} as a duration"))?;
+            match unit {
+                "" | "s" => n,
+                "m" => n * 60.0,
+                "h" => n * 3600.0,
+                _ => return Err(format!("unknown unit in {s:?} (use s, m or h)")),
+            }
+        }
+        v => {
+            return Err(format!(
+                "`timeout` must be seconds or a string like \"30m\", not {v}"
+            ))
+        }
+    };
+    if secs > 0.0 && secs.is_finite() {
+        Ok(secs)
+    } else {
+        Err("`timeout` must be > 0".into())
+    }
+}
+
+/// The `[slurm]` table (types and names checked by serde; counts must be ≥ 1).
+pub(super) fn parse_slurm(ctx: &Ctx, t: Table) -> Result<SlurmSettings> {
+    let slurm: SlurmSettings = Value::Table(t).try_into().map_err(|e: toml::de::Error| {
+        let msg = e.to_string();
+        let key = msg
+            .split('`')
+            .nth(1)
+            .filter(|k| !k.contains(' '))
+            .unwrap_or("slurm")
+            .to_string();
+        ctx.err("slurm", &key, msg.trim().replace('\n', " "))
+    })?;
+    for (key, v) in [
+        ("cpus_per_task", slurm.cpus_per_task),
+        ("array_parallelism", slurm.array_parallelism),
+    ] {
+        if v == Some(0) {
+            return Err(ctx.err("slurm", key, "must be at least 1".into()));
+        }
+    }
+    Ok(slurm)
+}

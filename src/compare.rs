@@ -21,6 +21,9 @@ pub struct CompareOptions {
     pub sort: String,
     pub top: Option<usize>,
     pub format: Format,
+    /// Instead of the runs: how much of the metric (`sort`, when it is a validation metric;
+    /// else best val/loss) each swept key explains.
+    pub importance: bool,
 }
 
 /// One run.
@@ -39,6 +42,12 @@ pub struct Row {
     pub time_secs: f64,
     pub tokens_per_s: f64,
     pub group: String,
+    /// The run directory.
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// Every evaluation's validation loss (for curves).
+    #[serde(skip)]
+    pub evals: Vec<crate::run_dir::EvalPoint>,
 }
 
 /// Runs of one configuration with different seeds.
@@ -180,6 +189,8 @@ fn row(
         time_secs: rec.elapsed_secs,
         tokens_per_s: rec.tokens_per_s,
         group: cfg.as_ref().map_or_else(String::new, plan::group_hash),
+        path: dir.clone(),
+        evals: rec.evals.clone(),
     }
 }
 
@@ -229,20 +240,23 @@ pub fn collect(root: &Path) -> Result<(Vec<Row>, Vec<Group>, Vec<String>)> {
     Ok((rows, groups, skipped))
 }
 
+/// A sortable metric of a row, oriented so that lower is better.
+fn metric_of(r: &Row, key: &str) -> Option<f64> {
+    match key {
+        "val/loss" => r.best_val_loss,
+        "val/bpc" => r.best_val_bpc,
+        "val/accuracy" => r.best_val_accuracy.map(|a| -a),
+        "final/val/loss" => r.final_val_loss,
+        "train/loss" => r.train_loss,
+        "time" => Some(r.time_secs),
+        "tokens_per_s" => Some(-r.tokens_per_s),
+        "steps" => Some(-(r.steps as f64)),
+        _ => None,
+    }
+}
+
 fn sort_rows(rows: &mut [Row], key: &str) -> Result<()> {
-    let metric = |r: &Row| -> Option<f64> {
-        match key {
-            "val/loss" => r.best_val_loss,
-            "val/bpc" => r.best_val_bpc,
-            "val/accuracy" => r.best_val_accuracy.map(|a| -a),
-            "final/val/loss" => r.final_val_loss,
-            "train/loss" => r.train_loss,
-            "time" => Some(r.time_secs),
-            "tokens_per_s" => Some(-r.tokens_per_s),
-            "steps" => Some(-(r.steps as f64)),
-            _ => None,
-        }
-    };
+    let metric = |r: &Row| metric_of(r, key);
     const METRICS: &[&str] = &[
         "val/loss",
         "val/bpc",
@@ -309,21 +323,130 @@ pub struct Comparison {
 /// Renders the comparison of the runs under `root`.
 pub fn compare(root: &Path, opts: &CompareOptions) -> Result<Comparison> {
     let (rows, groups, skipped) = collect(root)?;
-    Ok(Comparison {
-        text: render_runs(rows, &groups, opts)?,
-        skipped,
-    })
+    let text = if opts.importance {
+        let metric = importance_metric(&opts.sort);
+        render_importance(metric, &importance(&rows, metric), &groups, opts.format)
+    } else {
+        render_runs(rows, &groups, opts)?
+    };
+    Ok(Comparison { text, skipped })
 }
 
-fn render_runs(mut rows: Vec<Row>, groups: &[Group], opts: &CompareOptions) -> Result<String> {
-    sort_rows(&mut rows, &opts.sort)?;
-    if let Some(k) = opts.top {
-        rows.truncate(k);
+/// The validation metric importance is computed for: `sort` when it is one, else val/loss.
+pub fn importance_metric(sort: &str) -> &'static str {
+    ["val/loss", "val/bpc", "val/accuracy", "final/val/loss"]
+        .into_iter()
+        .find(|m| *m == sort)
+        .unwrap_or("val/loss")
+}
+
+/// The importance of the swept keys for `metric` over the finished runs, seeds averaged.
+pub fn importance(rows: &[Row], metric: &str) -> crate::importance::Importance {
+    let keys: Vec<String> = rows
+        .first()
+        .map(|r| {
+            r.hparams
+                .iter()
+                .map(|(k, _)| k.clone())
+                .filter(|k| k != "seed")
+                .collect()
+        })
+        .unwrap_or_default();
+    let finished: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.status == "completed" || r.status == "pruned")
+        .filter(|r| metric_of(r, metric).is_some_and(f64::is_finite))
+        .collect();
+    let mut obs: Vec<(String, crate::importance::Observation, usize)> = Vec::new();
+    for r in finished {
+        let values: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                r.hparams
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map_or("-".into(), |x| x.1.clone())
+            })
+            .collect();
+        let m = metric_of(r, metric).unwrap_or(f64::NAN);
+        // Seeds of one configuration are one observation: their mean.
+        match obs
+            .iter_mut()
+            .find(|(g, _, _)| !r.group.is_empty() && *g == r.group)
+        {
+            Some((_, o, n)) => {
+                o.metric = (o.metric * *n as f64 + m) / (*n + 1) as f64;
+                *n += 1;
+            }
+            None => obs.push((
+                r.group.clone(),
+                crate::importance::Observation { values, metric: m },
+                1,
+            )),
+        }
     }
-    if opts.format == Format::Json {
-        let v = serde_json::json!({ "runs": rows, "seed_groups": groups });
-        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    let obs: Vec<_> = obs.into_iter().map(|(_, o, _)| o).collect();
+    crate::importance::analyse(&keys, &obs, 1)
+}
+
+/// The importance as a table, markdown, CSV or JSON (with the seed groups).
+fn render_importance(
+    metric: &str,
+    imp: &crate::importance::Importance,
+    groups: &[Group],
+    format: Format,
+) -> String {
+    use crate::importance::Importance;
+    if format == Format::Json {
+        let v = serde_json::json!({ "metric": format!("best {metric}"), "importance": imp, "seed_groups": groups });
+        return serde_json::to_string_pretty(&v).unwrap_or_default();
     }
+    let (n, keys) = match imp {
+        Importance::TooFew {
+            observations,
+            needed,
+        } => {
+            return format!(
+                "importance of best {metric}: too few finished trials to say anything \
+                 ({observations} configurations finished; at least {needed} needed)\n"
+            )
+        }
+        Importance::NothingVaries => {
+            return format!(
+                "importance of best {metric}: no swept key varies across the finished runs\n"
+            )
+        }
+        Importance::Ranked { observations, keys } => (observations, keys),
+    };
+    let headers: Vec<String> = ["key", "importance", "spearman", "best value", "values"]
+        .map(String::from)
+        .to_vec();
+    let lines: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.key.clone(),
+                format!("{:.3}", k.importance),
+                k.spearman.map_or("-".into(), |r| format!("{r:+.2}")),
+                k.best.clone(),
+                k.distinct.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = String::new();
+    if format != Format::Csv {
+        out.push_str(&format!(
+            "importance of best {metric} over {n} finished configurations (seeds averaged; \
+             functional ANOVA on a random forest, shares sum to 1; spearman: rank correlation \
+             with the metric)\n"
+        ));
+    }
+    out.push_str(&render(&headers, &lines, format));
+    out
+}
+
+/// The runs as table cells: headers (run, swept keys, status and metrics) and one line each.
+pub fn run_cells(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
     let keys: Vec<String> = rows
         .first()
         .map(|r| r.hparams.iter().map(|(k, _)| k.clone()).collect())
@@ -361,6 +484,24 @@ fn render_runs(mut rows: Vec<Row>, groups: &[Group], opts: &CompareOptions) -> R
             l
         })
         .collect();
+    (headers, lines)
+}
+
+/// Sorts the runs best first by `key` (see [`CompareOptions::sort`]).
+pub fn sort(rows: &mut [Row], key: &str) -> Result<()> {
+    sort_rows(rows, key)
+}
+
+fn render_runs(mut rows: Vec<Row>, groups: &[Group], opts: &CompareOptions) -> Result<String> {
+    sort_rows(&mut rows, &opts.sort)?;
+    if let Some(k) = opts.top {
+        rows.truncate(k);
+    }
+    if opts.format == Format::Json {
+        let v = serde_json::json!({ "runs": rows, "seed_groups": groups });
+        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    let (headers, lines) = run_cells(&rows);
     let mut out = render(&headers, &lines, opts.format);
     if !groups.is_empty() && opts.format != Format::Csv {
         let gkeys: Vec<String> = groups[0].hparams.iter().map(|(k, _)| k.clone()).collect();

@@ -42,6 +42,9 @@ enum Command {
     CheckDevice(CheckDeviceArgs),
     /// Generate text from a trained run.
     Sample(SampleArgs),
+    /// Write one self-contained HTML report of a sweep: settings, ranked runs, validation
+    /// curves, swept keys against the metric, importance, the best run's config and a sample.
+    Report(ReportArgs),
 }
 
 fn progress(plain: bool) -> Progress {
@@ -277,6 +280,10 @@ struct CompareArgs {
     top: Option<usize>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Rank the swept keys by how much of the metric they explain (functional ANOVA on a random
+    /// forest), with their rank correlation and best value, instead of listing the runs.
+    #[arg(long)]
+    importance: bool,
 }
 
 impl CompareArgs {
@@ -285,6 +292,7 @@ impl CompareArgs {
             sort: self.sort,
             top: self.top,
             format: self.format,
+            importance: self.importance,
         };
         let out = charlab::compare::compare(&self.dir, &opts)?;
         for s in &out.skipped {
@@ -381,6 +389,29 @@ impl SampleArgs {
     }
 }
 
+#[derive(Args)]
+struct ReportArgs {
+    /// A sweep directory (runs/<experiment>) or any directory of runs.
+    dir: PathBuf,
+    /// The HTML file to write.
+    #[arg(short, long, default_value = "report.html")]
+    output: PathBuf,
+}
+
+impl ReportArgs {
+    fn run(self) -> anyhow::Result<ExitCode> {
+        let w = charlab::report::report(&self.dir, &self.output)?;
+        eprintln!(
+            "{}: {} runs, {} charts{}",
+            w.path.display(),
+            w.runs,
+            w.charts,
+            w.best.map_or(String::new(), |b| format!(", best run {b}"))
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Prepare(a) => a.run(),
@@ -390,6 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compare(a) => a.run(),
         Command::CheckDevice(a) => a.run(),
         Command::Sample(a) => a.run(),
+        Command::Report(a) => a.run(),
     }
 }
 

@@ -714,3 +714,60 @@ fn crash_soak_random_sigkills_lose_nothing_and_duplicate_nothing() {
         "{csv}"
     );
 }
+
+#[test]
+fn compare_importance_ranks_the_key_that_drives_the_metric_first_and_declines_with_too_few() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let corpus = common::write_corpus(d);
+    // lr over three decades drives the loss; lr_decay does nothing without a schedule.
+    let file = |name: &str, trials: usize| {
+        format!(
+            "[experiment]\nname = {name:?}\ncorpus = {:?}\njobs = 2\nseed = 3\n[defaults]\n\
+             batch_size = 4\nseq_len = 16\nembed_dim = 16\nhidden = 32\nmax_steps = 60\n\
+             eval_every = 20\nlog_every = 5\nhistogram_every = 0\nsample_length = 10\n\
+             val_fraction = 0.1\ndevice = \"cpu\"\n[random]\ntrials = {trials}\n\
+             lr = {{ log_uniform = [1e-5, 1e-2] }}\nlr_decay = {{ uniform = [0.5, 0.99] }}\n",
+            corpus.to_str().unwrap()
+        )
+    };
+    std::fs::write(d.join("imp.toml"), file("imp", 10)).unwrap();
+    let o = common::charlab(d, &["sweep", "imp.toml", "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = common::charlab(
+        d,
+        &["compare", "runs/imp", "--importance", "--format", "json"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let imp = &v["importance"];
+    assert_eq!(imp["result"], "ranked", "{v}");
+    assert_eq!(imp["observations"], 10);
+    let keys = imp["keys"].as_array().unwrap();
+    assert_eq!(keys[0]["key"], "lr", "{v}");
+    assert!(keys[0]["importance"].as_f64().unwrap() > 0.5, "{v}");
+    assert!(
+        keys[0]["spearman"].as_f64().unwrap() < 0.0,
+        "a larger lr gives a lower loss here: {v}"
+    );
+    for format in ["table", "markdown", "csv"] {
+        let o = common::charlab(
+            d,
+            &["compare", "runs/imp", "--importance", "--format", format],
+        );
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains("lr") && text.contains("lr_decay"),
+            "{format}: {text}"
+        );
+    }
+
+    std::fs::write(d.join("few.toml"), file("few", 3)).unwrap();
+    assert!(common::charlab(d, &["sweep", "few.toml", "--plain"])
+        .status
+        .success());
+    let o = common::charlab(d, &["compare", "runs/few", "--importance"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(text.contains("too few finished trials"), "{text}");
+}

@@ -67,6 +67,24 @@ fn tensorboard_reads_every_kind_of_summary_of_a_run() {
             .collect();
         assert_eq!(steps, vec![10, 20], "{tag}");
     }
+    // The best evaluation so far, at every evaluation: its last value is the run's best.
+    let val: Vec<f64> = scalars["val/loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .collect();
+    let best: Vec<f64> = scalars["best/val_loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .collect();
+    assert_eq!(best[0], val[0]);
+    assert!((best[1] - val[0].min(val[1])).abs() < 1e-6, "{best:?} {val:?}");
+    for tag in ["best/val_bpc", "best/val_accuracy", "best/step"] {
+        assert_eq!(common::tb_steps(&tb, tag), vec![10, 20], "{tag}");
+    }
     let hist = tb["histograms"].as_object().unwrap();
     for name in [
         "Embedding/weight",
@@ -121,7 +139,16 @@ fn tensorboard_reads_every_kind_of_summary_of_a_run() {
         .collect();
     assert_eq!(
         metrics,
-        ["val/loss", "val/accuracy", "val/bpc", "train/loss"]
+        [
+            "best/val_loss",
+            "best/val_bpc",
+            "best/val_accuracy",
+            "best/step",
+            "val/loss",
+            "val/accuracy",
+            "val/bpc",
+            "train/loss"
+        ]
     );
     let declared: Vec<&str> = hp["experiment"]["hparams"]
         .as_array()

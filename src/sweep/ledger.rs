@@ -28,6 +28,63 @@ pub struct Manifest {
     pub swept: Vec<String>,
     pub pruning: Option<plan::Pruning>,
     pub trials: Vec<Entry>,
+    /// A TPE search's state (absent for listed trials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchState>,
+}
+
+/// What a TPE search has done: the trials themselves are the manifest's entries, in proposal
+/// order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchState {
+    /// [`Plan::search_key`] of the search these trials belong to.
+    pub key: String,
+    /// Trials in all (`[search] trials`).
+    pub trials: usize,
+    /// Trial indices in the order their results became known.
+    pub completed: Vec<usize>,
+    /// Per proposed trial: how many of `completed` its proposal saw.
+    pub seen: Vec<usize>,
+}
+
+/// The copy of the sweep file a sweep directory keeps.
+pub fn sweep_file(root: &Path) -> PathBuf {
+    root.join("sweep.toml")
+}
+
+impl Entry {
+    /// The manifest entry of trial `index`.
+    pub fn of(index: usize, t: &plan::Trial) -> Entry {
+        Entry {
+            index,
+            dir: plan::dir_name(index, t),
+            hash: t.hash.clone(),
+            group: t.group.clone(),
+            overrides: t
+                .overrides
+                .iter()
+                .map(|(k, v)| (k.clone(), json(v)))
+                .collect(),
+        }
+    }
+
+    /// The trial's name in TensorBoard's HParams table (a session group): its swept values as
+    /// in its run directory's name, without the seed, so the seeds of one configuration share a
+    /// row; the directory's name when it has no other swept value.
+    pub fn group_name(&self) -> String {
+        let overrides: Vec<(String, toml::Value)> = self
+            .overrides
+            .iter()
+            .filter(|(k, _)| k != "seed")
+            .filter_map(|(k, v)| Some((k.clone(), toml::Value::try_from(v).ok()?)))
+            .collect();
+        let label = plan::label(&overrides);
+        if label.is_empty() {
+            self.dir.clone()
+        } else {
+            label
+        }
+    }
 }
 
 impl Manifest {
@@ -85,8 +142,25 @@ pub fn reconcile(root: &Path, plan: &Plan, extend: bool) -> Result<Manifest> {
             swept: Vec::new(),
             pruning: None,
             trials: Vec::new(),
+            search: None,
         }
     };
+    manifest.swept = plan.swept.iter().map(|(k, _)| k.clone()).collect();
+    manifest.pruning = plan.experiment.pruning.clone();
+    if let Some(tpe) = &plan.search {
+        reconcile_search(root, plan, tpe, &mut manifest, extend)?;
+        return Ok(manifest);
+    }
+    if manifest.search.is_some() {
+        return Err(Error::Config {
+            path: plan.path.clone(),
+            message: format!(
+                "{} holds a TPE search; the sweep file no longer asks for one: use a new \
+                 experiment name",
+                root.display()
+            ),
+        });
+    }
     let old_hashes: Vec<&str> = manifest.trials.iter().map(|e| e.hash.as_str()).collect();
     if let Some(gone) = manifest
         .trials
@@ -119,22 +193,67 @@ pub fn reconcile(root: &Path, plan: &Plan, extend: bool) -> Result<Manifest> {
         });
     }
     for t in new {
-        let index = manifest.trials.len();
-        manifest.trials.push(Entry {
-            index,
-            dir: plan::dir_name(index, t),
-            hash: t.hash.clone(),
-            group: t.group.clone(),
-            overrides: t
-                .overrides
-                .iter()
-                .map(|(k, v)| (k.clone(), json(v)))
-                .collect(),
-        });
+        manifest.trials.push(Entry::of(manifest.trials.len(), t));
     }
-    manifest.swept = plan.swept.iter().map(|(k, _)| k.clone()).collect();
-    manifest.pruning = plan.experiment.pruning.clone();
     Ok(manifest)
+}
+
+/// A TPE search continues only with the same space, defaults and settings; more trials need
+/// `--extend`, fewer than already proposed are refused.
+fn reconcile_search(
+    root: &Path,
+    plan: &Plan,
+    tpe: &plan::TpeSearch,
+    manifest: &mut Manifest,
+    extend: bool,
+) -> Result<()> {
+    let key = plan.search_key();
+    let refuse = |message: String| Error::Config {
+        path: plan.path.clone(),
+        message,
+    };
+    if manifest.search.is_none() && !manifest.trials.is_empty() {
+        return Err(refuse(format!(
+            "{} holds listed trials, not a TPE search: use a new experiment name",
+            root.display()
+        )));
+    }
+    let fresh = manifest.trials.is_empty() && manifest.search.is_none();
+    let state = manifest.search.get_or_insert_with(|| SearchState {
+        key: key.clone(),
+        trials: tpe.trials,
+        ..SearchState::default()
+    });
+    if fresh {
+        return Ok(());
+    }
+    if state.key != key {
+        return Err(refuse(format!(
+            "the sweep file changed the search of {} (its domains, defaults or [search] \
+             settings); only `trials` may grow (with --extend): use a new experiment name",
+            root.display()
+        )));
+    }
+    if tpe.trials > state.trials && !extend {
+        return Err(refuse(format!(
+            "the sweep file asks for {} trials where {} had {}; pass --extend to run the others",
+            tpe.trials,
+            root.display(),
+            state.trials
+        )));
+    }
+    if tpe.trials < manifest.trials.len() {
+        return Err(refuse(format!(
+            "`trials = {}` is fewer than the {} already proposed in {}",
+            tpe.trials,
+            manifest.trials.len(),
+            root.display()
+        )));
+    }
+    if let Some(s) = manifest.search.as_mut() {
+        s.trials = tpe.trials;
+    }
+    Ok(())
 }
 
 /// A trial's state, from its run directory.

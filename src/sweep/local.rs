@@ -6,6 +6,7 @@
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::sweep::ledger::{self, Manifest};
+use crate::sweep::search::Proposer;
 use crate::train::{Progress, RunStatus};
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -196,8 +197,12 @@ impl Display {
 /// The state of a local sweep while it runs.
 struct Launcher<'a> {
     root: &'a Path,
-    manifest: &'a Manifest,
+    /// The sweep's trials; a search appends its proposals.
+    manifest: Manifest,
     opts: &'a LocalOptions,
+    proposer: Option<Proposer<'a>>,
+    /// The search has no more trials to propose.
+    exhausted: bool,
     exe: PathBuf,
     /// One device string per concurrent trial (None: the CPU, with `threads` threads).
     slots: Vec<Option<String>>,
@@ -214,7 +219,15 @@ struct Launcher<'a> {
 }
 
 impl<'a> Launcher<'a> {
-    fn new(root: &'a Path, manifest: &'a Manifest, opts: &'a LocalOptions) -> Result<Self> {
+    fn new(
+        root: &'a Path,
+        mut manifest: Manifest,
+        opts: &'a LocalOptions,
+        proposer: Option<Proposer<'a>>,
+    ) -> Result<Self> {
+        if let Some(p) = &proposer {
+            p.catch_up(&mut manifest)?;
+        }
         let exe = match &opts.worker_exe {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(|e| Error::io("current executable", e))?,
@@ -237,9 +250,11 @@ impl<'a> Launcher<'a> {
         let cost = |i: &usize| opts.costs.get(*i).copied().unwrap_or(0.0);
         // Longest first (stable: equal costs keep index order).
         pending.sort_by(|a, b| cost(b).total_cmp(&cost(a)));
+        let total = proposer.as_ref().map_or(manifest.trials.len(), |p| {
+            manifest.trials.len() + p.remaining(&manifest)
+        });
         Ok(Launcher {
             root,
-            manifest,
             opts,
             exe,
             threads: (cores / slots.len()).max(1),
@@ -249,10 +264,41 @@ impl<'a> Launcher<'a> {
             attempts: vec![0; manifest.trials.len()],
             running: Vec::new(),
             failed: Vec::new(),
-            display: Display::new(opts.progress, manifest.trials.len()),
+            display: Display::new(opts.progress, total),
             stopping_all: None,
             fail_fast_hit: false,
+            manifest,
+            proposer,
+            exhausted: false,
         })
+    }
+
+    /// Records a trial's end for the search (its result is now part of the history).
+    fn record_end(&mut self, index: usize) -> Result<()> {
+        match &self.proposer {
+            Some(p) => p.finished(&mut self.manifest, index),
+            None => Ok(()),
+        }
+    }
+
+    /// A search's next trial, when a slot is free and nothing is queued.
+    fn propose(&mut self) -> Result<()> {
+        let Some(p) = &self.proposer else {
+            return Ok(());
+        };
+        if self.exhausted || !self.queue.is_empty() || self.free.is_empty() {
+            return Ok(());
+        }
+        match p.propose(&mut self.manifest)? {
+            Some(index) => {
+                self.attempts.resize(self.manifest.trials.len(), 0);
+                let e = &self.manifest.trials[index];
+                self.display.line(&format!("proposed trial {}", e.dir));
+                self.queue.push_back(index);
+            }
+            None => self.exhausted = true,
+        }
+        Ok(())
     }
 
     fn run_dir(&self, index: usize) -> RunDir {
@@ -324,6 +370,7 @@ impl<'a> Launcher<'a> {
                         format!(", best val loss {:.4}", m.val_loss)
                     });
                 self.display.line(&format!("trial {name} {s}{detail}"));
+                self.record_end(r.index)?;
             }
             (_, Some(StopCause::Interrupted)) => {}
             (_, Some(StopCause::Timeout)) => {
@@ -332,6 +379,7 @@ impl<'a> Launcher<'a> {
                 run.mark_failed(&msg)?;
                 self.display.line(&format!("trial {name} failed: {msg}"));
                 self.failed.push(r.index);
+                self.record_end(r.index)?;
             }
             (_, None) => self.crashed(r.index, exit, rec.and_then(|x| x.message))?,
         }
@@ -374,6 +422,7 @@ impl<'a> Launcher<'a> {
             ));
         }
         self.failed.push(index);
+        self.record_end(index)?;
         if self.opts.fail_fast && !self.fail_fast_hit {
             self.fail_fast_hit = true;
             self.display.line("--fail-fast: stopping the other trials");
@@ -382,9 +431,10 @@ impl<'a> Launcher<'a> {
         Ok(())
     }
 
-    /// Starts queued trials in the free slots.
+    /// Starts queued (or newly proposed) trials in the free slots.
     fn launch(&mut self) -> Result<()> {
         while self.stopping_all.is_none() && !self.fail_fast_hit {
+            self.propose()?;
             let (Some(&slot), Some(&index)) = (self.free.last(), self.queue.front()) else {
                 break;
             };
@@ -444,8 +494,12 @@ impl<'a> Launcher<'a> {
     }
 
     fn done(&self) -> bool {
-        self.running.is_empty()
-            && (self.queue.is_empty() || self.stopping_all.is_some() || self.fail_fast_hit)
+        let more = !self.queue.is_empty()
+            || self
+                .proposer
+                .as_ref()
+                .is_some_and(|p| !self.exhausted && p.remaining(&self.manifest) > 0);
+        self.running.is_empty() && (!more || self.stopping_all.is_some() || self.fail_fast_hit)
     }
 
     /// The closing line: finished, completed, pruned, diverged, failed.
@@ -467,15 +521,22 @@ impl<'a> Launcher<'a> {
     }
 }
 
-/// Runs every unfinished trial of the manifest. Returns the signal that stopped it, if any.
-pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Option<i32>> {
+/// Runs every unfinished trial of the manifest, and a search's proposals as slots free.
+/// Returns the signal that stopped it, if any, and the manifest as it ended.
+pub fn run(
+    root: &Path,
+    manifest: Manifest,
+    opts: &LocalOptions,
+    proposer: Option<Proposer>,
+) -> Result<(Option<i32>, Manifest)> {
     crate::signals::install();
-    let mut l = Launcher::new(root, manifest, opts)?;
+    let mut l = Launcher::new(root, manifest, opts, proposer)?;
+    let to_run = l.queue.len() + l.proposer.as_ref().map_or(0, |p| p.remaining(&l.manifest));
     l.display.line(&format!(
         "sweep {}: {} trials, {} to run, {} at once ({} thread(s) each)",
         root.display(),
-        manifest.trials.len(),
-        l.queue.len(),
+        l.manifest.trials.len() + to_run - l.queue.len(),
+        to_run,
         l.slots.len(),
         l.threads
     ));
@@ -486,10 +547,11 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &LocalOptions) -> Result<Opti
         if l.done() {
             break;
         }
-        l.display.update(root, manifest, &l.running, l.failed.len());
+        l.display
+            .update(root, &l.manifest, &l.running, l.failed.len());
         std::thread::sleep(Duration::from_millis(100));
     }
     l.display.finish();
     l.summary();
-    Ok(l.stopping_all)
+    Ok((l.stopping_all, l.manifest))
 }

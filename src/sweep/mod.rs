@@ -6,7 +6,9 @@
 pub mod ledger;
 pub mod local;
 pub mod plan;
+pub mod search;
 pub mod slurm;
+pub mod tpe;
 
 use crate::error::{IoContext, Result};
 use crate::run_dir::RunDir;
@@ -132,7 +134,7 @@ pub fn dry_run_table(plan: &Plan) -> String {
 /// manifest, each trial's `config.toml`, and the root event file with the HParams experiment
 /// (every swept key with its domain, and the metrics) and the custom-scalars layout.
 fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest) -> Result<()> {
-    crate::atomic::write(&root.join("sweep.toml"), plan.text.as_bytes())?;
+    crate::atomic::write(&ledger::sweep_file(root), plan.text.as_bytes())?;
     for entry in &manifest.trials {
         let trial = plan.trials.iter().find(|t| t.hash == entry.hash);
         let run = RunDir::new(root.join(&entry.dir));
@@ -271,7 +273,8 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     lay_out(&root, &plan, &manifest)?;
     let exp = &plan.experiment;
     let retries = opts.retries.unwrap_or(exp.retries);
-    let signal = if let Launcher::Slurm {
+    let proposer = search::Proposer::new(&plan, &root);
+    let (signal, manifest) = if let Launcher::Slurm {
         flags,
         detach,
         poll,
@@ -286,8 +289,9 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
             worker_exe: opts.worker_exe.clone(),
             data_dir: std::path::absolute(&opts.data_dir).at(&opts.data_dir)?,
             poll: *poll,
+            concurrent: opts.jobs.unwrap_or(exp.jobs).max(1),
         };
-        slurm::run(&root, &manifest, &so)?
+        slurm::run(&root, manifest, &so, proposer)?
     } else {
         let local = local::LocalOptions {
             jobs: opts.jobs.unwrap_or(exp.jobs).max(1),
@@ -301,7 +305,7 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
             data_dir: opts.data_dir.clone(),
             costs,
         };
-        local::run(&root, &manifest, &local)?
+        local::run(&root, manifest, &local, proposer)?
     };
     let states = manifest
         .trials
@@ -421,7 +425,7 @@ pub fn worker(
         progress,
         data_dir: data_dir.to_path_buf(),
         write_experiment: false,
-        group: Some(entry.group.clone()),
+        group: Some(entry.group_name()),
         prune,
         ..TrainOptions::default()
     };

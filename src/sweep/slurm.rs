@@ -8,6 +8,7 @@
 //! checkpoints and requeues its own task (`scontrol requeue`), which resumes the same way.
 
 use super::ledger::{self, Entry, Manifest, TrialState};
+use super::search::Proposer;
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::train::{Progress, RunStatus};
@@ -31,6 +32,8 @@ pub struct SlurmOptions {
     pub data_dir: PathBuf,
     /// How often the watcher polls (default 2 s).
     pub poll: Option<Duration>,
+    /// A search's trials queued or running at once (`array_parallelism` wins when given).
+    pub concurrent: usize,
 }
 
 /// What has been submitted for a sweep: `slurm/jobs.json`.
@@ -260,8 +263,11 @@ fn say(progress: Progress, msg: &str) {
 /// The watcher's state across polls.
 struct Watcher<'a> {
     root: PathBuf,
-    manifest: &'a Manifest,
+    manifest: Manifest,
     opts: &'a SlurmOptions,
+    proposer: Option<Proposer<'a>>,
+    /// The search has no more trials to propose.
+    exhausted: bool,
     script: PathBuf,
     jobs: Jobs,
     /// Submissions per trial in this invocation: a rerun gives every unfinished trial its
@@ -331,11 +337,40 @@ impl Watcher<'_> {
         false
     }
 
+    /// A search's new trials, up to its concurrency, as results come in.
+    fn propose(&mut self, outstanding: usize, to_submit: &mut Vec<usize>) -> Result<()> {
+        let Some(p) = &self.proposer else {
+            return Ok(());
+        };
+        let limit = self
+            .opts
+            .settings
+            .array_parallelism
+            .unwrap_or(self.opts.concurrent);
+        while !self.exhausted && outstanding + to_submit.len() < limit.max(1) {
+            match p.propose(&mut self.manifest)? {
+                Some(i) => {
+                    say(
+                        self.opts.progress,
+                        &format!("proposed trial {}", self.manifest.trials[i].dir),
+                    );
+                    to_submit.push(i);
+                }
+                None => self.exhausted = true,
+            }
+        }
+        Ok(())
+    }
+
     /// One look at the run records and the queue: counts, resubmissions, fail-fast.
     fn poll(&mut self, tasks: &BTreeMap<usize, Task>) -> Result<Verdict> {
+        if let Some(p) = &self.proposer {
+            p.catch_up(&mut self.manifest)?;
+        }
         let mut to_submit = Vec::new();
         let mut c = Counts::default();
-        for e in &self.manifest.trials {
+        for e in self.manifest.trials.clone() {
+            let e = &e;
             let state = ledger::state(&RunDir::new(self.root.join(&e.dir)));
             let task = tasks.get(&e.index);
             if matches!(state, TrialState::Run(s) if s.is_final()) {
@@ -351,12 +386,16 @@ impl Watcher<'_> {
                 to_submit.push(e.index);
             } else {
                 c.failed += 1;
+                if let Some(p) = &self.proposer {
+                    p.finished(&mut self.manifest, e.index)?;
+                }
                 if self.opts.fail_fast {
                     cancel(&self.jobs);
                     return Ok(Verdict::Cancelled);
                 }
             }
         }
+        self.propose(c.running, &mut to_submit)?;
         if !to_submit.is_empty() {
             self.submit(&to_submit)?;
             c.running += to_submit.len();
@@ -386,7 +425,12 @@ impl Watcher<'_> {
 
 /// Submits the sweep's unfinished, unqueued trials and (unless detached) watches them to the end.
 /// Returns the signal that stopped the watcher, if any (the tasks keep running on the cluster).
-pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Option<i32>> {
+pub fn run(
+    root: &Path,
+    manifest: Manifest,
+    opts: &SlurmOptions,
+    proposer: Option<Proposer>,
+) -> Result<(Option<i32>, Manifest)> {
     let root = std::path::absolute(root).at(root)?;
     let exe = match &opts.worker_exe {
         Some(p) => p.clone(),
@@ -405,6 +449,8 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
         root,
         manifest,
         opts,
+        proposer,
+        exhausted: false,
         script: script_path,
         tries_here: BTreeMap::new(),
         given_up: BTreeSet::new(),
@@ -419,7 +465,7 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
                 opts.progress,
                 "watcher stopped; the tasks keep running: `--status` shows them, the same command resumes watching",
             );
-            return Ok(Some(sig));
+            return Ok((Some(sig), w.manifest));
         }
         let Some(tasks) = task_states(&w.jobs)? else {
             unreadable += 1;
@@ -433,7 +479,7 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
         };
         unreadable = 0;
         let c = match w.poll(&tasks)? {
-            Verdict::Cancelled => return Ok(None),
+            Verdict::Cancelled => return Ok((None, w.manifest)),
             Verdict::Continue(c) => c,
         };
         if last_counts.as_ref() != Some(&c) {
@@ -443,7 +489,7 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
                     "[{:>5.0}s] {}/{} done, {} queued or running, {} failed",
                     started.elapsed().as_secs_f64(),
                     c.done,
-                    manifest.trials.len(),
+                    w.manifest.trials.len(),
                     c.running,
                     c.failed
                 ),
@@ -452,7 +498,7 @@ pub fn run(root: &Path, manifest: &Manifest, opts: &SlurmOptions) -> Result<Opti
         let idle = c.running == 0;
         last_counts = Some(c);
         if opts.detach || idle {
-            return Ok(None);
+            return Ok((None, w.manifest));
         }
         std::thread::sleep(poll);
     }

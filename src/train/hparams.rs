@@ -18,8 +18,19 @@ pub const OBSERVATION_KEYS: &[&str] = &[
     "sample_temperature",
 ];
 
-/// The metrics declared to the HParams dashboard.
-pub const METRICS: &[&str] = &["val/loss", "val/accuracy", "val/bpc", "train/loss"];
+/// The metrics declared to the HParams dashboard: the final values, and the best evaluation's
+/// (the `best/*` scalars hold the best so far at every evaluation, so their last value is the
+/// run's best: an overfitting run is judged by its best point, not its last).
+pub const METRICS: &[&str] = &[
+    "best/val_loss",
+    "best/val_bpc",
+    "best/val_accuracy",
+    "best/step",
+    "val/loss",
+    "val/accuracy",
+    "val/bpc",
+    "train/loss",
+];
 
 /// Keys that may differ between a run's saved config and the config it is resumed with: the
 /// observation keys, and the two that say how long the run goes.

@@ -266,6 +266,13 @@ impl<'a> Trainer<'a> {
         } else {
             self.evals_without_improvement += 1;
         }
+        if let Some(b) = self.record.best_metrics {
+            self.events.scalar("best/val_loss", step, b.val_loss)?;
+            self.events.scalar("best/val_bpc", step, b.val_bpc)?;
+            self.events
+                .scalar("best/val_accuracy", step, b.val_accuracy)?;
+            self.events.scalar("best/step", step, b.step as f64)?;
+        }
         self.record.final_metrics = Some(metrics);
         self.record.evals.retain(|e| e.step < step);
         self.record.evals.push(EvalPoint { step, val_loss });

@@ -46,9 +46,177 @@ pub struct Plan {
     /// Grid or random points that resolved to an already listed trial.
     pub duplicates: usize,
     pub slurm: SlurmSettings,
+    /// `[search] method = "tpe"`: the trials are proposed as results come in (`trials` is
+    /// then empty).
+    pub search: Option<TpeSearch>,
+    /// The grid and the random samplers.
+    pub space: space::Space,
+    /// The defaults every trial starts from.
+    pub base: Table,
 }
 
-const TOP_KEYS: &[&str] = &["experiment", "defaults", "grid", "random", "trial", "slurm"];
+/// `[search] method = "tpe"`: a Tree-structured Parzen Estimator search over the `[random]`
+/// domains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TpeSearch {
+    /// Trials in all.
+    pub trials: usize,
+    /// Random trials before the model takes over.
+    pub startup: usize,
+    /// Candidates scored per proposal.
+    pub candidates: usize,
+    /// What is minimised: best `val/loss` (default), `val/bpc`, `val/accuracy` (maximised), or
+    /// `final/val/loss`.
+    pub metric: String,
+}
+
+const TOP_KEYS: &[&str] = &[
+    "experiment",
+    "defaults",
+    "grid",
+    "random",
+    "search",
+    "trial",
+    "slurm",
+];
+const SEARCH_KEYS: &[&str] = &["method", "trials", "startup_trials", "candidates", "metric"];
+const SEARCH_METRICS: &[&str] = &["val/loss", "val/bpc", "val/accuracy", "final/val/loss"];
+
+impl Plan {
+    /// The trial of `overrides` laid over the defaults (validated, hashed).
+    pub fn trial(&self, overrides: Vec<(String, Value)>) -> Result<Trial> {
+        let ctx = Ctx {
+            path: &self.path,
+            text: &self.text,
+        };
+        let config = resolve(&ctx, &self.base, &self.space, &overrides, false)?;
+        Ok(Trial {
+            group: group_hash(&config),
+            hash: config_hash(&config),
+            overrides,
+            config,
+        })
+    }
+
+    /// A drawn number as the value of run key `key`: an integer for integer keys, else rounded
+    /// to four significant digits (readable names, stable hashes).
+    pub fn number(&self, key: &str, x: f64) -> Value {
+        let int_key = matches!(check::run_keys().get(key), Some(Value::Integer(_)));
+        space::number(x, int_key)
+    }
+
+    /// What a TPE search depends on besides its trial count: a changed sweep file that changes
+    /// this is a different search.
+    pub fn search_key(&self) -> String {
+        let text = format!(
+            "{:?}|{:?}|{:?}|{}",
+            self.base,
+            self.space.random,
+            self.search
+                .as_ref()
+                .map(|s| (s.startup, s.candidates, &s.metric)),
+            self.experiment.seed
+        );
+        crate::digest::sha256_hex(text.as_bytes())[..16].to_string()
+    }
+}
+
+/// The `[search]` table: `None` for the default (the grid, random draws and explicit trials as
+/// listed), the TPE settings for `method = "tpe"`.
+fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<TpeSearch>> {
+    for k in t.keys() {
+        if !SEARCH_KEYS.contains(&k.as_str()) {
+            return Err(ctx.unknown("search", k, SEARCH_KEYS));
+        }
+    }
+    let method = match t.get("method") {
+        None => return Ok(None),
+        Some(Value::String(m)) => m.as_str(),
+        Some(v) => {
+            return Err(ctx.err(
+                "search",
+                "method",
+                format!("`method` must be \"tpe\" or \"list\", not {v}"),
+            ))
+        }
+    };
+    match method {
+        "list" => return Ok(None),
+        "tpe" => {}
+        other => {
+            let hint = nearest(other, ["tpe", "list"]);
+            return Err(ctx.err(
+                "search",
+                "method",
+                format!("unknown method `{other}`{hint}; expected \"tpe\" or \"list\""),
+            ));
+        }
+    }
+    let int = |k: &str, min: i64| -> Result<Option<usize>> {
+        match t.get(k) {
+            None => Ok(None),
+            Some(Value::Integer(i)) if *i >= min => Ok(Some(*i as usize)),
+            Some(v) => Err(ctx.err(
+                "search",
+                k,
+                format!("`{k}` must be an integer ≥ {min}, not {v}"),
+            )),
+        }
+    };
+    let trials = int("trials", 1)?.ok_or_else(|| {
+        ctx.err(
+            "search",
+            "method",
+            "method = \"tpe\" needs `trials = N` in [search]".into(),
+        )
+    })?;
+    let metric = match t.get("metric") {
+        None => "val/loss".to_string(),
+        Some(Value::String(m)) if SEARCH_METRICS.contains(&m.as_str()) => m.clone(),
+        Some(v) => {
+            return Err(ctx.err(
+                "search",
+                "metric",
+                format!(
+                    "`metric` must be one of {}, not {v}",
+                    SEARCH_METRICS.join(", ")
+                ),
+            ))
+        }
+    };
+    if space.random.is_empty() {
+        return Err(ctx.err(
+            "search",
+            "method",
+            "method = \"tpe\" searches the [random] domains: add some".into(),
+        ));
+    }
+    if !space.grid.is_empty() || space.random_trials > 0 {
+        let key = if space.grid.is_empty() {
+            "trials"
+        } else {
+            "method"
+        };
+        return Err(ctx.err(
+            if space.grid.is_empty() {
+                "random"
+            } else {
+                "search"
+            },
+            key,
+            "with method = \"tpe\" the trial count is [search] trials, and there is no [grid]"
+                .into(),
+        ));
+    }
+    Ok(Some(TpeSearch {
+        trials,
+        startup: int("startup_trials", 0)?
+            .unwrap_or(trials.min(10))
+            .min(trials),
+        candidates: int("candidates", 1)?.unwrap_or(24),
+        metric,
+    }))
+}
 
 /// Reads and expands a sweep file. Refuses more than `max_trials` trials unless `force`.
 pub fn load(path: &Path, max_trials: usize, force: bool) -> Result<Plan> {
@@ -246,15 +414,36 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
         &section(&ctx, &doc, "random")?,
     )?;
     let explicit = explicit_tables(&ctx, &doc)?;
+    let search = parse_search(&ctx, &section(&ctx, &doc, "search")?, &space)?;
     let limit = experiment.max_trials.unwrap_or(max_trials);
-    check_count(&ctx, &space, explicit.len(), limit, force)?;
-    // Grid (last key fastest), then random draws, then explicit trials.
-    let mut points = space.points(&keys, &mut Rng::new(experiment.seed, 5));
-    points.extend(explicit_points(&ctx, &keys, &explicit)?);
-    if points.is_empty() {
-        points.push((Vec::new(), false));
-    }
-    let (trials, duplicates) = trials(&ctx, &base, &space, points)?;
+    let (trials, duplicates) = match &search {
+        Some(tpe) => {
+            if !explicit.is_empty() {
+                return Err(ctx.err(
+                    "trial",
+                    "trial",
+                    "[[trial]] tables cannot be mixed with method = \"tpe\"".into(),
+                ));
+            }
+            if tpe.trials > limit && !force {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    message: format!("the search has {} trials, more than the limit of {limit} (--max-trials or [experiment] max_trials); pass --force", tpe.trials),
+                });
+            }
+            (Vec::new(), 0)
+        }
+        None => {
+            check_count(&ctx, &space, explicit.len(), limit, force)?;
+            // Grid (last key fastest), then random draws, then explicit trials.
+            let mut points = space.points(&keys, &mut Rng::new(experiment.seed, 5));
+            points.extend(explicit_points(&ctx, &keys, &explicit)?);
+            if points.is_empty() {
+                points.push((Vec::new(), false));
+            }
+            trials(&ctx, &base, &space, points)?
+        }
+    };
     let swept = space.domains(&trials);
     Ok(Plan {
         path: path.to_path_buf(),
@@ -264,5 +453,8 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
         swept,
         duplicates,
         slurm,
+        search,
+        space,
+        base,
     })
 }

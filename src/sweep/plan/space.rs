@@ -116,22 +116,11 @@ pub(super) fn parse_sampler(ctx: &Ctx, keys: &Table, key: &str, v: &Value) -> Re
 
 pub(super) fn draw(s: &Sampler, rng: &mut Rng, int_key: bool) -> Value {
     match s {
-        Sampler::Uniform(a, b) => {
-            let x = round4(a + (b - a) * rng.uniform_f64());
-            if int_key {
-                Value::Integer(x.round() as i64)
-            } else {
-                Value::Float(x)
-            }
-        }
-        Sampler::LogUniform(a, b) => {
-            let x = round4((a.ln() + (b.ln() - a.ln()) * rng.uniform_f64()).exp());
-            if int_key {
-                Value::Integer(x.round() as i64)
-            } else {
-                Value::Float(x)
-            }
-        }
+        Sampler::Uniform(a, b) => number(a + (b - a) * rng.uniform_f64(), int_key),
+        Sampler::LogUniform(a, b) => number(
+            (a.ln() + (b.ln() - a.ln()) * rng.uniform_f64()).exp(),
+            int_key,
+        ),
         Sampler::IntUniform(a, b) => {
             let span = (b - a + 1) as u64;
             Value::Integer(a + (rng.next_u64() % span) as i64)
@@ -175,6 +164,17 @@ pub(super) fn merge(a: &Domain, b: &Domain) -> Domain {
             (Some((a0, a1)), Some((b0, b1))) => Domain::Interval(a0.min(b0), a1.max(b1)),
             _ => a.clone(),
         },
+    }
+}
+
+/// A drawn number as a value: an integer for integer keys, else rounded to four significant
+/// digits (readable names, stable hashes).
+pub fn number(x: f64, int_key: bool) -> Value {
+    let x = round4(x);
+    if int_key {
+        Value::Integer(x.round() as i64)
+    } else {
+        Value::Float(x)
     }
 }
 

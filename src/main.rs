@@ -45,6 +45,9 @@ enum Command {
     /// Write one self-contained HTML report of a sweep: settings, ranked runs, validation
     /// curves, swept keys against the metric, importance, the best run's config and a sample.
     Report(ReportArgs),
+    /// Write a new sweep file whose domains are narrowed around a sweep's best trials
+    /// (coarse-to-fine).
+    Refine(RefineArgs),
 }
 
 fn progress(plain: bool) -> Progress {
@@ -412,6 +415,32 @@ impl ReportArgs {
     }
 }
 
+#[derive(Args)]
+struct RefineArgs {
+    /// A finished (or partly finished) sweep directory (runs/<experiment>).
+    dir: PathBuf,
+    /// Narrow around this many best trials.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Where to write the new sweep file (default: standard output).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+impl RefineArgs {
+    fn run(self) -> anyhow::Result<ExitCode> {
+        let text = charlab::sweep::refine::refine(&self.dir, self.top)?;
+        match &self.output {
+            Some(p) => {
+                charlab::atomic::write(p, text.as_bytes())?;
+                eprintln!("wrote {}", p.display());
+            }
+            None => print!("{text}"),
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Prepare(a) => a.run(),
@@ -422,6 +451,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckDevice(a) => a.run(),
         Command::Sample(a) => a.run(),
         Command::Report(a) => a.run(),
+        Command::Refine(a) => a.run(),
     }
 }
 

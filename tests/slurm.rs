@@ -206,4 +206,53 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
         4,
         "{table}"
     );
+
+    tpe_search_on_slurm(d);
+}
+
+/// A TPE search on the job array: proposals are submitted as results come in; a watcher that
+/// dies and is started again continues the same search.
+fn tpe_search_on_slurm(d: &Path) {
+    std::fs::write(
+        d.join("tpe.toml"),
+        "[experiment]\nname = \"tpe\"\ncorpus = \"novel.txt\"\nseed = 3\n[defaults]\nbatch_size = 4\n\
+         seq_len = 16\nembed_dim = 16\nmax_steps = 200\neval_every = 50\nlog_every = 10\n\
+         histogram_every = 0\nval_fraction = 0.1\ndevice = \"cpu\"\n[search]\nmethod = \"tpe\"\n\
+         trials = 5\nstartup_trials = 2\n[random]\nlr = { log_uniform = [1e-4, 3e-2] }\n\
+         hidden = { choice = [16, 32] }\n[slurm]\ncpus_per_task = 1\n",
+    )
+    .unwrap();
+    let args = [
+        "sweep",
+        "tpe.toml",
+        "--launcher",
+        "slurm",
+        "--array-parallelism",
+        "2",
+        "--plain",
+    ];
+    let root = d.join("runs/tpe");
+    let mut watcher = common::spawn_quiet(d, &args);
+    common::wait_until(120, "three proposals", || {
+        charlab::sweep::ledger::Manifest::load(&root).is_ok_and(|m| m.trials.len() >= 3)
+    });
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+    let o = common::charlab(d, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = charlab::sweep::ledger::Manifest::load(&root).unwrap();
+    assert_eq!(m.trials.len(), 5);
+    assert_eq!(m.search.as_ref().unwrap().completed.len(), 5);
+    for e in &m.trials {
+        let run = root.join(&e.dir);
+        assert_eq!(common::record(&run)["status"], "completed", "{}", e.dir);
+        let tb = common::tb_read(&run);
+        assert_eq!(
+            common::tb_steps(&tb, "train/loss"),
+            (1..=20).map(|k| 10 * k).collect::<Vec<_>>(),
+            "{}: each step once",
+            e.dir
+        );
+    }
+    common::assert_proposals_replay(d, "tpe.toml", "tpe");
 }

@@ -81,7 +81,10 @@ fn tensorboard_reads_every_kind_of_summary_of_a_run() {
         .map(|p| p[1].as_f64().unwrap())
         .collect();
     assert_eq!(best[0], val[0]);
-    assert!((best[1] - val[0].min(val[1])).abs() < 1e-6, "{best:?} {val:?}");
+    assert!(
+        (best[1] - val[0].min(val[1])).abs() < 1e-6,
+        "{best:?} {val:?}"
+    );
     for tag in ["best/val_bpc", "best/val_accuracy", "best/step"] {
         assert_eq!(common::tb_steps(&tb, tag), vec![10, 20], "{tag}");
     }

@@ -6,6 +6,7 @@
 pub mod ledger;
 pub mod local;
 pub mod plan;
+pub mod refine;
 pub mod search;
 pub mod slurm;
 pub mod tpe;
@@ -95,8 +96,32 @@ impl SweepOutcome {
     }
 }
 
-/// The table `--dry-run` prints: one line per trial with its swept values.
+/// What `--dry-run` says of a TPE search: its settings and the domains it searches.
+fn dry_run_search(plan: &Plan, tpe: &plan::TpeSearch) -> String {
+    let headers: Vec<String> = ["key", "domain"].map(String::from).to_vec();
+    let lines: Vec<Vec<String>> = plan
+        .space
+        .random
+        .iter()
+        .map(|(k, s)| vec![k.clone(), s.to_string()])
+        .collect();
+    format!(
+        "{}TPE search: {} trials ({} random first, {} candidates each), minimising best {} → runs/{}/",
+        crate::table::render(&headers, &lines, crate::table::Format::Table),
+        tpe.trials,
+        tpe.startup,
+        tpe.candidates,
+        tpe.metric,
+        plan.experiment.name
+    )
+}
+
+/// The table `--dry-run` prints: one line per trial with its swept values (or, for a TPE
+/// search, its settings and domains).
 pub fn dry_run_table(plan: &Plan) -> String {
+    if let Some(tpe) = &plan.search {
+        return dry_run_search(plan, tpe);
+    }
     let mut out = String::new();
     let keys: Vec<&str> = plan.swept.iter().map(|(k, _)| k.as_str()).collect();
     let rows: Vec<Vec<String>> = plan

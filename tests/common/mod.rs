@@ -194,3 +194,25 @@ pub fn assert_user_error(o: &std::process::Output, what: &str, needles: &[&str])
         assert!(err.contains(n), "{what}: `{n}` not in {err}");
     }
 }
+
+/// Each proposal is what the sampler makes of the history the manifest says it saw.
+pub fn assert_proposals_replay(d: &Path, file: &str, name: &str) {
+    let p = charlab::sweep::plan::load(&d.join(file), 1000, false).unwrap();
+    let root = d.join("runs").join(name);
+    let m = charlab::sweep::ledger::Manifest::load(&root).unwrap();
+    let proposer = charlab::sweep::search::Proposer::new(&p, &root).unwrap();
+    let state = m.search.clone().unwrap();
+    for (i, e) in m.trials.iter().enumerate() {
+        let earlier: Vec<&str> = m.trials[..i].iter().map(|t| t.hash.as_str()).collect();
+        let replayed = proposer
+            .candidates(&m, i, state.seen[i])
+            .into_iter()
+            .map(|o| p.trial(o).unwrap().hash)
+            .find(|h| !earlier.contains(&h.as_str()))
+            .unwrap();
+        assert_eq!(
+            replayed, e.hash,
+            "trial {i} replays from its recorded history"
+        );
+    }
+}

@@ -121,6 +121,35 @@ impl Plan {
     }
 }
 
+/// A TPE search draws from the `[random]` domains only.
+fn check_tpe_space(ctx: &Ctx, space: &space::Space) -> Result<()> {
+    if space.random.is_empty() {
+        return Err(ctx.err(
+            "search",
+            "method",
+            "method = \"tpe\" searches the [random] domains: add some".into(),
+        ));
+    }
+    if !space.grid.is_empty() || space.random_trials > 0 {
+        let key = if space.grid.is_empty() {
+            "trials"
+        } else {
+            "method"
+        };
+        return Err(ctx.err(
+            if space.grid.is_empty() {
+                "random"
+            } else {
+                "search"
+            },
+            key,
+            "with method = \"tpe\" the trial count is [search] trials, and there is no [grid]"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The `[search]` table: `None` for the default (the grid, random draws and explicit trials as
 /// listed), the TPE settings for `method = "tpe"`.
 fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<TpeSearch>> {
@@ -184,30 +213,7 @@ fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<Tpe
             ))
         }
     };
-    if space.random.is_empty() {
-        return Err(ctx.err(
-            "search",
-            "method",
-            "method = \"tpe\" searches the [random] domains: add some".into(),
-        ));
-    }
-    if !space.grid.is_empty() || space.random_trials > 0 {
-        let key = if space.grid.is_empty() {
-            "trials"
-        } else {
-            "method"
-        };
-        return Err(ctx.err(
-            if space.grid.is_empty() {
-                "random"
-            } else {
-                "search"
-            },
-            key,
-            "with method = \"tpe\" the trial count is [search] trials, and there is no [grid]"
-                .into(),
-        ));
-    }
+    check_tpe_space(ctx, space)?;
     Ok(Some(TpeSearch {
         trials,
         startup: int("startup_trials", 0)?
@@ -434,6 +440,10 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
             (Vec::new(), 0)
         }
         None => {
+            if !space.random.is_empty() && space.random_trials == 0 {
+                let msg = "needs `trials = N` (or a [search] with method = \"tpe\")";
+                return Err(ctx.err("random", "trials", msg.into()));
+            }
             check_count(&ctx, &space, explicit.len(), limit, force)?;
             // Grid (last key fastest), then random draws, then explicit trials.
             let mut points = space.points(&keys, &mut Rng::new(experiment.seed, 5));

@@ -226,9 +226,6 @@ impl Space {
                 .random
                 .push((k.clone(), parse_sampler(ctx, keys, &k, &v)?));
         }
-        if !space.random.is_empty() && space.random_trials == 0 {
-            return Err(ctx.err("random", "trials", "needs `trials = N`".into()));
-        }
         Ok(space)
     }
 
@@ -306,6 +303,21 @@ impl Space {
             }
         }
         swept
+    }
+}
+
+impl std::fmt::Display for Sampler {
+    /// As the sweep file writes it: `log_uniform [0.0001, 0.02]`, `choice [64, 128]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sampler::Uniform(a, b) => write!(f, "uniform [{a}, {b}]"),
+            Sampler::LogUniform(a, b) => write!(f, "log_uniform [{a}, {b}]"),
+            Sampler::IntUniform(a, b) => write!(f, "int_uniform [{a}, {b}]"),
+            Sampler::Choice(c) => {
+                let items: Vec<String> = c.iter().map(|v| v.to_string()).collect();
+                write!(f, "choice [{}]", items.join(", "))
+            }
+        }
     }
 }
 

@@ -1,0 +1,217 @@
+//! Search that learns (issue 13): TPE sweeps end to end — proposals from finished trials, a
+//! sweep killed mid-search continues with the same proposals and no trial lost or run twice,
+//! `--extend`, pruning — and `charlab refine`.
+
+mod common;
+
+use charlab::sweep::ledger::Manifest;
+use charlab::sweep::plan;
+use std::path::Path;
+
+/// A TPE sweep file over lr (log-uniform), hidden (choice) and dropout on the fixture corpus;
+/// `extra` lines go into [experiment].
+fn tpe_file(d: &Path, name: &str, trials: usize, extra: &str) -> String {
+    let corpus = common::write_corpus(d);
+    let jobs = if extra.contains("jobs") {
+        ""
+    } else {
+        "jobs = 1\n"
+    };
+    let text = format!(
+        "[experiment]\nname = {name:?}\ncorpus = {:?}\n{jobs}seed = 7\n{extra}\n[defaults]\n\
+         batch_size = 4\nseq_len = 16\nembed_dim = 16\nmax_steps = 120\neval_every = 30\n\
+         log_every = 10\nhistogram_every = 0\nsample_length = 10\nval_fraction = 0.1\n\
+         device = \"cpu\"\n[search]\nmethod = \"tpe\"\ntrials = {trials}\nstartup_trials = 3\n\
+         [random]\nlr = {{ log_uniform = [1e-4, 3e-2] }}\nhidden = {{ choice = [16, 32] }}\n\
+         dropout = {{ uniform = [0.0, 0.4] }}\n",
+        corpus.to_str().unwrap()
+    );
+    let file = format!("{name}.toml");
+    std::fs::write(d.join(&file), text).unwrap();
+    file
+}
+
+fn manifest(d: &Path, name: &str) -> Manifest {
+    Manifest::load(&d.join("runs").join(name)).unwrap()
+}
+
+#[test]
+fn a_tpe_sweep_killed_mid_search_continues_with_the_same_proposals_and_each_trial_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Uninterrupted: one trial at a time, so the completion order is the proposal order.
+    let a = tpe_file(d, "whole", 7, "");
+    let o = common::charlab(d, &["sweep", &a, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = manifest(d, "whole");
+    assert_eq!(whole.trials.len(), 7);
+    let state = whole.search.clone().unwrap();
+    assert_eq!(state.completed, (0..7).collect::<Vec<_>>());
+    assert_eq!(
+        state.seen,
+        vec![0, 1, 2, 3, 4, 5, 6],
+        "each saw every trial before it"
+    );
+    common::assert_proposals_replay(d, &a, "whole");
+
+    // The same search, SIGKILLed once the model has proposed, then run again.
+    let b = tpe_file(d, "killed", 7, "");
+    let root = d.join("runs/killed");
+    let mut child = common::spawn_quiet(d, &["sweep", &b, "--plain"]);
+    common::wait_until(120, "a proposal past the random start", || {
+        Manifest::load(&root).is_ok_and(|m| m.trials.len() >= 5)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = manifest(d, "killed");
+    let unfinished = at_kill.trials.len() < 7
+        || at_kill
+            .trials
+            .iter()
+            .any(|e| common::record(&root.join(&e.dir))["status"] != "completed");
+    assert!(unfinished, "the kill came before the search ended");
+    let o = common::charlab(d, &["sweep", &b, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let killed = manifest(d, "killed");
+    let hashes = |m: &Manifest| m.trials.iter().map(|e| e.hash.clone()).collect::<Vec<_>>();
+    assert_eq!(hashes(&killed), hashes(&whole), "the same proposals");
+    assert_eq!(killed.search.as_ref().unwrap().seen, state.seen);
+    common::assert_proposals_replay(d, &b, "killed");
+    for e in &killed.trials {
+        let run = root.join(&e.dir);
+        assert_eq!(common::record(&run)["status"], "completed", "{}", e.dir);
+        let tb = common::tb_read(&run);
+        assert_eq!(
+            common::tb_steps(&tb, "train/loss"),
+            (1..=12).map(|k| k * 10).collect::<Vec<_>>(),
+            "{}: each step once",
+            e.dir
+        );
+    }
+}
+
+#[test]
+fn a_tpe_search_grows_only_with_extend_and_refuses_a_changed_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = tpe_file(d, "grow", 4, "");
+    assert!(common::charlab(d, &["sweep", &f, "--plain"])
+        .status
+        .success());
+    let f = tpe_file(d, "grow", 6, "");
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    common::assert_user_error(&o, "more trials without --extend", &["--extend", "6"]);
+    let o = common::charlab(d, &["sweep", &f, "--plain", "--extend"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = manifest(d, "grow");
+    assert_eq!(m.trials.len(), 6);
+    assert_eq!(m.search.unwrap().seen[4..], [4, 5]);
+
+    let changed = std::fs::read_to_string(d.join(&f))
+        .unwrap()
+        .replace("3e-2", "1e-1");
+    std::fs::write(d.join(&f), changed).unwrap();
+    let o = common::charlab(d, &["sweep", &f, "--plain", "--extend"]);
+    common::assert_user_error(
+        &o,
+        "a changed space",
+        &["changed the search", "new experiment name"],
+    );
+}
+
+#[test]
+fn a_tpe_search_with_halving_counts_pruned_trials_as_finished_and_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = tpe_file(
+        d,
+        "prune",
+        8,
+        "jobs = 2\npruning = { rule = \"halving\", warmup_evals = 1, min_trials = 2, eta = 2 }",
+    );
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = manifest(d, "prune");
+    let state = m.search.clone().unwrap();
+    assert_eq!(m.trials.len(), 8);
+    let mut completed = state.completed.clone();
+    completed.sort();
+    assert_eq!(
+        completed,
+        (0..8).collect::<Vec<_>>(),
+        "every trial's end is known"
+    );
+    let statuses: Vec<String> = m
+        .trials
+        .iter()
+        .map(|e| common::record(&d.join("runs/prune").join(&e.dir))["status"].to_string())
+        .collect();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s == "\"completed\"" || s == "\"pruned\""),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn refine_writes_a_valid_sweep_file_whose_domains_hold_the_best_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = tpe_file(d, "coarse", 6, "");
+    assert!(common::charlab(d, &["sweep", &f, "--plain"])
+        .status
+        .success());
+    let o = common::charlab(
+        d,
+        &["refine", "runs/coarse", "--top", "3", "-o", "fine.toml"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(d.join("fine.toml")).unwrap();
+    assert!(
+        text.starts_with("# Refined from experiment `coarse`"),
+        "{text}"
+    );
+    let fine = plan::load(&d.join("fine.toml"), 1000, false).unwrap();
+    assert_eq!(fine.experiment.name, "coarse-refined");
+    // The best three by best val/loss.
+    let o = common::charlab(
+        d,
+        &["compare", "runs/coarse", "--format", "json", "--top", "3"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for run in v["runs"].as_array().unwrap() {
+        let hp = run["hparams"].as_array().unwrap();
+        let value = |k: &str| {
+            hp.iter()
+                .find(|p| p[0] == k)
+                .and_then(|p| p[1].as_str())
+                .unwrap()
+                .to_string()
+        };
+        for (key, sampler) in &fine.space.random {
+            let x = value(key);
+            let inside = match sampler {
+                plan::Sampler::LogUniform(a, b) | plan::Sampler::Uniform(a, b) => {
+                    let x: f64 = x.parse().unwrap();
+                    *a <= x * (1.0 + 1e-9) && x <= *b * (1.0 + 1e-9)
+                }
+                plan::Sampler::Choice(c) => c.iter().any(|v| v.to_string() == x),
+                plan::Sampler::IntUniform(a, b) => {
+                    let x: i64 = x.parse().unwrap();
+                    *a <= x && x <= *b
+                }
+            };
+            assert!(inside, "{key} = {x} outside the refined {sampler:?}");
+        }
+    }
+    // Narrower than before, and charlab runs it.
+    let old = plan::load(&d.join(&f), 1000, false).unwrap();
+    let width = |p: &plan::Plan| match &p.space.random[0].1 {
+        plan::Sampler::LogUniform(a, b) => (b / a).ln(),
+        s => panic!("{s:?}"),
+    };
+    assert!(width(&fine) < width(&old));
+    let o = common::charlab(d, &["sweep", "fine.toml", "--dry-run"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -14,9 +14,11 @@
 //! own partial weight gradients, which are summed at the end. One thread (a sweep's trial) runs
 //! exactly the same code with one group.
 //!
-//! Layer 0's input projection, for a vocabulary small next to the batch, is a `[V, 4H]` table
-//! (`embedding · W_ihᵀ`, rebuilt each step) read by id instead of a GEMM over every position; its
-//! gradient is scattered into the table and folded back into the embedding and `W_ih` once.
+//! Layer 0's input is an embedding row, so its input projection depends only on the character:
+//! it is computed once per distinct character of the window (a `[U, 4H]` table, `embedding ·
+//! W_ihᵀ` for those U ≤ min(V, B·T) ids; a 2,048-char window of 红楼梦 has ~650) and read by id
+//! in the time loop. Its gradient is scattered into the table and folded back into those rows
+//! of the embedding and into `W_ih` once per step: three GEMMs over U rows instead of B·T.
 
 use super::gemm::{matmul, View, ViewMut};
 use super::kernels;
@@ -96,7 +98,13 @@ struct Shared {
     packed_bwd: Vec<Vec<f32>>,
     /// Per layer `[4·Hp]`.
     bias: Vec<Vec<f32>>,
-    /// `[V, 4·Hp]` when layer 0 uses the table.
+    /// The window's distinct ids, ascending (`U` of them).
+    uniq: Vec<u32>,
+    /// Id → its row in `uniq` (`u32::MAX` for ids not in the window).
+    slot: Vec<u32>,
+    /// `[U, E]`: the embedding rows of `uniq`.
+    emb_u: Vec<f32>,
+    /// `[U, 4·Hp]`: layer 0's input projection of each distinct id.
     table: Vec<f32>,
     /// Per layer, `[B, T, H]` in the reference model's order; empty without dropout.
     masks: Vec<Vec<f32>>,
@@ -108,7 +116,6 @@ struct Shared {
 struct Workspace {
     batch: usize,
     seq: usize,
-    table: bool,
     groups: Vec<Group>,
     /// When it was last used (a pass counter), to drop the stalest when there are too many.
     used: u64,
@@ -121,11 +128,10 @@ const MAX_SHAPES: usize = 4;
 struct Group {
     b0: usize,
     nb: usize,
-    /// Time-major ids and targets of the group (`n = t·nb + b`).
+    /// Time-major ids and targets of the group (`n = t·nb + b`), and each id's table row.
     ids: Vec<u32>,
     targets: Vec<u32>,
-    /// Layer 0's input `[T·nb, E]` (gathered embeddings), then its gradient.
-    x0: Vec<f32>,
+    slots: Vec<u32>,
     layers: Vec<LayerBufs>,
     /// `[T·nb, V]`: logits, then their gradient.
     logits: Vec<f32>,
@@ -136,7 +142,7 @@ struct Group {
     dbias: Vec<f32>,
     /// This group's share of every parameter gradient (group 0's become the total).
     grads: Vec<Vec<f32>>,
-    /// `[V, 4·Hp]`: the table's gradient (table mode).
+    /// `[min(V, T·nb·groups), 4·Hp]`: the table's gradient (its first U rows).
     dtable: Vec<f32>,
     sums: Sums,
 }
@@ -157,6 +163,38 @@ struct LayerBufs {
 /// `H` rounded up to a multiple of 16: whole register blocks at every vector width.
 fn padded(h: usize) -> usize {
     h.div_ceil(16) * 16
+}
+
+impl Shared {
+    /// The window's distinct ids and layer 0's projection of each: `emb[uniq] · W_ihᵀ`.
+    fn build_table(&mut self, w: &Weights, x: &[u32], d: Dims, hp: usize) {
+        let (e, h) = (d.embed_dim, d.hidden);
+        self.slot.clear();
+        self.slot.resize(d.vocab, u32::MAX);
+        for &id in x {
+            self.slot[id as usize] = 0;
+        }
+        self.uniq.clear();
+        for (id, s) in self.slot.iter_mut().enumerate() {
+            if *s == 0 {
+                *s = self.uniq.len() as u32;
+                self.uniq.push(id as u32);
+            }
+        }
+        let u = self.uniq.len();
+        self.emb_u.clear();
+        for &id in &self.uniq {
+            self.emb_u.extend_from_slice(&w.emb[id as usize * e..][..e]);
+        }
+        self.table.resize(u * 4 * hp, 0.0);
+        let emb = View::new(&self.emb_u, u, e, e);
+        let table = &mut self.table;
+        for_gates(h, hp, |q, cols| {
+            let dst = ViewMut::new(table, u, 4 * hp, 4 * hp).cols(q * hp, cols);
+            let w_ih = View::new(w.layers[0][0], 4 * h, e, e).rows(q * h, cols);
+            matmul(dst, emb, w_ih.t(), false);
+        });
+    }
 }
 
 impl CpuModel {
@@ -207,16 +245,15 @@ impl CpuModel {
         };
         let at = self.workspace(batch, seq, mode == Mode::Train);
         self.last = at;
-        let table = self.shapes[at].table;
-        self.prepare(w, x, y, (batch, seq), pass, table);
+        self.prepare(w, x, y, (batch, seq), pass);
         let (dims, hp, level) = (self.dims, self.hp, self.level);
         let shared = &self.shared;
         let ws = &mut self.shapes[at];
         let job = |g: &mut Group| {
             g.load(shared, state, seq, hp);
-            g.forward(w, shared, (dims, hp, level), seq, mode, table);
+            g.forward(w, shared, (dims, hp, level), seq, mode);
             if mode == Mode::Train {
-                g.backward(w, shared, (dims, hp, level), seq, table);
+                g.backward(w, shared, (dims, hp, level), seq);
             }
         };
         if ws.groups.len() == 1 {
@@ -233,7 +270,7 @@ impl CpuModel {
             sums.count += g.sums.count;
         }
         if mode == Mode::Train {
-            reduce(ws, w, dims, hp);
+            reduce(ws, w, shared, dims, hp);
             self.trained = Some((batch, seq));
         }
         Ok(sums)
@@ -294,9 +331,6 @@ impl CpuModel {
             }
         }
         let at = found.unwrap_or_else(|| {
-            let n = batch * seq;
-            // The table costs V·E·4H to build against N·E·4H for the projection.
-            let table = self.dims.vocab * 4 <= n;
             let threads = rayon::current_num_threads().clamp(1, batch);
             let groups = (0..threads)
                 .map(|k| {
@@ -308,7 +342,6 @@ impl CpuModel {
             self.shapes.push(Workspace {
                 batch,
                 seq,
-                table,
                 groups,
                 used: 0,
             });
@@ -316,9 +349,9 @@ impl CpuModel {
         });
         self.shapes[at].used = self.passes;
         if train {
-            let (dims, hp, table) = (self.dims, self.hp, self.shapes[at].table);
+            let (dims, hp, rows) = (self.dims, self.hp, self.dims.vocab.min(batch * seq));
             for g in &mut self.shapes[at].groups {
-                g.alloc_grads(dims, hp, table);
+                g.alloc_grads(dims, hp, rows);
             }
         }
         at
@@ -332,7 +365,6 @@ impl CpuModel {
         y: &[u32],
         (batch, seq): (usize, usize),
         pass: Pass,
-        table: bool,
     ) {
         let train = matches!(pass, Pass::Train { .. });
         let (h, hp, lanes) = (self.dims.hidden, self.hp, self.level.lanes());
@@ -364,16 +396,7 @@ impl CpuModel {
                 },
             );
         }
-        if table {
-            let (v, e) = (self.dims.vocab, self.dims.embed_dim);
-            s.table.resize(v * 4 * hp, 0.0);
-            let emb = View::new(w.emb, v, e, e);
-            for_gates(h, hp, |q, cols| {
-                let dst = ViewMut::new(&mut s.table, v, 4 * hp, 4 * hp).cols(q * hp, cols);
-                let w_ih = View::new(w.layers[0][0], 4 * h, e, e).rows(q * h, cols);
-                matmul(dst, emb, w_ih.t(), false);
-            });
-        }
+        s.build_table(w, x, self.dims, hp);
         s.x.clear();
         s.x.extend_from_slice(x);
         s.y.clear();
@@ -443,7 +466,7 @@ impl Group {
             nb,
             ids: vec![0; n],
             targets: vec![0; n],
-            x0: vec![0.0; n * d.embed_dim],
+            slots: vec![0; n],
             layers,
             logits: vec![0.0; n * d.vocab],
             dy: vec![0.0; n * hp],
@@ -456,7 +479,8 @@ impl Group {
         }
     }
 
-    fn alloc_grads(&mut self, d: Dims, hp: usize, table: bool) {
+    /// Gradient buffers (training only); `rows` bounds the table's distinct ids.
+    fn alloc_grads(&mut self, d: Dims, hp: usize, rows: usize) {
         if !self.grads.is_empty() {
             return;
         }
@@ -470,9 +494,7 @@ impl Group {
         }
         self.grads.push(vec![0.0; v * h]);
         self.grads.push(vec![0.0; v]);
-        if table {
-            self.dtable = vec![0.0; v * 4 * hp];
-        }
+        self.dtable = vec![0.0; rows * 4 * hp];
     }
 
     /// This group's ids, targets and initial state, time-major.
@@ -482,6 +504,7 @@ impl Group {
             for b in 0..self.nb {
                 let src = (self.b0 + b) * seq + t;
                 self.ids[t * self.nb + b] = s.x[src];
+                self.slots[t * self.nb + b] = s.slot[s.x[src] as usize];
                 self.targets[t * self.nb + b] = s.y[src];
             }
         }
@@ -525,36 +548,30 @@ impl Group {
         (d, hp, level): (Dims, usize, Level),
         seq: usize,
         mode: Mode,
-        table: bool,
     ) {
-        let (nb, h, e) = (self.nb, d.hidden, d.embed_dim);
+        let (nb, h) = (self.nb, d.hidden);
         let n = nb * seq;
-        if !table {
-            for (row, &id) in self.x0.chunks_exact_mut(e).zip(&self.ids) {
-                row.copy_from_slice(&w.emb[id as usize * e..][..e]);
-            }
-        }
         for k in 0..d.layers {
             let (below, rest) = self.layers.split_at_mut(k);
             let l = &mut rest[0];
-            if k > 0 || !table {
-                let (input, in_dim) = match below.last() {
-                    Some(prev) => (output(prev, n, nb, h, hp), h),
-                    None => (View::new(&self.x0, n, e, e), e),
-                };
-                let w_ih = View::new(w.layers[k][0], 4 * h, in_dim, in_dim);
-                for_gates(h, hp, |q, cols| {
-                    let dst = ViewMut::new(&mut l.xp, n, 4 * hp, 4 * hp).cols(q * hp, cols);
-                    matmul(dst, input, w_ih.rows(q * h, cols).t(), false);
-                });
-            }
-            let input = if k == 0 && table {
-                Input::Table {
-                    table: &s.table,
-                    ids: &self.ids,
+            let input = match below.last() {
+                Some(prev) => {
+                    let w_ih = View::new(w.layers[k][0], 4 * h, h, h);
+                    for_gates(h, hp, |q, cols| {
+                        let dst = ViewMut::new(&mut l.xp, n, 4 * hp, 4 * hp).cols(q * hp, cols);
+                        matmul(
+                            dst,
+                            output(prev, n, nb, h, hp),
+                            w_ih.rows(q * h, cols).t(),
+                            false,
+                        );
+                    });
+                    Input::Rows(&l.xp)
                 }
-            } else {
-                Input::Rows(&l.xp)
+                None => Input::Table {
+                    table: &s.table,
+                    ids: &self.slots,
+                },
             };
             recurrence::Forward {
                 t_len: seq,
@@ -681,7 +698,6 @@ impl Group {
         s: &Shared,
         (d, hp, level): (Dims, usize, Level),
         seq: usize,
-        table: bool,
     ) {
         let (nb, h) = (self.nb, d.hidden);
         let n = nb * seq;
@@ -722,19 +738,11 @@ impl Group {
                     let w_ih = View::new(w.layers[k][0], 4 * h, h, h);
                     input_grad(da, w_ih, &mut self.dy, hp, h, hp);
                 }
-                None if table => {
-                    self.dtable.fill(0.0);
-                    scatter_rows(&mut self.dtable, &l.xp, 4 * hp, &self.ids);
-                }
                 None => {
-                    let e = d.embed_dim;
-                    weight_grad(da, View::new(&self.x0, n, e, e), dw_ih, h, hp);
-                    // The gathered embeddings are not needed again this step: their buffer
-                    // takes their gradient.
-                    let w_ih = View::new(w.layers[0][0], 4 * h, e, e);
-                    input_grad(da, w_ih, &mut self.x0, e, h, hp);
-                    self.grads[0].fill(0.0);
-                    scatter_rows(&mut self.grads[0], &self.x0, e, &self.ids);
+                    // Layer 0 reads the table: its gradient goes to the table's rows.
+                    let rows = s.uniq.len() * 4 * hp;
+                    self.dtable[..rows].fill(0.0);
+                    scatter_rows(&mut self.dtable, &l.xp, 4 * hp, &self.slots);
                 }
             }
         }
@@ -788,13 +796,12 @@ fn scatter_rows(dst: &mut [f32], src: &[f32], width: usize, ids: &[u32]) {
     }
 }
 
-/// Sums the groups' partial gradients into group 0's, and in table mode turns the table's
-/// gradient into the embedding's and layer 0's `W_ih`'s.
-fn reduce(ws: &mut Workspace, w: &Weights, d: Dims, hp: usize) {
+/// Sums the groups' partial gradients into group 0's, and turns the table's gradient into the
+/// embedding's (the window's rows) and layer 0's `W_ih`'s.
+fn reduce(ws: &mut Workspace, w: &Weights, s: &Shared, d: Dims, hp: usize) {
     let (first, rest) = ws.groups.split_at_mut(1);
     let g0 = &mut first[0];
-    // In table mode the groups leave the embedding and W_ih_0 gradients to the table's.
-    let skip = if ws.table { 2 } else { 0 };
+    let u = s.uniq.len();
     {
         use rayon::prelude::*;
         const CHUNK: usize = 1 << 15;
@@ -804,30 +811,35 @@ fn reduce(ws: &mut Workspace, w: &Weights, d: Dims, hp: usize) {
                 dst.iter_mut().zip(src).for_each(|(x, y)| *x += y);
             }
         };
-        for (p, grad) in g0.grads.iter_mut().enumerate().skip(skip) {
+        // The groups leave the embedding and W_ih_0 gradients to the table's.
+        for (p, grad) in g0.grads.iter_mut().enumerate().skip(2) {
             grad.par_chunks_mut(CHUNK)
                 .enumerate()
                 .for_each(|(i, dst)| add(dst, i, &|g: &Group| &g.grads[p]));
         }
-        g0.dtable
+        g0.dtable[..u * 4 * hp]
             .par_chunks_mut(CHUNK)
             .enumerate()
             .for_each(|(i, dst)| add(dst, i, &|g: &Group| &g.dtable));
     }
-    if ws.table {
-        let (v, e, h) = (d.vocab, d.embed_dim, d.hidden);
-        let dtable = View::new(&g0.dtable, v, 4 * hp, 4 * hp);
-        let [demb, dw_ih] = &mut g0.grads[..2] else {
-            unreachable!("embedding and W_ih_0 gradients")
-        };
-        weight_grad(dtable, View::new(w.emb, v, e, e), dw_ih, h, hp);
-        input_grad(
-            dtable,
-            View::new(w.layers[0][0], 4 * h, e, e),
-            demb,
-            e,
-            h,
-            hp,
-        );
+    let (e, h) = (d.embed_dim, d.hidden);
+    let dtable = View::new(&g0.dtable, u, 4 * hp, 4 * hp);
+    let [demb, dw_ih] = &mut g0.grads[..2] else {
+        unreachable!("embedding and W_ih_0 gradients")
+    };
+    weight_grad(dtable, View::new(&s.emb_u, u, e, e), dw_ih, h, hp);
+    // The window's embedding rows get dtable · W_ih; the other rows, nothing.
+    let mut demb_u = vec![0f32; u * e];
+    input_grad(
+        dtable,
+        View::new(w.layers[0][0], 4 * h, e, e),
+        &mut demb_u,
+        e,
+        h,
+        hp,
+    );
+    demb.fill(0.0);
+    for (row, &id) in demb_u.chunks_exact(e).zip(&s.uniq) {
+        demb[id as usize * e..][..e].copy_from_slice(row);
     }
 }

@@ -47,10 +47,11 @@ fn workspace(d: Dims, batch: usize, seq: usize) -> u64 {
     let n = (batch * seq) as u64;
     let b = batch as u64;
     // Per layer: projection/gradient 4Hp, outputs (T+1)·Hp, cell state and gates 5Hp, dropout
-    // output Hp; per step: gathered inputs, logits, the gradient reaching a layer; W_hh packed
-    // twice per layer.
+    // output Hp, W_hh packed twice; per step: logits, the gradient reaching a layer; layer 0's
+    // table over the window's distinct ids (at most min(V, B·T)) with their embedding rows and
+    // its gradient.
     let per_layer = n * 4 * hp + (n + b) * hp + n * 5 * hp + n * hp + 8 * hp * hp;
-    l * per_layer + n * (e + v + hp) + v * 4 * hp
+    l * per_layer + n * (v + hp) + v.min(n) * (8 * hp + e)
 }
 
 /// Memory the system can give this process now (`MemAvailable`), if known.

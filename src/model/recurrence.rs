@@ -73,7 +73,7 @@ pub fn pack_backward(w_hh: &[f32], h: usize, hp: usize, lanes: usize, out: &mut 
 pub enum Input<'a> {
     /// `[T·nb, 4·Hp]` rows, in the time-major order of the group.
     Rows(&'a [f32]),
-    /// Layer 0 with a small vocabulary: row `ids[n]` of a `[V, 4·Hp]` table.
+    /// Layer 0: row `ids[n]` of the `[U, 4·Hp]` table over the window's distinct characters.
     Table { table: &'a [f32], ids: &'a [u32] },
 }
 

@@ -124,16 +124,19 @@ fn find_runs(root: &Path) -> Found {
 /// A run's name in the table: its path under `root`, or its own name when `root` is the run.
 fn run_name(dir: &Path, root: &Path) -> String {
     let rel = dir.strip_prefix(root).unwrap_or(dir);
-    let name = if rel.as_os_str().is_empty() {
-        root.canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_os_string()))
-            .unwrap_or_else(|| root.as_os_str().to_os_string())
-    } else {
-        rel.as_os_str().to_os_string()
-    };
-    name.to_string_lossy()
+    if rel.as_os_str().is_empty() {
+        return base_name(root);
+    }
+    rel.to_string_lossy()
         .replace(std::path::MAIN_SEPARATOR, "/")
+}
+
+/// A directory's own name (`runs/quickstart` → `quickstart`, `.` → the current directory's).
+pub fn base_name(dir: &Path) -> String {
+    dir.canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| dir.display().to_string())
 }
 
 /// The swept keys: the manifest's for a sweep, else the keys whose values differ across the
@@ -255,7 +258,8 @@ fn metric_of(r: &Row, key: &str) -> Option<f64> {
     }
 }
 
-fn sort_rows(rows: &mut [Row], key: &str) -> Result<()> {
+/// Sorts the runs best first by `key` (see [`CompareOptions::sort`]).
+pub fn sort(rows: &mut [Row], key: &str) -> Result<()> {
     let metric = |r: &Row| metric_of(r, key);
     const METRICS: &[&str] = &[
         "val/loss",
@@ -334,8 +338,9 @@ pub fn compare(root: &Path, opts: &CompareOptions) -> Result<Comparison> {
 
 /// The validation metric importance is computed for: `sort` when it is one, else val/loss.
 pub fn importance_metric(sort: &str) -> &'static str {
-    ["val/loss", "val/bpc", "val/accuracy", "final/val/loss"]
-        .into_iter()
+    crate::run_dir::VALIDATION_METRICS
+        .iter()
+        .copied()
         .find(|m| *m == sort)
         .unwrap_or("val/loss")
 }
@@ -487,13 +492,8 @@ pub fn run_cells(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
     (headers, lines)
 }
 
-/// Sorts the runs best first by `key` (see [`CompareOptions::sort`]).
-pub fn sort(rows: &mut [Row], key: &str) -> Result<()> {
-    sort_rows(rows, key)
-}
-
 fn render_runs(mut rows: Vec<Row>, groups: &[Group], opts: &CompareOptions) -> Result<String> {
-    sort_rows(&mut rows, &opts.sort)?;
+    sort(&mut rows, &opts.sort)?;
     if let Some(k) = opts.top {
         rows.truncate(k);
     }

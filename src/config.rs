@@ -178,6 +178,11 @@ impl Default for RunConfig {
     }
 }
 
+/// The cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl RunConfig {
     /// Reads and validates a run config from a TOML file.
     pub fn load(path: &Path) -> Result<Self> {
@@ -196,6 +201,23 @@ impl RunConfig {
             message: e.to_string(),
         })?;
         Ok(cfg)
+    }
+
+    /// The threads the run uses: `threads`, or every core.
+    pub fn thread_count(&self) -> usize {
+        self.threads.unwrap_or_else(cores)
+    }
+
+    /// Steps of the whole run over a split of `windows` windows: `max_steps`, the steps of
+    /// `epochs` passes, or the smaller; `None` when neither is set.
+    pub fn total_steps(&self, windows: u64) -> Option<u64> {
+        let by_epochs = |e: f64| ((e * windows as f64).ceil() as u64).max(1);
+        match (self.max_steps, self.epochs) {
+            (Some(s), Some(e)) => Some(s.min(by_epochs(e))),
+            (Some(s), None) => Some(s),
+            (None, Some(e)) => Some(by_epochs(e)),
+            (None, None) => None,
+        }
     }
 
     /// The config as TOML (what is saved beside every run).

@@ -376,11 +376,7 @@ pub fn report(dir: &Path, out: &Path) -> Result<Written> {
         ("parallel", parallel_chart(&rows, &keys, metric)),
         ("importance", importance_chart(&imp, metric)),
     ];
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| dir.display().to_string());
+    let name = compare::base_name(dir);
     let settings = std::fs::read_to_string(crate::sweep::ledger::sweep_file(dir)).ok();
     let best = rows.iter().find(|r| r.best_val_loss.is_some());
     let mut html = format!(

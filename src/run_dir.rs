@@ -60,6 +60,11 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
+/// The validation metrics a run is judged by (a search's `metric`, what `compare
+/// --importance` explains): the best evaluation's loss, bits per char and accuracy, and the
+/// last evaluation's loss.
+pub const VALIDATION_METRICS: &[&str] = &["val/loss", "val/bpc", "val/accuracy", "final/val/loss"];
+
 /// Validation metrics at one step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
@@ -203,7 +208,7 @@ impl RunDir {
 
     /// True when `path` is a run directory (it holds a record).
     pub fn is_run(path: &Path) -> bool {
-        path.join("run.json").is_file()
+        RunDir::new(path).record_path().is_file()
     }
 
     /// The record, or `None` when there is none yet or it cannot be read (for polling, where

@@ -77,6 +77,14 @@ pub struct Sums {
     pub count: usize,
 }
 
+impl std::ops::AddAssign for Sums {
+    fn add_assign(&mut self, o: Sums) {
+        self.loss += o.loss;
+        self.hits += o.hits;
+        self.count += o.count;
+    }
+}
+
 /// The CPU model's buffers: sized once per batch shape, reused every step.
 pub struct CpuModel {
     dims: Dims,
@@ -117,6 +125,8 @@ struct Workspace {
     batch: usize,
     seq: usize,
     groups: Vec<Group>,
+    /// `[U, E]`: the embedding rows' gradient, before it is spread into the full `[V, E]` one.
+    demb_u: Vec<f32>,
     /// When it was last used (a pass counter), to drop the stalest when there are too many.
     used: u64,
 }
@@ -161,7 +171,7 @@ struct LayerBufs {
 }
 
 /// `H` rounded up to a multiple of 16: whole register blocks at every vector width.
-fn padded(h: usize) -> usize {
+pub(crate) fn padded(h: usize) -> usize {
     h.div_ceil(16) * 16
 }
 
@@ -187,13 +197,14 @@ impl Shared {
             self.emb_u.extend_from_slice(&w.emb[id as usize * e..][..e]);
         }
         self.table.resize(u * 4 * hp, 0.0);
-        let emb = View::new(&self.emb_u, u, e, e);
-        let table = &mut self.table;
-        for_gates(h, hp, |q, cols| {
-            let dst = ViewMut::new(table, u, 4 * hp, 4 * hp).cols(q * hp, cols);
-            let w_ih = View::new(w.layers[0][0], 4 * h, e, e).rows(q * h, cols);
-            matmul(dst, emb, w_ih.t(), false);
-        });
+        let w_ih = View::new(w.layers[0][0], 4 * h, e, e);
+        input_proj(
+            View::new(&self.emb_u, u, e, e),
+            w_ih,
+            &mut self.table,
+            h,
+            hp,
+        );
     }
 }
 
@@ -265,9 +276,7 @@ impl CpuModel {
         let mut sums = Sums::default();
         for g in &ws.groups {
             g.store_state(state, seq, hp);
-            sums.loss += g.sums.loss;
-            sums.hits += g.sums.hits;
-            sums.count += g.sums.count;
+            sums += g.sums;
         }
         if mode == Mode::Train {
             reduce(ws, w, shared, dims, hp);
@@ -343,6 +352,7 @@ impl CpuModel {
                 batch,
                 seq,
                 groups,
+                demb_u: Vec::new(),
                 used: 0,
             });
             self.shapes.len() - 1
@@ -557,15 +567,7 @@ impl Group {
             let input = match below.last() {
                 Some(prev) => {
                     let w_ih = View::new(w.layers[k][0], 4 * h, h, h);
-                    for_gates(h, hp, |q, cols| {
-                        let dst = ViewMut::new(&mut l.xp, n, 4 * hp, 4 * hp).cols(q * hp, cols);
-                        matmul(
-                            dst,
-                            output(prev, n, nb, h, hp),
-                            w_ih.rows(q * h, cols).t(),
-                            false,
-                        );
-                    });
+                    input_proj(output(prev, n, nb, h, hp), w_ih, &mut l.xp, h, hp);
                     Input::Rows(&l.xp)
                 }
                 None => Input::Table {
@@ -727,11 +729,7 @@ impl Group {
             db.fill(0.0);
             add_unpadded(db, &self.dbias, h, hp);
             let da = View::new(&l.xp, n, 4 * hp, 4 * hp);
-            let h_prev = View::new(&l.hs, n, h, hp);
-            for_gates(h, hp, |q, cols| {
-                let dst = ViewMut::new(dw_hh, 4 * h, h, h).rows(q * h, cols);
-                matmul(dst, da.cols(q * hp, cols).t(), h_prev, false);
-            });
+            weight_grad(da, View::new(&l.hs, n, h, hp), dw_hh, h, hp);
             match below.last() {
                 Some(prev) => {
                     weight_grad(da, output(prev, n, nb, h, hp), dw_ih, h, hp);
@@ -765,7 +763,17 @@ impl Group {
     }
 }
 
-/// `dW_ih = daᵀ · input`, per gate block (`da` is `[N, 4·Hp]`, `dw` `[4H, in]`).
+/// `dst = input · W_ihᵀ` (`dst` is `[N, 4·Hp]`, `W_ih` `[4H, in]`): a layer's input projection,
+/// or layer 0's table.
+fn input_proj(input: View, w_ih: View, dst: &mut [f32], h: usize, hp: usize) {
+    let n = input.row_count();
+    for_gates(h, hp, |q, cols| {
+        let out = ViewMut::new(dst, n, 4 * hp, 4 * hp).cols(q * hp, cols);
+        matmul(out, input, w_ih.rows(q * h, cols).t(), false);
+    });
+}
+
+/// `dW = daᵀ · input` (`W_ih`, or `W_hh` with the previous outputs as input), per gate block (`da` is `[N, 4·Hp]`, `dw` `[4H, in]`).
 fn weight_grad(da: View, input: View, dw: &mut [f32], h: usize, hp: usize) {
     let n_in = dw.len() / (4 * h);
     for_gates(h, hp, |q, cols| {
@@ -829,17 +837,17 @@ fn reduce(ws: &mut Workspace, w: &Weights, s: &Shared, d: Dims, hp: usize) {
     };
     weight_grad(dtable, View::new(&s.emb_u, u, e, e), dw_ih, h, hp);
     // The window's embedding rows get dtable · W_ih; the other rows, nothing.
-    let mut demb_u = vec![0f32; u * e];
+    ws.demb_u.resize(u * e, 0.0);
     input_grad(
         dtable,
         View::new(w.layers[0][0], 4 * h, e, e),
-        &mut demb_u,
+        &mut ws.demb_u,
         e,
         h,
         hp,
     );
     demb.fill(0.0);
-    for (row, &id) in demb_u.chunks_exact(e).zip(&s.uniq) {
+    for (row, &id) in ws.demb_u.chunks_exact(e).zip(&s.uniq) {
         demb[id as usize * e..][..e].copy_from_slice(row);
     }
 }

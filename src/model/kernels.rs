@@ -69,24 +69,21 @@ pub(crate) unsafe fn cell_block(
     // remains.
     unsafe {
         if lanes == 16 {
-            cell_chunk::<16>(tile, 0, 16, c_prev, out, stride, h_out);
+            cell_lanes::<16>(tile, c_prev, out, stride, h_out);
         } else {
-            cell_chunk::<8>(tile, 0, 8, c_prev, out, stride, h_out);
+            cell_lanes::<8>(tile, c_prev, out, stride, h_out);
         }
     }
 }
 
-/// [`cell_block`] for `W` units starting at unit `u0` of a tile of `lanes` units. The results go
-/// through local arrays first: written straight through the output pointers, the compiler
+/// [`cell_block`] for a tile of `W` units. The results go through local arrays first: written straight through the output pointers, the compiler
 /// cannot rule out aliasing and keeps the loop scalar (five scalar `exp`s per unit).
 ///
 /// # Safety
 /// As [`cell_block`], for `W` floats.
 #[inline(always)]
-unsafe fn cell_chunk<const W: usize>(
+unsafe fn cell_lanes<const W: usize>(
     tile: &[f32; 64],
-    u0: usize,
-    lanes: usize,
     c_prev: *const f32,
     out: *mut f32,
     stride: usize,
@@ -94,13 +91,13 @@ unsafe fn cell_chunk<const W: usize>(
 ) {
     let mut cp = [0f32; W];
     let mut r = [[0f32; W]; 6];
-    // SAFETY: `c_prev + u0` holds W floats (the caller's contract).
-    unsafe { std::ptr::copy_nonoverlapping(c_prev.add(u0), cp.as_mut_ptr(), W) };
+    // SAFETY: `c_prev` holds W floats (the caller's contract).
+    unsafe { std::ptr::copy_nonoverlapping(c_prev, cp.as_mut_ptr(), W) };
     for u in 0..W {
-        let i = sigmoid(tile[u0 + u]);
-        let f = sigmoid(tile[lanes + u0 + u]);
-        let g = tanh(tile[2 * lanes + u0 + u]);
-        let o = sigmoid(tile[3 * lanes + u0 + u]);
+        let i = sigmoid(tile[u]);
+        let f = sigmoid(tile[W + u]);
+        let g = tanh(tile[2 * W + u]);
+        let o = sigmoid(tile[3 * W + u]);
         let c = f * cp[u] + i * g;
         r[0][u] = c;
         r[1][u] = i;
@@ -112,9 +109,9 @@ unsafe fn cell_chunk<const W: usize>(
     // SAFETY: as above, for the five segments and h_out.
     unsafe {
         for (q, v) in r[..5].iter().enumerate() {
-            std::ptr::copy_nonoverlapping(v.as_ptr(), out.add(q * stride + u0), W);
+            std::ptr::copy_nonoverlapping(v.as_ptr(), out.add(q * stride), W);
         }
-        std::ptr::copy_nonoverlapping(r[5].as_ptr(), h_out.add(u0), W);
+        std::ptr::copy_nonoverlapping(r[5].as_ptr(), h_out, W);
     }
 }
 

@@ -25,11 +25,7 @@ pub fn bytes_needed(d: Dims, cfg: &RunConfig, val_streams: usize) -> u64 {
         OptimizerKind::Adam | OptimizerKind::Adamw => 2,
         _ => 1,
     };
-    let threads = cfg.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    }) as u64;
+    let threads = cfg.thread_count() as u64;
     let groups = threads.min(cfg.batch_size as u64).max(1);
     let weights = p * (1 + slots + groups);
     let checkpoint = 2 * p * (1 + slots);
@@ -43,7 +39,7 @@ pub fn bytes_needed(d: Dims, cfg: &RunConfig, val_streams: usize) -> u64 {
 /// Floats of the CPU model's buffers for one batch shape.
 fn workspace(d: Dims, batch: usize, seq: usize) -> u64 {
     let (v, e, l) = (d.vocab as u64, d.embed_dim as u64, d.layers as u64);
-    let hp = d.hidden.div_ceil(16) as u64 * 16;
+    let hp = super::cpu::padded(d.hidden) as u64;
     let n = (batch * seq) as u64;
     let b = batch as u64;
     // Per layer: projection/gradient 4Hp, outputs (T+1)·Hp, cell state and gates 5Hp, dropout

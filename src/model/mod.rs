@@ -26,6 +26,16 @@ pub struct Dims {
 }
 
 impl Dims {
+    /// The model a run config asks for, over a vocabulary of `vocab` chars.
+    pub fn of(cfg: &crate::config::RunConfig, vocab: usize) -> Dims {
+        Dims {
+            vocab,
+            embed_dim: cfg.embed_dim,
+            hidden: cfg.hidden,
+            layers: cfg.layers,
+        }
+    }
+
     /// `vocab,embed,hidden,layers`, four positive integers (`check-device --dims`).
     pub fn parse(text: &str) -> crate::Result<Dims> {
         let d: Vec<usize> = text
@@ -354,6 +364,20 @@ fn sums_of(loss: f32, acc: f32, count: usize) -> Sums {
     }
 }
 
+/// A window through candle's ops: the mean loss (with its graph) and the accuracy.
+fn candle_loss(
+    model: &CharRnn,
+    (x, y, seq): (&[u32], &[u32], usize),
+    state: &mut State,
+    dropout: Option<(f64, &mut Rng)>,
+) -> Result<(Tensor, f32)> {
+    let dev = model.device();
+    let xt = Tensor::from_slice(x, (state.batch, seq), dev)?;
+    let yt = Tensor::from_slice(y, x.len(), dev)?;
+    let hidden = reference::forward(model, &xt, state, dropout)?;
+    reference::loss(model, &hidden, &yt)
+}
+
 impl Backend {
     /// The CPU path for a model on the CPU (the widest instruction set the CPU has), candle's
     /// otherwise.
@@ -381,11 +405,7 @@ impl Backend {
                 model.with_weights(|w| cpu.run(w, x, y, seq, state, pass))?
             }
             Backend::Candle { grads } => {
-                let dev = model.device();
-                let xt = Tensor::from_slice(x, (state.batch, seq), dev)?;
-                let yt = Tensor::from_slice(y, x.len(), dev)?;
-                let hidden = reference::forward(model, &xt, state, Some((dropout, rng)))?;
-                let (loss, acc) = reference::loss(model, &hidden, &yt)?;
+                let (loss, acc) = candle_loss(model, (x, y, seq), state, Some((dropout, rng)))?;
                 let store = loss.backward()?;
                 grads.clear();
                 for (name, var) in model.params() {
@@ -411,11 +431,7 @@ impl Backend {
                 model.with_weights(|w| cpu.run(w, x, y, seq, state, Pass::Eval))?
             }
             Backend::Candle { .. } => {
-                let dev = model.device();
-                let xt = Tensor::from_slice(x, (state.batch, seq), dev)?;
-                let yt = Tensor::from_slice(y, x.len(), dev)?;
-                let hidden = reference::forward(model, &xt, state, None)?;
-                let (loss, acc) = reference::loss(model, &hidden, &yt)?;
+                let (loss, acc) = candle_loss(model, (x, y, seq), state, None)?;
                 Ok(sums_of(loss.to_scalar::<f32>()?, acc, x.len()))
             }
         }

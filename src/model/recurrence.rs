@@ -304,22 +304,13 @@ fn bwd_step<S: Simd>(bw: &mut Backward, t: usize) {
         let mut r0 = 0;
         while r0 < nb {
             let mr = row_block(nb - r0, S::MR);
-            // SAFETY: `Backward::run` checked the sizes; rows r0..r0+mr < nb, columns
-            // c0..c0+nv·l ≤ hp.
-            unsafe {
-                match (mr, nv) {
-                    (1, 4) => bwd_tile::<S, 1, 4>(bw, panel, t, r0, c0),
-                    (2, 4) => bwd_tile::<S, 2, 4>(bw, panel, t, r0, c0),
-                    (3, 4) => bwd_tile::<S, 3, 4>(bw, panel, t, r0, c0),
-                    (4, 4) => bwd_tile::<S, 4, 4>(bw, panel, t, r0, c0),
-                    (5, 4) => bwd_tile::<S, 5, 4>(bw, panel, t, r0, c0),
-                    (_, 4) => bwd_tile::<S, 6, 4>(bw, panel, t, r0, c0),
-                    (1, _) => bwd_tile_narrow::<S, 1>(bw, panel, t, r0, c0, nv),
-                    (2, _) => bwd_tile_narrow::<S, 2>(bw, panel, t, r0, c0, nv),
-                    (3, _) => bwd_tile_narrow::<S, 3>(bw, panel, t, r0, c0, nv),
-                    (4, _) => bwd_tile_narrow::<S, 4>(bw, panel, t, r0, c0, nv),
-                    (5, _) => bwd_tile_narrow::<S, 5>(bw, panel, t, r0, c0, nv),
-                    _ => bwd_tile_narrow::<S, 6>(bw, panel, t, r0, c0, nv),
+            if nv == 4 {
+                bwd_rows::<S, 4>(bw, panel, 4 * l, (t, r0, c0), mr);
+            } else {
+                // The last block when it is narrower than 4 vectors (only when `Hp` is not a
+                // multiple of `4·LANES`): one vector at a time, each a column of the panel.
+                for v in 0..nv {
+                    bwd_rows::<S, 1>(bw, &panel[v * l..], nv * l, (t, r0, c0 + v * l), mr);
                 }
             }
             r0 += mr;
@@ -328,65 +319,61 @@ fn bwd_step<S: Simd>(bw: &mut Backward, t: usize) {
     }
 }
 
-/// The last column block when it is narrower than 4 vectors (only when `Hp` is not a multiple
-/// of `4·LANES`): one vector at a time.
-///
-/// # Safety
-/// As [`bwd_tile`].
-// Register tiles read best indexed by row and vector, as the accumulators are laid out.
-#[allow(clippy::needless_range_loop)]
+/// [`bwd_tile`] for the `mr` rows from `r0`, `NV` vectors of columns from `c0`.
 #[inline(always)]
-unsafe fn bwd_tile_narrow<S: Simd, const MR: usize>(
+fn bwd_rows<S: Simd, const NV: usize>(
     bw: &mut Backward,
     panel: &[f32],
-    t: usize,
-    r0: usize,
-    c0: usize,
-    nv: usize,
+    stride: usize,
+    (t, r0, c0): (usize, usize, usize),
+    mr: usize,
 ) {
-    let (l, hp, nb) = (S::LANES, bw.hp, bw.nb);
-    // SAFETY: as `bwd_tile`, for each vector `v < nv` of the block.
+    let (l, hp) = (S::LANES, bw.hp);
+    // `bwd_step` makes these hold by construction; checked in debug builds.
+    debug_assert!(r0 + mr <= bw.nb && c0 + NV * l <= hp);
+    debug_assert!(panel.len() >= (4 * hp - 1) * stride + NV * l);
+    // SAFETY: `Backward::run` checked the sizes of `da` and `dh_next`; `bwd_step` passes rows
+    // r0..r0+mr < nb, columns c0..c0+NV·l ≤ hp, and a panel of 4·hp rows of `stride` floats
+    // whose first NV·l are these columns.
     unsafe {
-        for v in 0..nv {
-            let mut acc = [S::zero(); MR];
-            let rows: [*const f32; MR] =
-                std::array::from_fn(|r| bw.da.as_ptr().add((t * nb + r0 + r) * 4 * hp));
-            for kk in 0..4 * hp {
-                let w = S::load(panel.as_ptr().add(kk * nv * l + v * l));
-                for r in 0..MR {
-                    acc[r] = S::madd(S::splat(*rows[r].add(kk)), w, acc[r]);
-                }
-            }
-            for (r, a) in acc.iter().enumerate() {
-                S::store(bw.dh_next.as_mut_ptr().add((r0 + r) * hp + c0 + v * l), *a);
-            }
+        match mr {
+            1 => bwd_tile::<S, 1, NV>(bw, panel, stride, t, r0, c0),
+            2 => bwd_tile::<S, 2, NV>(bw, panel, stride, t, r0, c0),
+            3 => bwd_tile::<S, 3, NV>(bw, panel, stride, t, r0, c0),
+            4 => bwd_tile::<S, 4, NV>(bw, panel, stride, t, r0, c0),
+            5 => bwd_tile::<S, 5, NV>(bw, panel, stride, t, r0, c0),
+            _ => bwd_tile::<S, 6, NV>(bw, panel, stride, t, r0, c0),
         }
     }
 }
 
-/// `dh_next[rows, c0..c0+4·LANES] = da_t[rows] · W_hh[:, cols]`.
+/// `dh_next[rows, c0..c0+NV·LANES] = da_t[rows] · W_hh[:, cols]`; row `kk` of the panel holds
+/// those columns at `kk · stride`.
 ///
 /// # Safety
-/// The sizes checked by [`Backward::run`]; `r0 + MR ≤ nb`, `c0 + 4·LANES ≤ hp`.
+/// The sizes checked by [`Backward::run`]; `r0 + MR ≤ nb`, `c0 + NV·LANES ≤ hp`, and the panel
+/// holds `(4·hp − 1)·stride + NV·LANES` floats.
 // Register tiles read best indexed by row and vector, as the accumulators are laid out.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn bwd_tile<S: Simd, const MR: usize, const NV: usize>(
     bw: &mut Backward,
     panel: &[f32],
+    stride: usize,
     t: usize,
     r0: usize,
     c0: usize,
 ) {
     let (l, hp, nb) = (S::LANES, bw.hp, bw.nb);
-    // SAFETY: row (t·nb + r0 + r) of da has 4·hp floats; the panel has 4·hp rows of NV·l.
+    // SAFETY: row (t·nb + r0 + r) of da has 4·hp floats; the panel's extent is the caller's
+    // contract.
     unsafe {
         let mut acc = [[S::zero(); NV]; MR];
         let rows: [*const f32; MR] =
             std::array::from_fn(|r| bw.da.as_ptr().add((t * nb + r0 + r) * 4 * hp));
         let b = panel.as_ptr();
         for kk in 0..4 * hp {
-            let bk = b.add(kk * NV * l);
+            let bk = b.add(kk * stride);
             let w: [S::V; NV] = std::array::from_fn(|v| S::load(bk.add(v * l)));
             for r in 0..MR {
                 let x = S::splat(*rows[r].add(kk));

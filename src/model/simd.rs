@@ -205,12 +205,16 @@ impl Level {
         out
     }
 
-    /// Floats per register: the unit-block width of the packed weights.
+    /// Floats per register (the kernels' `S::LANES`): the unit-block width of the packed weights.
     pub fn lanes(self) -> usize {
-        match self.0 {
-            Set::Avx512 => 16,
-            Set::Avx2 | Set::Portable => 8,
+        struct Lanes;
+        impl Kernel for Lanes {
+            type Out = usize;
+            fn call<S: Simd>(self) -> usize {
+                S::LANES
+            }
         }
+        dispatch(self, Lanes)
     }
 
     pub fn name(self) -> &'static str {

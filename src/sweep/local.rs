@@ -3,13 +3,12 @@
 //! last checkpoint, per-trial timeouts, fail-fast, and a progress display. On SIGINT/SIGTERM the
 //! workers are told to checkpoint and stop, and the sweep exits once they have.
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::sweep::ledger::{self, Manifest};
 use crate::sweep::search::Proposer;
-use crate::train::{Progress, RunStatus};
+use crate::train::{Console, Progress, RunStatus};
 use std::collections::VecDeque;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,8 +68,7 @@ fn fmt_secs(s: f64) -> String {
 }
 
 struct Display {
-    bar: Option<indicatif::ProgressBar>,
-    progress: Progress,
+    console: Console,
     last_plain: Instant,
     /// Updates read every run.json: at most one a second, however many trials.
     last_update: Option<Instant>,
@@ -80,18 +78,12 @@ struct Display {
 
 impl Display {
     fn new(progress: Progress, total: usize) -> Self {
-        let bar = (progress == Progress::Auto && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(total as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:20} {pos}/{len} trials  {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
+        let console = Console::new(progress, total as u64, "{bar:20} {pos}/{len} trials  {msg}");
+        if let Some(bar) = console.bar() {
             bar.enable_steady_tick(Duration::from_millis(500));
-            bar
-        });
+        }
         Display {
-            bar,
-            progress,
+            console,
             last_plain: Instant::now(),
             last_update: None,
             started: Instant::now(),
@@ -100,11 +92,7 @@ impl Display {
     }
 
     fn line(&self, msg: &str) {
-        match &self.bar {
-            Some(b) => b.println(msg),
-            None if self.progress != Progress::Quiet => eprintln!("{msg}"),
-            None => {}
-        }
+        self.console.line(msg)
     }
 
     fn update(&mut self, root: &Path, manifest: &Manifest, running: &[Running], failed: usize) {
@@ -173,7 +161,7 @@ impl Display {
             running.len(),
             live.join(" | ")
         );
-        match &self.bar {
+        match self.console.bar() {
             Some(b) => {
                 b.set_position(done as u64);
                 b.set_message(msg);
@@ -188,9 +176,7 @@ impl Display {
     }
 
     fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
+        self.console.finish()
     }
 }
 
@@ -228,10 +214,7 @@ impl<'a> Launcher<'a> {
         if let Some(p) = &proposer {
             p.catch_up(&mut manifest)?;
         }
-        let exe = match &opts.worker_exe {
-            Some(p) => p.clone(),
-            None => std::env::current_exe().map_err(|e| Error::io("current executable", e))?,
-        };
+        let exe = super::worker_exe(&opts.worker_exe)?;
         let slots: Vec<Option<String>> = if opts.devices.is_empty() {
             vec![None; opts.jobs]
         } else {
@@ -240,7 +223,7 @@ impl<'a> Launcher<'a> {
                 .flat_map(|d| std::iter::repeat_n(Some(d.clone()), opts.trials_per_device))
                 .collect()
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = crate::config::cores();
         let mut pending: Vec<usize> = manifest
             .trials
             .iter()

@@ -252,16 +252,12 @@ fn check_trials(
         };
         let p = &prepared[at].1;
         let (train, val) = crate::batch::split(&p.ids, c.val_fraction, c.batch_size, c.seq_len)?;
-        let dims = crate::model::Dims {
-            vocab: p.vocab.len(),
-            embed_dim: c.embed_dim,
-            hidden: c.hidden,
-            layers: c.layers,
-        };
-        if plan.experiment.devices.is_empty()
-            && c.device != "cuda"
-            && !c.device.starts_with("cuda:")
-        {
+        let dims = crate::model::Dims::of(c, p.vocab.len());
+        let on_gpu = matches!(
+            crate::device::parse(&c.device),
+            Ok(crate::device::DeviceSpec::Cuda(_))
+        );
+        if plan.experiment.devices.is_empty() && !on_gpu {
             crate::model::memory::check(dims, c, val.streams())
                 .map_err(|err| crate::Error::Resources(format!("trial {}: {err}", e.dir)))?;
         }
@@ -275,14 +271,16 @@ fn check_trials(
 fn trial_cost(c: &crate::config::RunConfig, d: crate::model::Dims, windows: usize) -> f64 {
     let (e, h, v) = (d.embed_dim as f64, d.hidden as f64, d.vocab as f64);
     let per_char = 4.0 * h * (e + h) + (d.layers as f64 - 1.0) * 8.0 * h * h + h * v;
-    let by_epochs = c.epochs.map(|ep| ep * windows as f64);
-    let steps = match (c.max_steps, by_epochs) {
-        (Some(s), Some(b)) => (s as f64).min(b),
-        (Some(s), None) => s as f64,
-        (None, Some(b)) => b,
-        (None, None) => 0.0,
-    };
+    let steps = c.total_steps(windows as u64).unwrap_or(0) as f64;
     steps * (c.batch_size * c.seq_len) as f64 * per_char
+}
+
+/// The binary the workers run: `given`, or this executable.
+fn worker_exe(given: &Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe().map_err(|e| crate::Error::io("current executable", e)),
+    }
 }
 
 /// `charlab sweep`: plans, lays out and runs a sweep on this machine.

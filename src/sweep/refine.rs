@@ -5,7 +5,7 @@
 //! lists keep the values the top trials used. Everything else is the old file's.
 
 use super::ledger;
-use super::plan::{self, Sampler};
+use super::plan::{self, space, Sampler};
 use crate::compare;
 use crate::error::{Error, IoContext, Result};
 use std::path::Path;
@@ -20,18 +20,11 @@ fn narrow(values: &[f64], lo: f64, hi: f64, min_pad: f64) -> (f64, f64) {
     ((a - pad).max(lo), (b + pad).min(hi))
 }
 
-fn round4(x: f64) -> f64 {
-    format!("{x:.4e}").parse().unwrap_or(x)
-}
-
 /// The narrowed sampler table of `key`, from the top trials' values.
 fn refined(s: &Sampler, values: &[Value]) -> Option<Table> {
-    let nums: Vec<f64> = values
-        .iter()
-        .filter_map(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
-        .collect();
-    let pair =
-        |a: f64, b: f64| Value::Array(vec![Value::Float(round4(a)), Value::Float(round4(b))]);
+    let nums: Vec<f64> = values.iter().filter_map(space::as_f64).collect();
+    let round = |x: f64| Value::Float(space::round_sig(x, 5));
+    let pair = |a: f64, b: f64| Value::Array(vec![round(a), round(b)]);
     let mut t = Table::new();
     match s {
         Sampler::LogUniform(lo, hi) => {

@@ -11,7 +11,7 @@ use super::ledger::{self, Entry, Manifest, TrialState};
 use super::search::Proposer;
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
-use crate::train::{Progress, RunStatus};
+use crate::train::{log_line, Progress, RunStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -254,12 +254,6 @@ fn submit(
     Ok(id)
 }
 
-fn say(progress: Progress, msg: &str) {
-    if progress != Progress::Quiet {
-        eprintln!("{msg}");
-    }
-}
-
 /// The watcher's state across polls.
 struct Watcher<'a> {
     root: PathBuf,
@@ -310,7 +304,7 @@ impl Watcher<'_> {
         let tries = self.tries_here.get(&e.index).copied().unwrap_or(0);
         if tries <= self.opts.retries {
             if tries > 0 {
-                say(
+                log_line(
                     self.opts.progress,
                     &format!(
                         "trial {} ({}): task ended ({}) without finishing; resubmitting",
@@ -330,7 +324,7 @@ impl Watcher<'_> {
             );
             let _ = RunDir::new(self.root.join(&e.dir)).mark_failed(&why);
         }
-        say(
+        log_line(
             self.opts.progress,
             &format!("trial {} ({}): failed", e.index, e.dir),
         );
@@ -350,7 +344,7 @@ impl Watcher<'_> {
         while !self.exhausted && outstanding + to_submit.len() < limit.max(1) {
             match p.propose(&mut self.manifest)? {
                 Some(i) => {
-                    say(
+                    log_line(
                         self.opts.progress,
                         &format!("proposed trial {}", self.manifest.trials[i].dir),
                     );
@@ -411,7 +405,7 @@ impl Watcher<'_> {
         }
         self.jobs.submissions.push((id.clone(), trials.to_vec()));
         self.jobs.save(&self.root)?;
-        say(
+        log_line(
             self.opts.progress,
             &format!(
                 "submitted job {id}: array {} ({} trials)",
@@ -432,12 +426,7 @@ pub fn run(
     proposer: Option<Proposer>,
 ) -> Result<(Option<i32>, Manifest)> {
     let root = std::path::absolute(root).at(root)?;
-    let exe = match &opts.worker_exe {
-        Some(p) => p.clone(),
-        None => {
-            std::env::current_exe().map_err(|e| Error::Launcher(format!("no own path: {e}")))?
-        }
-    };
+    let exe = super::worker_exe(&opts.worker_exe)?;
     let name = root
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -461,7 +450,7 @@ pub fn run(
     let mut unreadable = 0;
     loop {
         if let Some(sig) = crate::signals::requested() {
-            say(
+            log_line(
                 opts.progress,
                 "watcher stopped; the tasks keep running: `--status` shows them, the same command resumes watching",
             );
@@ -483,7 +472,7 @@ pub fn run(
             Verdict::Continue(c) => c,
         };
         if last_counts.as_ref() != Some(&c) {
-            say(
+            log_line(
                 opts.progress,
                 &format!(
                     "[{:>5.0}s] {}/{} done, {} queued or running, {} failed",
@@ -541,10 +530,10 @@ pub fn status(root: &Path, manifest: &Manifest) -> Result<String> {
             ]
         })
         .collect();
-    Ok(crate::compare::render(
+    Ok(crate::table::render(
         &headers,
         &rows,
-        crate::compare::Format::Table,
+        crate::table::Format::Table,
     ))
 }
 

@@ -47,17 +47,23 @@ pub fn hparam_values(cfg: &RunConfig) -> Vec<(String, HValue)> {
             if OBSERVATION_KEYS.contains(&k.as_str()) {
                 continue;
             }
-            let hv = match v {
-                toml::Value::Integer(i) => HValue::Num(i as f64),
-                toml::Value::Float(f) => HValue::Num(f),
-                toml::Value::String(s) => HValue::Str(s),
-                toml::Value::Boolean(b) => HValue::Bool(b),
-                _ => continue,
-            };
-            out.push((k, hv));
+            if let Some(hv) = hparam_value(&v) {
+                out.push((k, hv));
+            }
         }
     }
     out
+}
+
+/// A scalar TOML value as an HParams value (`None` for lists, tables and dates).
+pub fn hparam_value(v: &toml::Value) -> Option<HValue> {
+    match v {
+        toml::Value::Integer(i) => Some(HValue::Num(*i as f64)),
+        toml::Value::Float(f) => Some(HValue::Num(*f)),
+        toml::Value::String(s) => Some(HValue::Str(s.clone())),
+        toml::Value::Boolean(b) => Some(HValue::Bool(*b)),
+        _ => None,
+    }
 }
 
 /// The HParams data type of a value.

@@ -13,8 +13,8 @@ mod setup;
 mod trainer;
 
 pub use crate::run_dir::{CorpusInfo, EvalPoint, Metrics, RunRecord, RunStatus};
-pub use hparams::{hparam_type, hparam_values, METRICS, OBSERVATION_KEYS};
-pub use report::{log_line, Progress};
+pub use hparams::{hparam_type, hparam_value, hparam_values, METRICS, OBSERVATION_KEYS};
+pub use report::{log_line, Console, Progress};
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
@@ -78,12 +78,8 @@ impl Default for TrainOptions {
 /// The run's threads: a pool of its own (the config's count, or all cores), so that runs in one
 /// process (tests, a library user) each get the count they asked for, and no environment
 /// variable has to be set while other threads run.
-fn thread_pool(threads: Option<usize>, out: &Path) -> Result<rayon::ThreadPool> {
-    let n = threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+fn thread_pool(cfg: &RunConfig, out: &Path) -> Result<rayon::ThreadPool> {
+    let n = cfg.thread_count();
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build()
@@ -107,7 +103,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
     }
     let run = RunDir::new(out);
     let _lock = run.lock(&mut say)?;
-    thread_pool(cfg.threads, out)?.install(|| {
+    thread_pool(cfg, out)?.install(|| {
         let mut trainer = setup::start(cfg, opts, run, data, device)?;
         let status = trainer.run()?;
         trainer.finish(status)

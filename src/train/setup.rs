@@ -40,12 +40,7 @@ impl Data {
     }
 
     pub fn dims(&self, cfg: &RunConfig) -> Dims {
-        Dims {
-            vocab: self.prepared.vocab.len(),
-            embed_dim: cfg.embed_dim,
-            hidden: cfg.hidden,
-            layers: cfg.layers,
-        }
+        Dims::of(cfg, self.prepared.vocab.len())
     }
 
     /// Windows in one pass over the training split.
@@ -53,15 +48,15 @@ impl Data {
         self.train.windows() as u64
     }
 
-    /// Steps of the whole run: `max_steps`, the steps of `epochs` passes, or the smaller.
+    /// Epochs done at `c`, with the fraction of the current one.
+    pub fn epoch(&self, c: &Cursor) -> f64 {
+        c.epoch as f64 + c.window as f64 / self.windows() as f64
+    }
+
+    /// Steps of the whole run (see [`RunConfig::total_steps`]).
     pub fn total_steps(&self, cfg: &RunConfig) -> Result<u64> {
-        let by_epochs = |e: f64| ((e * self.windows() as f64).ceil() as u64).max(1);
-        match (cfg.max_steps, cfg.epochs) {
-            (Some(s), Some(e)) => Ok(s.min(by_epochs(e))),
-            (Some(s), None) => Ok(s),
-            (None, Some(e)) => Ok(by_epochs(e)),
-            (None, None) => Err(Error::invalid("max_steps", "set `max_steps` or `epochs`")),
-        }
+        cfg.total_steps(self.windows())
+            .ok_or_else(|| Error::invalid("max_steps", "set `max_steps` or `epochs`"))
     }
 }
 
@@ -197,7 +192,7 @@ fn new_record(
         params: model.num_params(),
         steps: c.step,
         total_steps,
-        epoch: c.epoch as f64 + c.window as f64 / data.windows() as f64,
+        epoch: data.epoch(c),
         first_loss: prev.and_then(|p| p.first_loss),
         ln_vocab: (vocab as f64).ln(),
         last_train_loss: prev.and_then(|p| p.last_train_loss),

@@ -8,6 +8,7 @@ use super::{log_line, RunResult, TrainOptions};
 use crate::checkpoint::{self, Cursor};
 use crate::config::RunConfig;
 use crate::error::Result;
+use crate::model::cpu::Sums;
 use crate::model::{Backend, CharRnn, State};
 use crate::optim::{self, Optimizer};
 use crate::rng::Rng;
@@ -127,10 +128,6 @@ impl<'a> Trainer<'a> {
         Ok(t)
     }
 
-    fn epoch_f(&self) -> f64 {
-        self.cursor.epoch as f64 + self.cursor.window as f64 / self.data.windows() as f64
-    }
-
     /// One optimizer step. Returns a stop reason when the loss diverged.
     fn step(&mut self) -> Result<Option<Stop>> {
         let cfg = self.cfg;
@@ -180,7 +177,12 @@ impl<'a> Trainer<'a> {
         let params: Vec<&candle_core::Var> = self.model.params().iter().map(|(_, v)| v).collect();
         let grads = self.backend.grads();
         let norm = optim::global_norm(grads);
-        let lr = optim::lr_at(cfg, self.cursor.step, self.epoch_f(), self.total_steps);
+        let lr = optim::lr_at(
+            cfg,
+            self.cursor.step,
+            self.data.epoch(&self.cursor),
+            self.total_steps,
+        );
         let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
             (cfg.grad_clip / norm) as f32
         } else {
@@ -340,7 +342,7 @@ impl<'a> Trainer<'a> {
             checkpoint::save(&path, &tensors, &self.cursor)?;
         }
         self.record.steps = self.cursor.step;
-        self.record.epoch = self.epoch_f();
+        self.record.epoch = self.data.epoch(&self.cursor);
         self.record.tokens_per_s = self.cursor.tokens as f64 / self.cursor.elapsed_secs.max(1e-9);
         let mut snapshot = self.record.clone();
         snapshot.elapsed_secs = self.cursor.elapsed_secs;
@@ -447,13 +449,11 @@ pub fn evaluate(
     split: &crate::batch::Split,
 ) -> Result<(f64, f64)> {
     let mut state = model.zero_state(split.streams());
-    let (mut loss, mut hits, mut n) = (0f64, 0f64, 0usize);
+    let mut sums = Sums::default();
     for w in 0..split.windows() {
         let win = split.window(w);
-        let sums = backend.eval(model, (&win.x, &win.y, win.seq_len), &mut state)?;
-        loss += sums.loss;
-        hits += sums.hits;
-        n += sums.count;
+        sums += backend.eval(model, (&win.x, &win.y, win.seq_len), &mut state)?;
     }
-    Ok((loss / n.max(1) as f64, hits / n.max(1) as f64))
+    let n = sums.count.max(1) as f64;
+    Ok((sums.loss / n, sums.hits / n))
 }

@@ -115,6 +115,44 @@ impl Ctx<'_> {
     }
 }
 
+/// Typed reads of one table's values, with errors naming its section, the key and the line.
+pub(super) struct Reader<'a> {
+    pub ctx: &'a Ctx<'a>,
+    pub section: &'a str,
+    pub t: &'a Table,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(ctx: &'a Ctx<'a>, section: &'a str, t: &'a Table) -> Self {
+        Reader { ctx, section, t }
+    }
+
+    pub fn string(&self, k: &str) -> Result<Option<String>> {
+        match self.t.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(self.ctx.err(
+                self.section,
+                k,
+                format!("`{k}` must be a string, not {}", type_name(v)),
+            )),
+        }
+    }
+
+    /// An integer of at least `min`.
+    pub fn uint(&self, k: &str, min: i64) -> Result<Option<i64>> {
+        match self.t.get(k) {
+            None => Ok(None),
+            Some(Value::Integer(i)) if *i >= min => Ok(Some(*i)),
+            Some(v) => Err(self.ctx.err(
+                self.section,
+                k,
+                format!("`{k}` must be an integer ≥ {min}, not {v}"),
+            )),
+        }
+    }
+}
+
 /// Flattens `clean = { … }` (or `[grid.clean]`) into dotted keys.
 pub(super) fn flatten(table: &Table) -> Vec<(String, Value)> {
     let mut out = Vec::new();

@@ -1,7 +1,7 @@
 //! The `[experiment]` table (name, jobs, devices, seed, timeout, retries, pruning) and the
 //! `[slurm]` table of a sweep file.
 
-use super::check::{type_name, Ctx};
+use super::check::{type_name, Ctx, Reader};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
@@ -119,39 +119,9 @@ const EXPERIMENT_KEYS: &[&str] = &[
 ];
 const PRUNING_KEYS: &[&str] = &["rule", "warmup_evals", "min_trials", "eta"];
 
-/// Typed reads of the `[experiment]` table's values, with errors naming the key and line.
-struct Reader<'a> {
-    ctx: &'a Ctx<'a>,
-    t: &'a Table,
-}
-
 impl Reader<'_> {
-    fn string(&self, k: &str) -> Result<Option<String>> {
-        match self.t.get(k) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(self.ctx.err(
-                "experiment",
-                k,
-                format!("`{k}` must be a string, not {}", type_name(v)),
-            )),
-        }
-    }
-
-    fn uint(&self, k: &str, min: i64) -> Result<Option<i64>> {
-        match self.t.get(k) {
-            None => Ok(None),
-            Some(Value::Integer(i)) if *i >= min => Ok(Some(*i)),
-            Some(v) => Err(self.ctx.err(
-                "experiment",
-                k,
-                format!("`{k}` must be an integer ≥ {min}, not {v}"),
-            )),
-        }
-    }
-
     fn devices(&self) -> Result<Vec<String>> {
-        let bad = |m: String| self.ctx.err("experiment", "devices", m);
+        let bad = |m: String| self.ctx.err(self.section, "devices", m);
         match self.t.get("devices") {
             None => Ok(Vec::new()),
             Some(Value::Array(a)) => a
@@ -177,7 +147,7 @@ impl Reader<'_> {
             Some(Value::Table(p)) => p,
             Some(v) => {
                 return Err(self.ctx.err(
-                    "experiment",
+                    self.section,
                     "pruning",
                     format!("`pruning` must be a table, not {}", type_name(v)),
                 ))
@@ -194,20 +164,15 @@ impl Reader<'_> {
             Some(Value::String(s)) if s == "halving" => PruneRule::Halving,
             Some(v) => {
                 return Err(self.ctx.err(
-                    "experiment",
+                    self.section,
                     "rule",
                     format!("pruning rule must be \"median\" or \"halving\", not {v}"),
                 ))
             }
         };
-        let int = |k: &str, d: usize| match p.get(k) {
-            None => Ok(d),
-            Some(Value::Integer(i)) if *i >= 0 => Ok(*i as usize),
-            Some(v) => Err(self.ctx.err(
-                "experiment",
-                k,
-                format!("`{k}` must be an integer ≥ 0, not {v}"),
-            )),
+        let within = Reader::new(self.ctx, self.section, p);
+        let int = |k: &str, d: usize| -> Result<usize> {
+            Ok(within.uint(k, 0)?.map_or(d, |v| v as usize))
         };
         Ok(Some(Pruning {
             rule,
@@ -225,7 +190,7 @@ pub(super) fn parse_experiment(ctx: &Ctx, t: &Table) -> Result<(Experiment, Tabl
             return Err(ctx.unknown("experiment", k, EXPERIMENT_KEYS));
         }
     }
-    let r = Reader { ctx, t };
+    let r = Reader::new(ctx, "experiment", t);
     let name = r.string("name")?.ok_or_else(|| Error::Config {
         path: ctx.path.to_path_buf(),
         message: "[experiment] needs a `name` (the runs go to runs/<name>/)".into(),

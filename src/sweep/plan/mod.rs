@@ -18,8 +18,9 @@ pub use space::Sampler;
 use crate::config::RunConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::rng::Rng;
+use crate::run_dir::VALIDATION_METRICS;
 use crate::summary::Domain;
-use check::{check_run_value, flatten, nearest, set_path, type_name, Ctx};
+use check::{check_run_value, flatten, nearest, set_path, type_name, Ctx, Reader};
 use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
@@ -32,6 +33,18 @@ pub struct Trial {
     pub hash: String,
     /// Hash of the config without its seed: seeds of one configuration share it (HParams group).
     pub group: String,
+}
+
+impl Trial {
+    /// The trial of `overrides`, resolved into `config`: hashed.
+    fn new(overrides: Vec<(String, Value)>, config: RunConfig) -> Trial {
+        Trial {
+            group: group_hash(&config),
+            hash: config_hash(&config),
+            overrides,
+            config,
+        }
+    }
 }
 
 /// An expanded sweep.
@@ -80,7 +93,6 @@ const TOP_KEYS: &[&str] = &[
     "slurm",
 ];
 const SEARCH_KEYS: &[&str] = &["method", "trials", "startup_trials", "candidates", "metric"];
-const SEARCH_METRICS: &[&str] = &["val/loss", "val/bpc", "val/accuracy", "final/val/loss"];
 
 impl Plan {
     /// The trial of `overrides` laid over the defaults (validated, hashed).
@@ -90,12 +102,7 @@ impl Plan {
             text: &self.text,
         };
         let config = resolve(&ctx, &self.base, &self.space, &overrides, false)?;
-        Ok(Trial {
-            group: group_hash(&config),
-            hash: config_hash(&config),
-            overrides,
-            config,
-        })
+        Ok(Trial::new(overrides, config))
     }
 
     /// A drawn number as the value of run key `key`: an integer for integer keys, else rounded
@@ -181,17 +188,9 @@ fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<Tpe
             ));
         }
     }
-    let int = |k: &str, min: i64| -> Result<Option<usize>> {
-        match t.get(k) {
-            None => Ok(None),
-            Some(Value::Integer(i)) if *i >= min => Ok(Some(*i as usize)),
-            Some(v) => Err(ctx.err(
-                "search",
-                k,
-                format!("`{k}` must be an integer ≥ {min}, not {v}"),
-            )),
-        }
-    };
+    let r = Reader::new(ctx, "search", t);
+    let int =
+        |k: &str, min: i64| -> Result<Option<usize>> { Ok(r.uint(k, min)?.map(|v| v as usize)) };
     let trials = int("trials", 1)?.ok_or_else(|| {
         ctx.err(
             "search",
@@ -201,14 +200,14 @@ fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<Tpe
     })?;
     let metric = match t.get("metric") {
         None => "val/loss".to_string(),
-        Some(Value::String(m)) if SEARCH_METRICS.contains(&m.as_str()) => m.clone(),
+        Some(Value::String(m)) if VALIDATION_METRICS.contains(&m.as_str()) => m.clone(),
         Some(v) => {
             return Err(ctx.err(
                 "search",
                 "metric",
                 format!(
                     "`metric` must be one of {}, not {v}",
-                    SEARCH_METRICS.join(", ")
+                    VALIDATION_METRICS.join(", ")
                 ),
             ))
         }
@@ -290,11 +289,16 @@ fn check_count(
         .saturating_add(space.random_trials)
         .saturating_add(explicit)
         .max(1);
+    check_limit(ctx, "sweep", total, limit, force)
+}
+
+/// Refuses more than `limit` trials unless `force` (`what`: the sweep, or a search).
+fn check_limit(ctx: &Ctx, what: &str, total: usize, limit: usize, force: bool) -> Result<()> {
     if total > limit && !force {
         return Err(Error::Config {
             path: ctx.path.to_path_buf(),
             message: format!(
-                "the sweep has {total} trials, more than the limit of {limit} \
+                "the {what} has {total} trials, more than the limit of {limit} \
                  (--max-trials or [experiment] max_trials); narrow it or pass --force"
             ),
         });
@@ -375,11 +379,14 @@ fn trials(
     let mut duplicates = 0;
     for (overrides, is_explicit) in points {
         let config = resolve(ctx, base, space, &overrides, is_explicit)?;
-        let hash = config_hash(&config);
-        if let Some(j) = trials.iter().position(|t| t.hash == hash) {
+        let trial = Trial::new(overrides, config);
+        if let Some(j) = trials.iter().position(|t| t.hash == trial.hash) {
             if is_explicit {
-                let described: Vec<String> =
-                    overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let described: Vec<String> = trial
+                    .overrides
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 return Err(Error::Config {
                     path: ctx.path.to_path_buf(),
                     message: format!(
@@ -391,12 +398,7 @@ fn trials(
             duplicates += 1;
             continue;
         }
-        trials.push(Trial {
-            group: group_hash(&config),
-            overrides,
-            config,
-            hash,
-        });
+        trials.push(trial);
     }
     Ok((trials, duplicates))
 }
@@ -431,12 +433,7 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
                     "[[trial]] tables cannot be mixed with method = \"tpe\"".into(),
                 ));
             }
-            if tpe.trials > limit && !force {
-                return Err(Error::Config {
-                    path: path.to_path_buf(),
-                    message: format!("the search has {} trials, more than the limit of {limit} (--max-trials or [experiment] max_trials); pass --force", tpe.trials),
-                });
-            }
+            check_limit(&ctx, "search", tpe.trials, limit, force)?;
             (Vec::new(), 0)
         }
         None => {

@@ -2,7 +2,7 @@
 //! log-uniform, integer, choice), how a point is drawn, and the domain of each swept key that the
 //! HParams dashboard declares.
 
-use super::check::{check_run_value, flatten, nearest, Ctx};
+use super::check::{check_run_value, flatten, nearest, Ctx, Reader};
 use super::Trial;
 use crate::error::Result;
 use crate::rng::Rng;
@@ -18,15 +18,16 @@ pub enum Sampler {
     Choice(Vec<Value>),
 }
 
-/// Rounds a drawn number to 4 significant digits: readable names, stable hashes.
-pub(super) fn round4(x: f64) -> f64 {
+/// Rounds `x` to `digits` significant digits (readable names and files, stable hashes).
+pub fn round_sig(x: f64, digits: usize) -> f64 {
     if x == 0.0 || !x.is_finite() {
         return x;
     }
-    format!("{x:.3e}").parse().unwrap_or(x)
+    let decimals = digits.max(1) - 1;
+    format!("{x:.decimals$e}").parse().unwrap_or(x)
 }
 
-pub(super) fn as_f64(v: &Value) -> Option<f64> {
+pub fn as_f64(v: &Value) -> Option<f64> {
     match v {
         Value::Float(f) => Some(*f),
         Value::Integer(i) => Some(*i as f64),
@@ -34,14 +35,9 @@ pub(super) fn as_f64(v: &Value) -> Option<f64> {
     }
 }
 
+/// A swept value as HParams declares it (a list or table, as its text).
 pub(super) fn hvalue(v: &Value) -> HValue {
-    match v {
-        Value::Float(f) => HValue::Num(*f),
-        Value::Integer(i) => HValue::Num(*i as f64),
-        Value::Boolean(b) => HValue::Bool(*b),
-        Value::String(s) => HValue::Str(s.clone()),
-        other => HValue::Str(other.to_string()),
-    }
+    crate::train::hparam_value(v).unwrap_or_else(|| HValue::Str(v.to_string()))
 }
 
 pub(super) fn parse_sampler(ctx: &Ctx, keys: &Table, key: &str, v: &Value) -> Result<Sampler> {
@@ -170,7 +166,7 @@ pub(super) fn merge(a: &Domain, b: &Domain) -> Domain {
 /// A drawn number as a value: an integer for integer keys, else rounded to four significant
 /// digits (readable names, stable hashes).
 pub fn number(x: f64, int_key: bool) -> Value {
-    let x = round4(x);
+    let x = round_sig(x, 4);
     if int_key {
         Value::Integer(x.round() as i64)
     } else {
@@ -208,18 +204,10 @@ impl Space {
                 .collect::<Result<Vec<_>>>()?;
             space.grid.push((k, values));
         }
+        let trials = Reader::new(ctx, "random", random_t).uint("trials", 1)?;
+        space.random_trials = trials.unwrap_or(0) as usize;
         for (k, v) in flatten(random_t) {
             if k == "trials" {
-                space.random_trials = match v {
-                    Value::Integer(i) if i >= 1 => i as usize,
-                    v => {
-                        return Err(ctx.err(
-                            "random",
-                            "trials",
-                            format!("`trials` must be an integer ≥ 1, not {v}"),
-                        ))
-                    }
-                };
                 continue;
             }
             space

@@ -24,13 +24,19 @@ CONFIGS = {
 
 
 def cpu_model():
+    """The processor's name with its family and model (a VM's name can hide the generation:
+    AMD family 25 is Zen 3/4, 26 is Zen 5)."""
+    info = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    name = info.get("model name") or platform.processor() or "unknown CPU"
+    if "cpu family" in info:
+        name += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+    return name
 
 
 def measured(cmd):

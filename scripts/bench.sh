@@ -5,7 +5,7 @@
 # validation losses.
 #   scripts/bench.sh [STEPS] [CONFIG...] [--threads 1,2] [--repeat N]
 #   (defaults: 300 steps, M S, all cores, 2 runs per side)
-# Makes .venv-torch (pip install torch; large) on first use. Not part of CI.
+# Makes .venv-torch (scripts/torch-venv.sh; large) on first use. Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=300
@@ -22,9 +22,5 @@ while [ $# -gt 0 ]; do
 done
 [ ${#configs[@]} -gt 0 ] || configs=(M S)
 
-if ! .venv-torch/bin/python -c "import torch" >/dev/null 2>&1; then
-  python3 -m venv .venv-torch
-  .venv-torch/bin/pip install -q --disable-pip-version-check torch numpy
-fi
-cargo build --release -q
+source scripts/torch-venv.sh
 exec python3 scripts/bench.py --steps "$steps" --threads "$threads" --repeat "$repeat" "${configs[@]}"

@@ -20,12 +20,6 @@ class CharRnn(nn.Module):
         self.lstm = nn.LSTM(embed, hidden, layers, batch_first=True, dropout=dropout)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab)
-        # Forget-gate bias 1, as charlab (PyTorch has two biases; b_ih carries it).
-        for name, p in self.lstm.named_parameters():
-            if name.startswith("bias"):
-                nn.init.zeros_(p)
-                if name.startswith("bias_ih"):
-                    p.data[hidden:2 * hidden] = 1.0
 
     def forward(self, x, state):
         y, state = self.lstm(self.embed(x), state)
@@ -38,7 +32,23 @@ def streams(ids, batch, seq):
     return data, (n - 1) // seq
 
 
-def main():
+def evaluate(model, val, val_windows, seq, vocab, loss_fn):
+    """Mean loss over the whole validation split, state carried from zero (as charlab)."""
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        vs = None
+        for k in range(val_windows):
+            x = val[:, k * seq:(k + 1) * seq]
+            y = val[:, k * seq + 1:(k + 1) * seq + 1]
+            logits, vs = model(x, vs)
+            total += loss_fn(logits.reshape(-1, vocab), y.reshape(-1)).item() * y.numel()
+            n += y.numel()
+    model.train()
+    return total / n
+
+
+def parser():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True, help="charlab prepared dir (clean.txt, vocab.json)")
     ap.add_argument("--steps", type=int, default=300)
@@ -54,7 +64,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuDNN's LSTM)")
-    a = ap.parse_args()
+    ap.add_argument("--eval-at", default="", help="comma-separated steps to evaluate at too")
+    return ap
+
+
+def train(a):
+    """One run as `a` (parser()'s arguments) asks; returns its figures (scripts/race_optuna.py
+    calls it in-process, as an Optuna objective would)."""
     dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -74,6 +90,8 @@ def main():
     loss_fn = nn.CrossEntropyLoss()
     state, w = None, 0
     first = None
+    eval_at = {int(s) for s in a.eval_at.split(",") if s}
+    evals, eval_secs = {}, 0.0
     t0 = time.perf_counter()
     for step in range(a.steps):
         x = train[:, w * a.seq:(w + 1) * a.seq]
@@ -90,29 +108,29 @@ def main():
         w += 1
         if w >= windows:
             w, state = 0, None
+        if step + 1 in eval_at:
+            e0 = time.perf_counter()
+            evals[step + 1] = evaluate(model, val, val_windows, a.seq, len(chars), loss_fn)
+            eval_secs += time.perf_counter() - e0
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    train_secs = time.perf_counter() - t0
+    train_secs = time.perf_counter() - t0 - eval_secs
 
-    model.eval()
-    total, n = 0.0, 0
-    with torch.no_grad():
-        vs = None
-        for k in range(val_windows):
-            x = val[:, k * a.seq:(k + 1) * a.seq]
-            y = val[:, k * a.seq + 1:(k + 1) * a.seq + 1]
-            logits, vs = model(x, vs)
-            total += loss_fn(logits.reshape(-1, len(chars)), y.reshape(-1)).item() * y.numel()
-            n += y.numel()
-    print(json.dumps({
+    val_loss = evaluate(model, val, val_windows, a.seq, len(chars), loss_fn)
+    return {
         "impl": f"pytorch {torch.__version__}" + (" cuDNN" if dev.type == "cuda" else ""),
         "steps": a.steps,
         "first_loss": first,
         "ln_vocab": math.log(len(chars)),
-        "val_loss": total / n,
+        "val_loss": val_loss,
+        "evals": evals,
         "tokens_per_s": a.steps * a.batch * a.seq / train_secs,
         "train_secs": train_secs,
-    }))
+    }
+
+
+def main():
+    print(json.dumps(train(parser().parse_args())))
 
 
 if __name__ == "__main__":

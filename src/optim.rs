@@ -289,6 +289,17 @@ impl Optimizer {
     }
 }
 
+/// What global-norm clipping multiplies the gradients by: `clip / norm` when the norm exceeds
+/// `clip` (`clip` 0 turns clipping off), as `torch.nn.utils.clip_grad_norm_` (which adds 1e-6 to
+/// the norm, a difference below f32's precision at the norms where clipping acts).
+pub fn clip_scale(norm: f64, clip: f64) -> f32 {
+    if clip > 0.0 && norm > clip {
+        (clip / norm) as f32
+    } else {
+        1.0
+    }
+}
+
 /// The global L2 norm of the gradients.
 pub fn global_norm(grads: &[Vec<f32>]) -> f64 {
     use rayon::prelude::*;

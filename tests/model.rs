@@ -137,22 +137,86 @@ fn cpu_model_accuracy_eval_and_sampling_logits_match_the_reference() {
 }
 
 #[test]
-fn forget_gate_bias_starts_at_one() {
+fn lstm_parameters_are_pytorchs_and_drawn_as_it_draws_them() {
     let dims = Dims {
-        vocab: 5,
+        vocab: 50,
+        embed_dim: 8,
+        hidden: 64,
+        layers: 2,
+    };
+    let m = CharRnn::new(dims, 1, &Device::Cpu).unwrap();
+    let names: Vec<String> = m
+        .params()
+        .iter()
+        .map(|(n, _)| charlab::model::torch_name(n).unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "embed.weight",
+            "lstm.weight_ih_l0",
+            "lstm.weight_hh_l0",
+            "lstm.bias_ih_l0",
+            "lstm.bias_hh_l0",
+            "lstm.weight_ih_l1",
+            "lstm.weight_hh_l1",
+            "lstm.bias_ih_l1",
+            "lstm.bias_hh_l1",
+            "head.weight",
+            "head.bias",
+        ]
+    );
+    assert_eq!(charlab::model::torch_name("optim/0/0"), None);
+    // Every LSTM tensor, both biases included, ~ U(±1/√H): bounded, centred, spread over the range.
+    let bound = 1.0 / (dims.hidden as f32).sqrt();
+    for (name, var) in m.params().iter().filter(|(n, _)| n.starts_with("LSTM/")) {
+        let v = var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        let max = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+        assert!(max <= bound && max > 0.9 * bound, "{name}: max |x| {max}");
+        assert!(mean.abs() < 0.2 * bound, "{name}: mean {mean}");
+    }
+    let get = |n: &str| {
+        let (_, v) = m.params().iter().find(|(p, _)| p == n).unwrap();
+        v.to_vec1::<f32>().unwrap()
+    };
+    assert_ne!(get("LSTM/layer_0/bias_ih"), get("LSTM/layer_0/bias_hh"));
+}
+
+#[test]
+fn a_one_bias_checkpoint_loads_as_the_same_model() {
+    let dims = Dims {
+        vocab: 7,
         embed_dim: 3,
         hidden: 4,
         layers: 2,
     };
-    let m = CharRnn::new(dims, 1, &Device::Cpu).unwrap();
-    let (_, bias) = m
-        .params()
-        .iter()
-        .find(|(n, _)| n == "LSTM/layer_1/bias")
-        .unwrap();
-    let v = bias.to_vec1::<f32>().unwrap();
-    assert_eq!(&v[4..8], &[1.0; 4]);
-    assert!(v[..4].iter().chain(&v[8..]).all(|&x| x == 0.0));
+    let m = CharRnn::new(dims, 3, &Device::Cpu).unwrap();
+    // The layout before two biases: w_ih, w_hh and one bias holding their sum.
+    let mut old = std::collections::HashMap::new();
+    for (name, var) in m.params() {
+        let t = var.as_tensor().clone();
+        let key = name
+            .replace("weight_ih", "w_ih")
+            .replace("weight_hh", "w_hh");
+        if let Some(base) = key.strip_suffix("/bias_ih") {
+            let sum = t.add(&m.tensors()[&format!("{base}/bias_hh")]).unwrap();
+            old.insert(format!("{base}/bias"), sum);
+        } else if !key.ends_with("/bias_hh") {
+            old.insert(key, t);
+        }
+    }
+    assert!(charlab::model::is_legacy_checkpoint(&old));
+    assert!(!charlab::model::is_legacy_checkpoint(&m.tensors()));
+    let loaded = CharRnn::new(dims, 99, &Device::Cpu).unwrap();
+    loaded.load(&old).unwrap();
+    let ids = [1u32, 4, 2, 6];
+    let logits = |model: &CharRnn| {
+        let mut backend = Backend::for_model(model);
+        let mut state = model.zero_state(1);
+        backend.next_logits(model, &ids, &mut state).unwrap()
+    };
+    assert!(rel_err(&logits(&loaded), &logits(&m)) < 1e-6);
 }
 
 #[test]
@@ -220,11 +284,11 @@ fn check_device_command_proves_the_cpu_path_equals_step_by_step_and_refuses_miss
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.trim_end().ends_with("equivalent"), "{text}");
-    // The loss, one row per parameter (embedding, 3 per layer, decoder weight and bias) and
+    // The loss, one row per parameter (embedding, 4 per layer, decoder weight and bias) and
     // the state carried to the next window.
     assert_eq!(
         text.lines().filter(|l| l.ends_with(" ok")).count(),
-        1 + 1 + 3 * 3 + 2 + 1
+        1 + 1 + 4 * 3 + 2 + 1
     );
 
     let out = common::charlab(here, &["check-device", "--dims", "41,8"]);

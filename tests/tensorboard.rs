@@ -91,9 +91,10 @@ fn tensorboard_reads_every_kind_of_summary_of_a_run() {
     let hist = tb["histograms"].as_object().unwrap();
     for name in [
         "Embedding/weight",
-        "LSTM/layer_0/w_ih",
-        "LSTM/layer_1/w_hh",
-        "LSTM/layer_1/bias",
+        "LSTM/layer_0/weight_ih",
+        "LSTM/layer_1/weight_hh",
+        "LSTM/layer_1/bias_ih",
+        "LSTM/layer_1/bias_hh",
         "Logits/weight",
     ] {
         for kind in ["weights", "gradients"] {

@@ -30,20 +30,37 @@ use crate::rng::Rng;
 /// The parameters as slices, in the model's order.
 pub struct Weights<'a> {
     pub emb: &'a [f32],
-    /// `(w_ih, w_hh, bias)` per layer.
-    pub layers: Vec<[&'a [f32]; 3]>,
+    pub layers: Vec<LayerWeights<'a>>,
     pub head_w: &'a [f32],
     pub head_b: &'a [f32],
+}
+
+/// One LSTM layer's parameters, as `nn.LSTM` holds them: the two biases are only ever used as
+/// their sum, but each is a parameter with its own gradient and optimizer state.
+pub struct LayerWeights<'a> {
+    pub w_ih: &'a [f32],
+    pub w_hh: &'a [f32],
+    pub b_ih: &'a [f32],
+    pub b_hh: &'a [f32],
 }
 
 impl<'a> Weights<'a> {
     /// From the parameter slices in [`super::CharRnn::params`] order.
     pub fn from_slices(p: &[&'a [f32]]) -> Self {
-        let layers = (p.len() - 3) / 3;
+        let layers = (p.len() - 3) / super::LAYER_PARAMS;
         Weights {
             emb: p[0],
             layers: (0..layers)
-                .map(|k| [p[1 + 3 * k], p[2 + 3 * k], p[3 + 3 * k]])
+                .map(|k| {
+                    let [w_ih, w_hh, b_ih, b_hh] =
+                        [0, 1, 2, 3].map(|i| p[super::layer_slot(k) + i]);
+                    LayerWeights {
+                        w_ih,
+                        w_hh,
+                        b_ih,
+                        b_hh,
+                    }
+                })
                 .collect(),
             head_w: p[p.len() - 2],
             head_b: p[p.len() - 1],
@@ -197,7 +214,7 @@ impl Shared {
             self.emb_u.extend_from_slice(&w.emb[id as usize * e..][..e]);
         }
         self.table.resize(u * 4 * hp, 0.0);
-        let w_ih = View::new(w.layers[0][0], 4 * h, e, e);
+        let w_ih = View::new(w.layers[0].w_ih, 4 * h, e, e);
         input_proj(
             View::new(&self.emb_u, u, e, e),
             w_ih,
@@ -382,26 +399,24 @@ impl CpuModel {
         let layers = w.layers.len();
         s.packed_fwd.resize_with(layers, Vec::new);
         s.packed_bwd.resize_with(layers, Vec::new);
+        // The kernels add one bias per gate row: the sum of the layer's two.
         s.bias = w
             .layers
             .iter()
-            .map(|[_, _, b]| pad_gates(b, h, hp))
+            .map(|l| {
+                let sum: Vec<f32> = l.b_ih.iter().zip(l.b_hh).map(|(a, b)| a + b).collect();
+                pad_gates(&sum, h, hp)
+            })
             .collect();
         {
             use rayon::prelude::*;
             let fwd = s.packed_fwd.par_iter_mut().zip(&w.layers);
             let bwd = s.packed_bwd.par_iter_mut().zip(&w.layers);
             rayon::join(
-                || {
-                    fwd.for_each(|(p, [_, w_hh, _])| {
-                        recurrence::pack_forward(w_hh, h, hp, lanes, p)
-                    })
-                },
+                || fwd.for_each(|(p, l)| recurrence::pack_forward(l.w_hh, h, hp, lanes, p)),
                 || {
                     if train {
-                        bwd.for_each(|(p, [_, w_hh, _])| {
-                            recurrence::pack_backward(w_hh, h, hp, lanes, p)
-                        })
+                        bwd.for_each(|(p, l)| recurrence::pack_backward(l.w_hh, h, hp, lanes, p))
                     }
                 },
             );
@@ -501,6 +516,7 @@ impl Group {
             self.grads.push(vec![0.0; 4 * h * input]);
             self.grads.push(vec![0.0; 4 * h * h]);
             self.grads.push(vec![0.0; 4 * h]);
+            self.grads.push(vec![0.0; 4 * h]);
         }
         self.grads.push(vec![0.0; v * h]);
         self.grads.push(vec![0.0; v]);
@@ -566,7 +582,7 @@ impl Group {
             let l = &mut rest[0];
             let input = match below.last() {
                 Some(prev) => {
-                    let w_ih = View::new(w.layers[k][0], 4 * h, h, h);
+                    let w_ih = View::new(w.layers[k].w_ih, 4 * h, h, h);
                     input_proj(output(prev, n, nb, h, hp), w_ih, &mut l.xp, h, hp);
                     Input::Rows(&l.xp)
                 }
@@ -722,18 +738,20 @@ impl Group {
                 dc_next: &mut self.dc_next,
             }
             .run(level);
-            let gi = 1 + 3 * k;
-            let [dw_ih, dw_hh, db] = &mut self.grads[gi..gi + 3] else {
-                unreachable!("three gradients per layer")
+            let gi = super::layer_slot(k);
+            let [dw_ih, dw_hh, db_ih, db_hh] = &mut self.grads[gi..gi + super::LAYER_PARAMS] else {
+                unreachable!("four gradients per layer")
             };
-            db.fill(0.0);
-            add_unpadded(db, &self.dbias, h, hp);
+            // Both biases enter as their sum: each gets the whole gate gradient.
+            db_ih.fill(0.0);
+            add_unpadded(db_ih, &self.dbias, h, hp);
+            db_hh.copy_from_slice(db_ih);
             let da = View::new(&l.xp, n, 4 * hp, 4 * hp);
             weight_grad(da, View::new(&l.hs, n, h, hp), dw_hh, h, hp);
             match below.last() {
                 Some(prev) => {
                     weight_grad(da, output(prev, n, nb, h, hp), dw_ih, h, hp);
-                    let w_ih = View::new(w.layers[k][0], 4 * h, h, h);
+                    let w_ih = View::new(w.layers[k].w_ih, 4 * h, h, h);
                     input_grad(da, w_ih, &mut self.dy, hp, h, hp);
                 }
                 None => {
@@ -840,7 +858,7 @@ fn reduce(ws: &mut Workspace, w: &Weights, s: &Shared, d: Dims, hp: usize) {
     ws.demb_u.resize(u * e, 0.0);
     input_grad(
         dtable,
-        View::new(w.layers[0][0], 4 * h, e, e),
+        View::new(w.layers[0].w_ih, 4 * h, e, e),
         &mut ws.demb_u,
         e,
         h,

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 pub fn params(d: Dims) -> u64 {
     let (v, e, h) = (d.vocab as u64, d.embed_dim as u64, d.hidden as u64);
     let layers: u64 = (0..d.layers as u64)
-        .map(|k| 4 * h * (if k == 0 { e } else { h } + h + 1))
+        .map(|k| 4 * h * (if k == 0 { e } else { h } + h + 2))
         .sum();
     v * e + layers + v * h + v
 }

@@ -1,6 +1,13 @@
 //! Stage 3: the char-rnn model. Embedding → `layers` × LSTM (dropout between layers and before
 //! the decoder) → linear decoder → softmax cross-entropy. Parameters are named by the scope they
-//! show under in TensorBoard (`LSTM/layer_0/w_hh`), and the same names key the checkpoint.
+//! show under in TensorBoard (`LSTM/layer_0/weight_hh`), and the same names key the checkpoint.
+//!
+//! The parameters are PyTorch's, one for one (`nn.Embedding` → `nn.LSTM` → `nn.Linear`; see
+//! [`torch_name`]), initialised from the same distributions, so a run loads into PyTorch and
+//! learns step for step as `nn.LSTM` does. That includes the LSTM's two bias vectors: they only
+//! ever enter as their sum, but under Adam each moves about `lr` per step, so the pair learns
+//! faster than one vector would, and their U(±1/√H) draw lets early training leave the unigram
+//! plateau that a zero bias (forget gate 1) sits on for hundreds of steps.
 
 pub mod cpu;
 pub mod gemm;
@@ -127,18 +134,67 @@ pub struct CharRnn {
     device: Device,
 }
 
-pub(crate) fn layer_names(k: usize) -> [String; 3] {
-    [
-        format!("LSTM/layer_{k}/w_ih"),
-        format!("LSTM/layer_{k}/w_hh"),
-        format!("LSTM/layer_{k}/bias"),
-    ]
+/// Parameters per LSTM layer: `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`.
+pub const LAYER_PARAMS: usize = 4;
+
+/// Where layer `k`'s first parameter sits in [`CharRnn::params`] (after the embedding).
+pub(crate) fn layer_slot(k: usize) -> usize {
+    1 + LAYER_PARAMS * k
+}
+
+/// Layer `k`'s parameter names, in [`CharRnn::params`] order.
+pub(crate) fn layer_names(k: usize) -> [String; LAYER_PARAMS] {
+    ["weight_ih", "weight_hh", "bias_ih", "bias_hh"].map(|p| format!("LSTM/layer_{k}/{p}"))
+}
+
+/// The name PyTorch gives a parameter of `nn.Embedding` (`embed`) → `nn.LSTM` (`lstm`) →
+/// `nn.Linear` (`head`): `LSTM/layer_1/bias_hh` ↔ `lstm.bias_hh_l1`, `Logits/weight` ↔
+/// `head.weight`. `None` for a name that is not a model parameter.
+pub fn torch_name(name: &str) -> Option<String> {
+    match name {
+        "Embedding/weight" => return Some("embed.weight".into()),
+        "Logits/weight" => return Some("head.weight".into()),
+        "Logits/bias" => return Some("head.bias".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("LSTM/layer_")?;
+    let (k, param) = rest.split_once('/')?;
+    let k: usize = k.parse().ok()?;
+    ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+        .contains(&param)
+        .then(|| format!("lstm.{param}_l{k}"))
+}
+
+/// Whether `tensors` come from a checkpoint written before the LSTM had PyTorch's two biases
+/// (`LSTM/layer_K/{w_ih, w_hh, bias}`): its weights load (for sampling), its optimizer state
+/// does not line up with today's parameters, so it cannot be resumed.
+pub fn is_legacy_checkpoint(tensors: &HashMap<String, Tensor>) -> bool {
+    tensors.contains_key("LSTM/layer_0/bias")
+}
+
+/// A parameter's tensor in a checkpoint, reading the one-bias layout as its two-bias equivalent
+/// (the old bias as `bias_ih`, zeros as `bias_hh`: the same sum, so the same model).
+fn checkpoint_tensor(tensors: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    if let Some(t) = tensors.get(name) {
+        return Ok(t.clone());
+    }
+    let legacy = |old: &str| {
+        let base = name.rsplit_once('/').map_or("", |(b, _)| b);
+        tensors.get(&format!("{base}/{old}")).cloned()
+    };
+    let found = match name.rsplit('/').next() {
+        Some("weight_ih") => legacy("w_ih"),
+        Some("weight_hh") => legacy("w_hh"),
+        Some("bias_ih") => legacy("bias"),
+        Some("bias_hh") => legacy("bias").map(|b| b.zeros_like()).transpose()?,
+        _ => None,
+    };
+    found.ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {name}")))
 }
 
 impl CharRnn {
-    /// A freshly initialised model: embedding ~ N(0, 1), LSTM and decoder ~ U(±1/√fan_in) as in
-    /// PyTorch (so a PyTorch reference starts from the same distribution), forget-gate bias 1 so
-    /// early gradients flow through time.
+    /// A freshly initialised model, drawn as PyTorch draws it: embedding ~ N(0, 1), every LSTM
+    /// tensor (both biases included) and the decoder ~ U(±1/√H).
     pub fn new(dims: Dims, seed: u64, device: &Device) -> Result<Self> {
         let mut rng = Rng::new(seed, 1);
         let mut params = Vec::new();
@@ -154,19 +210,12 @@ impl CharRnn {
         let k = 1.0 / (h as f32).sqrt();
         for layer in 0..dims.layers {
             let input = if layer == 0 { e } else { h };
-            let [w_ih, w_hh, bias] = layer_names(layer);
+            let [w_ih, w_hh, b_ih, b_hh] = layer_names(layer);
             let mut u = || (rng.uniform() * 2.0 - 1.0) * k;
             add(w_ih, &[4 * h, input], &mut u)?;
             add(w_hh, &[4 * h, h], &mut u)?;
-            let mut j = 0usize;
-            add(bias, &[4 * h], &mut || {
-                j += 1;
-                if (h + 1..=2 * h).contains(&j) {
-                    1.0
-                } else {
-                    0.0
-                }
-            })?;
+            add(b_ih, &[4 * h], &mut u)?;
+            add(b_hh, &[4 * h], &mut u)?;
         }
         add("Logits/weight".into(), &[v, h], &mut || {
             (rng.uniform() * 2.0 - 1.0) * k
@@ -212,12 +261,11 @@ impl CharRnn {
             .collect()
     }
 
-    /// Overwrites every parameter from `tensors` (a checkpoint); shapes must match.
+    /// Overwrites every parameter from `tensors` (a checkpoint, either layout: see
+    /// [`is_legacy_checkpoint`]); shapes must match.
     pub fn load(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         for (name, var) in &self.params {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {name}")))?;
+            let t = checkpoint_tensor(tensors, name)?;
             if t.dims() != var.dims() {
                 candle_core::bail!(
                     "checkpoint's {name} has shape {:?}, the model {:?}",
@@ -324,19 +372,20 @@ fn layer_nodes(k: usize, prev: &str, in_dim: i64, h: i64, (b, t): (i64, i64)) ->
     let s = format!("LSTM/layer_{k}");
     let name = |part: &str| format!("{s}/{part}");
     vec![
-        GraphNode::new(&name("w_ih"), "VariableV2", &[], &[4 * h, in_dim]),
-        GraphNode::new(&name("w_hh"), "VariableV2", &[], &[4 * h, h]),
-        GraphNode::new(&name("bias"), "VariableV2", &[], &[4 * h]),
+        GraphNode::new(&name("weight_ih"), "VariableV2", &[], &[4 * h, in_dim]),
+        GraphNode::new(&name("weight_hh"), "VariableV2", &[], &[4 * h, h]),
+        GraphNode::new(&name("bias_ih"), "VariableV2", &[], &[4 * h]),
+        GraphNode::new(&name("bias_hh"), "VariableV2", &[], &[4 * h]),
         GraphNode::new(
             &name("input_projection"),
             "MatMul",
-            &[prev, &name("w_ih"), &name("bias")],
+            &[prev, &name("weight_ih"), &name("bias_ih"), &name("bias_hh")],
             &[b, t, 4 * h],
         ),
         GraphNode::new(
             &name("cell"),
             "LSTMBlock",
-            &[&name("input_projection"), &name("w_hh")],
+            &[&name("input_projection"), &name("weight_hh")],
             &[b, t, h],
         ),
         GraphNode::new(

@@ -63,14 +63,14 @@ pub fn forward(
         .index_select(&x.flatten_all()?, 0)?;
     let mut drop = dropout_with.filter(|(p, _)| *p > 0.0);
     for layer in 0..model.dims.layers {
-        let [w_ih, w_hh, bias] = layer_names(layer);
+        let [w_ih, w_hh, b_ih, b_hh] = layer_names(layer);
+        let bias = model.get(&b_ih)?.add(model.get(&b_hh)?)?;
         let xproj = input
             .matmul(&model.get(&w_ih)?.t()?)?
             .reshape((b, t, 4 * h))?;
         let h0 = Tensor::from_slice(&state.h[layer], (b, h), dev)?;
         let c0 = Tensor::from_slice(&state.c[layer], (b, h), dev)?;
-        let (hs, h_last, c_last) =
-            lstm_layer(&xproj, model.get(&w_hh)?, model.get(&bias)?, &h0, &c0)?;
+        let (hs, h_last, c_last) = lstm_layer(&xproj, model.get(&w_hh)?, &bias, &h0, &c0)?;
         state.h[layer] = h_last.flatten_all()?.to_vec1()?;
         state.c[layer] = c_last.flatten_all()?.to_vec1()?;
         input = hs.reshape((b * t, h))?;

@@ -142,6 +142,13 @@ fn resume(
             "cannot resume: the corpus's vocabulary differs from the run's vocab.json",
         ));
     }
+    if crate::model::is_legacy_checkpoint(&tensors) {
+        return Err(run_error(
+            run,
+            "cannot resume: the run was written by an older charlab (one LSTM bias, before \
+             PyTorch's two); it can still be sampled, or train it anew in another directory",
+        ));
+    }
     model.load(&tensors)?;
     optimizer.load(cursor.step, &tensors)?;
     let state = State::from_tensors(&tensors, cfg.layers, cfg.batch_size, cfg.hidden)

@@ -183,11 +183,7 @@ impl<'a> Trainer<'a> {
             self.data.epoch(&self.cursor),
             self.total_steps,
         );
-        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
-            (cfg.grad_clip / norm) as f32
-        } else {
-            1.0
-        };
+        let scale = optim::clip_scale(norm, cfg.grad_clip);
         if cfg.histogram_every > 0
             && (next_step.is_multiple_of(cfg.histogram_every) || next_step == 1)
         {

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Learning parity with PyTorch's nn.LSTM (issue 18): val loss at steps 100, 300 (and 1,000 in the
+# long cells) over lr × hidden × dropout × seeds on 红楼梦 and Shakespeare, charlab beside
+# PyTorch, one table naming the processor. Flags go to scripts/parity.py (--seeds, --steps,
+# --lrs, --hiddens, --dropouts, --corpora, --jobs, --json). Not part of CI; about 40 minutes on
+# 2 cores with the defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/torch-venv.sh
+exec .venv-torch/bin/python scripts/parity.py "$@"

@@ -1,0 +1,60 @@
+"""One Optuna worker of scripts/race.py: joins a study in a journal file (several workers share
+it, as Optuna's docs run a distributed study) and runs trials of the PyTorch char-LSTM
+(scripts/torch_ref.py's train, in-process, as a researcher's objective would) until the study is
+done. Prints one JSON line per finished trial: its parameters, val loss and finish time.
+"""
+import argparse
+import json
+import time
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+import torch_ref
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--journal", required=True)
+    ap.add_argument("--study", required=True)
+    ap.add_argument("--space", required=True, help="JSON: the race's search space")
+    ap.add_argument("--sampler", choices=["grid", "tpe"], required=True)
+    ap.add_argument("--trials", type=int, required=True, help="the study's total")
+    ap.add_argument("--startup", type=int, default=8, help="TPE's random trials")
+    ap.add_argument("--fixed", required=True, help="torch_ref.py arguments every trial shares")
+    a = ap.parse_args()
+    space = json.loads(a.space)
+    if a.sampler == "grid":
+        sampler = optuna.samplers.GridSampler(space["grid"], seed=1)
+    else:
+        sampler = optuna.samplers.TPESampler(n_startup_trials=a.startup, seed=None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(a.journal))
+    study = optuna.create_study(study_name=a.study, storage=storage, sampler=sampler,
+                                load_if_exists=True)
+
+    def objective(trial):
+        if a.sampler == "grid":
+            params = {k: trial.suggest_categorical(k, v) for k, v in space["grid"].items()}
+        else:
+            params = {}
+            for k, (kind, lo, hi) in space["random"].items():
+                if kind == "log_uniform":
+                    params[k] = trial.suggest_float(k, lo, hi, log=True)
+                elif kind == "uniform":
+                    params[k] = trial.suggest_float(k, lo, hi)
+                else:
+                    params[k] = trial.suggest_categorical(k, lo)
+        args = a.fixed.split() + [f"--{k}={v}" for k, v in params.items()]
+        r = torch_ref.train(torch_ref.parser().parse_args(args))
+        print(json.dumps({"params": params, "val_loss": r["val_loss"], "end": time.time()}),
+              flush=True)
+        return r["val_loss"]
+
+    callbacks = [optuna.study.MaxTrialsCallback(a.trials, states=None)]
+    study.optimize(objective, n_trials=a.trials, callbacks=callbacks)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,9 @@ pub struct Cursor {
     /// Training chars consumed.
     pub tokens: u64,
     /// Training seconds so far (across resumes).
+    #[serde(with = "crate::json_float")]
     pub elapsed_secs: f64,
+    #[serde(default, with = "crate::json_float::option")]
     pub best_val_loss: Option<f64>,
     pub best_step: Option<u64>,
 }

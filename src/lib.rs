@@ -17,6 +17,7 @@ pub mod device;
 pub mod digest;
 pub mod error;
 pub mod importance;
+pub mod json_float;
 pub mod model;
 pub mod optim;
 pub mod report;

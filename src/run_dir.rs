@@ -69,10 +69,14 @@ pub const VALIDATION_METRICS: &[&str] = &["val/loss", "val/bpc", "val/accuracy",
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub step: u64,
+    #[serde(with = "crate::json_float")]
     pub val_loss: f64,
+    #[serde(with = "crate::json_float")]
     pub val_accuracy: f64,
+    #[serde(with = "crate::json_float")]
     pub val_bpc: f64,
     /// Mean training loss over the last logging interval.
+    #[serde(with = "crate::json_float")]
     pub train_loss: f64,
 }
 
@@ -80,6 +84,7 @@ pub struct Metrics {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalPoint {
     pub step: u64,
+    #[serde(with = "crate::json_float")]
     pub val_loss: f64,
 }
 
@@ -101,17 +106,23 @@ pub struct RunRecord {
     pub params: usize,
     pub steps: u64,
     pub total_steps: u64,
+    #[serde(with = "crate::json_float")]
     pub epoch: f64,
     /// The babysitting check: the first loss should be close to ln(vocab).
+    #[serde(default, with = "crate::json_float::option")]
     pub first_loss: Option<f64>,
+    #[serde(with = "crate::json_float")]
     pub ln_vocab: f64,
     /// Mean train loss of the last logging interval (live progress).
+    #[serde(default, with = "crate::json_float::option")]
     pub last_train_loss: Option<f64>,
     pub final_metrics: Option<Metrics>,
     pub best_metrics: Option<Metrics>,
     /// Every evaluation so far.
     pub evals: Vec<EvalPoint>,
+    #[serde(with = "crate::json_float")]
     pub tokens_per_s: f64,
+    #[serde(with = "crate::json_float")]
     pub elapsed_secs: f64,
     pub message: Option<String>,
 }

@@ -4,9 +4,9 @@
 mod common;
 
 use charlab::sweep::plan;
-use common::record;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use common::{record, run_dirs, Sweep};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn plan_of(text: &str) -> charlab::Result<plan::Plan> {
@@ -217,80 +217,6 @@ fn run_directory_names_are_short_and_unique() {
 }
 
 // ---- end to end, through the CLI ----
-
-struct Sweep {
-    dir: tempfile::TempDir,
-    file: PathBuf,
-}
-
-impl Sweep {
-    /// A sweep of tiny trials on the fixture corpus; `extra_defaults` lines (`key = value`)
-    /// replace the defaults of the same key.
-    fn new(name: &str, grid: &str, extra_defaults: &str) -> Sweep {
-        let dir = tempfile::tempdir().unwrap();
-        let corpus = common::write_corpus(dir.path());
-        let file = dir.path().join("sweep.toml");
-        let mut defaults: Vec<String> = [
-            "batch_size = 4",
-            "seq_len = 16",
-            "embed_dim = 16",
-            "hidden = 32",
-            "max_steps = 40",
-            "eval_every = 10",
-            "log_every = 1",
-            "histogram_every = 0",
-            "sample_length = 10",
-            "val_fraction = 0.1",
-            "device = \"cpu\"",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        for line in extra_defaults.lines().filter(|l| !l.trim().is_empty()) {
-            let key = line.split('=').next().unwrap().trim();
-            defaults.retain(|d| d.split('=').next().unwrap().trim() != key);
-            defaults.push(line.to_string());
-        }
-        let text = format!(
-            "[experiment]\nname = {name:?}\ncorpus = {:?}\njobs = 2\n\n[defaults]\n{}\n\n[grid]\n{grid}\n",
-            corpus.to_str().unwrap(),
-            defaults.join("\n")
-        );
-        std::fs::write(&file, text).unwrap();
-        Sweep { dir, file }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        common::charlab(self.dir.path(), args)
-    }
-
-    fn run(&self, extra: &[&str]) -> Output {
-        let mut args = vec!["sweep", self.file.to_str().unwrap(), "--plain"];
-        args.extend(extra);
-        self.cmd(&args)
-    }
-
-    fn spawn(&self, extra: &[&str]) -> Child {
-        let mut args = vec!["sweep", self.file.to_str().unwrap(), "--plain"];
-        args.extend(extra);
-        common::spawn_quiet(self.dir.path(), &args)
-    }
-
-    fn root(&self, name: &str) -> PathBuf {
-        self.dir.path().join("runs").join(name)
-    }
-}
-
-fn run_dirs(root: &Path) -> Vec<PathBuf> {
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
-    m["trials"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| root.join(t["dir"].as_str().unwrap()))
-        .collect()
-}
 
 #[test]
 fn a_sweep_of_four_trials_is_read_by_tensorboard_and_compared() {

@@ -17,6 +17,12 @@ use crate::sample;
 use crate::summary::{EventWriter, SessionStatus};
 use std::time::Instant;
 
+/// Whether a loss says the model has blown up: not finite, or over `times` × ln V, the loss of a
+/// uniform guess over the vocabulary (at least `times`, for vocabularies of one or two chars).
+pub fn blown_up(loss: f64, ln_vocab: f64, times: f64) -> bool {
+    !loss.is_finite() || loss > times * ln_vocab.max(1.0)
+}
+
 /// Why the loop stopped before its last step.
 enum Stop {
     /// The loss became non-finite or absurd.
@@ -142,8 +148,8 @@ impl<'a> Trainer<'a> {
         )?;
         let (loss, acc) = (sums.loss / sums.count as f64, sums.hits / sums.count as f64);
         let next_step = self.cursor.step + 1;
-        // A uniform guess costs ln V; ten times that is no longer training.
-        if !loss.is_finite() || loss > 10.0 * self.record.ln_vocab.max(1.0) {
+        // One batch's loss is noisy: only ten times a uniform guess's stops the run here.
+        if blown_up(loss, self.record.ln_vocab, 10.0) {
             return Ok(Some(Stop::Diverged(format!(
                 "loss became {loss} at step {next_step}"
             ))));
@@ -279,6 +285,15 @@ impl<'a> Trainer<'a> {
     }
 
     fn stop_after_eval(&self, step: u64, val_loss: f64) -> Option<Stop> {
+        // The whole validation split is not noisy: twice a uniform guess's loss has blown up,
+        // however finite (lr = 1 evaluates at 4 × ln V); such a run has not "completed".
+        let ln_v = self.record.ln_vocab;
+        if blown_up(val_loss, ln_v, 2.0) {
+            return Some(Stop::Diverged(format!(
+                "val loss {val_loss:.4} at step {step} is more than twice ln(vocab) = {ln_v:.4}, \
+                 what a uniform guess costs"
+            )));
+        }
         if let Some(p) = self.cfg.patience {
             if self.evals_without_improvement >= p {
                 return Some(Stop::Patience(format!(

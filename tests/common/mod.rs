@@ -5,6 +5,7 @@
 use charlab::config::RunConfig;
 use charlab::train::{Progress, TrainOptions};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Output};
 
 /// A small novel-like text with the noise charlab cleans: CRLF, blank-line runs, `【…】`
 /// commentary, `[…]` and `<…>` junk, full-width and ASCII spaces, trailing `……`.
@@ -215,4 +216,80 @@ pub fn assert_proposals_replay(d: &Path, file: &str, name: &str) {
             "trial {i} replays from its recorded history"
         );
     }
+}
+
+/// A sweep of tiny trials on the fixture corpus, in its own temporary directory.
+pub struct Sweep {
+    pub dir: tempfile::TempDir,
+    pub file: PathBuf,
+}
+
+impl Sweep {
+    /// A sweep of tiny trials on the fixture corpus; `extra_defaults` lines (`key = value`)
+    /// replace the defaults of the same key.
+    pub fn new(name: &str, grid: &str, extra_defaults: &str) -> Sweep {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = write_corpus(dir.path());
+        let file = dir.path().join("sweep.toml");
+        let mut defaults: Vec<String> = [
+            "batch_size = 4",
+            "seq_len = 16",
+            "embed_dim = 16",
+            "hidden = 32",
+            "max_steps = 40",
+            "eval_every = 10",
+            "log_every = 1",
+            "histogram_every = 0",
+            "sample_length = 10",
+            "val_fraction = 0.1",
+            "device = \"cpu\"",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for line in extra_defaults.lines().filter(|l| !l.trim().is_empty()) {
+            let key = line.split('=').next().unwrap().trim();
+            defaults.retain(|d| d.split('=').next().unwrap().trim() != key);
+            defaults.push(line.to_string());
+        }
+        let text = format!(
+            "[experiment]\nname = {name:?}\ncorpus = {:?}\njobs = 2\n\n[defaults]\n{}\n\n[grid]\n{grid}\n",
+            corpus.to_str().unwrap(),
+            defaults.join("\n")
+        );
+        std::fs::write(&file, text).unwrap();
+        Sweep { dir, file }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        charlab(self.dir.path(), args)
+    }
+
+    pub fn run(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["sweep", self.file.to_str().unwrap(), "--plain"];
+        args.extend(extra);
+        self.cmd(&args)
+    }
+
+    pub fn spawn(&self, extra: &[&str]) -> Child {
+        let mut args = vec!["sweep", self.file.to_str().unwrap(), "--plain"];
+        args.extend(extra);
+        spawn_quiet(self.dir.path(), &args)
+    }
+
+    pub fn root(&self, name: &str) -> PathBuf {
+        self.dir.path().join("runs").join(name)
+    }
+}
+
+/// The run directories of a sweep's manifest, in trial order.
+pub fn run_dirs(root: &Path) -> Vec<PathBuf> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
+    m["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| root.join(t["dir"].as_str().unwrap()))
+        .collect()
 }

@@ -69,3 +69,134 @@ fn the_blow_up_rule_compares_with_a_uniform_guess() {
     // A one- or two-char vocabulary: ln V < 1, the rule still leaves room to learn.
     assert!(!blown_up(1.5, 2f64.ln(), 2.0));
 }
+
+/// A finished two-trial grid sweep of 40 steps, evaluated every 10.
+fn finished_sweep(name: &str) -> Sweep {
+    let s = Sweep::new(name, "lr = [1e-3, 1e-2]", "");
+    let o = s.run(&[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    s
+}
+
+#[test]
+fn a_finished_trials_damaged_or_deleted_record_is_rebuilt_from_its_events_not_retrained() {
+    for damage in ["truncated", "deleted"] {
+        let s = finished_sweep("rec");
+        let root = s.root("rec");
+        let run = run_dirs(&root).remove(0);
+        let before = record(&run);
+        let record_path = run.join("run.json");
+        match damage {
+            "truncated" => {
+                let bytes = std::fs::read(&record_path).unwrap();
+                std::fs::write(&record_path, &bytes[..bytes.len() / 2]).unwrap();
+            }
+            _ => std::fs::remove_file(&record_path).unwrap(),
+        }
+        let o = s.run(&[]);
+        let err = text(&o.stderr);
+        assert!(o.status.success(), "{damage}: {err}");
+        let named = err
+            .lines()
+            .filter(|l| {
+                l.contains("run.json") && l.contains(run.file_name().unwrap().to_str().unwrap())
+            })
+            .count();
+        assert_eq!(named, 1, "{damage}: one line names the record: {err}");
+        let after = record(&run);
+        assert_eq!(after["status"], "completed", "{damage}: {after}");
+        let (b, a) = (&before["best_metrics"], &after["best_metrics"]);
+        assert_eq!(a["step"], b["step"], "{damage}");
+        for key in ["val_loss", "val_accuracy", "val_bpc"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-6 * y.abs(),
+                "{damage}: {key} {x} vs {y}"
+            );
+        }
+        let steps = |r: &serde_json::Value| -> Vec<u64> {
+            r["evals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["step"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(steps(&after), steps(&before), "{damage}");
+        assert_eq!(damage == "truncated", run.join("run.json.damaged").exists());
+        // Nothing was trained again, and TensorBoard shows each step once.
+        let tb = common::tb_read(&run);
+        assert_eq!(
+            common::tb_steps(&tb, "val/loss"),
+            vec![10, 20, 30, 40],
+            "{damage}"
+        );
+        assert_eq!(
+            common::tb_steps(&tb, "train/loss"),
+            (1..=40).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn a_lost_manifest_is_named_and_rebuilt_from_a_grid_file_but_refused_for_a_search() {
+    for damage in ["deleted", "garbage"] {
+        let s = finished_sweep("man");
+        let root = s.root("man");
+        let runs = run_dirs(&root);
+        let events: Vec<_> = runs.iter().map(|r| event_files(r)).collect();
+        let path = root.join("manifest.json");
+        match damage {
+            "deleted" => std::fs::remove_file(&path).unwrap(),
+            _ => std::fs::write(&path, "{\"trials\": 3}").unwrap(),
+        }
+        let o = s.run(&[]);
+        let err = text(&o.stderr);
+        assert!(o.status.success(), "{damage}: {err}");
+        assert!(
+            err.lines()
+                .any(|l| l.contains("manifest.json") && l.contains("rebuilt")),
+            "{damage}: {err}"
+        );
+        assert!(err.contains("0 to run"), "{damage}: {err}");
+        assert_eq!(
+            run_dirs(&root),
+            runs,
+            "{damage}: the same trials, the same directories"
+        );
+        let now: Vec<_> = runs.iter().map(|r| event_files(r)).collect();
+        assert_eq!(now, events, "{damage}: a finished trial was trained again");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = common::tpe_file(d, "tpe", 3, "");
+    let o = common::charlab(d, &["sweep", &file, "--plain"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let root = d.join("runs/tpe");
+    std::fs::remove_file(root.join("manifest.json")).unwrap();
+    let o = common::charlab(d, &["sweep", &file, "--plain"]);
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("manifest.json") && err.contains("TPE") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn a_sweep_refused_before_it_starts_leaves_nothing_behind() {
+    for (what, defaults) in [
+        ("a model too large", "hidden = 100000"),
+        ("a missing corpus", "corpus = \"nowhere.txt\""),
+    ] {
+        let s = Sweep::new("refused", "lr = [1e-3]", defaults);
+        let o = s.run(&[]);
+        assert!(!o.status.success(), "{what}");
+        assert!(
+            !s.root("refused").exists(),
+            "{what}: left {:?}",
+            s.root("refused")
+        );
+    }
+}

@@ -6,30 +6,8 @@ mod common;
 
 use charlab::sweep::ledger::Manifest;
 use charlab::sweep::plan;
+use common::tpe_file;
 use std::path::Path;
-
-/// A TPE sweep file over lr (log-uniform), hidden (choice) and dropout on the fixture corpus;
-/// `extra` lines go into [experiment].
-fn tpe_file(d: &Path, name: &str, trials: usize, extra: &str) -> String {
-    let corpus = common::write_corpus(d);
-    let jobs = if extra.contains("jobs") {
-        ""
-    } else {
-        "jobs = 1\n"
-    };
-    let text = format!(
-        "[experiment]\nname = {name:?}\ncorpus = {:?}\n{jobs}seed = 7\n{extra}\n[defaults]\n\
-         batch_size = 4\nseq_len = 16\nembed_dim = 16\nmax_steps = 120\neval_every = 30\n\
-         log_every = 10\nhistogram_every = 0\nsample_length = 10\nval_fraction = 0.1\n\
-         device = \"cpu\"\n[search]\nmethod = \"tpe\"\ntrials = {trials}\nstartup_trials = 3\n\
-         [random]\nlr = {{ log_uniform = [1e-4, 3e-2] }}\nhidden = {{ choice = [16, 32] }}\n\
-         dropout = {{ uniform = [0.0, 0.4] }}\n",
-        corpus.to_str().unwrap()
-    );
-    let file = format!("{name}.toml");
-    std::fs::write(d.join(&file), text).unwrap();
-    file
-}
 
 fn manifest(d: &Path, name: &str) -> Manifest {
     Manifest::load(&d.join("runs").join(name)).unwrap()

@@ -132,19 +132,13 @@ fn json(v: &toml::Value) -> serde_json::Value {
 /// Reconciles a plan with what a sweep directory already holds. The same trials: resume. New
 /// trials besides all old ones: appended with `extend`, refused without. An old trial missing
 /// from the plan: refused, since its results would no longer match the file.
-pub fn reconcile(root: &Path, plan: &Plan, extend: bool) -> Result<Manifest> {
-    let mut manifest = if Manifest::path(root).exists() {
-        Manifest::load(root)?
-    } else {
-        Manifest {
-            version: 1,
-            experiment: plan.experiment.name.clone(),
-            swept: Vec::new(),
-            pruning: None,
-            trials: Vec::new(),
-            search: None,
-        }
-    };
+pub fn reconcile(
+    root: &Path,
+    plan: &Plan,
+    extend: bool,
+    say: &mut dyn FnMut(&str),
+) -> Result<Manifest> {
+    let mut manifest = existing(root, plan, say)?;
     manifest.swept = plan.swept.iter().map(|(k, _)| k.clone()).collect();
     manifest.pruning = plan.experiment.pruning.clone();
     if let Some(tpe) = &plan.search {
@@ -196,6 +190,82 @@ pub fn reconcile(root: &Path, plan: &Plan, extend: bool) -> Result<Manifest> {
         manifest.trials.push(Entry::of(manifest.trials.len(), t));
     }
     Ok(manifest)
+}
+
+fn empty_manifest(plan: &Plan) -> Manifest {
+    Manifest {
+        version: 1,
+        experiment: plan.experiment.name.clone(),
+        swept: Vec::new(),
+        pruning: None,
+        trials: Vec::new(),
+        search: None,
+    }
+}
+
+/// The directories under a sweep root that hold a trial (a config or a record).
+fn trial_dirs(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<String> = entries
+        .flatten()
+        .filter(|e| {
+            let run = RunDir::new(e.path());
+            run.config_path().is_file() || run.record_path().is_file()
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The manifest `root` holds, or an empty one for a new sweep. One that is missing or damaged
+/// while trial directories remain is rebuilt from the sweep file when the file lists the trials
+/// (their directory names follow from it) and the directories all match; a TPE search's is
+/// refused, since the order its proposals saw results in is kept nowhere else.
+fn existing(root: &Path, plan: &Plan, say: &mut dyn FnMut(&str)) -> Result<Manifest> {
+    let path = Manifest::path(root);
+    let dirs = trial_dirs(root);
+    let problem = match Manifest::load(root) {
+        Ok(m) => return Ok(m),
+        Err(_) if !path.exists() && dirs.is_empty() => return Ok(empty_manifest(plan)),
+        Err(_) if !path.exists() => format!(
+            "{} is missing while {} holds {} trial directories",
+            path.display(),
+            root.display(),
+            dirs.len()
+        ),
+        Err(e) => e.to_string(),
+    };
+    let refuse = |why: String| Error::Run {
+        path: path.clone(),
+        message: format!("{problem}; {why}: restore it, or use a new experiment name"),
+    };
+    if plan.search.is_some() {
+        return Err(refuse(
+            "it held the TPE search's history, which its run directories do not".into(),
+        ));
+    }
+    let mut m = empty_manifest(plan);
+    for (i, t) in plan.trials.iter().enumerate() {
+        m.trials.push(Entry::of(i, t));
+    }
+    if let Some(stray) = dirs.iter().find(|d| !m.trials.iter().any(|e| &e.dir == *d)) {
+        return Err(refuse(format!(
+            "it cannot be rebuilt from the sweep file, which has no trial {stray}"
+        )));
+    }
+    if path.exists() {
+        let keep = root.join("manifest.json.damaged");
+        std::fs::rename(&path, &keep).at(&keep)?;
+    }
+    say(&format!(
+        "{problem}; rebuilt it from the sweep file ({} trials, {} of them already begun)",
+        m.trials.len(),
+        dirs.len()
+    ));
+    Ok(m)
 }
 
 /// A TPE search continues only with the same space, defaults and settings; more trials need

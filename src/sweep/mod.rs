@@ -220,6 +220,30 @@ fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest) -> Result<()> {
     events.sync()
 }
 
+/// Says, once per trial, which run records are damaged or gone while the run has checkpoints:
+/// such a trial is not finished as far as the sweep can tell, so its worker resumes it and
+/// rebuilds the record from the run's event files (nothing it had recorded is lost).
+fn name_lost_records(root: &Path, manifest: &Manifest, progress: Progress) {
+    for e in &manifest.trials {
+        let run = RunDir::new(root.join(&e.dir));
+        let lost = match run.read_record() {
+            Err(err) => err.to_string(),
+            Ok(None) if run.checkpoints().is_dir() => {
+                format!("{}: missing", run.record_path().display())
+            }
+            Ok(_) => continue,
+        };
+        crate::train::log_line(
+            progress,
+            &format!(
+                "trial {}: {lost}; resuming it rebuilds the record from its event files and \
+                 checkpoint",
+                e.dir
+            ),
+        );
+    }
+}
+
 /// Checks, in the parent and before any trial starts, what would otherwise fail inside a
 /// worker: every corpus is prepared (once each; the workers then read the cache) and long
 /// enough for its trial's batches, and no trial needs more memory than the machine has.
@@ -289,11 +313,28 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     crate::signals::install();
     let plan = plan::load(path, opts.max_trials, opts.force)?;
     let root = opts.runs_root.join(&plan.experiment.name);
-    let _lock = ledger::Lock::acquire(&root)?;
+    let new_root = !root.exists();
+    let lock = ledger::Lock::acquire(&root)?;
     crate::atomic::remove_stale_temps(&root);
-    let manifest = ledger::reconcile(&root, &plan, opts.extend)?;
-    let costs = check_trials(&plan, &manifest, &opts.data_dir, opts.progress)?;
+    let mut say = |m: &str| crate::train::log_line(opts.progress, m);
+    let preflight = ledger::reconcile(&root, &plan, opts.extend, &mut say).and_then(|m| {
+        let costs = check_trials(&plan, &m, &opts.data_dir, opts.progress)?;
+        Ok((m, costs))
+    });
+    let (manifest, costs) = match preflight {
+        Ok(p) => p,
+        Err(e) => {
+            // A sweep refused before it started leaves nothing behind.
+            drop(lock);
+            if new_root {
+                let _ = std::fs::remove_dir(&root);
+            }
+            return Err(e);
+        }
+    };
+    let _lock = lock;
     lay_out(&root, &plan, &manifest)?;
+    name_lost_records(&root, &manifest, opts.progress);
     let exp = &plan.experiment;
     let retries = opts.retries.unwrap_or(exp.retries);
     let proposer = search::Proposer::new(&plan, &root);

@@ -8,13 +8,14 @@ use crate::batch::{self, Split};
 use crate::checkpoint::{self, Cursor};
 use crate::config::RunConfig;
 use crate::corpus::Prepared;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::model::{CharRnn, Dims, State};
 use crate::optim::{Hyper, Optimizer};
 use crate::rng::Rng;
-use crate::run_dir::{now, CorpusInfo, RunDir, RunRecord, RunStatus};
+use crate::run_dir::{now, CorpusInfo, EvalPoint, Metrics, RunDir, RunRecord, RunStatus};
 use crate::summary::{EventWriter, HParamDecl};
 use candle_core::Device;
+use std::collections::BTreeMap;
 
 /// The run's data: the prepared corpus and its train and validation streams.
 pub(super) struct Data {
@@ -98,8 +99,99 @@ fn check_resumable(saved: &RunConfig, now: &RunConfig, run: &RunDir) -> Result<(
 pub(super) struct Resumed {
     pub cursor: Cursor,
     pub state: State,
-    /// The record of the invocations before this one.
-    pub previous: Option<RunRecord>,
+    /// What the invocations before this one recorded.
+    pub previous: Option<History>,
+}
+
+/// What a run's earlier invocations recorded, which the next one carries over.
+pub(super) struct History {
+    started: String,
+    first_loss: Option<f64>,
+    last_train_loss: Option<f64>,
+    final_metrics: Option<Metrics>,
+    best_metrics: Option<Metrics>,
+    evals: Vec<EvalPoint>,
+    tokens_per_s: f64,
+}
+
+impl History {
+    fn of(r: RunRecord) -> Self {
+        History {
+            started: r.started,
+            first_loss: r.first_loss,
+            last_train_loss: r.last_train_loss,
+            final_metrics: r.final_metrics,
+            best_metrics: r.best_metrics,
+            evals: r.evals,
+            tokens_per_s: r.tokens_per_s,
+        }
+    }
+
+    /// The same, read back from the scalars of the run's event files up to `step`, for a run
+    /// whose `run.json` was lost: every evaluation wrote its val loss, accuracy and bits per
+    /// char there (as f32, so the rebuilt figures carry f32's precision).
+    fn from_events(series: &BTreeMap<String, Vec<(u64, f64)>>, step: u64) -> Self {
+        let upto = |tag: &str| -> Vec<(u64, f64)> {
+            let points = series.get(tag).map(Vec::as_slice).unwrap_or_default();
+            points.iter().filter(|(s, _)| *s <= step).copied().collect()
+        };
+        let (val, acc, bpc, train) = (
+            upto("val/loss"),
+            upto("val/accuracy"),
+            upto("val/bpc"),
+            upto("train/loss"),
+        );
+        let at = |points: &[(u64, f64)], s: u64| points.iter().find(|p| p.0 == s).map(|p| p.1);
+        let metrics = |&(s, loss): &(u64, f64)| Metrics {
+            step: s,
+            val_loss: loss,
+            val_accuracy: at(&acc, s).unwrap_or(f64::NAN),
+            val_bpc: at(&bpc, s).unwrap_or(loss / std::f64::consts::LN_2),
+            train_loss: train
+                .iter()
+                .rev()
+                .find(|p| p.0 <= s)
+                .map_or(f64::NAN, |p| p.1),
+        };
+        // The first of equal minima, as the trainer keeps the first improvement.
+        let best = val.iter().fold(None::<&(u64, f64)>, |b, p| match b {
+            Some(b) if p.1 < b.1 => Some(p),
+            Some(b) => Some(b),
+            None => Some(p),
+        });
+        History {
+            started: now(),
+            first_loss: train.first().filter(|p| p.0 == 1).map(|p| p.1),
+            last_train_loss: train.last().map(|p| p.1),
+            final_metrics: val.last().map(metrics),
+            best_metrics: best.map(metrics),
+            evals: val
+                .iter()
+                .map(|&(step, val_loss)| EvalPoint { step, val_loss })
+                .collect(),
+            tokens_per_s: upto("throughput/chars_per_s").last().map_or(0.0, |p| p.1),
+        }
+    }
+}
+
+/// The history of a run being resumed from step `step`: its record's, or when `run.json` is
+/// damaged or gone, what its event files hold (a damaged record is kept as `run.json.damaged`).
+fn history(run: &RunDir, step: u64, say: &mut dyn FnMut(&str)) -> Result<History> {
+    let lost = match run.read_record() {
+        Ok(Some(r)) => return Ok(History::of(r)),
+        Ok(None) => format!("{}: missing", run.record_path().display()),
+        Err(e) => {
+            let keep = run.path().join("run.json.damaged");
+            std::fs::copy(run.record_path(), &keep).at(&keep)?;
+            format!("{e}; kept as run.json.damaged")
+        }
+    };
+    let h = History::from_events(&crate::summary::read_scalars(run.path())?, step);
+    say(&format!(
+        "{lost}; rebuilt the run's metrics from its event files ({} evaluations up to step {step})",
+        h.evals.len()
+    ));
+    Ok(h)
 }
 
 fn fresh(cfg: &RunConfig, model: &CharRnn) -> Resumed {
@@ -158,10 +250,11 @@ fn resume(
         run.path().display(),
         cursor.step
     ));
+    let previous = Some(history(run, cursor.step, say)?);
     Ok(Resumed {
         cursor,
         state,
-        previous: run.record(),
+        previous,
     })
 }
 

@@ -200,3 +200,66 @@ fn a_sweep_refused_before_it_starts_leaves_nothing_behind() {
         );
     }
 }
+
+#[test]
+fn every_random_domain_is_checked_whole_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = common::tpe_file(d, "dom", 4, "");
+    let good = std::fs::read_to_string(d.join(&file)).unwrap();
+    let cases = [
+        ("lr = { uniform = [-0.01, 0.01] }", "lr"),
+        ("dropout = { uniform = [0.5, 1.5] }", "dropout"),
+        ("optimizer = { choice = [\"adam\", \"bogus\"] }", "bogus"),
+        ("layers = { int_uniform = [1.5, 3.2] }", "whole numbers"),
+    ];
+    for (domain, needle) in cases {
+        let text = good.replace("[random]\n", &format!("[random]\n{domain}\n"));
+        let text = if domain.starts_with("lr") || domain.starts_with("dropout") {
+            // Replace the file's own domain of the same key.
+            let key = domain.split(' ').next().unwrap();
+            let own = text
+                .lines()
+                .filter(|l| l.starts_with(key) && *l != domain)
+                .map(|l| format!("{l}\n"))
+                .collect::<String>();
+            text.replace(&own, "")
+        } else {
+            text
+        };
+        std::fs::write(d.join(&file), text).unwrap();
+        let o = common::charlab(d, &["sweep", &file, "--plain"]);
+        common::assert_user_error(&o, domain, &[&file, needle]);
+        assert!(!d.join("runs/dom").exists(), "{domain}: left runs/dom");
+    }
+    // A startup longer than the search.
+    let text = good.replace("startup_trials = 3", "startup_trials = 9");
+    std::fs::write(d.join(&file), text).unwrap();
+    let o = common::charlab(d, &["sweep", &file, "--plain"]);
+    common::assert_user_error(&o, "startup_trials", &["startup_trials", "trials = 4"]);
+
+    // A corpus that is not UTF-8: one line before any trial is proposed.
+    std::fs::write(d.join("novel.txt"), b"abc\xff\xfedef").unwrap();
+    std::fs::write(d.join(&file), &good).unwrap();
+    let o = common::charlab(d, &["sweep", &file, "--plain"]);
+    common::assert_user_error(&o, "a corpus that is not UTF-8", &["novel.txt", "UTF-8"]);
+    assert!(!d.join("runs/dom").exists());
+}
+
+#[test]
+fn a_search_with_the_default_startup_grows_with_extend() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = common::tpe_file(d, "grow", 2, "");
+    let sweep = std::fs::read_to_string(d.join(&file))
+        .unwrap()
+        .replace("startup_trials = 3\n", "");
+    std::fs::write(d.join(&file), &sweep).unwrap();
+    let o = common::charlab(d, &["sweep", &file, "--plain"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    std::fs::write(d.join(&file), sweep.replace("trials = 2", "trials = 3")).unwrap();
+    let o = common::charlab(d, &["sweep", &file, "--plain", "--extend"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let m = charlab::sweep::ledger::Manifest::load(&d.join("runs/grow")).unwrap();
+    assert_eq!(m.trials.len(), 3);
+}

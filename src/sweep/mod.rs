@@ -257,11 +257,17 @@ fn check_trials(
     let mut prepared: Vec<((String, String), crate::corpus::Prepared)> = Vec::new();
     let mut costs = vec![0.0; manifest.trials.len()];
     let mut say = |m: &str| crate::train::log_line(progress, m);
-    for e in &manifest.trials {
-        let Some(t) = plan.trials.iter().find(|t| t.hash == e.hash) else {
-            continue;
-        };
-        let c = &t.config;
+    // A search's trials are proposed later: its corpus is checked now, with the defaults.
+    let search_defaults = match plan.search {
+        Some(_) => Some(plan.trial(Vec::new())?.config),
+        None => None,
+    };
+    let listed = manifest
+        .trials
+        .iter()
+        .filter_map(|e| Some((e, &plan.trials.iter().find(|t| t.hash == e.hash)?.config)));
+    let checks = search_defaults.iter().map(|c| (None, c));
+    for (e, c) in checks.chain(listed.map(|(e, c)| (Some(e), c))) {
         let key = (
             c.corpus.clone(),
             serde_json::to_string(&c.clean).unwrap_or_default(),
@@ -281,6 +287,7 @@ fn check_trials(
             crate::device::parse(&c.device),
             Ok(crate::device::DeviceSpec::Cuda(_))
         );
+        let Some(e) = e else { continue };
         if plan.experiment.devices.is_empty() && !on_gpu {
             crate::model::memory::check(dims, c, val.streams())
                 .map_err(|err| crate::Error::Resources(format!("trial {}: {err}", e.dir)))?;

@@ -92,6 +92,9 @@ const TOP_KEYS: &[&str] = &[
     "trial",
     "slurm",
 ];
+/// Random trials before TPE proposes from results, when `startup_trials` is not given.
+pub const DEFAULT_STARTUP: usize = 10;
+
 const SEARCH_KEYS: &[&str] = &["method", "trials", "startup_trials", "candidates", "metric"];
 
 impl Plan {
@@ -213,14 +216,49 @@ fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<Tpe
         }
     };
     check_tpe_space(ctx, space)?;
+    // The default does not depend on `trials`, so `--extend` (more trials) is the same search.
+    let startup = int("startup_trials", 0)?.unwrap_or(DEFAULT_STARTUP);
+    if t.contains_key("startup_trials") && startup > trials {
+        return Err(ctx.err(
+            "search",
+            "startup_trials",
+            format!(
+                "`startup_trials = {startup}` is more than `trials = {trials}`: no trial would \
+                 be proposed from results (for a random search use [random] trials = N)"
+            ),
+        ));
+    }
     Ok(Some(TpeSearch {
         trials,
-        startup: int("startup_trials", 0)?
-            .unwrap_or(trials.min(10))
-            .min(trials),
+        startup,
         candidates: int("candidates", 1)?.unwrap_or(24),
         metric,
     }))
+}
+
+/// Every value a `[random]` domain can give must make a valid run: the ends of each range and
+/// every choice go through the run config's validator now, so a bad domain is one error before
+/// anything starts instead of a failure when a draw or a TPE proposal first reaches it.
+fn check_random_domains(ctx: &Ctx, base: &Table, space: &space::Space) -> Result<()> {
+    let keys = check::run_keys();
+    for (key, sampler) in &space.random {
+        let int_key = matches!(keys.get(key), Some(Value::Integer(_)));
+        for value in sampler.extremes(int_key) {
+            resolve(ctx, base, space, &[(key.clone(), value.clone())], false).map_err(|e| {
+                match e {
+                    // Already names the file, line and key.
+                    Error::Config { ref message, .. } if message.starts_with("line ") => e,
+                    Error::Config { message, .. } => ctx.err(
+                        "random",
+                        key,
+                        format!("the domain of `{key}` reaches {value}: {message}"),
+                    ),
+                    other => other,
+                }
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads and expands a sweep file. Refuses more than `max_trials` trials unless `force`.
@@ -451,6 +489,7 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
             trials(&ctx, &base, &space, points)?
         }
     };
+    check_random_domains(&ctx, &base, &space)?;
     let swept = space.domains(&trials);
     Ok(Plan {
         path: path.to_path_buf(),

@@ -86,6 +86,11 @@ pub(super) fn parse_sampler(ctx: &Ctx, keys: &Table, key: &str, v: &Value) -> Re
         }
         "int_uniform" => {
             let (a, b) = pair()?;
+            if a.fract() != 0.0 || b.fract() != 0.0 {
+                return Err(bad(format!(
+                    "`{key}.int_uniform` must be [low, high] with whole numbers, not [{a}, {b}]"
+                )));
+            }
             Sampler::IntUniform(a as i64, b as i64)
         }
         "choice" => Sampler::Choice(
@@ -108,6 +113,20 @@ pub(super) fn parse_sampler(ctx: &Ctx, keys: &Table, key: &str, v: &Value) -> Re
     };
     check_run_value(ctx, keys, "random", key, &probe)?;
     Ok(sampler)
+}
+
+impl Sampler {
+    /// The values that bound what the sampler draws for a key (an integer key's as integers):
+    /// both ends of a range, every choice.
+    pub fn extremes(&self, int_key: bool) -> Vec<Value> {
+        match self {
+            Sampler::Uniform(a, b) | Sampler::LogUniform(a, b) => {
+                vec![number(*a, int_key), number(*b, int_key)]
+            }
+            Sampler::IntUniform(a, b) => vec![Value::Integer(*a), Value::Integer(*b)],
+            Sampler::Choice(c) => c.clone(),
+        }
+    }
 }
 
 pub(super) fn draw(s: &Sampler, rng: &mut Rng, int_key: bool) -> Value {

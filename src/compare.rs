@@ -231,10 +231,7 @@ fn seed_groups(rows: &[Row]) -> Vec<Group> {
 /// Collects the rows and seed groups under `root`, and the runs skipped as unreadable.
 pub fn collect(root: &Path) -> Result<(Vec<Row>, Vec<Group>, Vec<String>)> {
     if !root.is_dir() {
-        return Err(Error::Run {
-            path: root.to_path_buf(),
-            message: "not a directory of runs".into(),
-        });
+        return Err(Error::usage(root, "no such directory of runs"));
     }
     let (found, skipped) = find_runs(root);
     let swept = swept_keys(root, &found);

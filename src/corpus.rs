@@ -54,6 +54,11 @@ pub fn data_dir() -> PathBuf {
 /// Resolves a corpus spec (a name or a path) to a text file, fetching a named corpus on first use.
 pub fn resolve(spec: &str, data_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let path = Path::new(spec);
+    if path.is_dir() {
+        return Err(Error::Corpus(format!(
+            "{spec}: is a directory; give a UTF-8 text file or a named corpus"
+        )));
+    }
     if path.exists() {
         return Ok(path.to_path_buf());
     }

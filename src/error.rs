@@ -28,6 +28,10 @@ pub enum Error {
     /// A checkpoint or run directory that cannot be used.
     #[error("{path}: {message}")]
     Run { path: PathBuf, message: String },
+    /// A path given on the command line that is not what the command needs (missing, not a
+    /// run, not a sweep), or a run that cannot be continued as asked.
+    #[error("{path}: {message}")]
+    Usage { path: PathBuf, message: String },
     /// A device that was asked for but is not available.
     #[error("device: {0}")]
     Device(String),
@@ -57,6 +61,14 @@ impl Error {
         }
     }
 
+    /// A command-line path that does not fit the command (exit code 2).
+    pub fn usage(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Error::Usage {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
+        }
+    }
+
     /// A value out of range for `key`.
     pub fn invalid(key: &str, message: impl Into<String>) -> Self {
         Error::Invalid {
@@ -72,6 +84,7 @@ impl Error {
             Error::Config { .. }
                 | Error::Invalid { .. }
                 | Error::Utf8 { .. }
+                | Error::Usage { .. }
                 | Error::Corpus(_)
                 | Error::Device(_)
                 | Error::Sample(_)

@@ -425,10 +425,16 @@ struct RefineArgs {
     /// Where to write the new sweep file (default: standard output).
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Overwrite the output file if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 impl RefineArgs {
     fn run(self) -> anyhow::Result<ExitCode> {
+        if let Some(p) = self.output.as_ref().filter(|p| p.exists() && !self.force) {
+            return Err(charlab::Error::usage(p, "exists; pass --force to overwrite it").into());
+        }
         let text = charlab::sweep::refine::refine(&self.dir, self.top)?;
         match &self.output {
             Some(p) => {

@@ -362,10 +362,7 @@ tr.best td{background:#e8f1fb;font-weight:600}pre{background:#f6f6f6;padding:.8e
 pub fn report(dir: &Path, out: &Path) -> Result<Written> {
     let (mut rows, groups, _skipped) = compare::collect(dir)?;
     if rows.is_empty() {
-        return Err(Error::Run {
-            path: dir.to_path_buf(),
-            message: "holds no runs to report on".into(),
-        });
+        return Err(Error::usage(dir, "holds no runs to report on"));
     }
     compare::sort(&mut rows, "val/loss")?;
     let metric = "val/loss";

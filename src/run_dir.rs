@@ -217,6 +217,22 @@ impl RunDir {
         self.path.join("worker.log")
     }
 
+    /// A run directory given on the command line; an error naming it (exit code 2) when it is
+    /// missing or holds no run.
+    pub fn existing(path: &Path) -> Result<RunDir> {
+        if !path.is_dir() {
+            return Err(Error::usage(path, "no such run directory"));
+        }
+        let run = RunDir::new(path);
+        if !run.config_path().is_file() {
+            return Err(Error::usage(
+                path,
+                "not a run directory (it has no config.toml; `charlab train` writes one)",
+            ));
+        }
+        Ok(run)
+    }
+
     /// True when `path` is a run directory (it holds a record).
     pub fn is_run(path: &Path) -> bool {
         RunDir::new(path).record_path().is_file()

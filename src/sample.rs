@@ -130,7 +130,7 @@ pub fn load_run(
     which: Checkpoint,
     device: &Device,
 ) -> Result<(CharRnn, Vocab, RunConfig)> {
-    let run = RunDir::new(run);
+    let run = RunDir::existing(run)?;
     let cfg = run.load_config()?;
     let vocab = run.load_vocab()?;
     let path = run.checkpoint(which);

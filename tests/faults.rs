@@ -263,3 +263,55 @@ fn a_search_with_the_default_startup_grows_with_extend() {
     let m = charlab::sweep::ledger::Manifest::load(&d.join("runs/grow")).unwrap();
     assert_eq!(m.trials.len(), 3);
 }
+
+#[test]
+fn refine_narrows_around_completed_trials_only_and_keeps_an_existing_output() {
+    let s = Sweep::new("ref", "lr = [1e-3, 3e-3, 1e-2, 3e-2]", "max_steps = 20");
+    assert!(s.run(&[]).status.success());
+    let root = s.root("ref");
+    let runs = run_dirs(&root);
+    // Two trials killed early, after one lucky evaluation.
+    let killed: Vec<String> = runs[..2]
+        .iter()
+        .map(|run| {
+            let mut r = record(run);
+            r["status"] = "interrupted".into();
+            r["best_metrics"]["val_loss"] = 0.01.into();
+            std::fs::write(run.join("run.json"), r.to_string()).unwrap();
+            run.file_name().unwrap().to_string_lossy().into_owned()
+        })
+        .collect();
+    let d = s.dir.path();
+    let o = common::charlab(d, &["refine", "runs/ref", "--top", "2", "-o", "f.toml"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let header: String = std::fs::read_to_string(d.join("f.toml"))
+        .unwrap()
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect();
+    for k in &killed {
+        assert!(
+            !header.contains(k.as_str()),
+            "narrowed around unfinished {k}: {header}"
+        );
+    }
+    let o = common::charlab(d, &["refine", "runs/ref", "--top", "2", "-o", "f.toml"]);
+    common::assert_user_error(&o, "an existing -o", &["f.toml", "--force"]);
+    let o = common::charlab(
+        d,
+        &[
+            "refine", "runs/ref", "--top", "2", "-o", "f.toml", "--force",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for top in ["0", "1"] {
+        let o = common::charlab(d, &["refine", "runs/ref", "--top", top]);
+        common::assert_user_error(&o, "--top below 2", &["--top", "at least 2"]);
+    }
+    // Two completed trials left of four: enough; one left is not, and says how many.
+    let mut r = record(&runs[2]);
+    r["status"] = "interrupted".into();
+    std::fs::write(runs[2].join("run.json"), r.to_string()).unwrap();
+    let o = common::charlab(d, &["refine", "runs/ref"]);
+    common::assert_user_error(&o, "one completed trial", &["has 1"]);
+}

@@ -134,6 +134,88 @@ fn every_bad_input_gets_one_line_and_exit_code_2() {
     train(&cfg, &run, &common::quiet(d)).unwrap();
     let o = charlab(d, &["sample", "--run", "tiny", "--prime", "Ω∂"]);
     assert_user_error(&o, "prime outside vocab", &["Ω"]);
+
+    // A directory as corpus.
+    std::fs::create_dir_all(d.join("adir")).unwrap();
+    std::fs::write(d.join("run.toml"), "corpus = \"adir\"\ndevice = \"cpu\"\n").unwrap();
+    let o = charlab(d, &["train", "--config", "run.toml", "--out", "out"]);
+    assert_user_error(&o, "a directory as corpus", &["adir", "directory"]);
+
+    // A run that exists, without --resume; --resume with a changed key.
+    let tiny_cfg = d.join("tiny/config.toml");
+    let o = charlab(
+        d,
+        &[
+            "train",
+            "--config",
+            tiny_cfg.to_str().unwrap(),
+            "--out",
+            "tiny",
+        ],
+    );
+    assert_user_error(
+        &o,
+        "train into a run without --resume",
+        &["tiny", "--resume"],
+    );
+    let changed = std::fs::read_to_string(&tiny_cfg)
+        .unwrap()
+        .replace("hidden = 32", "hidden = 48");
+    std::fs::write(d.join("changed.toml"), changed).unwrap();
+    let o = charlab(
+        d,
+        &[
+            "train",
+            "--config",
+            "changed.toml",
+            "--out",
+            "tiny",
+            "--resume",
+        ],
+    );
+    assert_user_error(&o, "--resume with a changed key", &["tiny", "hidden"]);
+
+    // Missing or wrong directories given to the commands that read them.
+    for (what, args, needles) in [
+        (
+            "sample, no such run",
+            vec!["sample", "--run", "nowhere"],
+            vec!["nowhere"],
+        ),
+        (
+            "sample, not a run",
+            vec!["sample", "--run", "adir"],
+            vec!["adir", "not a run"],
+        ),
+        (
+            "report, no such dir",
+            vec!["report", "nowhere", "-o", "r.html"],
+            vec!["nowhere"],
+        ),
+        (
+            "report, no runs",
+            vec!["report", "adir", "-o", "r.html"],
+            vec!["adir", "no runs"],
+        ),
+        (
+            "refine, no such dir",
+            vec!["refine", "nowhere"],
+            vec!["nowhere"],
+        ),
+        (
+            "refine, not a sweep",
+            vec!["refine", "tiny"],
+            vec!["tiny", "not a sweep"],
+        ),
+        (
+            "compare, no such dir",
+            vec!["compare", "nowhere"],
+            vec!["nowhere"],
+        ),
+    ] {
+        let o = charlab(d, &args);
+        assert_user_error(&o, what, &needles);
+    }
 }
 
 /// Mounts a tmpfs of `size` at `dir` (read-only when `ro`); None, with the reason printed, where

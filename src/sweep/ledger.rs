@@ -52,6 +52,22 @@ pub fn sweep_file(root: &Path) -> PathBuf {
     root.join("sweep.toml")
 }
 
+/// The sweep file of a sweep directory given on the command line; an error naming the directory
+/// (exit code 2) when it is missing or is not a sweep's.
+pub fn existing_sweep(root: &Path) -> Result<PathBuf> {
+    if !root.is_dir() {
+        return Err(Error::usage(root, "no such sweep directory"));
+    }
+    let file = sweep_file(root);
+    if !file.is_file() {
+        return Err(Error::usage(
+            root,
+            "not a sweep directory (it has no sweep.toml; `charlab sweep` writes one)",
+        ));
+    }
+    Ok(file)
+}
+
 impl Entry {
     /// The manifest entry of trial `index`.
     pub fn of(index: usize, t: &plan::Trial) -> Entry {

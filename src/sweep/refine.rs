@@ -54,22 +54,29 @@ fn refined(s: &Sampler, values: &[Value]) -> Option<Table> {
 
 /// `charlab refine DIR --top K`: the text of the refined sweep file.
 pub fn refine(dir: &Path, top: usize) -> Result<String> {
-    let file = ledger::sweep_file(dir);
+    if top < 2 {
+        return Err(Error::invalid(
+            "--top",
+            format!("{top}: a domain is narrowed around at least 2 trials"),
+        ));
+    }
+    let file = ledger::existing_sweep(dir)?;
     let text = std::fs::read_to_string(&file).at(&file)?;
     let old = plan::plan(&file, &text, usize::MAX, true)?;
     let (mut rows, _, _) = compare::collect(dir)?;
     compare::sort(&mut rows, "val/loss")?;
-    rows.retain(|r| r.best_val_loss.is_some());
-    rows.truncate(top.max(1));
+    // Only trials that ran to their end: a killed or pruned trial's loss is not its result.
+    rows.retain(|r| r.status == "completed" && r.best_val_loss.is_some());
     if rows.len() < 2 {
-        return Err(Error::Run {
-            path: dir.to_path_buf(),
-            message: format!(
-                "refine needs at least 2 finished trials with a validation loss; it has {}",
+        return Err(Error::usage(
+            dir,
+            format!(
+                "refine needs at least 2 completed trials with a validation loss; the sweep has {}",
                 rows.len()
             ),
-        });
+        ));
     }
+    rows.truncate(top);
     let manifest = ledger::Manifest::load(dir)?;
     // The top trials' swept values, as the manifest holds them (typed).
     let top_values = |key: &str| -> Vec<Value> {

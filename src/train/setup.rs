@@ -84,8 +84,8 @@ fn check_resumable(saved: &RunConfig, now: &RunConfig, run: &RunDir) -> Result<(
         return Ok(());
     }
     changed.dedup();
-    Err(run_error(
-        run,
+    Err(Error::usage(
+        run.path(),
         format!(
             "cannot resume: the config differs from the run's in {} (only max_steps, epochs \
              and {} may change)",
@@ -229,14 +229,14 @@ fn resume(
         return Ok(fresh(cfg, model));
     };
     if run.load_vocab()? != data.prepared.vocab {
-        return Err(run_error(
-            run,
+        return Err(Error::usage(
+            run.path(),
             "cannot resume: the corpus's vocabulary differs from the run's vocab.json",
         ));
     }
     if crate::model::is_legacy_checkpoint(&tensors) {
-        return Err(run_error(
-            run,
+        return Err(Error::usage(
+            run.path(),
             "cannot resume: the run was written by an older charlab (one LSTM bias, before \
              PyTorch's two); it can still be sampled, or train it anew in another directory",
         ));
@@ -359,8 +359,8 @@ pub(super) fn start<'a>(
 ) -> Result<Trainer<'a>> {
     let mut say = |m: &str| log_line(opts.progress, m);
     if run.record_path().exists() && !opts.resume {
-        return Err(run_error(
-            &run,
+        return Err(Error::usage(
+            run.path(),
             "already holds a run: pass --resume to continue it, or choose another --out",
         ));
     }

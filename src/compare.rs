@@ -4,7 +4,7 @@
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, RunStatus};
 use crate::summary::HValue;
 use crate::sweep::ledger::Manifest;
 use crate::sweep::plan;
@@ -71,7 +71,7 @@ fn show(v: &HValue) -> String {
 
 /// Every scalar key of a config (dotted for `clean.*`) → its value as text.
 fn flat_values(cfg: &RunConfig) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = train::hparam_values(cfg)
+    let mut out: Vec<(String, String)> = train::config_values(cfg)
         .iter()
         .map(|(k, v)| (k.clone(), show(v)))
         .collect();
@@ -113,7 +113,13 @@ fn find_runs(root: &Path) -> Found {
         // Records are written atomically, so one that does not parse is damaged, not half
         // written: say so rather than leave the run out silently.
         match run.read_record() {
-            Ok(Some(rec)) => found.push((dir.to_path_buf(), rec, run.load_config().ok())),
+            Ok(Some(mut rec)) => {
+                // A killed trainer leaves `running` behind: it is interrupted.
+                if rec.status == RunStatus::Running && !run.is_training() {
+                    rec.status = RunStatus::Interrupted;
+                }
+                found.push((dir.to_path_buf(), rec, run.load_config().ok()))
+            }
             Ok(None) => {}
             Err(e) => skipped.push(e.to_string()),
         }

@@ -188,9 +188,12 @@ struct SweepArgs {
 
 impl SweepArgs {
     fn run(self) -> anyhow::Result<ExitCode> {
+        if self.jobs == Some(0) {
+            return Err(charlab::Error::invalid("--jobs", "must be at least 1").into());
+        }
         if self.dry_run {
             let plan = charlab::sweep::plan::load(&self.file, self.max_trials, self.force)?;
-            println!("{}", charlab::sweep::dry_run_table(&plan));
+            println!("{}", charlab::sweep::dry_run_table(&plan, &self.runs));
             return Ok(ExitCode::SUCCESS);
         }
         let slurm = self.launcher == LauncherKind::Slurm;

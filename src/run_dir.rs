@@ -302,6 +302,18 @@ impl RunDir {
         vocab.save(&self.vocab_path())
     }
 
+    /// Whether a process is training the run now (holds its lock). A record that says
+    /// `running` while nobody is training it belongs to a killed process.
+    pub fn is_training(&self) -> bool {
+        let Ok(file) = std::fs::File::open(self.path.join(".train.lock")) else {
+            return false;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: flock on a descriptor we own; closing the file releases what we took.
+        let rc = unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) };
+        rc != 0
+    }
+
     /// Takes the run's lock (creating the directory), waiting up to a minute for a holder that
     /// is stopping; `waiting` is told once if it has to wait.
     pub fn lock(&self, waiting: &mut dyn FnMut(&str)) -> Result<RunLock> {

@@ -315,3 +315,66 @@ fn refine_narrows_around_completed_trials_only_and_keeps_an_existing_output() {
     let o = common::charlab(d, &["refine", "runs/ref"]);
     common::assert_user_error(&o, "one completed trial", &["has 1"]);
 }
+
+#[test]
+fn the_smaller_holes_are_closed() {
+    let s = Sweep::new("holes", "sample_temperature = [0.5, 1.0]", "max_steps = 10");
+    let d = s.dir.path();
+    let file = s.file.to_str().unwrap();
+    let o = s.cmd(&["sweep", file, "--jobs", "0"]);
+    common::assert_user_error(&o, "--jobs 0", &["--jobs"]);
+    let o = s.cmd(&["sweep", file, "--dry-run", "--runs", "elsewhere"]);
+    assert!(
+        text(&o.stdout).contains("elsewhere/holes/"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // A name of 22 CJK letters is 66 bytes but 22 letters.
+    let named = std::fs::read_to_string(&s.file).unwrap().replace(
+        "name = \"holes\"",
+        &format!("name = \"{}\"", "红".repeat(22)),
+    );
+    std::fs::write(d.join("named.toml"), named).unwrap();
+    let o = s.cmd(&["sweep", "named.toml", "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // TPE settings under method = "list", and a search longer than its space.
+    let list =
+        std::fs::read_to_string(&s.file).unwrap() + "[search]\nmethod = \"list\"\ntrials = 5\n";
+    std::fs::write(d.join("list.toml"), list).unwrap();
+    let o = s.cmd(&["sweep", "list.toml", "--dry-run"]);
+    common::assert_user_error(&o, "trials under list", &["list.toml", "trials", "TPE"]);
+    let file = common::tpe_file(d, "small", 5, "");
+    let small = std::fs::read_to_string(d.join(&file)).unwrap();
+    let small = small
+        .lines()
+        .filter(|l| !l.starts_with("lr =") && !l.starts_with("dropout ="))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(d.join(&file), small).unwrap();
+    let o = s.cmd(&["sweep", &file, "--dry-run"]);
+    common::assert_user_error(&o, "a space of 2 points", &["trials = 5", "only 2"]);
+
+    // A swept observation key shows in compare; a killed trial does not show `running`.
+    let o = s.run(&[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let runs = run_dirs(&s.root("holes"));
+    let mut r = record(&runs[0]);
+    r["status"] = "running".into();
+    std::fs::write(runs[0].join("run.json"), r.to_string()).unwrap();
+    let o = s.cmd(&["compare", "runs/holes", "--format", "csv"]);
+    let csv = text(&o.stdout);
+    assert!(
+        csv.lines().next().unwrap().contains("sample_temperature"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains(",0.5,") && csv.contains(",1.0,") || csv.contains(",1,"),
+        "{csv}"
+    );
+    assert!(
+        !csv.contains("running") && csv.contains("interrupted"),
+        "{csv}"
+    );
+}

@@ -97,7 +97,7 @@ impl SweepOutcome {
 }
 
 /// What `--dry-run` says of a TPE search: its settings and the domains it searches.
-fn dry_run_search(plan: &Plan, tpe: &plan::TpeSearch) -> String {
+fn dry_run_search(plan: &Plan, tpe: &plan::TpeSearch, root: &Path) -> String {
     let headers: Vec<String> = ["key", "domain"].map(String::from).to_vec();
     let lines: Vec<Vec<String>> = plan
         .space
@@ -106,21 +106,23 @@ fn dry_run_search(plan: &Plan, tpe: &plan::TpeSearch) -> String {
         .map(|(k, s)| vec![k.clone(), s.to_string()])
         .collect();
     format!(
-        "{}TPE search: {} trials ({} random first, {} candidates each), minimising best {} → runs/{}/",
+        "{}TPE search: {} trials ({} random first, {} candidates each), minimising best {} → {}/",
         crate::table::render(&headers, &lines, crate::table::Format::Table),
         tpe.trials,
         tpe.startup,
         tpe.candidates,
         tpe.metric,
-        plan.experiment.name
+        root.display()
     )
 }
 
 /// The table `--dry-run` prints: one line per trial with its swept values (or, for a TPE
 /// search, its settings and domains).
-pub fn dry_run_table(plan: &Plan) -> String {
+/// `runs_root` is where the experiment would go (`--runs`).
+pub fn dry_run_table(plan: &Plan, runs_root: &Path) -> String {
+    let root = runs_root.join(&plan.experiment.name);
     if let Some(tpe) = &plan.search {
-        return dry_run_search(plan, tpe);
+        return dry_run_search(plan, tpe, &root);
     }
     let mut out = String::new();
     let keys: Vec<&str> = plan.swept.iter().map(|(k, _)| k.as_str()).collect();
@@ -147,10 +149,10 @@ pub fn dry_run_table(plan: &Plan) -> String {
         crate::table::Format::Table,
     ));
     out.push_str(&format!(
-        "{} trials ({} duplicate points collapsed) → runs/{}/",
+        "{} trials ({} duplicate points collapsed) → {}/",
         plan.trials.len(),
         plan.duplicates,
-        plan.experiment.name
+        root.display()
     ));
     out
 }

@@ -41,12 +41,17 @@ pub fn resumable(key: &str) -> bool {
 /// The run's hyperparameters as HParams values: every scalar key of the config except the
 /// observation keys.
 pub fn hparam_values(cfg: &RunConfig) -> Vec<(String, HValue)> {
+    let mut out = config_values(cfg);
+    out.retain(|(k, _)| !OBSERVATION_KEYS.contains(&k.as_str()));
+    out
+}
+
+/// Every scalar key of the config with its value (a sweep may sweep an observation key, such as
+/// `sample_temperature`; compare shows it then).
+pub fn config_values(cfg: &RunConfig) -> Vec<(String, HValue)> {
     let mut out = Vec::new();
     if let Ok(toml::Value::Table(t)) = toml::Value::try_from(cfg) {
         for (k, v) in t {
-            if OBSERVATION_KEYS.contains(&k.as_str()) {
-                continue;
-            }
             if let Some(hv) = hparam_value(&v) {
                 out.push((k, hv));
             }

@@ -13,7 +13,9 @@ mod setup;
 mod trainer;
 
 pub use crate::run_dir::{CorpusInfo, EvalPoint, Metrics, RunRecord, RunStatus};
-pub use hparams::{hparam_type, hparam_value, hparam_values, METRICS, OBSERVATION_KEYS};
+pub use hparams::{
+    config_values, hparam_type, hparam_value, hparam_values, METRICS, OBSERVATION_KEYS,
+};
 pub use report::{log_line, Console, Progress};
 pub use trainer::blown_up;
 

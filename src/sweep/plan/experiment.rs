@@ -225,7 +225,7 @@ pub(super) fn parse_experiment(ctx: &Ctx, t: &Table) -> Result<(Experiment, Tabl
 /// An experiment name becomes a directory under runs/: no separators, no `..`, no control chars.
 pub fn check_name(name: &str) -> std::result::Result<(), String> {
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.chars().count() <= 64
         && name != "."
         && name != ".."
         && name

@@ -180,7 +180,19 @@ fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<Tpe
         }
     };
     match method {
-        "list" => return Ok(None),
+        "list" => {
+            if let Some(k) = ["trials", "startup_trials", "candidates", "metric"]
+                .into_iter()
+                .find(|k| t.contains_key(*k))
+            {
+                return Err(ctx.err(
+                    "search",
+                    k,
+                    format!("`{k}` is a TPE setting; method = \"list\" runs the listed trials"),
+                ));
+            }
+            return Ok(None);
+        }
         "tpe" => {}
         other => {
             let hint = nearest(other, ["tpe", "list"]);
@@ -216,6 +228,16 @@ fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<Tpe
         }
     };
     check_tpe_space(ctx, space)?;
+    if let Some(points) = space.random_points().filter(|&p| p < trials) {
+        return Err(ctx.err(
+            "search",
+            "trials",
+            format!(
+                "`trials = {trials}` but the [random] domains hold only {points} distinct \
+                 trials: lower it, or widen a domain"
+            ),
+        ));
+    }
     // The default does not depend on `trials`, so `--extend` (more trials) is the same search.
     let startup = int("startup_trials", 0)?.unwrap_or(DEFAULT_STARTUP);
     if t.contains_key("startup_trials") && startup > trials {

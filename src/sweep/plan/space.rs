@@ -247,6 +247,19 @@ impl Space {
             .unwrap_or(usize::MAX)
     }
 
+    /// How many distinct points the `[random]` domains hold, when all are discrete (choices,
+    /// integer ranges); `None` when one is continuous.
+    pub fn random_points(&self) -> Option<usize> {
+        self.random.iter().try_fold(1usize, |acc, (_, s)| {
+            let n = match s {
+                Sampler::Choice(c) => c.len(),
+                Sampler::IntUniform(a, b) => usize::try_from(b - a + 1).ok()?,
+                Sampler::Uniform(..) | Sampler::LogUniform(..) => return None,
+            };
+            Some(acc.saturating_mul(n))
+        })
+    }
+
     /// The section a swept key comes from (for error messages).
     pub fn section_of(&self, key: &str) -> Option<&'static str> {
         if self.grid.iter().any(|(k, _)| k == key) {

@@ -93,7 +93,8 @@ fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
     Some((mean, var.sqrt()))
 }
 
-/// The runs under `root`, with the ones that could not be read (path and reason).
+/// The runs under `root`, and a warning for each file that could not be read (a run left out,
+/// a config whose hyperparameters are left blank), naming the file.
 type Found = (Vec<(PathBuf, RunRecord, Option<RunConfig>)>, Vec<String>);
 
 fn find_runs(root: &Path) -> Found {
@@ -106,10 +107,20 @@ fn find_runs(root: &Path) -> Found {
         .filter_map(|e| e.ok())
     {
         let dir = entry.path();
-        if !entry.file_type().is_dir() || !RunDir::is_run(dir) {
+        if !entry.file_type().is_dir() {
             continue;
         }
         let run = RunDir::new(dir);
+        if !RunDir::is_run(dir) {
+            if run.checkpoints().is_dir() {
+                skipped.push(format!(
+                    "skipped {}: missing while the run has checkpoints (rerunning its sweep, or \
+                     `train --resume`, rebuilds it from the run's event files)",
+                    run.record_path().display()
+                ));
+            }
+            continue;
+        }
         // Records are written atomically, so one that does not parse is damaged, not half
         // written: say so rather than leave the run out silently.
         match run.read_record() {
@@ -118,10 +129,17 @@ fn find_runs(root: &Path) -> Found {
                 if rec.status == RunStatus::Running && !run.is_training() {
                     rec.status = RunStatus::Interrupted;
                 }
-                found.push((dir.to_path_buf(), rec, run.load_config().ok()))
+                let cfg = match run.load_config() {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        skipped.push(format!("{e}; its hyperparameters are left blank"));
+                        None
+                    }
+                };
+                found.push((dir.to_path_buf(), rec, cfg))
             }
             Ok(None) => {}
-            Err(e) => skipped.push(e.to_string()),
+            Err(e) => skipped.push(format!("skipped {e}")),
         }
     }
     (found, skipped)
@@ -234,7 +252,7 @@ fn seed_groups(rows: &[Row]) -> Vec<Group> {
     groups
 }
 
-/// Collects the rows and seed groups under `root`, and the runs skipped as unreadable.
+/// Collects the rows and seed groups under `root`, and the warnings about unreadable files.
 pub fn collect(root: &Path) -> Result<(Vec<Row>, Vec<Group>, Vec<String>)> {
     if !root.is_dir() {
         return Err(Error::usage(root, "no such directory of runs"));
@@ -320,7 +338,7 @@ fn pm(v: Option<(f64, f64)>) -> String {
     v.map_or("-".into(), |(m, s)| format!("{m:.4} ± {s:.4}"))
 }
 
-/// A rendered comparison, and the runs it had to leave out (path and reason, for stderr).
+/// A rendered comparison, and the warnings about files it could not read (for stderr).
 #[derive(Debug, Clone)]
 pub struct Comparison {
     pub text: String,

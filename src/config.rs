@@ -225,6 +225,23 @@ impl RunConfig {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// The top-level keys [`RunConfig::to_toml`] always writes (every key but the unset
+    /// optional ones): a saved config that lacks one was cut short, even if what is left parses
+    /// (an empty file is a valid config of defaults).
+    pub fn always_written() -> Vec<String> {
+        let bare = RunConfig {
+            max_steps: None,
+            epochs: None,
+            patience: None,
+            threads: None,
+            ..RunConfig::default()
+        };
+        match toml::Value::try_from(&bare) {
+            Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Checks every range before any work starts.
     pub fn validate(&self) -> Result<()> {
         self.validate_shapes()?;

@@ -46,7 +46,18 @@ pub enum Error {
     Resources(String),
     /// An error from the tensor library.
     #[error("tensor: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+/// candle attaches a backtrace to its errors when `RUST_BACKTRACE` is set, and prints it as
+/// part of the message: a user gets one line, so it is dropped here.
+impl From<candle_core::Error> for Error {
+    fn from(mut e: candle_core::Error) -> Self {
+        while let candle_core::Error::WithBacktrace { inner, .. } = e {
+            e = *inner;
+        }
+        Error::Candle(e)
+    }
 }
 
 /// Result alias for the library.

@@ -301,9 +301,7 @@ impl CompareArgs {
             importance: self.importance,
         };
         let out = charlab::compare::compare(&self.dir, &opts)?;
-        for s in &out.skipped {
-            eprintln!("warning: skipped {s}");
-        }
+        warn(&out.skipped);
         print!("{}", out.text);
         Ok(ExitCode::SUCCESS)
     }
@@ -407,6 +405,7 @@ struct ReportArgs {
 impl ReportArgs {
     fn run(self) -> anyhow::Result<ExitCode> {
         let w = charlab::report::report(&self.dir, &self.output)?;
+        warn(&w.warnings);
         eprintln!(
             "{}: {} runs, {} charts{}",
             w.path.display(),
@@ -438,7 +437,8 @@ impl RefineArgs {
         if let Some(p) = self.output.as_ref().filter(|p| p.exists() && !self.force) {
             return Err(charlab::Error::usage(p, "exists; pass --force to overwrite it").into());
         }
-        let text = charlab::sweep::refine::refine(&self.dir, self.top)?;
+        let (text, warnings) = charlab::sweep::refine::refine(&self.dir, self.top)?;
+        warn(&warnings);
         match &self.output {
             Some(p) => {
                 charlab::atomic::write(p, text.as_bytes())?;
@@ -447,6 +447,13 @@ impl RefineArgs {
             None => print!("{text}"),
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Files a command could not read but worked around, one line each on stderr.
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
     }
 }
 

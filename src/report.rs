@@ -19,6 +19,8 @@ pub struct Written {
     pub runs: usize,
     pub charts: usize,
     pub best: Option<String>,
+    /// Files it could not read (see [`compare::collect`]).
+    pub warnings: Vec<String>,
 }
 
 fn esc(s: &str) -> String {
@@ -360,7 +362,7 @@ tr.best td{background:#e8f1fb;font-weight:600}pre{background:#f6f6f6;padding:.8e
 
 /// `charlab report DIR -o FILE`: writes the report of the runs under `dir` to `out`.
 pub fn report(dir: &Path, out: &Path) -> Result<Written> {
-    let (mut rows, groups, _skipped) = compare::collect(dir)?;
+    let (mut rows, groups, warnings) = compare::collect(dir)?;
     if rows.is_empty() {
         return Err(Error::usage(dir, "holds no runs to report on"));
     }
@@ -401,6 +403,7 @@ pub fn report(dir: &Path, out: &Path) -> Result<Written> {
         runs: rows.len(),
         charts: charts.iter().filter(|(_, c)| c.is_ok()).count(),
         best: best.map(|r| r.run.clone()),
+        warnings,
     })
 }
 

@@ -286,8 +286,22 @@ impl RunDir {
         self.write_record(&r)
     }
 
+    /// The run's config, as [`RunDir::save_config`] wrote it: one missing any key charlab
+    /// always writes is reported damaged rather than read as defaults.
     pub fn load_config(&self) -> Result<RunConfig> {
-        RunConfig::load(&self.config_path())
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path).at(&path)?;
+        let table: toml::Table = text.parse().unwrap_or_default();
+        if let Some(k) = RunConfig::always_written()
+            .into_iter()
+            .find(|k| !table.contains_key(k))
+        {
+            return Err(Error::Run {
+                path,
+                message: format!("damaged: it has no `{k}`, which charlab always writes"),
+            });
+        }
+        RunConfig::parse(&text, &path)
     }
 
     pub fn save_config(&self, cfg: &RunConfig) -> Result<()> {

@@ -375,3 +375,179 @@ fn the_smaller_holes_are_closed() {
         "{csv}"
     );
 }
+
+// ---- the fault matrix: every file of a finished sweep × every kind of damage ----
+
+/// The damages a file can suffer.
+const DAMAGES: &[&str] = &[
+    "deleted",
+    "truncated",
+    "zero bytes",
+    "garbage",
+    "wrong-shape JSON",
+];
+
+fn damage(path: &std::path::Path, how: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    match how {
+        "deleted" => return std::fs::remove_file(path).unwrap(),
+        "truncated" => std::fs::write(path, &bytes[..bytes.len() / 2]),
+        "zero bytes" => std::fs::write(path, b""),
+        "garbage" => std::fs::write(path, b"\x00\xffnot what was written\x7f\n"),
+        _ => std::fs::write(path, br#"{"trials": {"lr": [1, 2]}, "status": 3}"#),
+    }
+    .unwrap()
+}
+
+/// Every file under `dir`, relative to it, in a fixed order.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for rel in files_under(from) {
+        let dst = to.join(&rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(from.join(&rel), dst).unwrap();
+    }
+}
+
+/// The trial directories under a sweep root (read from the disk, not the manifest, which may
+/// be the damaged file).
+fn trial_dirs(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// What each trial holds that must survive: its status and best val loss, by directory.
+fn results(root: &std::path::Path) -> Vec<(String, String, f64)> {
+    trial_dirs(root)
+        .iter()
+        .map(|r| {
+            let rec = record(r);
+            let name = r.file_name().unwrap().to_string_lossy().into_owned();
+            let best = rec["best_metrics"]["val_loss"].as_f64().unwrap_or(f64::NAN);
+            (
+                name,
+                rec["status"].as_str().unwrap_or("-").to_string(),
+                best,
+            )
+        })
+        .collect()
+}
+
+/// Runs the fault matrix over a finished sweep in `template` (`file` its sweep file, `name` its
+/// experiment); returns the number of cases.
+fn fault_matrix(template: &std::path::Path, file: &str, name: &str) -> usize {
+    let root_rel = std::path::Path::new("runs").join(name);
+    let want = results(&template.join(&root_rel));
+    let trial0 = run_dirs(&template.join(&root_rel))[0].clone();
+    let trial0 = trial0.strip_prefix(template).unwrap().to_path_buf();
+    let targets = files_under(&template.join(&root_rel));
+    let mut cases = 0;
+    for rel in &targets {
+        for how in DAMAGES {
+            let case = tempfile::tempdir().unwrap();
+            let d = case.path();
+            copy_tree(template, d);
+            let target = d.join(&root_rel).join(rel);
+            damage(&target, how);
+            let base = rel.file_name().unwrap().to_string_lossy().into_owned();
+            let what = format!("{name}: {} {how}", rel.display());
+            let root = root_rel.to_str().unwrap();
+            let sample_run = trial0.to_str().unwrap();
+            let commands: Vec<Vec<&str>> = vec![
+                vec!["compare", root],
+                vec!["report", root, "-o", "r.html"],
+                vec!["refine", root],
+                vec!["sample", "--run", sample_run, "--length", "5"],
+                vec!["sweep", file, "--plain"],
+            ];
+            for args in &commands {
+                let o = common::charlab(d, args);
+                let err = text(&o.stderr);
+                let code = o.status.code();
+                assert!(
+                    !err.contains("panicked") && matches!(code, Some(0..=2)),
+                    "{what}: {args:?} exited {code:?}: {err}"
+                );
+                // A command that fails names the file; the sweep names the records it repairs.
+                let repaired =
+                    args[0] == "sweep" && (base == "manifest.json" || base == "run.json");
+                if code != Some(0) || repaired {
+                    assert!(
+                        err.contains(&base),
+                        "{what}: {args:?} does not name {base}: {err}"
+                    );
+                }
+            }
+            // After the rerun nothing finished is lost, re-trained or shown twice.
+            let got = results(&d.join(&root_rel));
+            let same = got.len() == want.len()
+                && got.iter().zip(&want).all(|(g, w)| {
+                    // A rebuilt record holds the event files' f32 values.
+                    g.0 == w.0 && g.1 == w.1 && (g.2 - w.2).abs() <= 1e-6 * w.2.abs()
+                });
+            assert!(same, "{what}: {got:?} after, {want:?} before");
+            for run in trial_dirs(&d.join(&root_rel)) {
+                let scalars = charlab::summary::read_scalars(&run).unwrap();
+                let steps: Vec<u64> = scalars
+                    .get("val/loss")
+                    .map_or(Vec::new(), |v| v.iter().map(|p| p.0).collect());
+                if target.starts_with(&run) && base.starts_with("events.out") {
+                    // The damaged event file's points are gone; none may appear twice.
+                    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{what}: {steps:?}");
+                } else {
+                    assert_eq!(steps, vec![10, 20], "{what}: {}", run.display());
+                }
+            }
+            cases += 1;
+        }
+    }
+    cases
+}
+
+#[test]
+fn the_fault_matrix_of_a_finished_grid_and_tpe_sweep() {
+    let grid = Sweep::new(
+        "fm",
+        "lr = [1e-3, 1e-2]",
+        "max_steps = 20\nhidden = 16\nembed_dim = 8",
+    );
+    assert!(grid.run(&[]).status.success());
+    let n = fault_matrix(grid.dir.path(), grid.file.to_str().unwrap(), "fm");
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = common::tpe_file(d, "fmt", 2, "");
+    let text_ = std::fs::read_to_string(d.join(&file))
+        .unwrap()
+        .replace("max_steps = 120", "max_steps = 20")
+        .replace("eval_every = 30", "eval_every = 10")
+        .replace("startup_trials = 3", "startup_trials = 2");
+    std::fs::write(d.join(&file), text_).unwrap();
+    assert!(common::charlab(d, &["sweep", &file, "--plain"])
+        .status
+        .success());
+    let m = fault_matrix(d, &file, "fmt");
+    eprintln!("fault matrix: {n} grid cases, {m} TPE cases");
+}

@@ -160,14 +160,25 @@ pub fn dry_run_table(plan: &Plan, runs_root: &Path) -> String {
 /// Writes everything a sweep directory needs before any trial runs: the sweep file copy, the
 /// manifest, each trial's `config.toml`, and the root event file with the HParams experiment
 /// (every swept key with its domain, and the metrics) and the custom-scalars layout.
-fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest) -> Result<()> {
+fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest, say: &mut dyn FnMut(&str)) -> Result<()> {
     crate::atomic::write(&ledger::sweep_file(root), plan.text.as_bytes())?;
     for entry in &manifest.trials {
-        let trial = plan.trials.iter().find(|t| t.hash == entry.hash);
+        let Some(t) = plan.trials.iter().find(|t| t.hash == entry.hash) else {
+            continue;
+        };
         let run = RunDir::new(root.join(&entry.dir));
-        if let (Some(t), false) = (trial, run.config_path().exists()) {
-            run.save_config(&t.config)?;
+        let path = run.config_path();
+        if path.exists() {
+            // The sweep file is the truth of a listed trial's config: a damaged copy is
+            // rewritten from it (and kept aside), not left to fail the trial or blank compare.
+            let Err(e) = run.load_config() else { continue };
+            let keep = run.path().join("config.toml.damaged");
+            std::fs::rename(&path, &keep).at(&keep)?;
+            say(&format!(
+                "{e}; rewrote it from the sweep file (the damaged copy is config.toml.damaged)"
+            ));
         }
+        run.save_config(&t.config)?;
     }
     manifest.save(root)?;
 
@@ -342,7 +353,7 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
         }
     };
     let _lock = lock;
-    lay_out(&root, &plan, &manifest)?;
+    lay_out(&root, &plan, &manifest, &mut say)?;
     name_lost_records(&root, &manifest, opts.progress);
     let exp = &plan.experiment;
     let retries = opts.retries.unwrap_or(exp.retries);

@@ -52,8 +52,9 @@ fn refined(s: &Sampler, values: &[Value]) -> Option<Table> {
     (!nums.is_empty() || matches!(s, Sampler::Choice(_))).then_some(t)
 }
 
-/// `charlab refine DIR --top K`: the text of the refined sweep file.
-pub fn refine(dir: &Path, top: usize) -> Result<String> {
+/// `charlab refine DIR --top K`: the text of the refined sweep file, and warnings about files of
+/// the sweep it could not read.
+pub fn refine(dir: &Path, top: usize) -> Result<(String, Vec<String>)> {
     if top < 2 {
         return Err(Error::invalid(
             "--top",
@@ -63,7 +64,7 @@ pub fn refine(dir: &Path, top: usize) -> Result<String> {
     let file = ledger::existing_sweep(dir)?;
     let text = std::fs::read_to_string(&file).at(&file)?;
     let old = plan::plan(&file, &text, usize::MAX, true)?;
-    let (mut rows, _, _) = compare::collect(dir)?;
+    let (mut rows, _, warnings) = compare::collect(dir)?;
     compare::sort(&mut rows, "val/loss")?;
     // Only trials that ran to their end: a killed or pruned trial's loss is not its result.
     rows.retain(|r| r.status == "completed" && r.best_val_loss.is_some());
@@ -71,8 +72,13 @@ pub fn refine(dir: &Path, top: usize) -> Result<String> {
         return Err(Error::usage(
             dir,
             format!(
-                "refine needs at least 2 completed trials with a validation loss; the sweep has {}",
-                rows.len()
+                "refine needs at least 2 completed trials with a validation loss; the sweep has \
+                 {}{}",
+                rows.len(),
+                warnings
+                    .iter()
+                    .map(|w| format!("; {w}"))
+                    .collect::<String>()
             ),
         ));
     }
@@ -125,7 +131,7 @@ pub fn refine(dir: &Path, top: usize) -> Result<String> {
     let out = header + &toml::to_string(&doc).unwrap_or_default();
     // The result must be a sweep file charlab takes.
     plan::plan(Path::new(&format!("{name}.toml")), &out, usize::MAX, true)?;
-    Ok(out)
+    Ok((out, warnings))
 }
 
 fn dedup(values: Vec<Value>) -> Vec<Value> {

@@ -39,7 +39,13 @@ pub fn open(s: &str, notice: &mut dyn FnMut(&str)) -> Result<Device> {
                      (rebuild with `--features cuda`, see scripts/build-cuda.sh)"
                 )));
             }
-            Device::new_cuda(n).map_err(|e| Error::Device(format!("cannot open cuda:{n}: {e}")))
+            Device::new_cuda(n).map_err(|e| {
+                // Through the library's error, which drops candle's backtrace.
+                let e = Error::from(e);
+                Error::Device(format!(
+                    "cannot open cuda:{n} (is a CUDA GPU visible?): {e}"
+                ))
+            })
         }
         DeviceSpec::Auto => {
             if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {

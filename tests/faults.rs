@@ -551,3 +551,25 @@ fn the_fault_matrix_of_a_finished_grid_and_tpe_sweep() {
     let m = fault_matrix(d, &file, "fmt");
     eprintln!("fault matrix: {n} grid cases, {m} TPE cases");
 }
+
+#[test]
+fn a_device_that_cannot_be_opened_is_one_error_before_any_trial_starts() {
+    if cfg!(feature = "cuda") {
+        return; // This build may have a GPU; the check is about one that cannot.
+    }
+    for (what, defaults) in [
+        ("a trial's device", "device = \"cuda\""),
+        ("the experiment's devices", ""),
+    ] {
+        let s = Sweep::new("dev", "lr = [1e-3, 1e-2]", defaults);
+        if defaults.is_empty() {
+            let text = std::fs::read_to_string(&s.file)
+                .unwrap()
+                .replace("jobs = 2\n", "jobs = 2\ndevices = [\"cuda:0\"]\n");
+            std::fs::write(&s.file, text).unwrap();
+        }
+        let o = s.run(&[]);
+        common::assert_user_error(&o, what, &["cuda", "without CUDA"]);
+        assert!(!s.root("dev").exists(), "{what}: nothing is left behind");
+    }
+}

@@ -270,6 +270,7 @@ fn check_trials(
     let mut prepared: Vec<((String, String), crate::corpus::Prepared)> = Vec::new();
     let mut costs = vec![0.0; manifest.trials.len()];
     let mut say = |m: &str| crate::train::log_line(progress, m);
+    check_devices(plan, &mut say)?;
     // A search's trials are proposed later: its corpus is checked now, with the defaults.
     let search_defaults = match plan.search {
         Some(_) => Some(plan.trial(Vec::new())?.config),
@@ -308,6 +309,35 @@ fn check_trials(
         costs[e.index] = trial_cost(c, dims, train.windows());
     }
     Ok(costs)
+}
+
+/// Opens, once each, every CUDA device the sweep names (`[experiment] devices`, a trial's
+/// `device`): a missing GPU or a build without CUDA is one error before any trial starts, not
+/// one failure per trial.
+fn check_devices(plan: &Plan, say: &mut dyn FnMut(&str)) -> Result<()> {
+    // A search's trials are proposed later; their device is the defaults'.
+    let defaults = match plan.search {
+        Some(_) => Some(plan.trial(Vec::new())?),
+        None => None,
+    };
+    let mut names: Vec<&str> = plan.experiment.devices.iter().map(String::as_str).collect();
+    names.extend(
+        plan.trials
+            .iter()
+            .chain(&defaults)
+            .map(|t| t.config.device.as_str()),
+    );
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        if matches!(
+            crate::device::parse(name)?,
+            crate::device::DeviceSpec::Cuda(_)
+        ) {
+            crate::device::open(name, say)?;
+        }
+    }
+    Ok(())
 }
 
 /// A trial's relative cost: steps × chars per step × multiply-adds per char. The local launcher

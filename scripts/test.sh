@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: makes the Python venv with TensorBoard's reader (the tests check charlab's
+# The test command: checks formatting and lints, makes the Python venv with TensorBoard's reader (the tests check charlab's
 # event files with it) and the browser checks' node package, then runs the whole test suite.
 # Works on a fresh machine with cargo and python3 (node and Chromium for the browser tests).
 set -euo pipefail
@@ -20,6 +20,10 @@ if command -v npm >/dev/null 2>&1 && [ ! -d tests/browser/node_modules/playwrigh
   echo "installing tests/browser (npm install playwright-core)"
   npm install --prefix tests/browser --no-audit --no-fund --silent || echo "npm install failed: browser tests will be skipped"
 fi
+
+# The house rules first: formatted, and no clippy warning in any target.
+cargo fmt --check
+cargo clippy --release --locked --all-targets -- -D warnings
 
 # The release profile, as the README's main job builds: one build of the dependencies serves both.
 cargo test --release --locked "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: checks formatting and lints, makes the Python venv with TensorBoard's reader (the tests check charlab's
-# event files with it) and the browser checks' node package, then runs the whole test suite.
+# The test command: checks formatting and lints, makes the Python venv with TensorBoard's reader
+# (the tests check charlab's event files with it) and the browser checks' node package, then runs
+# the whole test suite.
 # Works on a fresh machine with cargo and python3 (node and Chromium for the browser tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."

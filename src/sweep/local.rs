@@ -202,6 +202,9 @@ struct Launcher<'a> {
     /// The signal that is stopping the sweep.
     stopping_all: Option<i32>,
     fail_fast_hit: bool,
+    /// The first trial that failed on bad input (exit code 2), and its message without its own
+    /// directory's name: a second one with the same message stops the sweep.
+    user_error: Option<(String, String)>,
 }
 
 impl<'a> Launcher<'a> {
@@ -250,6 +253,7 @@ impl<'a> Launcher<'a> {
             display: Display::new(opts.progress, total),
             stopping_all: None,
             fail_fast_hit: false,
+            user_error: None,
             manifest,
             proposer,
             exhausted: false,
@@ -381,7 +385,13 @@ impl<'a> Launcher<'a> {
         let name = self.manifest.trials[index].dir.clone();
         self.attempts[index] += 1;
         let tries = self.attempts[index];
-        if tries <= self.opts.retries && self.stopping_all.is_none() && !self.fail_fast_hit {
+        // Bad input fails the same way however often it is retried.
+        let user_error = exit.code() == Some(2);
+        if tries <= self.opts.retries
+            && !user_error
+            && self.stopping_all.is_none()
+            && !self.fail_fast_hit
+        {
             self.display.line(&format!(
                 "trial {name} failed ({exit}); retry {tries}/{} from its last checkpoint (log: {})",
                 self.opts.retries,
@@ -406,12 +416,33 @@ impl<'a> Launcher<'a> {
         }
         self.failed.push(index);
         self.record_end(index)?;
+        if user_error {
+            self.same_user_error(&name, &msg);
+        }
         if self.opts.fail_fast && !self.fail_fast_hit {
             self.fail_fast_hit = true;
             self.display.line("--fail-fast: stopping the other trials");
             self.stop_all();
         }
         Ok(())
+    }
+
+    /// A trial failed on bad input: when an earlier one failed with the same message, every
+    /// trial would, so the sweep stops and says so once.
+    fn same_user_error(&mut self, name: &str, msg: &str) {
+        let general = msg.replace(name, "<trial>");
+        match &self.user_error {
+            Some((first, m)) if *m == general && !self.fail_fast_hit => {
+                self.display.line(&format!(
+                    "trials {first} and {name} failed on the same bad input ({msg}): stopping \
+                     the sweep; fix it and run the sweep again"
+                ));
+                self.fail_fast_hit = true;
+                self.stop_all();
+            }
+            Some(_) => {}
+            None => self.user_error = Some((name.to_string(), general)),
+        }
     }
 
     /// Starts queued (or newly proposed) trials in the free slots.

@@ -122,6 +122,8 @@ def main():
     ap.add_argument("--trials", type=int, default=16, help="tpe mode's trial count")
     ap.add_argument("--startup", type=int, default=8, help="tpe mode's random trials")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--optuna-first", action="store_true",
+                    help="start with the Optuna side (then alternate)")
     a = ap.parse_args()
     grid = None
     if a.mode == "grid":
@@ -131,7 +133,7 @@ def main():
     races = []
     for rep in range(a.repeat):
         # Alternate which side goes first, so drift in the machine's speed hits both.
-        if rep % 2 == 0:
+        if (rep + a.optuna_first) % 2 == 0:
             mine, theirs = run_charlab(a, grid, rep), run_optuna(a, data, grid, rep)
         else:
             theirs, mine = run_optuna(a, data, grid, rep), run_charlab(a, grid, rep)

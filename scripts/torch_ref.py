@@ -48,6 +48,29 @@ def evaluate(model, val, val_windows, seq, vocab, loss_fn):
     return total / n
 
 
+def torch_name(name):
+    """charlab's parameter name as this module's (model::torch_name in charlab)."""
+    fixed = {"Embedding/weight": "embed.weight", "Logits/weight": "head.weight",
+             "Logits/bias": "head.bias"}
+    if name in fixed:
+        return fixed[name]
+    if name.startswith("LSTM/layer_"):
+        k, param = name[len("LSTM/layer_"):].split("/")
+        return f"lstm.{param}_l{k}"
+    return None
+
+
+def load_charlab(model, path):
+    from safetensors.torch import load_file
+    tensors = load_file(path)
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in tensors.items():
+            target = torch_name(name)
+            if target in own:
+                own[target].copy_(t)
+
+
 def parser():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True, help="charlab prepared dir (clean.txt, vocab.json)")
@@ -65,6 +88,8 @@ def parser():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuDNN's LSTM)")
     ap.add_argument("--eval-at", default="", help="comma-separated steps to evaluate at too")
+    ap.add_argument("--init", help="start from a charlab checkpoint's weights (safetensors): "
+                    "the same initial state, to tell the init's draw from the training")
     return ap
 
 
@@ -86,6 +111,8 @@ def train(a):
 
     train, val = train.to(dev), val.to(dev)
     model = CharRnn(len(chars), a.embed, a.hidden, a.layers, a.dropout).to(dev)
+    if a.init:
+        load_charlab(model, a.init)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     loss_fn = nn.CrossEntropyLoss()
     state, w = None, 0

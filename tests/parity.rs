@@ -102,6 +102,26 @@ fn backends(d: Dims) -> Vec<(String, Backend)> {
     out
 }
 
+/// One training window (no dropout) from `s`, whose mean loss must be PyTorch's `want`.
+fn train_window(
+    backend: &mut Backend,
+    m: &CharRnn,
+    window: (&[u32], &[u32], usize),
+    s: &mut State,
+    want: &Value,
+    what: &str,
+) {
+    let sums = backend
+        .train(m, window, s, 0.0, &mut Rng::new(1, 1))
+        .unwrap();
+    let loss = (sums.loss / sums.count as f64) as f32;
+    let want = want.as_f64().unwrap() as f32;
+    assert!(
+        rel_err(&[loss], &[want]) < 1e-5,
+        "{what}: loss {loss} vs PyTorch's {want}"
+    );
+}
+
 #[test]
 fn one_window_gives_pytorchs_loss_gradients_and_state() {
     let f = fixture();
@@ -114,15 +134,7 @@ fn one_window_gives_pytorchs_loss_gradients_and_state() {
     let m = model(&f);
     for (what, mut backend) in backends(m.dims) {
         let mut s = state(&f, &f["state"]);
-        let sums = backend
-            .train(&m, (&x, &y, seq), &mut s, 0.0, &mut Rng::new(1, 1))
-            .unwrap();
-        let loss = (sums.loss / sums.count as f64) as f32;
-        let want = w["loss"].as_f64().unwrap() as f32;
-        assert!(
-            rel_err(&[loss], &[want]) < 1e-5,
-            "{what}: loss {loss} vs PyTorch's {want}"
-        );
+        train_window(&mut backend, &m, (&x, &y, seq), &mut s, &w["loss"], &what);
         for ((name, _), g) in m.params().iter().zip(backend.grads()) {
             let torch = torch_name(name).unwrap();
             let e = rel_err(g, &floats(&w["grads"][&torch]));
@@ -158,15 +170,8 @@ fn clipped_adam_steps_end_at_pytorchs_weights() {
     let mut s = state(&f, &f["state"]);
     for (i, step) in t["steps"].as_array().unwrap().iter().enumerate() {
         let (x, y) = (ids(&step["x"]), ids(&step["y"]));
-        let sums = backend
-            .train(&m, (&x, &y, seq), &mut s, 0.0, &mut Rng::new(1, 1))
-            .unwrap();
-        let loss = (sums.loss / sums.count as f64) as f32;
-        let want = step["loss"].as_f64().unwrap() as f32;
-        assert!(
-            rel_err(&[loss], &[want]) < 1e-5,
-            "step {i}: loss {loss} vs {want}"
-        );
+        let what = format!("step {i}");
+        train_window(&mut backend, &m, (&x, &y, seq), &mut s, &step["loss"], &what);
         let norm = optim::global_norm(backend.grads());
         let want_norm = step["grad_norm"].as_f64().unwrap();
         assert!(

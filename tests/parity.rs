@@ -171,7 +171,14 @@ fn clipped_adam_steps_end_at_pytorchs_weights() {
     for (i, step) in t["steps"].as_array().unwrap().iter().enumerate() {
         let (x, y) = (ids(&step["x"]), ids(&step["y"]));
         let what = format!("step {i}");
-        train_window(&mut backend, &m, (&x, &y, seq), &mut s, &step["loss"], &what);
+        train_window(
+            &mut backend,
+            &m,
+            (&x, &y, seq),
+            &mut s,
+            &step["loss"],
+            &what,
+        );
         let norm = optim::global_norm(backend.grads());
         let want_norm = step["grad_norm"].as_f64().unwrap();
         assert!(

@@ -507,24 +507,41 @@ fn sweep_worker_rejects_an_index_out_of_range() {
 
 #[test]
 fn fail_fast_stops_at_the_first_failed_trial() {
-    // A CUDA device on a build without CUDA: the worker fails with a clear error.
-    let s = Sweep::new("fails", "lr = [1e-3, 2e-3, 3e-3]", "device = \"cuda\"");
-    let text = std::fs::read_to_string(&s.file)
-        .unwrap()
-        .replace("jobs = 2", "jobs = 1");
-    std::fs::write(&s.file, text).unwrap();
-    let o = s.run(&["--fail-fast"]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--fail-fast"), "{err}");
-    let dirs = run_dirs(&s.root("fails"));
-    let log = std::fs::read_to_string(dirs[0].join("worker.log")).unwrap();
-    assert!(log.contains("without CUDA"), "{log}");
-    assert!(!dirs[1].join("worker.log").exists() && !dirs[2].join("worker.log").exists());
+    use std::os::unix::fs::PermissionsExt;
+    // A worker that fails (not on bad input, which pre-flight or the same-error rule handle):
+    // it logs its start and exits 1.
+    let s = Sweep::new("fails", "lr = [1e-3, 2e-3, 3e-3]", "");
+    let d = s.dir.path();
+    let starts = d.join("starts.log");
+    let worker = d.join("worker.sh");
+    std::fs::write(
+        &worker,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\necho 'worker crashed' >&2\nexit 1\n",
+            starts.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |fail_fast: bool| {
+        let _ = std::fs::remove_file(&starts);
+        let opts = charlab::sweep::SweepOptions {
+            runs_root: d.join("runs"),
+            data_dir: d.join("data"),
+            jobs: Some(1),
+            retries: Some(0),
+            fail_fast,
+            worker_exe: Some(worker.clone()),
+            progress: charlab::train::Progress::Quiet,
+            ..Default::default()
+        };
+        let outcome = charlab::sweep::sweep(&s.file, &opts).unwrap();
+        assert_eq!(outcome.unfinished(), 3);
+        std::fs::read_to_string(&starts).unwrap().lines().count()
+    };
+    assert_eq!(run(true), 1, "--fail-fast stops after the first failure");
     // Without it every trial is tried (and fails the same way).
-    let o = s.run(&[]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(dirs.iter().all(|d| d.join("worker.log").exists()));
+    assert_eq!(run(false), 3);
 }
 
 #[test]

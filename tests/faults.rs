@@ -576,32 +576,10 @@ fn a_device_that_cannot_be_opened_is_one_error_before_any_trial_starts() {
 
 #[test]
 fn trials_failing_on_the_same_bad_input_stop_the_sweep_once() {
-    use std::os::unix::fs::PermissionsExt;
     let s = Sweep::new("same", "lr = [1e-3, 2e-3, 3e-3, 4e-3]", "");
-    let d = s.dir.path();
     // A worker that sees bad input the parent could not: every trial would fail the same way.
-    let starts = d.join("starts.log");
-    let worker = d.join("worker.sh");
-    std::fs::write(
-        &worker,
-        format!(
-            "#!/bin/sh\necho \"$@\" >> {}\necho 'error: corpus: novel.txt vanished' >&2\nexit 2\n",
-            starts.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let opts = charlab::sweep::SweepOptions {
-        runs_root: d.join("runs"),
-        data_dir: d.join("data"),
-        jobs: Some(1),
-        retries: Some(2),
-        worker_exe: Some(worker),
-        progress: charlab::train::Progress::Quiet,
-        ..Default::default()
-    };
-    let outcome = charlab::sweep::sweep(&s.file, &opts).unwrap();
-    let started = std::fs::read_to_string(&starts).unwrap().lines().count();
+    let (outcome, started) =
+        s.with_stand_in_worker(2, "error: corpus: novel.txt vanished", 2, false);
     assert_eq!(started, 2, "two trials, no retries, then the sweep stops");
     assert_eq!(outcome.unfinished(), 4);
 }

@@ -507,41 +507,14 @@ fn sweep_worker_rejects_an_index_out_of_range() {
 
 #[test]
 fn fail_fast_stops_at_the_first_failed_trial() {
-    use std::os::unix::fs::PermissionsExt;
-    // A worker that fails (not on bad input, which pre-flight or the same-error rule handle):
-    // it logs its start and exits 1.
+    // A worker that fails (not on bad input, which pre-flight or the same-error rule handle).
     let s = Sweep::new("fails", "lr = [1e-3, 2e-3, 3e-3]", "");
-    let d = s.dir.path();
-    let starts = d.join("starts.log");
-    let worker = d.join("worker.sh");
-    std::fs::write(
-        &worker,
-        format!(
-            "#!/bin/sh\necho \"$@\" >> {}\necho 'worker crashed' >&2\nexit 1\n",
-            starts.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let run = |fail_fast: bool| {
-        let _ = std::fs::remove_file(&starts);
-        let opts = charlab::sweep::SweepOptions {
-            runs_root: d.join("runs"),
-            data_dir: d.join("data"),
-            jobs: Some(1),
-            retries: Some(0),
-            fail_fast,
-            worker_exe: Some(worker.clone()),
-            progress: charlab::train::Progress::Quiet,
-            ..Default::default()
-        };
-        let outcome = charlab::sweep::sweep(&s.file, &opts).unwrap();
-        assert_eq!(outcome.unfinished(), 3);
-        std::fs::read_to_string(&starts).unwrap().lines().count()
-    };
-    assert_eq!(run(true), 1, "--fail-fast stops after the first failure");
+    let (outcome, started) = s.with_stand_in_worker(1, "worker crashed", 0, true);
+    assert_eq!(started, 1, "--fail-fast stops after the first failure");
+    assert_eq!(outcome.unfinished(), 3);
     // Without it every trial is tried (and fails the same way).
-    assert_eq!(run(false), 3);
+    let (outcome, started) = s.with_stand_in_worker(1, "worker crashed", 0, false);
+    assert_eq!((started, outcome.unfinished()), (3, 3));
 }
 
 #[test]

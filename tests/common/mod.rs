@@ -316,3 +316,41 @@ pub fn tpe_file(d: &Path, name: &str, trials: usize, extra: &str) -> String {
     std::fs::write(d.join(&file), text).unwrap();
     file
 }
+
+impl Sweep {
+    /// Runs the sweep through the library, one trial at a time with `retries`, its workers a
+    /// stand-in script that logs each start and exits `code` with `message` on stderr; returns
+    /// the outcome and how many workers started.
+    pub fn with_stand_in_worker(
+        &self,
+        code: i32,
+        message: &str,
+        retries: u32,
+        fail_fast: bool,
+    ) -> (charlab::sweep::SweepOutcome, usize) {
+        use std::os::unix::fs::PermissionsExt;
+        let d = self.dir.path();
+        let starts = d.join("starts.log");
+        let _ = std::fs::remove_file(&starts);
+        let worker = d.join("worker.sh");
+        let script = format!(
+            "#!/bin/sh\necho \"$@\" >> {}\necho '{message}' >&2\nexit {code}\n",
+            starts.display()
+        );
+        std::fs::write(&worker, script).unwrap();
+        std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let opts = charlab::sweep::SweepOptions {
+            runs_root: d.join("runs"),
+            data_dir: d.join("data"),
+            jobs: Some(1),
+            retries: Some(retries),
+            fail_fast,
+            worker_exe: Some(worker),
+            progress: charlab::train::Progress::Quiet,
+            ..Default::default()
+        };
+        let outcome = charlab::sweep::sweep(&self.file, &opts).unwrap();
+        let started = std::fs::read_to_string(&starts).map_or(0, |s| s.lines().count());
+        (outcome, started)
+    }
+}

@@ -178,6 +178,42 @@ impl Default for RunConfig {
     }
 }
 
+/// Top-level keys every saved run config has had since charlab wrote them all (every key but the
+/// unset optional ones): a `config.toml` in a run directory that lacks one was cut short, even if
+/// what is left parses (an empty file is a valid config of defaults). Fixed, not derived from
+/// [`RunConfig`], so a key added later does not make older runs' configs look damaged.
+pub const SAVED_KEYS: &[&str] = &[
+    "corpus",
+    "val_fraction",
+    "batch_size",
+    "seq_len",
+    "embed_dim",
+    "hidden",
+    "layers",
+    "dropout",
+    "optimizer",
+    "lr",
+    "momentum",
+    "beta1",
+    "beta2",
+    "rms_decay",
+    "eps",
+    "weight_decay",
+    "lr_schedule",
+    "lr_decay",
+    "lr_decay_after",
+    "min_lr",
+    "grad_clip",
+    "log_every",
+    "eval_every",
+    "histogram_every",
+    "sample_length",
+    "sample_temperature",
+    "seed",
+    "device",
+    "clean",
+];
+
 /// The cores this process may use.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -223,23 +259,6 @@ impl RunConfig {
     /// The config as TOML (what is saved beside every run).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
-    }
-
-    /// The top-level keys [`RunConfig::to_toml`] always writes (every key but the unset
-    /// optional ones): a saved config that lacks one was cut short, even if what is left parses
-    /// (an empty file is a valid config of defaults).
-    pub fn always_written() -> Vec<String> {
-        let bare = RunConfig {
-            max_steps: None,
-            epochs: None,
-            patience: None,
-            threads: None,
-            ..RunConfig::default()
-        };
-        match toml::Value::try_from(&bare) {
-            Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
-            _ => Vec::new(),
-        }
     }
 
     /// Checks every range before any work starts.

@@ -292,9 +292,9 @@ impl RunDir {
         let path = self.config_path();
         let text = std::fs::read_to_string(&path).at(&path)?;
         let table: toml::Table = text.parse().unwrap_or_default();
-        if let Some(k) = RunConfig::always_written()
-            .into_iter()
-            .find(|k| !table.contains_key(k))
+        if let Some(k) = crate::config::SAVED_KEYS
+            .iter()
+            .find(|k| !table.contains_key(**k))
         {
             return Err(Error::Run {
                 path,

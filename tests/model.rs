@@ -220,6 +220,20 @@ fn a_one_bias_checkpoint_loads_as_the_same_model() {
 }
 
 #[test]
+fn a_saved_config_holds_every_key_a_run_directory_requires() {
+    // A config with every optional key unset still writes each of SAVED_KEYS.
+    let bare = RunConfig {
+        max_steps: None,
+        threads: None,
+        ..RunConfig::default()
+    };
+    let table: toml::Table = bare.to_toml().parse().unwrap();
+    for k in charlab::config::SAVED_KEYS {
+        assert!(table.contains_key(*k), "{k} is not written");
+    }
+}
+
+#[test]
 fn config_rejects_unknown_keys_with_their_line() {
     let err = RunConfig::parse("lr = 0.01\nhiden = 128\n", Path::new("run.toml"))
         .unwrap_err()

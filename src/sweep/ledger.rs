@@ -242,17 +242,23 @@ fn trial_dirs(root: &Path) -> Vec<String> {
 /// refused, since the order its proposals saw results in is kept nowhere else.
 fn existing(root: &Path, plan: &Plan, say: &mut dyn FnMut(&str)) -> Result<Manifest> {
     let path = Manifest::path(root);
-    let dirs = trial_dirs(root);
-    let problem = match Manifest::load(root) {
+    let damage = match Manifest::load(root) {
         Ok(m) => return Ok(m),
-        Err(_) if !path.exists() && dirs.is_empty() => return Ok(empty_manifest(plan)),
-        Err(_) if !path.exists() => format!(
+        Err(e) => e,
+    };
+    // Only a sweep without a readable manifest needs its directories listed.
+    let dirs = trial_dirs(root);
+    let problem = if path.exists() {
+        damage.to_string()
+    } else if dirs.is_empty() {
+        return Ok(empty_manifest(plan));
+    } else {
+        format!(
             "{} is missing while {} holds {} trial directories",
             path.display(),
             root.display(),
             dirs.len()
-        ),
-        Err(e) => e.to_string(),
+        )
     };
     let refuse = |why: String| Error::Run {
         path: path.clone(),

@@ -10,6 +10,8 @@
 //! magnitude or more (learning rates) are modelled on a log scale; others (`optimizer`) by rank.
 
 use crate::rng::Rng;
+use crate::run_dir::{Metric, RunStatus};
+use crate::runs::Row;
 use serde::Serialize;
 
 /// One trial (or seed group) as the analysis sees it: its swept values and its metric.
@@ -261,6 +263,47 @@ pub fn analyse(keys: &[String], obs: &[Observation], seed: u64) -> Importance {
         observations: obs.len(),
         keys: ranked,
     }
+}
+
+/// The importance of the swept keys for `metric` over the runs that finished (completed or
+/// pruned: a pruned trial's metric is a real, early result), seeds averaged.
+pub fn of_runs(rows: &[Row], metric: Metric) -> Importance {
+    let keys: Vec<String> = rows
+        .first()
+        .map(|r| {
+            r.hparams
+                .iter()
+                .map(|(k, _)| k.clone())
+                .filter(|k| k != "seed")
+                .collect()
+        })
+        .unwrap_or_default();
+    // One observation per seed group: the mean of its runs' metric.
+    let mut obs: Vec<(&str, Observation, usize)> = Vec::new();
+    for r in rows {
+        let finished = matches!(r.status(), RunStatus::Completed | RunStatus::Pruned);
+        let Some(m) = r.metric(metric).filter(|m| finished && m.is_finite()) else {
+            continue;
+        };
+        match obs
+            .iter_mut()
+            .find(|(g, _, _)| !r.group.is_empty() && *g == r.group)
+        {
+            Some((_, o, n)) => {
+                o.metric = (o.metric * *n as f64 + m) / (*n + 1) as f64;
+                *n += 1;
+            }
+            None => {
+                let values = keys
+                    .iter()
+                    .map(|k| r.value(k).unwrap_or("-").to_string())
+                    .collect();
+                obs.push((&r.group, Observation { values, metric: m }, 1))
+            }
+        }
+    }
+    let obs: Vec<Observation> = obs.into_iter().map(|(_, o, _)| o).collect();
+    analyse(&keys, &obs, 1)
 }
 
 #[cfg(test)]

@@ -437,7 +437,7 @@ impl RefineArgs {
         if let Some(p) = self.output.as_ref().filter(|p| p.exists() && !self.force) {
             return Err(charlab::Error::usage(p, "exists; pass --force to overwrite it").into());
         }
-        let (text, warnings) = charlab::sweep::refine::refine(&self.dir, self.top)?;
+        let (text, warnings) = charlab::refine::refine(&self.dir, self.top)?;
         warn(&warnings);
         match &self.output {
             Some(p) => {

@@ -4,10 +4,11 @@
 //! importance, and the best run's config with a text sample from it. Charts are inline SVG drawn
 //! with `plotters`.
 
-use crate::compare::{self, Row};
+use crate::compare;
 use crate::error::{Error, IoContext, Result};
-use crate::importance::Importance;
-use crate::run_dir::{Checkpoint, RunDir};
+use crate::importance::{self, Importance};
+use crate::run_dir::{Checkpoint, Metric, RunDir};
+use crate::runs::{self, Group, Row};
 use crate::sample::{SampleOptions, Sampling};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ pub struct Written {
     pub runs: usize,
     pub charts: usize,
     pub best: Option<String>,
-    /// Files it could not read (see [`compare::collect`]).
+    /// Files it could not read (see [`runs::collect`]).
     pub warnings: Vec<String>,
 }
 
@@ -62,7 +63,8 @@ fn curves_chart(rows: &[Row]) -> Chart {
     let points: Vec<Vec<(f64, f64)>> = rows
         .iter()
         .map(|r| {
-            r.evals
+            r.record
+                .evals
                 .iter()
                 .map(|e| (e.step as f64, e.val_loss))
                 .collect()
@@ -181,12 +183,12 @@ fn fmt_num(x: f64) -> String {
 
 /// One polyline per finished run through an axis per swept key and one for the metric,
 /// colored by the run's rank (rows sorted best first).
-fn parallel_chart(rows: &[Row], keys: &[String], metric: &str) -> Chart {
-    let finished: Vec<&Row> = rows.iter().filter(|r| r.best_val_loss.is_some()).collect();
+fn parallel_chart(rows: &[Row], keys: &[String], metric: Metric) -> Chart {
+    let finished: Vec<&Row> = rows.iter().filter(|r| r.metric(metric).is_some()).collect();
     if finished.is_empty() || keys.is_empty() {
         return Err("no finished run with swept values yet".into());
     }
-    let value = |r: &Row, k: &str| r.hparams.iter().find(|(n, _)| n == k).map(|x| x.1.clone());
+    let value = |r: &Row, k: &str| r.value(k).map(String::from);
     let mut axes: Vec<Axis> = keys
         .iter()
         .map(|k| {
@@ -196,9 +198,9 @@ fn parallel_chart(rows: &[Row], keys: &[String], metric: &str) -> Chart {
         .collect();
     let metric_vals: Vec<String> = finished
         .iter()
-        .filter_map(|r| r.best_val_loss.map(|m| m.to_string()))
+        .filter_map(|r| r.metric(metric).map(|m| m.to_string()))
         .collect();
-    axes.push(axis(&format!("best {metric}"), &metric_vals));
+    axes.push(axis(&format!("best {}", metric.name()), &metric_vals));
     let n_axes = axes.len();
     svg((900, 420), |root| {
         let mut chart = ChartBuilder::on(root)
@@ -214,7 +216,7 @@ fn parallel_chart(rows: &[Row], keys: &[String], metric: &str) -> Chart {
                 .enumerate()
                 .filter_map(|(j, a)| {
                     let v = if j + 1 == n_axes {
-                        r.best_val_loss.map(|m| m.to_string())
+                        r.metric(metric).map(|m| m.to_string())
                     } else {
                         value(r, &a.name)
                     };
@@ -251,7 +253,8 @@ fn parallel_chart(rows: &[Row], keys: &[String], metric: &str) -> Chart {
 }
 
 /// The keys' importance as horizontal bars (or the reason there is none).
-fn importance_chart(imp: &Importance, metric: &str) -> Chart {
+fn importance_chart(imp: &Importance, metric: Metric) -> Chart {
+    let metric = metric.name();
     let Importance::Ranked { keys, observations } = imp else {
         return Err(match imp {
             Importance::TooFew { observations, needed } => format!(
@@ -362,22 +365,26 @@ tr.best td{background:#e8f1fb;font-weight:600}pre{background:#f6f6f6;padding:.8e
 
 /// `charlab report DIR -o FILE`: writes the report of the runs under `dir` to `out`.
 pub fn report(dir: &Path, out: &Path) -> Result<Written> {
-    let (mut rows, groups, warnings) = compare::collect(dir)?;
+    let runs::Runs {
+        mut rows,
+        groups,
+        warnings,
+    } = runs::collect(dir)?;
     if rows.is_empty() {
         return Err(Error::usage(dir, "holds no runs to report on"));
     }
-    compare::sort(&mut rows, "val/loss")?;
-    let metric = "val/loss";
+    let metric = Metric::ValLoss;
+    runs::sort_by_metric(&mut rows, metric);
     let keys: Vec<String> = rows[0].hparams.iter().map(|(k, _)| k.clone()).collect();
-    let imp = compare::importance(&rows, metric);
+    let imp = importance::of_runs(&rows, metric);
     let charts = [
         ("curves", curves_chart(&rows)),
         ("parallel", parallel_chart(&rows, &keys, metric)),
         ("importance", importance_chart(&imp, metric)),
     ];
-    let name = compare::base_name(dir);
-    let settings = std::fs::read_to_string(crate::sweep::ledger::sweep_file(dir)).ok();
-    let best = rows.iter().find(|r| r.best_val_loss.is_some());
+    let name = runs::base_name(dir);
+    let settings = std::fs::read_to_string(crate::sweep::manifest::sweep_file(dir)).ok();
+    let best = rows.iter().find(|r| r.metric(metric).is_some());
     let mut html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>charlab report: {}</title>\
          <style>{STYLE}</style></head><body><h1>charlab report: {}</h1><p>{} runs under <code>{}</code>, \
@@ -410,7 +417,7 @@ pub fn report(dir: &Path, out: &Path) -> Result<Written> {
 /// The report's body, section by section.
 fn sections(
     rows: &[Row],
-    groups: &[compare::Group],
+    groups: &[Group],
     charts: &[(&str, Chart)],
     settings: Option<&str>,
     best: Option<&Row>,

@@ -60,10 +60,88 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
-/// The validation metrics a run is judged by (a search's `metric`, what `compare
-/// --importance` explains): the best evaluation's loss, bits per char and accuracy, and the
-/// last evaluation's loss.
-pub const VALIDATION_METRICS: &[&str] = &["val/loss", "val/bpc", "val/accuracy", "final/val/loss"];
+/// What a run is judged and sorted by, read from its record: the one lookup behind a search's
+/// score, `compare --sort`, importance, `refine` and the report. Each is oriented so that lower
+/// is better (accuracy, throughput and steps are negated), so every caller sorts one way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// The best evaluation's validation loss.
+    ValLoss,
+    ValBpc,
+    ValAccuracy,
+    /// The last evaluation's validation loss.
+    FinalValLoss,
+    /// Mean training loss of the last logging interval.
+    TrainLoss,
+    Time,
+    TokensPerS,
+    Steps,
+}
+
+impl Metric {
+    /// Every metric, in the order error messages list them.
+    pub const ALL: [Metric; 8] = [
+        Metric::ValLoss,
+        Metric::ValBpc,
+        Metric::ValAccuracy,
+        Metric::FinalValLoss,
+        Metric::TrainLoss,
+        Metric::Time,
+        Metric::TokensPerS,
+        Metric::Steps,
+    ];
+
+    /// The validation metrics: what a search may minimise and importance explains.
+    pub const VALIDATION: [Metric; 4] = [
+        Metric::ValLoss,
+        Metric::ValBpc,
+        Metric::ValAccuracy,
+        Metric::FinalValLoss,
+    ];
+
+    /// The name users write (`--sort`, `[search] metric`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::ValLoss => "val/loss",
+            Metric::ValBpc => "val/bpc",
+            Metric::ValAccuracy => "val/accuracy",
+            Metric::FinalValLoss => "final/val/loss",
+            Metric::TrainLoss => "train/loss",
+            Metric::Time => "time",
+            Metric::TokensPerS => "tokens_per_s",
+            Metric::Steps => "steps",
+        }
+    }
+
+    /// The metric named `name` among `among`.
+    pub fn parse(name: &str, among: &[Metric]) -> Option<Metric> {
+        among.iter().copied().find(|m| m.name() == name)
+    }
+
+    /// The names of `among`, comma-separated (for error messages).
+    pub fn names(among: &[Metric]) -> String {
+        among
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The value of this metric for `record`, lower is better; `None` before the run has it.
+    pub fn of(self, record: &RunRecord) -> Option<f64> {
+        let best = record.best_metrics;
+        match self {
+            Metric::ValLoss => best.map(|m| m.val_loss),
+            Metric::ValBpc => best.map(|m| m.val_bpc),
+            Metric::ValAccuracy => best.map(|m| -m.val_accuracy),
+            Metric::FinalValLoss => record.final_metrics.map(|m| m.val_loss),
+            Metric::TrainLoss => record.last_train_loss,
+            Metric::Time => Some(record.elapsed_secs),
+            Metric::TokensPerS => Some(-record.tokens_per_s),
+            Metric::Steps => Some(-(record.steps as f64)),
+        }
+    }
+}
 
 /// Validation metrics at one step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -260,7 +260,7 @@ fn a_search_with_the_default_startup_grows_with_extend() {
     std::fs::write(d.join(&file), sweep.replace("trials = 2", "trials = 3")).unwrap();
     let o = common::charlab(d, &["sweep", &file, "--plain", "--extend"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let m = charlab::sweep::ledger::Manifest::load(&d.join("runs/grow")).unwrap();
+    let m = charlab::sweep::manifest::Manifest::load(&d.join("runs/grow")).unwrap();
     assert_eq!(m.trials.len(), 3);
 }
 

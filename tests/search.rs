@@ -4,7 +4,7 @@
 
 mod common;
 
-use charlab::sweep::ledger::Manifest;
+use charlab::sweep::manifest::Manifest;
 use charlab::sweep::plan;
 use common::tpe_file;
 use std::path::Path;

@@ -234,13 +234,13 @@ fn tpe_search_on_slurm(d: &Path) {
     let root = d.join("runs/tpe");
     let mut watcher = common::spawn_quiet(d, &args);
     common::wait_until(120, "three proposals", || {
-        charlab::sweep::ledger::Manifest::load(&root).is_ok_and(|m| m.trials.len() >= 3)
+        charlab::sweep::manifest::Manifest::load(&root).is_ok_and(|m| m.trials.len() >= 3)
     });
     watcher.kill().unwrap();
     watcher.wait().unwrap();
     let o = common::charlab(d, &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let m = charlab::sweep::ledger::Manifest::load(&root).unwrap();
+    let m = charlab::sweep::manifest::Manifest::load(&root).unwrap();
     assert_eq!(m.trials.len(), 5);
     assert_eq!(m.search.as_ref().unwrap().completed.len(), 5);
     for e in &m.trials {

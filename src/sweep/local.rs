@@ -5,7 +5,7 @@
 
 use crate::error::{IoContext, Result};
 use crate::run_dir::RunDir;
-use crate::sweep::ledger::{self, Manifest};
+use crate::sweep::manifest::{self, Manifest};
 use crate::sweep::search::Proposer;
 use crate::train::{Console, Progress, RunStatus};
 use std::collections::VecDeque;
@@ -230,7 +230,7 @@ impl<'a> Launcher<'a> {
         let mut pending: Vec<usize> = manifest
             .trials
             .iter()
-            .filter(|e| !ledger::finished(&RunDir::new(root.join(&e.dir))))
+            .filter(|e| !manifest::finished(&RunDir::new(root.join(&e.dir))))
             .map(|e| e.index)
             .collect();
         let cost = |i: &usize| opts.costs.get(*i).copied().unwrap_or(0.0);

@@ -3,10 +3,9 @@
 //! never trains in-process; it plans, writes the manifest, launches, watches and retries. The
 //! same worker contract (`--sweep DIR --index N`) serves a cluster scheduler's job arrays.
 
-pub mod ledger;
 pub mod local;
+pub mod manifest;
 pub mod plan;
-pub mod refine;
 pub mod search;
 pub mod slurm;
 pub mod tpe;
@@ -15,7 +14,7 @@ use crate::error::{IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::summary::{EventWriter, HParamDecl};
 use crate::train::{self, Progress, RunStatus, TrainOptions};
-use ledger::{Manifest, TrialState};
+use manifest::{Manifest, TrialState};
 use plan::{Plan, SlurmSettings};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,7 +110,7 @@ fn dry_run_search(plan: &Plan, tpe: &plan::TpeSearch, root: &Path) -> String {
         tpe.trials,
         tpe.startup,
         tpe.candidates,
-        tpe.metric,
+        tpe.metric.name(),
         root.display()
     )
 }
@@ -161,7 +160,7 @@ pub fn dry_run_table(plan: &Plan, runs_root: &Path) -> String {
 /// manifest, each trial's `config.toml`, and the root event file with the HParams experiment
 /// (every swept key with its domain, and the metrics) and the custom-scalars layout.
 fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest, say: &mut dyn FnMut(&str)) -> Result<()> {
-    crate::atomic::write(&ledger::sweep_file(root), plan.text.as_bytes())?;
+    crate::atomic::write(&manifest::sweep_file(root), plan.text.as_bytes())?;
     for entry in &manifest.trials {
         let Some(t) = plan.trials.iter().find(|t| t.hash == entry.hash) else {
             continue;
@@ -364,10 +363,10 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     let plan = plan::load(path, opts.max_trials, opts.force)?;
     let root = opts.runs_root.join(&plan.experiment.name);
     let new_root = !root.exists();
-    let lock = ledger::Lock::acquire(&root)?;
+    let lock = manifest::Lock::acquire(&root)?;
     crate::atomic::remove_stale_temps(&root);
     let mut say = |m: &str| crate::train::log_line(opts.progress, m);
-    let preflight = ledger::reconcile(&root, &plan, opts.extend, &mut say).and_then(|m| {
+    let preflight = manifest::reconcile(&root, &plan, opts.extend, &mut say).and_then(|m| {
         let costs = check_trials(&plan, &m, &opts.data_dir, opts.progress)?;
         Ok((m, costs))
     });
@@ -424,7 +423,7 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     let states = manifest
         .trials
         .iter()
-        .map(|e| ledger::state(&RunDir::new(root.join(&e.dir))))
+        .map(|e| manifest::state(&RunDir::new(root.join(&e.dir))))
         .collect();
     Ok(SweepOutcome {
         root,

@@ -9,11 +9,11 @@
 //! search: no trial is lost or run twice, and given the same completion order it proposes what
 //! an uninterrupted run would have.
 
-use super::ledger::{Entry, Manifest, SearchState};
+use super::manifest::{Entry, Manifest, SearchState};
 use super::plan::{Plan, Sampler, TpeSearch};
 use super::tpe::{self, Dim, Observation};
 use crate::error::Result;
-use crate::run_dir::{RunDir, RunRecord, RunStatus};
+use crate::run_dir::{Metric, RunDir, RunRecord, RunStatus};
 use std::path::{Path, PathBuf};
 use toml::Value;
 
@@ -25,17 +25,11 @@ pub struct Proposer<'a> {
 }
 
 /// A trial's score for the search (lower is better); `None` when it ended badly.
-pub fn score(record: &RunRecord, metric: &str) -> Option<f64> {
+pub fn score(record: &RunRecord, metric: Metric) -> Option<f64> {
     if record.status != RunStatus::Completed {
         return None;
     }
-    let m = match metric {
-        "val/bpc" => record.best_metrics.map(|m| m.val_bpc),
-        "val/accuracy" => record.best_metrics.map(|m| -m.val_accuracy),
-        "final/val/loss" => record.final_metrics.map(|m| m.val_loss),
-        _ => record.best_metrics.map(|m| m.val_loss),
-    };
-    m.filter(|v| v.is_finite())
+    metric.of(record).filter(|v| v.is_finite())
 }
 
 fn dim(s: &Sampler) -> Dim {
@@ -134,7 +128,7 @@ impl<'a> Proposer<'a> {
                 let record = RunDir::new(self.root.join(&e.dir)).record();
                 Some(Observation {
                     x: self.point(e)?,
-                    score: record.and_then(|r| score(&r, &self.tpe.metric)),
+                    score: record.and_then(|r| score(&r, self.tpe.metric)),
                 })
             })
             .collect()

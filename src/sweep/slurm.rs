@@ -7,7 +7,7 @@
 //! resumes from its checkpoint. Before a time limit Slurm sends SIGUSR1 (`--signal`): the worker
 //! checkpoints and requeues its own task (`scontrol requeue`), which resumes the same way.
 
-use super::ledger::{self, Entry, Manifest, TrialState};
+use super::manifest::{self, Entry, Manifest, TrialState};
 use super::search::Proposer;
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
@@ -365,7 +365,7 @@ impl Watcher<'_> {
         let mut c = Counts::default();
         for e in self.manifest.trials.clone() {
             let e = &e;
-            let state = ledger::state(&RunDir::new(self.root.join(&e.dir)));
+            let state = manifest::state(&RunDir::new(self.root.join(&e.dir)));
             let task = tasks.get(&e.index);
             if matches!(state, TrialState::Run(s) if s.is_final()) {
                 c.done += 1;

@@ -200,7 +200,7 @@ pub fn assert_user_error(o: &std::process::Output, what: &str, needles: &[&str])
 pub fn assert_proposals_replay(d: &Path, file: &str, name: &str) {
     let p = charlab::sweep::plan::load(&d.join(file), 1000, false).unwrap();
     let root = d.join("runs").join(name);
-    let m = charlab::sweep::ledger::Manifest::load(&root).unwrap();
+    let m = charlab::sweep::manifest::Manifest::load(&root).unwrap();
     let proposer = charlab::sweep::search::Proposer::new(&p, &root).unwrap();
     let state = m.search.clone().unwrap();
     for (i, e) in m.trials.iter().enumerate() {

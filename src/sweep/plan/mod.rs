@@ -18,7 +18,7 @@ pub use space::Sampler;
 use crate::config::RunConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::rng::Rng;
-use crate::run_dir::VALIDATION_METRICS;
+use crate::run_dir::Metric;
 use crate::summary::Domain;
 use check::{check_run_value, flatten, nearest, set_path, type_name, Ctx, Reader};
 use std::path::{Path, PathBuf};
@@ -80,7 +80,7 @@ pub struct TpeSearch {
     pub candidates: usize,
     /// What is minimised: best `val/loss` (default), `val/bpc`, `val/accuracy` (maximised), or
     /// `final/val/loss`.
-    pub metric: String,
+    pub metric: Metric,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -124,7 +124,7 @@ impl Plan {
             self.space.random,
             self.search
                 .as_ref()
-                .map(|s| (s.startup, s.candidates, &s.metric)),
+                .map(|s| (s.startup, s.candidates, s.metric.name())),
             self.experiment.seed
         );
         crate::digest::sha256_hex(text.as_bytes())[..16].to_string()
@@ -214,18 +214,23 @@ fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<Tpe
         )
     })?;
     let metric = match t.get("metric") {
-        None => "val/loss".to_string(),
-        Some(Value::String(m)) if VALIDATION_METRICS.contains(&m.as_str()) => m.clone(),
-        Some(v) => {
-            return Err(ctx.err(
-                "search",
-                "metric",
-                format!(
-                    "`metric` must be one of {}, not {v}",
-                    VALIDATION_METRICS.join(", ")
-                ),
-            ))
-        }
+        None => Metric::ValLoss,
+        Some(v) => match v
+            .as_str()
+            .and_then(|m| Metric::parse(m, &Metric::VALIDATION))
+        {
+            Some(m) => m,
+            None => {
+                return Err(ctx.err(
+                    "search",
+                    "metric",
+                    format!(
+                        "`metric` must be one of {}, not {v}",
+                        Metric::names(&Metric::VALIDATION)
+                    ),
+                ))
+            }
+        },
     };
     check_tpe_space(ctx, space)?;
     if let Some(points) = space.random_points().filter(|&p| p < trials) {

@@ -4,10 +4,11 @@
 //! a margin (in log space for log-uniform keys) and stay inside the old range; choices and grid
 //! lists keep the values the top trials used. Everything else is the old file's.
 
-use super::ledger;
-use super::plan::{self, space, Sampler};
-use crate::compare;
 use crate::error::{Error, IoContext, Result};
+use crate::run_dir::{Metric, RunStatus};
+use crate::runs;
+use crate::sweep::manifest::{self, Manifest};
+use crate::sweep::plan::{self, space, Sampler};
 use std::path::Path;
 use toml::{Table, Value};
 
@@ -61,13 +62,15 @@ pub fn refine(dir: &Path, top: usize) -> Result<(String, Vec<String>)> {
             format!("{top}: a domain is narrowed around at least 2 trials"),
         ));
     }
-    let file = ledger::existing_sweep(dir)?;
+    let file = manifest::existing_sweep(dir)?;
     let text = std::fs::read_to_string(&file).at(&file)?;
     let old = plan::plan(&file, &text, usize::MAX, true)?;
-    let (mut rows, _, warnings) = compare::collect(dir)?;
-    compare::sort(&mut rows, "val/loss")?;
+    let runs::Runs {
+        mut rows, warnings, ..
+    } = runs::collect(dir)?;
+    runs::sort_by_metric(&mut rows, Metric::ValLoss);
     // Only trials that ran to their end: a killed or pruned trial's loss is not its result.
-    rows.retain(|r| r.status == "completed" && r.best_val_loss.is_some());
+    rows.retain(|r| r.status() == RunStatus::Completed && r.metric(Metric::ValLoss).is_some());
     if rows.len() < 2 {
         return Err(Error::usage(
             dir,
@@ -83,7 +86,7 @@ pub fn refine(dir: &Path, top: usize) -> Result<(String, Vec<String>)> {
         ));
     }
     rows.truncate(top);
-    let manifest = ledger::Manifest::load(dir)?;
+    let manifest = Manifest::load(dir)?;
     // The top trials' swept values, as the manifest holds them (typed).
     let top_values = |key: &str| -> Vec<Value> {
         rows.iter()

@@ -214,11 +214,6 @@ pub const SAVED_KEYS: &[&str] = &[
     "clean",
 ];
 
-/// The cores this process may use.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 impl RunConfig {
     /// Reads and validates a run config from a TOML file.
     pub fn load(path: &Path) -> Result<Self> {
@@ -241,7 +236,7 @@ impl RunConfig {
 
     /// The threads the run uses: `threads`, or every core.
     pub fn thread_count(&self) -> usize {
-        self.threads.unwrap_or_else(cores)
+        self.threads.unwrap_or_else(crate::host::cores)
     }
 
     /// Steps of the whole run over a split of `windows` windows: `max_steps`, the steps of

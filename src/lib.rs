@@ -16,6 +16,7 @@ pub mod corpus;
 pub mod device;
 pub mod digest;
 pub mod error;
+pub mod host;
 pub mod importance;
 pub mod json_float;
 pub mod model;

@@ -116,7 +116,7 @@ impl EventWriter {
     /// Creates a new event file in `dir` (created if missing).
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).at(dir)?;
-        let host = hostname();
+        let host = crate::host::hostname();
         let n = WRITERS.fetch_add(1, Ordering::Relaxed);
         // TensorBoard reads a directory's event files in name order, and a resume's purge only
         // works if its file comes after the one it purges: the name starts with the creation
@@ -452,17 +452,6 @@ fn plugin_value(tag: &str, plugin: &str, content: Vec<u8>, tensor: TensorProto) 
     let mut summary = Summary::new();
     summary.set_value(RepeatedField::from_vec(vec![value]));
     summary
-}
-
-/// The host name, for event file names and run records (`localhost` when unknown).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.replace(['/', ' '], "_"))
-        .unwrap_or_else(|| "localhost".into())
 }
 
 impl Drop for EventWriter {

@@ -226,7 +226,7 @@ impl<'a> Launcher<'a> {
                 .flat_map(|d| std::iter::repeat_n(Some(d.clone()), opts.trials_per_device))
                 .collect()
         };
-        let cores = crate::config::cores();
+        let cores = crate::host::cores();
         let mut pending: Vec<usize> = manifest
             .trials
             .iter()

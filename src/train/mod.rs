@@ -5,10 +5,10 @@
 //!
 //! The stages: [`setup`] (data, model, resume, the record and event file), [`trainer`] (the step
 //! loop, evaluations, checkpoints, the end of the run), [`hparams`] (what HParams shows),
-//! [`report`] (progress on the terminal).
+//! [`progress`] (progress on the terminal).
 
 mod hparams;
-mod report;
+mod progress;
 mod setup;
 mod trainer;
 
@@ -16,7 +16,7 @@ pub use crate::run_dir::{CorpusInfo, EvalPoint, Metrics, RunRecord, RunStatus};
 pub use hparams::{
     config_values, hparam_type, hparam_value, hparam_values, METRICS, OBSERVATION_KEYS,
 };
-pub use report::{log_line, Console, Progress};
+pub use progress::{log_line, Console, Progress};
 pub use trainer::blown_up;
 
 use crate::config::RunConfig;
@@ -107,7 +107,8 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
     let run = RunDir::new(out);
     let _lock = run.lock(&mut say)?;
     thread_pool(cfg, out)?.install(|| {
-        let mut trainer = setup::start(cfg, opts, run, data, device)?;
+        let ready = setup::start(cfg, opts, run, data, device)?;
+        let mut trainer = trainer::Trainer::new(cfg, opts, ready)?;
         let status = trainer.run()?;
         trainer.finish(status)
     })

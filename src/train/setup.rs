@@ -2,7 +2,6 @@
 //! or restored from the run's checkpoint), the run record and the event file.
 
 use super::hparams::{hparam_type, hparam_values, resumable, METRICS, OBSERVATION_KEYS};
-use super::trainer::Trainer;
 use super::{log_line, TrainOptions};
 use crate::batch::{self, Split};
 use crate::checkpoint::{self, Cursor};
@@ -277,7 +276,7 @@ fn new_record(
         candle_version: env!("CHARLAB_CANDLE_VERSION").into(),
         git_commit: Some(env!("CHARLAB_GIT_COMMIT").to_string()).filter(|s| !s.is_empty()),
         device: crate::device::name(model.device()),
-        host: crate::summary::hostname(),
+        host: crate::host::hostname(),
         pid: std::process::id(),
         command: std::env::args().collect(),
         corpus: CorpusInfo {
@@ -349,14 +348,26 @@ fn open_events(
     Ok(events)
 }
 
+/// A run ready for its first step (or its next one, resumed): what [`start`] made, and what
+/// the trainer takes over.
+pub(super) struct Ready {
+    pub run: RunDir,
+    pub model: CharRnn,
+    pub optimizer: Optimizer,
+    pub data: Data,
+    pub resumed: Resumed,
+    pub record: RunRecord,
+    pub events: EventWriter,
+}
+
 /// Everything up to the first step: a fresh run, or the continuation of the run in `run`.
-pub(super) fn start<'a>(
-    cfg: &'a RunConfig,
-    opts: &'a TrainOptions,
+pub(super) fn start(
+    cfg: &RunConfig,
+    opts: &TrainOptions,
     run: RunDir,
     data: Data,
     device: Device,
-) -> Result<Trainer<'a>> {
+) -> Result<Ready> {
     let mut say = |m: &str| log_line(opts.progress, m);
     if run.record_path().exists() && !opts.resume {
         return Err(Error::usage(
@@ -390,14 +401,13 @@ pub(super) fn start<'a>(
         total_steps,
         record.device
     ));
-    Trainer::new(
-        cfg,
-        opts,
+    Ok(Ready {
         run,
-        (model, optimizer),
+        model,
+        optimizer,
         data,
         resumed,
         record,
         events,
-    )
+    })
 }

@@ -2,8 +2,8 @@
 //! evaluation (with its text sample, early stopping and pruning), checkpoints, and the end of
 //! the run (its status, the HParams session end, the final record).
 
-use super::report::Reporter;
-use super::setup::{Data, Resumed};
+use super::progress::Reporter;
+use super::setup::{Data, Ready};
 use super::{log_line, RunResult, TrainOptions};
 use crate::checkpoint::{self, Cursor};
 use crate::config::RunConfig;
@@ -97,17 +97,17 @@ pub(super) struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cfg: &'a RunConfig,
-        opts: &'a TrainOptions,
-        run: RunDir,
-        (model, optimizer): (CharRnn, Optimizer),
-        data: Data,
-        resumed: Resumed,
-        record: RunRecord,
-        events: EventWriter,
-    ) -> Result<Self> {
+    /// Takes over a run [`super::setup::start`] made ready, and writes its record.
+    pub fn new(cfg: &'a RunConfig, opts: &'a TrainOptions, ready: Ready) -> Result<Self> {
+        let Ready {
+            run,
+            model,
+            optimizer,
+            data,
+            resumed,
+            record,
+            events,
+        } = ready;
         let total_steps = record.total_steps;
         let t = Trainer {
             cfg,

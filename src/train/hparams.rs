@@ -3,8 +3,43 @@
 //! metrics declared beside them.
 
 use crate::config::RunConfig;
-use crate::summary::HValue;
+use crate::summary::{Domain, HParamDecl, HValue};
 use tensorboard_proto::api::DataType as HpType;
+
+/// What the HParams dashboard is told about the hyperparameters: the swept keys first, with
+/// their domains and marked as differing (TensorBoard's table opens on them), then every other
+/// hyperparameter of `sample` (a run's config, or a sweep's first trial). A run of its own has
+/// no swept keys.
+pub fn hparam_declarations(
+    swept: &[(String, Domain)],
+    sample: Option<&RunConfig>,
+) -> Vec<HParamDecl> {
+    let values = sample.map(hparam_values).unwrap_or_default();
+    let mut out: Vec<HParamDecl> = swept
+        .iter()
+        .map(|(k, d)| HParamDecl {
+            name: k.clone(),
+            domain: Some(d.clone()),
+            // Nested keys (clean.*) are not HParams values; they are declared by name only.
+            ty: values
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or(HpType::DATA_TYPE_FLOAT64, |(_, v)| hparam_type(v)),
+            differs: true,
+        })
+        .collect();
+    for (k, v) in &values {
+        if !out.iter().any(|h| &h.name == k) {
+            out.push(HParamDecl {
+                name: k.clone(),
+                domain: None,
+                ty: hparam_type(v),
+                differs: false,
+            });
+        }
+    }
+    out
+}
 
 /// Config keys that are about observing a run, not about the model: left out of HParams, and
 /// free to change when a run is resumed.

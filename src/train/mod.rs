@@ -14,7 +14,8 @@ mod trainer;
 
 pub use crate::run_dir::{CorpusInfo, EvalPoint, Metrics, RunRecord, RunStatus};
 pub use hparams::{
-    config_values, hparam_type, hparam_value, hparam_values, METRICS, OBSERVATION_KEYS,
+    config_values, hparam_declarations, hparam_type, hparam_value, hparam_values, METRICS,
+    OBSERVATION_KEYS,
 };
 pub use progress::{log_line, Console, Progress};
 pub use trainer::blown_up;

@@ -1,7 +1,7 @@
 //! Getting a run ready to step: the prepared data and its splits, the model and optimizer (fresh
 //! or restored from the run's checkpoint), the run record and the event file.
 
-use super::hparams::{hparam_type, hparam_values, resumable, METRICS, OBSERVATION_KEYS};
+use super::hparams::{hparam_declarations, hparam_values, resumable, METRICS, OBSERVATION_KEYS};
 use super::{log_line, TrainOptions};
 use crate::batch::{self, Split};
 use crate::checkpoint::{self, Cursor};
@@ -12,7 +12,7 @@ use crate::model::{CharRnn, Dims, State};
 use crate::optim::{Hyper, Optimizer};
 use crate::rng::Rng;
 use crate::run_dir::{now, CorpusInfo, EvalPoint, Metrics, RunDir, RunRecord, RunStatus};
-use crate::summary::{EventWriter, HParamDecl};
+use crate::summary::EventWriter;
 use candle_core::Device;
 use std::collections::BTreeMap;
 
@@ -332,16 +332,7 @@ fn open_events(
     }
     let hparams = hparam_values(cfg);
     if opts.write_experiment {
-        let infos: Vec<_> = hparams
-            .iter()
-            .map(|(k, v)| HParamDecl {
-                name: k.clone(),
-                domain: None,
-                ty: hparam_type(v),
-                differs: false,
-            })
-            .collect();
-        events.hparams_experiment(&infos, METRICS)?;
+        events.hparams_experiment(&hparam_declarations(&[], Some(cfg)), METRICS)?;
     }
     events.session_start(&hparams, opts.group.as_deref().unwrap_or(""))?;
     events.flush()?;

@@ -1,0 +1,69 @@
+//! `charlab sweep-worker --sweep DIR --index N`: runs (or resumes) exactly one trial of a
+//! sweep, the contract every launcher relies on (the local one's child processes, a Slurm job
+//! array's tasks). A trial already final is left as it is, so a rerun is always safe.
+
+use super::manifest::Manifest;
+use super::{pruning, slurm};
+use crate::error::Result;
+use crate::run_dir::RunDir;
+use crate::train::{self, Progress, RunStatus, TrainOptions};
+use std::path::Path;
+
+/// `charlab sweep-worker`: runs (or resumes) exactly trial `index` of the sweep in `sweep_dir`.
+pub fn worker(
+    sweep_dir: &Path,
+    index: usize,
+    threads: Option<usize>,
+    device: Option<String>,
+    data_dir: &Path,
+    progress: Progress,
+) -> Result<RunStatus> {
+    let manifest = Manifest::load(sweep_dir)?;
+    let entry = manifest.entry(index)?;
+    let run = RunDir::new(sweep_dir.join(&entry.dir));
+    if let Some(status) = run.status().filter(|s| s.is_final()) {
+        return Ok(status);
+    }
+    let mut cfg = run.load_config()?;
+    // Inside a Slurm allocation, the cores it granted.
+    let threads = threads.or_else(|| {
+        std::env::var("SLURM_CPUS_PER_TASK")
+            .ok()
+            .and_then(|s| s.parse().ok())
+    });
+    if threads.is_some() {
+        cfg.threads = threads;
+    }
+    if let Some(d) = device {
+        cfg.device = d;
+    }
+    let prune = manifest
+        .pruning
+        .clone()
+        .map(|rule| pruning::hook(sweep_dir, &manifest, index, cfg.eval_every, rule));
+    let opts = TrainOptions {
+        resume: true,
+        progress,
+        data_dir: data_dir.to_path_buf(),
+        write_experiment: false,
+        group: Some(entry.group_name()),
+        prune,
+        ..TrainOptions::default()
+    };
+    match train::train(&cfg, run.path(), &opts) {
+        Ok(r) => {
+            // SIGUSR1 is Slurm's "time limit near": the checkpoint is written, so hand the task
+            // back to the queue to resume.
+            if r.status == RunStatus::Interrupted
+                && crate::signals::requested() == Some(signal_hook::consts::SIGUSR1)
+            {
+                slurm::requeue_self()?;
+            }
+            Ok(r.status)
+        }
+        Err(e) => {
+            let _ = run.mark_failed(&e.to_string());
+            Err(e)
+        }
+    }
+}

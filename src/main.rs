@@ -4,6 +4,7 @@
 use anyhow::Context;
 use charlab::compare::{CompareOptions, Format};
 use charlab::config::RunConfig;
+use charlab::model::TOLERANCE;
 use charlab::run_dir::{Checkpoint, RunStatus};
 use charlab::sample::{SampleOptions, Sampling};
 use charlab::sweep::plan::SlurmSettings;
@@ -69,7 +70,7 @@ struct PrepareArgs {
 }
 
 impl PrepareArgs {
-    fn run(self) -> anyhow::Result<ExitCode> {
+    fn run(self) -> anyhow::Result<Ended> {
         let clean = match &self.config {
             Some(p) => RunConfig::load(p)?.clean,
             None => Default::default(),
@@ -85,7 +86,7 @@ impl PrepareArgs {
             (p.vocab.len() as f64).ln(),
             if p.cached { " [cached]" } else { "" }
         );
-        Ok(ExitCode::SUCCESS)
+        Ok(Ended::Done)
     }
 }
 
@@ -109,7 +110,7 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
-    fn run(self) -> anyhow::Result<ExitCode> {
+    fn run(self) -> anyhow::Result<Ended> {
         let mut cfg = match &self.config {
             Some(p) => RunConfig::load(p)?,
             None => RunConfig::default(),
@@ -124,16 +125,17 @@ impl TrainArgs {
         };
         charlab::signals::install();
         let result = charlab::train::train(&cfg, &self.out, &opts)?;
-        match result.status {
-            RunStatus::Interrupted => eprintln!("interrupted: resume with --resume"),
-            s if s.exit_code(None) != 0 => {
-                eprintln!("run {s}: {}", result.record.message.unwrap_or_default())
-            }
-            _ => {}
+        let ended = Ended::of_run(result.status, SIGINT);
+        match ended {
+            Ended::Signalled(_) => eprintln!("interrupted: resume with --resume"),
+            Ended::Unfinished => eprintln!(
+                "run {}: {}",
+                result.status,
+                result.record.message.unwrap_or_default()
+            ),
+            Ended::Done => {}
         }
-        Ok(ExitCode::from(
-            result.status.exit_code(charlab::signals::requested()),
-        ))
+        Ok(ended)
     }
 }
 
@@ -187,14 +189,14 @@ struct SweepArgs {
 }
 
 impl SweepArgs {
-    fn run(self) -> anyhow::Result<ExitCode> {
+    fn run(self) -> anyhow::Result<Ended> {
         if self.jobs == Some(0) {
             return Err(charlab::Error::invalid("--jobs", "must be at least 1").into());
         }
         if self.dry_run {
             let plan = charlab::sweep::plan::load(&self.file, self.max_trials, self.force)?;
             println!("{}", charlab::sweep::dry_run_table(&plan, &self.runs));
-            return Ok(ExitCode::SUCCESS);
+            return Ok(Ended::Done);
         }
         let slurm = self.launcher == LauncherKind::Slurm;
         let opts = SweepOptions {
@@ -219,7 +221,7 @@ impl SweepArgs {
         };
         if self.status {
             print!("{}", charlab::sweep::slurm_status(&self.file, &opts)?);
-            return Ok(ExitCode::SUCCESS);
+            return Ok(Ended::Done);
         }
         let outcome = charlab::sweep::sweep(&self.file, &opts)?;
         if self.detach && slurm {
@@ -227,13 +229,13 @@ impl SweepArgs {
                 "submitted; `charlab sweep {} --launcher slurm --status` shows the trials",
                 self.file.display()
             );
-            return Ok(ExitCode::SUCCESS);
+            return Ok(Ended::Done);
         }
         if let Some(sig) = outcome.signal {
             eprintln!("sweep interrupted: run the same command again to resume");
-            return Ok(ExitCode::from(charlab::signals::exit_code(sig)));
+            return Ok(Ended::Signalled(sig));
         }
-        Ok(ExitCode::from(u8::from(outcome.unfinished() != 0)))
+        Ok(Ended::unless(outcome.unfinished() != 0))
     }
 }
 
@@ -254,7 +256,7 @@ struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    fn run(self) -> anyhow::Result<ExitCode> {
+    fn run(self) -> anyhow::Result<Ended> {
         charlab::signals::install();
         let status = charlab::sweep::worker(
             &self.sweep,
@@ -265,12 +267,10 @@ impl WorkerArgs {
             Progress::Lines,
         )?;
         // A worker that stopped for good (diverged, pruned) did its job: exit 0.
-        let code = if status.is_final() {
-            0
-        } else {
-            status.exit_code(Some(charlab::signals::requested().unwrap_or(15)))
-        };
-        Ok(ExitCode::from(code))
+        if status.is_final() {
+            return Ok(Ended::Done);
+        }
+        Ok(Ended::of_run(status, SIGTERM))
     }
 }
 
@@ -293,7 +293,7 @@ struct CompareArgs {
 }
 
 impl CompareArgs {
-    fn run(self) -> anyhow::Result<ExitCode> {
+    fn run(self) -> anyhow::Result<Ended> {
         let opts = CompareOptions {
             sort: self.sort,
             top: self.top,
@@ -303,7 +303,7 @@ impl CompareArgs {
         let out = charlab::compare::compare(&self.dir, &opts)?;
         warn(&out.skipped);
         print!("{}", out.text);
-        Ok(ExitCode::SUCCESS)
+        Ok(Ended::Done)
     }
 }
 
@@ -321,7 +321,7 @@ struct CheckDeviceArgs {
 }
 
 impl CheckDeviceArgs {
-    fn run(self) -> anyhow::Result<ExitCode> {
+    fn run(self) -> anyhow::Result<Ended> {
         let dims = charlab::model::Dims::parse(&self.dims)?;
         if self.batch == 0 || self.seq == 0 {
             return Err(charlab::Error::invalid("--batch/--seq", "must be at least 1").into());
@@ -329,16 +329,16 @@ impl CheckDeviceArgs {
         let dev = charlab::device::open(&self.device, &mut |m| eprintln!("{m}"))?;
         let (rows, against) = charlab::model::check_device(&dev, dims, self.batch, self.seq)
             .context("running the check")?;
-        println!("{against}: relative error (limit 1e-4)");
+        println!("{against}: relative error (limit {:e})", TOLERANCE);
         let mut ok = true;
         for r in &rows {
-            let pass = r.rel_err < 1e-4;
+            let pass = r.rel_err < TOLERANCE;
             ok &= pass;
             let verdict = if pass { "ok" } else { "FAIL" };
             println!("{:<28} {:>10.2e} {verdict}", r.name, r.rel_err);
         }
         println!("{}", if ok { "equivalent" } else { "NOT equivalent" });
-        Ok(ExitCode::from(u8::from(!ok)))
+        Ok(Ended::unless(!ok))
     }
 }
 
@@ -373,7 +373,7 @@ fn parse_checkpoint(s: &str) -> Result<Checkpoint, String> {
 }
 
 impl SampleArgs {
-    fn run(self) -> anyhow::Result<ExitCode> {
+    fn run(self) -> anyhow::Result<Ended> {
         let opts = SampleOptions {
             checkpoint: self.checkpoint,
             prime: self.prime,
@@ -389,7 +389,7 @@ impl SampleArgs {
         charlab::sample::sample_to(&self.run, &opts, &mut out)?;
         // The closing newline; a reader that has gone away is not an error.
         let _ = std::io::Write::write_all(&mut out, b"\n");
-        Ok(ExitCode::SUCCESS)
+        Ok(Ended::Done)
     }
 }
 
@@ -403,7 +403,7 @@ struct ReportArgs {
 }
 
 impl ReportArgs {
-    fn run(self) -> anyhow::Result<ExitCode> {
+    fn run(self) -> anyhow::Result<Ended> {
         let w = charlab::report::report(&self.dir, &self.output)?;
         warn(&w.warnings);
         eprintln!(
@@ -413,7 +413,7 @@ impl ReportArgs {
             w.charts,
             w.best.map_or(String::new(), |b| format!(", best run {b}"))
         );
-        Ok(ExitCode::SUCCESS)
+        Ok(Ended::Done)
     }
 }
 
@@ -433,7 +433,7 @@ struct RefineArgs {
 }
 
 impl RefineArgs {
-    fn run(self) -> anyhow::Result<ExitCode> {
+    fn run(self) -> anyhow::Result<Ended> {
         if let Some(p) = self.output.as_ref().filter(|p| p.exists() && !self.force) {
             return Err(charlab::Error::usage(p, "exists; pass --force to overwrite it").into());
         }
@@ -446,7 +446,7 @@ impl RefineArgs {
             }
             None => print!("{text}"),
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(Ended::Done)
     }
 }
 
@@ -457,7 +457,62 @@ fn warn(warnings: &[String]) {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// How a command ended. With an error, this is the one place the process's exit code is
+/// decided (see RELIABILITY.md, "Exit codes").
+enum Ended {
+    /// 0.
+    Done,
+    /// 1: a run that diverged or failed, a sweep with unfinished trials, a device that is not
+    /// equivalent.
+    Unfinished,
+    /// 128 + the signal: stopped by it, checkpointed, resumable.
+    Signalled(i32),
+}
+
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+impl Ended {
+    /// `Unfinished` when `bad`, else `Done`.
+    fn unless(bad: bool) -> Ended {
+        if bad {
+            Ended::Unfinished
+        } else {
+            Ended::Done
+        }
+    }
+
+    /// A run that ended with `status`; an interrupted one by the signal received, or
+    /// `assumed` when none was seen here.
+    fn of_run(status: RunStatus, assumed: i32) -> Ended {
+        match status {
+            RunStatus::Completed | RunStatus::Pruned => Ended::Done,
+            RunStatus::Interrupted => {
+                Ended::Signalled(charlab::signals::requested().unwrap_or(assumed))
+            }
+            RunStatus::Running | RunStatus::Diverged | RunStatus::Failed => Ended::Unfinished,
+        }
+    }
+}
+
+/// The exit code of a command's result: [`Ended`]'s, or 2 for an error in what the user gave
+/// (a file, a key, a value) and 1 for any other.
+fn exit_code(result: &anyhow::Result<Ended>) -> ExitCode {
+    match result {
+        Ok(Ended::Done) => ExitCode::SUCCESS,
+        Ok(Ended::Unfinished) => ExitCode::from(1),
+        Ok(Ended::Signalled(sig)) => ExitCode::from(charlab::signals::exit_code(*sig)),
+        Err(e) => {
+            let user = e.chain().any(|c| {
+                c.downcast_ref::<charlab::Error>()
+                    .is_some_and(|e| e.is_user_error())
+            });
+            ExitCode::from(if user { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Ended> {
     match cli.command {
         Command::Prepare(a) => a.run(),
         Command::Train(a) => a.run(),
@@ -474,23 +529,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     charlab::tune_allocator();
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            // One line: the outermost context, then each cause not already spelled out by the
-            // one before it (an I/O error's message includes its OS error).
-            let mut msg: Vec<String> = Vec::new();
-            for cause in e.chain().map(|c| c.to_string()) {
-                if !msg.last().is_some_and(|m| m.contains(&cause)) {
-                    msg.push(cause);
-                }
+    let result = run(cli);
+    if let Err(e) = &result {
+        // One line: the outermost context, then each cause not already spelled out by the
+        // one before it (an I/O error's message includes its OS error).
+        let mut msg: Vec<String> = Vec::new();
+        for cause in e.chain().map(|c| c.to_string()) {
+            if !msg.last().is_some_and(|m| m.contains(&cause)) {
+                msg.push(cause);
             }
-            eprintln!("error: {}", msg.join(": "));
-            let user = e.chain().any(|c| {
-                c.downcast_ref::<charlab::Error>()
-                    .is_some_and(|e| e.is_user_error())
-            });
-            ExitCode::from(if user { 2 } else { 1 })
         }
+        eprintln!("error: {}", msg.join(": "));
     }
+    exit_code(&result)
 }

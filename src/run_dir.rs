@@ -41,16 +41,6 @@ impl RunStatus {
             RunStatus::Completed | RunStatus::Diverged | RunStatus::Pruned
         )
     }
-
-    /// The process exit code for a run that ended so: 0 when it finished, 128 + the signal when
-    /// a signal interrupted it (`signal`, SIGINT if unknown), 1 otherwise.
-    pub fn exit_code(self, signal: Option<i32>) -> u8 {
-        match self {
-            RunStatus::Completed | RunStatus::Pruned => 0,
-            RunStatus::Interrupted => crate::signals::exit_code(signal.unwrap_or(2)),
-            RunStatus::Running | RunStatus::Diverged | RunStatus::Failed => 1,
-        }
-    }
 }
 
 impl std::fmt::Display for RunStatus {

@@ -8,7 +8,7 @@ use candle_core::Device;
 use charlab::config::RunConfig;
 use charlab::model::cpu::CpuModel;
 use charlab::model::simd::Level;
-use charlab::model::{check_backend, rel_err, Backend, CharRnn, Dims, State};
+use charlab::model::{check_backend, rel_err, Backend, CharRnn, Dims, State, TOLERANCE};
 use charlab::rng::Rng;
 use std::path::Path;
 
@@ -72,7 +72,7 @@ fn assert_equivalent(level: Level, d: Dims, batch: usize, seq: usize, dropout: f
     let rows = check_backend(&Device::Cpu, &mut backend, d, (batch, seq), dropout, 3).unwrap();
     for r in rows {
         assert!(
-            r.rel_err < 1e-4,
+            r.rel_err < TOLERANCE,
             "{} at {}, {d:?}, batch {batch}, seq {seq}: relative error {}",
             r.name,
             level.name(),

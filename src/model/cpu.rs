@@ -68,6 +68,78 @@ impl<'a> Weights<'a> {
     }
 }
 
+/// The gradients, one buffer per parameter, reached by name as [`Weights`] reaches the
+/// parameters. Held in [`super::CharRnn::params`] order (what the optimizer and the checks
+/// take, see [`Grads::all`]); that order is known here and in [`Weights::from_slices`] only.
+#[derive(Default)]
+pub struct Grads(Vec<Vec<f32>>);
+
+/// One LSTM layer's gradients.
+pub struct LayerGrads<'a> {
+    pub w_ih: &'a mut [f32],
+    pub w_hh: &'a mut [f32],
+    pub b_ih: &'a mut [f32],
+    pub b_hh: &'a mut [f32],
+}
+
+impl Grads {
+    /// Zeroed buffers for a model of `d`.
+    fn zeros(d: Dims) -> Self {
+        let (v, e, h) = (d.vocab, d.embed_dim, d.hidden);
+        let mut g = vec![vec![0.0; v * e]];
+        for k in 0..d.layers {
+            let input = if k == 0 { e } else { h };
+            g.extend([4 * h * input, 4 * h * h, 4 * h, 4 * h].map(|n| vec![0.0; n]));
+        }
+        g.extend([vec![0.0; v * h], vec![0.0; v]]);
+        Grads(g)
+    }
+
+    /// Every gradient, in parameter order.
+    pub fn all(&self) -> &[Vec<f32>] {
+        &self.0
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The decoder's weight and bias gradients.
+    fn head(&mut self) -> (&mut [f32], &mut [f32]) {
+        let [.., w, b] = &mut self.0[..] else {
+            unreachable!("a model has a decoder")
+        };
+        (w, b)
+    }
+
+    fn layer(&mut self, k: usize) -> LayerGrads<'_> {
+        let at = super::layer_slot(k);
+        let [w_ih, w_hh, b_ih, b_hh] = &mut self.0[at..at + super::LAYER_PARAMS] else {
+            unreachable!("four gradients per layer")
+        };
+        LayerGrads {
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+        }
+    }
+
+    /// The embedding's and layer 0's `W_ih` gradients: both come from the table's gradient.
+    fn table_fed(&mut self) -> (&mut [f32], &mut [f32]) {
+        let [emb, w_ih, ..] = &mut self.0[..] else {
+            unreachable!("a model has an embedding and a layer")
+        };
+        (emb, w_ih)
+    }
+
+    /// Positions (in [`Grads::all`]) of the gradients each group computes in part and the
+    /// groups sum: all but the two [`Grads::table_fed`] ones.
+    fn summed_across_groups(&self) -> std::ops::Range<usize> {
+        2..self.0.len()
+    }
+}
+
 /// What a pass over a window computes.
 pub enum Pass<'a> {
     /// Loss, accuracy and every gradient; dropout masks drawn from `rng`.
@@ -168,7 +240,7 @@ struct Group {
     dc_next: Vec<f32>,
     dbias: Vec<f32>,
     /// This group's share of every parameter gradient (group 0's become the total).
-    grads: Vec<Vec<f32>>,
+    grads: Grads,
     /// `[min(V, T·nb·groups), 4·Hp]`: the table's gradient (its first U rows).
     dtable: Vec<f32>,
     sums: Sums,
@@ -249,7 +321,7 @@ impl CpuModel {
         self.shapes
             .iter()
             .find(|w| Some((w.batch, w.seq)) == self.trained)
-            .map_or(&[], |w| &w.groups[0].grads)
+            .map_or(&[], |w| w.groups[0].grads.all())
     }
 
     /// Runs one window `x`/`y` (`[batch, seq]`, row-major) from `state`, which becomes the state
@@ -498,7 +570,7 @@ impl Group {
             dh_next: vec![0.0; nb * hp],
             dc_next: vec![0.0; nb * hp],
             dbias: vec![0.0; 4 * hp],
-            grads: Vec::new(),
+            grads: Grads::default(),
             dtable: Vec::new(),
             sums: Sums::default(),
         }
@@ -509,17 +581,7 @@ impl Group {
         if !self.grads.is_empty() {
             return;
         }
-        let (v, e, h) = (d.vocab, d.embed_dim, d.hidden);
-        self.grads.push(vec![0.0; v * e]);
-        for k in 0..d.layers {
-            let input = if k == 0 { e } else { h };
-            self.grads.push(vec![0.0; 4 * h * input]);
-            self.grads.push(vec![0.0; 4 * h * h]);
-            self.grads.push(vec![0.0; 4 * h]);
-            self.grads.push(vec![0.0; 4 * h]);
-        }
-        self.grads.push(vec![0.0; v * h]);
-        self.grads.push(vec![0.0; v]);
+        self.grads = Grads::zeros(d);
         self.dtable = vec![0.0; rows * 4 * hp];
     }
 
@@ -652,11 +714,10 @@ impl Group {
         }
         let train = mode == Mode::Train;
         let scale = 1.0 / s.x.len() as f32;
-        let g = self.grads.len();
         let db = if train {
-            let db = &mut self.grads[g - 1];
+            let (_, db) = self.grads.head();
             db.fill(0.0);
-            Some((scale, &mut db[..]))
+            Some((scale, db))
         } else {
             None
         };
@@ -673,7 +734,7 @@ impl Group {
         if train {
             let dlogits = View::new(&self.logits, n, v, v);
             matmul(
-                ViewMut::new(&mut self.grads[g - 2], v, h, h),
+                ViewMut::new(self.grads.head().0, v, h, h),
                 dlogits.t(),
                 top,
                 false,
@@ -738,10 +799,12 @@ impl Group {
                 dc_next: &mut self.dc_next,
             }
             .run(level);
-            let gi = super::layer_slot(k);
-            let [dw_ih, dw_hh, db_ih, db_hh] = &mut self.grads[gi..gi + super::LAYER_PARAMS] else {
-                unreachable!("four gradients per layer")
-            };
+            let LayerGrads {
+                w_ih: dw_ih,
+                w_hh: dw_hh,
+                b_ih: db_ih,
+                b_hh: db_hh,
+            } = self.grads.layer(k);
             // Both biases enter as their sum: each gets the whole gate gradient.
             db_ih.fill(0.0);
             add_unpadded(db_ih, &self.dbias, h, hp);
@@ -838,10 +901,11 @@ fn reduce(ws: &mut Workspace, w: &Weights, s: &Shared, d: Dims, hp: usize) {
             }
         };
         // The groups leave the embedding and W_ih_0 gradients to the table's.
-        for (p, grad) in g0.grads.iter_mut().enumerate().skip(2) {
-            grad.par_chunks_mut(CHUNK)
+        for p in g0.grads.summed_across_groups() {
+            g0.grads.0[p]
+                .par_chunks_mut(CHUNK)
                 .enumerate()
-                .for_each(|(i, dst)| add(dst, i, &|g: &Group| &g.grads[p]));
+                .for_each(|(i, dst)| add(dst, i, &|g: &Group| &g.grads.all()[p]));
         }
         g0.dtable[..u * 4 * hp]
             .par_chunks_mut(CHUNK)
@@ -850,9 +914,7 @@ fn reduce(ws: &mut Workspace, w: &Weights, s: &Shared, d: Dims, hp: usize) {
     }
     let (e, h) = (d.embed_dim, d.hidden);
     let dtable = View::new(&g0.dtable, u, 4 * hp, 4 * hp);
-    let [demb, dw_ih] = &mut g0.grads[..2] else {
-        unreachable!("embedding and W_ih_0 gradients")
-    };
+    let (demb, dw_ih) = g0.grads.table_fed();
     weight_grad(dtable, View::new(&s.emb_u, u, e, e), dw_ih, h, hp);
     // The window's embedding rows get dtable · W_ih; the other rows, nothing.
     ws.demb_u.resize(u * e, 0.0);

@@ -1,0 +1,129 @@
+//! Where a model's windows run: the hand-written CPU path ([`super::cpu`]) on the CPU, candle's
+//! ops and autograd ([`super::reference`]) on any other device. One interface for training,
+//! evaluation and sampling, so the trainer does not care which.
+
+use super::cpu::{CpuModel, Pass, Sums};
+use super::{reference, simd, CharRnn, State};
+use crate::rng::Rng;
+use candle_core::{Result, Tensor};
+
+/// Where a model's windows run: the hand-written CPU path, or candle's ops and autograd (any
+/// device; the reference the CPU path is checked against).
+pub enum Backend {
+    Cpu(Box<CpuModel>),
+    Candle { grads: Vec<Vec<f32>> },
+}
+
+/// Loss and accuracy sums of a window as a [`Sums`], from candle's mean loss and accuracy.
+fn sums_of(loss: f32, acc: f32, count: usize) -> Sums {
+    Sums {
+        loss: loss as f64 * count as f64,
+        hits: acc as f64 * count as f64,
+        count,
+    }
+}
+
+/// A window through candle's ops: the mean loss (with its graph) and the accuracy.
+fn candle_loss(
+    model: &CharRnn,
+    (x, y, seq): (&[u32], &[u32], usize),
+    state: &mut State,
+    dropout: Option<(f64, &mut Rng)>,
+) -> Result<(Tensor, f32)> {
+    let dev = model.device();
+    let xt = Tensor::from_slice(x, (state.batch, seq), dev)?;
+    let yt = Tensor::from_slice(y, x.len(), dev)?;
+    let hidden = reference::forward(model, &xt, state, dropout)?;
+    reference::loss(model, &hidden, &yt)
+}
+
+impl Backend {
+    /// The CPU path for a model on the CPU (the widest instruction set the CPU has), candle's
+    /// otherwise.
+    pub fn for_model(model: &CharRnn) -> Backend {
+        if model.device().is_cpu() {
+            Backend::Cpu(Box::new(CpuModel::new(model.dims, simd::Level::detect())))
+        } else {
+            Backend::Candle { grads: Vec::new() }
+        }
+    }
+
+    /// One training window: loss and accuracy sums; the gradients are then in [`Backend::grads`].
+    /// `x`, `y` are `[state.batch, seq]`; `state` becomes the state after the window.
+    pub fn train(
+        &mut self,
+        model: &CharRnn,
+        (x, y, seq): (&[u32], &[u32], usize),
+        state: &mut State,
+        dropout: f64,
+        rng: &mut Rng,
+    ) -> crate::Result<Sums> {
+        match self {
+            Backend::Cpu(cpu) => {
+                let pass = Pass::Train { dropout, rng };
+                model.with_weights(|w| cpu.run(w, x, y, seq, state, pass))?
+            }
+            Backend::Candle { grads } => {
+                let (loss, acc) = candle_loss(model, (x, y, seq), state, Some((dropout, rng)))?;
+                let store = loss.backward()?;
+                grads.clear();
+                for (name, var) in model.params() {
+                    let g = store.get(var.as_tensor()).ok_or_else(|| {
+                        candle_core::Error::Msg(format!("no gradient for {name}"))
+                    })?;
+                    grads.push(g.flatten_all()?.to_vec1::<f32>()?);
+                }
+                Ok(sums_of(loss.to_scalar::<f32>()?, acc, x.len()))
+            }
+        }
+    }
+
+    /// Loss and accuracy sums of a window, without gradients or dropout.
+    pub fn eval(
+        &mut self,
+        model: &CharRnn,
+        (x, y, seq): (&[u32], &[u32], usize),
+        state: &mut State,
+    ) -> crate::Result<Sums> {
+        match self {
+            Backend::Cpu(cpu) => {
+                model.with_weights(|w| cpu.run(w, x, y, seq, state, Pass::Eval))?
+            }
+            Backend::Candle { .. } => {
+                let (loss, acc) = candle_loss(model, (x, y, seq), state, None)?;
+                Ok(sums_of(loss.to_scalar::<f32>()?, acc, x.len()))
+            }
+        }
+    }
+
+    /// Feeds `ids` (one stream) from `state` and returns the decoder's logits after the last one.
+    pub fn next_logits(
+        &mut self,
+        model: &CharRnn,
+        ids: &[u32],
+        state: &mut State,
+    ) -> crate::Result<Vec<f32>> {
+        match self {
+            Backend::Cpu(cpu) => {
+                model.with_weights(|w| cpu.run(w, ids, ids, ids.len(), state, Pass::Logits))??;
+                Ok(cpu.last_logits())
+            }
+            Backend::Candle { .. } => {
+                let xt = Tensor::from_slice(ids, (1, ids.len()), model.device())?;
+                let hidden = reference::forward(model, &xt, state, None)?;
+                let last = hidden.narrow(0, ids.len() - 1, 1)?;
+                Ok(reference::logits(model, &last)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?)
+            }
+        }
+    }
+
+    /// The gradients of the last training window, in [`CharRnn::params`] order.
+    pub fn grads(&self) -> &[Vec<f32>] {
+        match self {
+            Backend::Cpu(cpu) => cpu.grads(),
+            Backend::Candle { grads } => grads,
+        }
+    }
+}

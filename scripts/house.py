@@ -16,11 +16,12 @@ import sys
 
 # The pipeline, lowest floor first (each name a top-level module of src/).
 STAGES = [
-    ["error", "atomic", "digest", "rng", "json_float", "signals", "table", "device", "host"],
+    ["error", "atomic", "digest", "rng", "json_float", "signals", "table", "device", "host",
+     "summary"],
     ["config"],
     ["corpus", "vocab", "batch"],
     ["model", "optim"],
-    ["run_dir", "checkpoint", "summary", "train", "sample"],
+    ["run_dir", "checkpoint", "train", "sample"],
     ["sweep"],
     ["runs", "importance", "compare", "refine", "report"],
 ]

@@ -1,38 +1,47 @@
 //! charlab: hyperparameter sweeps of character-level LSTM language models, instrumented for
-//! TensorBoard. The modules follow the pipeline, each one stage:
-//!
-//! `corpus` (raw text → clean text) → `vocab` (chars ↔ ids) → `batch` (ids → BPTT windows) →
-//! `model` (embedding, LSTM, decoder) → `train` (the run: optimizer, eval, checkpoints, events) →
-//! `sample` (text from a run). `sweep` turns a TOML grid into many runs (each in a child process)
-//! and `compare` tabulates them. `summary` writes TensorBoard event files; `config` is the one
-//! schema of a run's hyperparameters.
+//! TensorBoard. The modules are grouped by the pipeline's stages, in its order; a module imports
+//! only from its own stage and the ones above it (`scripts/house.py` checks).
 
+// Foundations: errors, atomic files, hashing, randomness, the machine, signals, the TensorBoard
+// writer (which knows nothing of models) and plain-text tables.
 pub mod atomic;
-pub mod batch;
-pub mod checkpoint;
-pub mod compare;
-pub mod config;
-pub mod corpus;
 pub mod device;
 pub mod digest;
 pub mod error;
 pub mod host;
-pub mod importance;
 pub mod json_float;
-pub mod model;
-pub mod optim;
-pub mod refine;
-pub mod report;
 pub mod rng;
-pub mod run_dir;
-pub mod runs;
-pub mod sample;
 pub mod signals;
 pub mod summary;
-pub mod sweep;
 pub mod table;
-pub mod train;
+
+// The one schema of a run's hyperparameters.
+pub mod config;
+
+// Data: raw text → clean text → chars ↔ ids → truncated-BPTT windows.
+pub mod batch;
+pub mod corpus;
 pub mod vocab;
+
+// Model: embedding, stacked LSTM, decoder (CPU kernels and candle's reference); the optimizer.
+pub mod model;
+pub mod optim;
+
+// A run: its directory and record, its checkpoints, training end to end, sampling from it.
+pub mod checkpoint;
+pub mod run_dir;
+pub mod sample;
+pub mod train;
+
+// Sweeps: a sweep file → many runs (plan, manifest, search, launchers, pruning).
+pub mod sweep;
+
+// Results: the runs read once (runs), then what is made of them.
+pub mod compare;
+pub mod importance;
+pub mod refine;
+pub mod report;
+pub mod runs;
 
 pub use error::{Error, Result};
 

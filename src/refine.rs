@@ -6,7 +6,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::{Metric, RunStatus};
-use crate::runs;
+use crate::runs::{self, Row};
 use crate::sweep::manifest::{self, Manifest};
 use crate::sweep::plan::{self, space, Sampler};
 use std::path::Path;
@@ -53,18 +53,9 @@ fn refined(s: &Sampler, values: &[Value]) -> Option<Table> {
     (!nums.is_empty() || matches!(s, Sampler::Choice(_))).then_some(t)
 }
 
-/// `charlab refine DIR --top K`: the text of the refined sweep file, and warnings about files of
-/// the sweep it could not read.
-pub fn refine(dir: &Path, top: usize) -> Result<(String, Vec<String>)> {
-    if top < 2 {
-        return Err(Error::invalid(
-            "--top",
-            format!("{top}: a domain is narrowed around at least 2 trials"),
-        ));
-    }
-    let file = manifest::existing_sweep(dir)?;
-    let text = std::fs::read_to_string(&file).at(&file)?;
-    let old = plan::plan(&file, &text, usize::MAX, true)?;
+/// The sweep's completed trials with a validation loss, best first (at least two), and the
+/// warnings about files that could not be read.
+fn completed_best_first(dir: &Path) -> Result<(Vec<Row>, Vec<String>)> {
     let runs::Runs {
         mut rows, warnings, ..
     } = runs::collect(dir)?;
@@ -85,6 +76,22 @@ pub fn refine(dir: &Path, top: usize) -> Result<(String, Vec<String>)> {
             ),
         ));
     }
+    Ok((rows, warnings))
+}
+
+/// `charlab refine DIR --top K`: the text of the refined sweep file, and warnings about files of
+/// the sweep it could not read.
+pub fn refine(dir: &Path, top: usize) -> Result<(String, Vec<String>)> {
+    if top < 2 {
+        return Err(Error::invalid(
+            "--top",
+            format!("{top}: a domain is narrowed around at least 2 trials"),
+        ));
+    }
+    let file = manifest::existing_sweep(dir)?;
+    let text = std::fs::read_to_string(&file).at(&file)?;
+    let old = plan::plan(&file, &text, usize::MAX, true)?;
+    let (mut rows, warnings) = completed_best_first(dir)?;
     rows.truncate(top);
     let manifest = Manifest::load(dir)?;
     // The top trials' swept values, as the manifest holds them (typed).

@@ -93,12 +93,14 @@ pub(super) fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
     fallback
 }
 
-pub(super) struct Ctx<'a> {
+/// The sweep file being read: its path and text, so that every error can name the file, the
+/// line and the key.
+pub(super) struct SweepFile<'a> {
     pub path: &'a Path,
     pub text: &'a str,
 }
 
-impl Ctx<'_> {
+impl SweepFile<'_> {
     pub fn err(&self, section: &str, key: &str, message: String) -> Error {
         let at = line_of(self.text, section, key)
             .map(|l| format!("line {l}: "))
@@ -117,21 +119,21 @@ impl Ctx<'_> {
 
 /// Typed reads of one table's values, with errors naming its section, the key and the line.
 pub(super) struct Reader<'a> {
-    pub ctx: &'a Ctx<'a>,
+    pub file: &'a SweepFile<'a>,
     pub section: &'a str,
     pub t: &'a Table,
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(ctx: &'a Ctx<'a>, section: &'a str, t: &'a Table) -> Self {
-        Reader { ctx, section, t }
+    pub fn new(file: &'a SweepFile<'a>, section: &'a str, t: &'a Table) -> Self {
+        Reader { file, section, t }
     }
 
     pub fn string(&self, k: &str) -> Result<Option<String>> {
         match self.t.get(k) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(self.ctx.err(
+            Some(v) => Err(self.file.err(
                 self.section,
                 k,
                 format!("`{k}` must be a string, not {}", type_name(v)),
@@ -144,7 +146,7 @@ impl<'a> Reader<'a> {
         match self.t.get(k) {
             None => Ok(None),
             Some(Value::Integer(i)) if *i >= min => Ok(Some(*i)),
-            Some(v) => Err(self.ctx.err(
+            Some(v) => Err(self.file.err(
                 self.section,
                 k,
                 format!("`{k}` must be an integer ≥ {min}, not {v}"),
@@ -183,7 +185,7 @@ pub(super) fn type_name(v: &Value) -> &'static str {
 
 /// Checks a run key and its value's type, converting integers where a float is expected.
 pub(super) fn check_run_value(
-    ctx: &Ctx,
+    file: &SweepFile,
     keys: &Table,
     section: &str,
     key: &str,
@@ -191,12 +193,12 @@ pub(super) fn check_run_value(
 ) -> Result<Value> {
     let names: Vec<&str> = keys.keys().map(String::as_str).collect();
     let Some(expected) = keys.get(key) else {
-        return Err(ctx.unknown(section, key, &names));
+        return Err(file.unknown(section, key, &names));
     };
     match (expected, v) {
         (Value::Float(_), Value::Integer(i)) => Ok(Value::Float(*i as f64)),
         (a, b) if std::mem::discriminant(a) == std::mem::discriminant(b) => Ok(v.clone()),
-        (a, b) => Err(ctx.err(
+        (a, b) => Err(file.err(
             section,
             key,
             format!("`{key}` must be {}, not {}", type_name(a), type_name(b)),

@@ -1,7 +1,7 @@
 //! The `[experiment]` table (name, jobs, devices, seed, timeout, retries, pruning) and the
 //! `[slurm]` table of a sweep file.
 
-use super::check::{type_name, Ctx, Reader};
+use super::check::{type_name, Reader, SweepFile};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
@@ -121,7 +121,7 @@ const PRUNING_KEYS: &[&str] = &["rule", "warmup_evals", "min_trials", "eta"];
 
 impl Reader<'_> {
     fn devices(&self) -> Result<Vec<String>> {
-        let bad = |m: String| self.ctx.err(self.section, "devices", m);
+        let bad = |m: String| self.file.err(self.section, "devices", m);
         match self.t.get("devices") {
             None => Ok(Vec::new()),
             Some(Value::Array(a)) => a
@@ -146,7 +146,7 @@ impl Reader<'_> {
             None => return Ok(None),
             Some(Value::Table(p)) => p,
             Some(v) => {
-                return Err(self.ctx.err(
+                return Err(self.file.err(
                     self.section,
                     "pruning",
                     format!("`pruning` must be a table, not {}", type_name(v)),
@@ -155,7 +155,7 @@ impl Reader<'_> {
         };
         for k in p.keys() {
             if !PRUNING_KEYS.contains(&k.as_str()) {
-                return Err(self.ctx.unknown("experiment.pruning", k, PRUNING_KEYS));
+                return Err(self.file.unknown("experiment.pruning", k, PRUNING_KEYS));
             }
         }
         let rule = match p.get("rule") {
@@ -163,14 +163,14 @@ impl Reader<'_> {
             Some(Value::String(s)) if s == "median" => PruneRule::Median,
             Some(Value::String(s)) if s == "halving" => PruneRule::Halving,
             Some(v) => {
-                return Err(self.ctx.err(
+                return Err(self.file.err(
                     self.section,
                     "rule",
                     format!("pruning rule must be \"median\" or \"halving\", not {v}"),
                 ))
             }
         };
-        let within = Reader::new(self.ctx, self.section, p);
+        let within = Reader::new(self.file, self.section, p);
         let int = |k: &str, d: usize| -> Result<usize> {
             Ok(within.uint(k, 0)?.map_or(d, |v| v as usize))
         };
@@ -184,29 +184,29 @@ impl Reader<'_> {
 }
 
 /// The `[experiment]` table, and the run keys it sets for every trial (`corpus`, `device`).
-pub(super) fn parse_experiment(ctx: &Ctx, t: &Table) -> Result<(Experiment, Table)> {
+pub(super) fn parse_experiment(file: &SweepFile, t: &Table) -> Result<(Experiment, Table)> {
     for k in t.keys() {
         if !EXPERIMENT_KEYS.contains(&k.as_str()) {
-            return Err(ctx.unknown("experiment", k, EXPERIMENT_KEYS));
+            return Err(file.unknown("experiment", k, EXPERIMENT_KEYS));
         }
     }
-    let r = Reader::new(ctx, "experiment", t);
+    let r = Reader::new(file, "experiment", t);
     let name = r.string("name")?.ok_or_else(|| Error::Config {
-        path: ctx.path.to_path_buf(),
+        path: file.path.to_path_buf(),
         message: "[experiment] needs a `name` (the runs go to runs/<name>/)".into(),
     })?;
-    check_name(&name).map_err(|m| ctx.err("experiment", "name", m))?;
+    check_name(&name).map_err(|m| file.err("experiment", "name", m))?;
     let mut base = Table::new();
     if let Some(c) = r.string("corpus")? {
         base.insert("corpus".into(), Value::String(c));
     }
     if let Some(d) = r.string("device")? {
-        crate::device::parse(&d).map_err(|e| ctx.err("experiment", "device", e.to_string()))?;
+        crate::device::parse(&d).map_err(|e| file.err("experiment", "device", e.to_string()))?;
         base.insert("device".into(), Value::String(d));
     }
     let timeout = match t.get("timeout") {
         None => None,
-        Some(v) => Some(parse_duration(v).map_err(|m| ctx.err("experiment", "timeout", m))?),
+        Some(v) => Some(parse_duration(v).map_err(|m| file.err("experiment", "timeout", m))?),
     };
     let experiment = Experiment {
         name,
@@ -273,7 +273,7 @@ pub(super) fn parse_duration(v: &Value) -> std::result::Result<f64, String> {
 }
 
 /// The `[slurm]` table (types and names checked by serde; counts must be ≥ 1).
-pub(super) fn parse_slurm(ctx: &Ctx, t: Table) -> Result<SlurmSettings> {
+pub(super) fn parse_slurm(file: &SweepFile, t: Table) -> Result<SlurmSettings> {
     let slurm: SlurmSettings = Value::Table(t).try_into().map_err(|e: toml::de::Error| {
         let msg = e.to_string();
         let key = msg
@@ -282,14 +282,14 @@ pub(super) fn parse_slurm(ctx: &Ctx, t: Table) -> Result<SlurmSettings> {
             .filter(|k| !k.contains(' '))
             .unwrap_or("slurm")
             .to_string();
-        ctx.err("slurm", &key, msg.trim().replace('\n', " "))
+        file.err("slurm", &key, msg.trim().replace('\n', " "))
     })?;
     for (key, v) in [
         ("cpus_per_task", slurm.cpus_per_task),
         ("array_parallelism", slurm.array_parallelism),
     ] {
         if v == Some(0) {
-            return Err(ctx.err("slurm", key, "must be at least 1".into()));
+            return Err(file.err("slurm", key, "must be at least 1".into()));
         }
     }
     Ok(slurm)

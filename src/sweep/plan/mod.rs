@@ -20,7 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::rng::Rng;
 use crate::run_dir::Metric;
 use crate::summary::Domain;
-use check::{check_run_value, flatten, nearest, set_path, type_name, Ctx, Reader};
+use check::{check_run_value, flatten, nearest, set_path, type_name, Reader, SweepFile};
 use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
@@ -100,11 +100,11 @@ const SEARCH_KEYS: &[&str] = &["method", "trials", "startup_trials", "candidates
 impl Plan {
     /// The trial of `overrides` laid over the defaults (validated, hashed).
     pub fn trial(&self, overrides: Vec<(String, Value)>) -> Result<Trial> {
-        let ctx = Ctx {
+        let file = SweepFile {
             path: &self.path,
             text: &self.text,
         };
-        let config = resolve(&ctx, &self.base, &self.space, &overrides, false)?;
+        let config = resolve(&file, &self.base, &self.space, &overrides, false)?;
         Ok(Trial::new(overrides, config))
     }
 
@@ -132,9 +132,9 @@ impl Plan {
 }
 
 /// A TPE search draws from the `[random]` domains only.
-fn check_tpe_space(ctx: &Ctx, space: &space::Space) -> Result<()> {
+fn check_tpe_space(file: &SweepFile, space: &space::Space) -> Result<()> {
     if space.random.is_empty() {
-        return Err(ctx.err(
+        return Err(file.err(
             "search",
             "method",
             "method = \"tpe\" searches the [random] domains: add some".into(),
@@ -146,7 +146,7 @@ fn check_tpe_space(ctx: &Ctx, space: &space::Space) -> Result<()> {
         } else {
             "method"
         };
-        return Err(ctx.err(
+        return Err(file.err(
             if space.grid.is_empty() {
                 "random"
             } else {
@@ -162,17 +162,32 @@ fn check_tpe_space(ctx: &Ctx, space: &space::Space) -> Result<()> {
 
 /// The `[search]` table: `None` for the default (the grid, random draws and explicit trials as
 /// listed), the TPE settings for `method = "tpe"`.
-fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<TpeSearch>> {
-    for k in t.keys() {
-        if !SEARCH_KEYS.contains(&k.as_str()) {
-            return Err(ctx.unknown("search", k, SEARCH_KEYS));
-        }
-    }
+/// `[search] metric`: a validation metric, best val/loss when absent.
+fn parse_metric(file: &SweepFile, t: &Table) -> Result<Metric> {
+    let Some(v) = t.get("metric") else {
+        return Ok(Metric::ValLoss);
+    };
+    v.as_str()
+        .and_then(|m| Metric::parse(m, &Metric::VALIDATION))
+        .ok_or_else(|| {
+            file.err(
+                "search",
+                "metric",
+                format!(
+                    "`metric` must be one of {}, not {v}",
+                    Metric::names(&Metric::VALIDATION)
+                ),
+            )
+        })
+}
+
+/// `[search] method`: true for "tpe"; "list" (or none) runs the listed trials.
+fn is_tpe(file: &SweepFile, t: &Table) -> Result<bool> {
     let method = match t.get("method") {
-        None => return Ok(None),
+        None => return Ok(false),
         Some(Value::String(m)) => m.as_str(),
         Some(v) => {
-            return Err(ctx.err(
+            return Err(file.err(
                 "search",
                 "method",
                 format!("`method` must be \"tpe\" or \"list\", not {v}"),
@@ -185,56 +200,49 @@ fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<Tpe
                 .into_iter()
                 .find(|k| t.contains_key(*k))
             {
-                return Err(ctx.err(
+                return Err(file.err(
                     "search",
                     k,
                     format!("`{k}` is a TPE setting; method = \"list\" runs the listed trials"),
                 ));
             }
-            return Ok(None);
+            Ok(false)
         }
-        "tpe" => {}
+        "tpe" => Ok(true),
         other => {
             let hint = nearest(other, ["tpe", "list"]);
-            return Err(ctx.err(
+            Err(file.err(
                 "search",
                 "method",
                 format!("unknown method `{other}`{hint}; expected \"tpe\" or \"list\""),
-            ));
+            ))
         }
     }
-    let r = Reader::new(ctx, "search", t);
+}
+
+fn parse_search(file: &SweepFile, t: &Table, space: &space::Space) -> Result<Option<TpeSearch>> {
+    for k in t.keys() {
+        if !SEARCH_KEYS.contains(&k.as_str()) {
+            return Err(file.unknown("search", k, SEARCH_KEYS));
+        }
+    }
+    if !is_tpe(file, t)? {
+        return Ok(None);
+    }
+    let r = Reader::new(file, "search", t);
     let int =
         |k: &str, min: i64| -> Result<Option<usize>> { Ok(r.uint(k, min)?.map(|v| v as usize)) };
     let trials = int("trials", 1)?.ok_or_else(|| {
-        ctx.err(
+        file.err(
             "search",
             "method",
             "method = \"tpe\" needs `trials = N` in [search]".into(),
         )
     })?;
-    let metric = match t.get("metric") {
-        None => Metric::ValLoss,
-        Some(v) => match v
-            .as_str()
-            .and_then(|m| Metric::parse(m, &Metric::VALIDATION))
-        {
-            Some(m) => m,
-            None => {
-                return Err(ctx.err(
-                    "search",
-                    "metric",
-                    format!(
-                        "`metric` must be one of {}, not {v}",
-                        Metric::names(&Metric::VALIDATION)
-                    ),
-                ))
-            }
-        },
-    };
-    check_tpe_space(ctx, space)?;
+    let metric = parse_metric(file, t)?;
+    check_tpe_space(file, space)?;
     if let Some(points) = space.random_points().filter(|&p| p < trials) {
-        return Err(ctx.err(
+        return Err(file.err(
             "search",
             "trials",
             format!(
@@ -246,7 +254,7 @@ fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<Tpe
     // The default does not depend on `trials`, so `--extend` (more trials) is the same search.
     let startup = int("startup_trials", 0)?.unwrap_or(DEFAULT_STARTUP);
     if t.contains_key("startup_trials") && startup > trials {
-        return Err(ctx.err(
+        return Err(file.err(
             "search",
             "startup_trials",
             format!(
@@ -266,16 +274,16 @@ fn parse_search(ctx: &Ctx, t: &Table, space: &space::Space) -> Result<Option<Tpe
 /// Every value a `[random]` domain can give must make a valid run: the ends of each range and
 /// every choice go through the run config's validator now, so a bad domain is one error before
 /// anything starts instead of a failure when a draw or a TPE proposal first reaches it.
-fn check_random_domains(ctx: &Ctx, base: &Table, space: &space::Space) -> Result<()> {
+fn check_random_domains(file: &SweepFile, base: &Table, space: &space::Space) -> Result<()> {
     let keys = check::run_keys();
     for (key, sampler) in &space.random {
         let int_key = matches!(keys.get(key), Some(Value::Integer(_)));
         for value in sampler.extremes(int_key) {
-            resolve(ctx, base, space, &[(key.clone(), value.clone())], false).map_err(|e| {
+            resolve(file, base, space, &[(key.clone(), value.clone())], false).map_err(|e| {
                 match e {
                     // Already names the file, line and key.
                     Error::Config { ref message, .. } if message.starts_with("line ") => e,
-                    Error::Config { message, .. } => ctx.err(
+                    Error::Config { message, .. } => file.err(
                         "random",
                         key,
                         format!("the domain of `{key}` reaches {value}: {message}"),
@@ -295,26 +303,26 @@ pub fn load(path: &Path, max_trials: usize, force: bool) -> Result<Plan> {
 }
 
 /// The document's tables, with unknown top-level tables refused.
-fn parse_doc(ctx: &Ctx) -> Result<Table> {
-    let doc: Table = toml::from_str(ctx.text).map_err(|e| Error::Config {
-        path: ctx.path.to_path_buf(),
-        message: crate::config::toml_message(&e, ctx.text),
+fn parse_doc(file: &SweepFile) -> Result<Table> {
+    let doc: Table = toml::from_str(file.text).map_err(|e| Error::Config {
+        path: file.path.to_path_buf(),
+        message: crate::config::toml_message(&e, file.text),
     })?;
     for k in doc.keys() {
         if !TOP_KEYS.contains(&k.as_str()) {
             let hint = nearest(k, TOP_KEYS.iter().copied());
-            return Err(ctx.err(k, k, format!("unknown table `{k}`{hint}; expected [experiment], [defaults], [grid], [random] or [[trial]]")));
+            return Err(file.err(k, k, format!("unknown table `{k}`{hint}; expected [experiment], [defaults], [grid], [random] or [[trial]]")));
         }
     }
     Ok(doc)
 }
 
 /// Table `name` of the document (empty when absent).
-fn section(ctx: &Ctx, doc: &Table, name: &str) -> Result<Table> {
+fn section(file: &SweepFile, doc: &Table, name: &str) -> Result<Table> {
     match doc.get(name) {
         None => Ok(Table::new()),
         Some(Value::Table(t)) => Ok(t.clone()),
-        Some(v) => Err(ctx.err(
+        Some(v) => Err(file.err(
             name,
             name,
             format!("`{name}` must be a table, not {}", type_name(v)),
@@ -323,17 +331,17 @@ fn section(ctx: &Ctx, doc: &Table, name: &str) -> Result<Table> {
 }
 
 /// The `[[trial]]` tables.
-fn explicit_tables(ctx: &Ctx, doc: &Table) -> Result<Vec<Table>> {
+fn explicit_tables(file: &SweepFile, doc: &Table) -> Result<Vec<Table>> {
     match doc.get("trial") {
         None => Ok(Vec::new()),
         Some(Value::Array(a)) => a
             .iter()
             .map(|t| match t {
                 Value::Table(t) => Ok(t.clone()),
-                _ => Err(ctx.err("trial", "trial", "use [[trial]] tables".into())),
+                _ => Err(file.err("trial", "trial", "use [[trial]] tables".into())),
             })
             .collect(),
-        Some(_) => Err(ctx.err(
+        Some(_) => Err(file.err(
             "trial",
             "trial",
             "use [[trial]] tables (double brackets)".into(),
@@ -343,7 +351,7 @@ fn explicit_tables(ctx: &Ctx, doc: &Table) -> Result<Vec<Table>> {
 
 /// The trials a plan would have, counted before anything is expanded.
 fn check_count(
-    ctx: &Ctx,
+    file: &SweepFile,
     space: &space::Space,
     explicit: usize,
     limit: usize,
@@ -354,14 +362,20 @@ fn check_count(
         .saturating_add(space.random_trials)
         .saturating_add(explicit)
         .max(1);
-    check_limit(ctx, "sweep", total, limit, force)
+    check_limit(file, "sweep", total, limit, force)
 }
 
 /// Refuses more than `limit` trials unless `force` (`what`: the sweep, or a search).
-fn check_limit(ctx: &Ctx, what: &str, total: usize, limit: usize, force: bool) -> Result<()> {
+fn check_limit(
+    file: &SweepFile,
+    what: &str,
+    total: usize,
+    limit: usize,
+    force: bool,
+) -> Result<()> {
     if total > limit && !force {
         return Err(Error::Config {
-            path: ctx.path.to_path_buf(),
+            path: file.path.to_path_buf(),
             message: format!(
                 "the {what} has {total} trials, more than the limit of {limit} \
                  (--max-trials or [experiment] max_trials); narrow it or pass --force"
@@ -372,15 +386,19 @@ fn check_limit(ctx: &Ctx, what: &str, total: usize, limit: usize, force: bool) -
 }
 
 /// The explicit trials' overrides, each checked against the run keys.
-fn explicit_points(ctx: &Ctx, keys: &Table, explicit: &[Table]) -> Result<Vec<space::Point>> {
+fn explicit_points(
+    file: &SweepFile,
+    keys: &Table,
+    explicit: &[Table],
+) -> Result<Vec<space::Point>> {
     let mut points = Vec::new();
     for (i, t) in explicit.iter().enumerate() {
         let p = flatten(t)
             .into_iter()
-            .map(|(k, v)| Ok((k.clone(), check_run_value(ctx, keys, "trial", &k, &v)?)))
+            .map(|(k, v)| Ok((k.clone(), check_run_value(file, keys, "trial", &k, &v)?)))
             .collect::<Result<Vec<_>>>()
             .map_err(|e| Error::Config {
-                path: ctx.path.to_path_buf(),
+                path: file.path.to_path_buf(),
                 message: format!(
                     "[[trial]] #{}: {}",
                     i + 1,
@@ -396,7 +414,7 @@ fn explicit_points(ctx: &Ctx, keys: &Table, explicit: &[Table]) -> Result<Vec<sp
 
 /// One point of the space resolved into a validated config, or the error naming its section.
 fn resolve(
-    ctx: &Ctx,
+    file: &SweepFile,
     base: &Table,
     space: &space::Space,
     overrides: &[(String, Value)],
@@ -416,7 +434,7 @@ fn resolve(
     let config: RunConfig = Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| Error::Config {
-            path: ctx.path.to_path_buf(),
+            path: file.path.to_path_buf(),
             message: format!("trial ({}): {}", describe(), e.message().trim()),
         })?;
     config.validate().map_err(|e| {
@@ -427,7 +445,7 @@ fn resolve(
         let sect = space
             .section_of(&key)
             .unwrap_or(if is_explicit { "trial" } else { "defaults" });
-        ctx.err(sect, &key, format!("{e} (trial {})", describe()))
+        file.err(sect, &key, format!("{e} (trial {})", describe()))
     })?;
     Ok(config)
 }
@@ -435,7 +453,7 @@ fn resolve(
 /// Resolves every point into a trial, collapsing points that resolve to the same config (an
 /// explicit trial that duplicates another is an error).
 fn trials(
-    ctx: &Ctx,
+    file: &SweepFile,
     base: &Table,
     space: &space::Space,
     points: Vec<space::Point>,
@@ -443,7 +461,7 @@ fn trials(
     let mut trials: Vec<Trial> = Vec::new();
     let mut duplicates = 0;
     for (overrides, is_explicit) in points {
-        let config = resolve(ctx, base, space, &overrides, is_explicit)?;
+        let config = resolve(file, base, space, &overrides, is_explicit)?;
         let trial = Trial::new(overrides, config);
         if let Some(j) = trials.iter().position(|t| t.hash == trial.hash) {
             if is_explicit {
@@ -453,7 +471,7 @@ fn trials(
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
                 return Err(Error::Config {
-                    path: ctx.path.to_path_buf(),
+                    path: file.path.to_path_buf(),
                     message: format!(
                         "[[trial]] ({}) duplicates trial {j} of the sweep",
                         described.join(", ")
@@ -470,53 +488,53 @@ fn trials(
 
 /// Expands sweep-file text (`path` is for messages).
 pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<Plan> {
-    let ctx = Ctx { path, text };
-    let doc = parse_doc(&ctx)?;
+    let file = SweepFile { path, text };
+    let doc = parse_doc(&file)?;
     let (experiment, mut base) =
-        experiment::parse_experiment(&ctx, &section(&ctx, &doc, "experiment")?)?;
-    let slurm = experiment::parse_slurm(&ctx, section(&ctx, &doc, "slurm")?)?;
+        experiment::parse_experiment(&file, &section(&file, &doc, "experiment")?)?;
+    let slurm = experiment::parse_slurm(&file, section(&file, &doc, "slurm")?)?;
     let keys = check::run_keys();
-    for (k, v) in flatten(&section(&ctx, &doc, "defaults")?) {
-        let v = check_run_value(&ctx, &keys, "defaults", &k, &v)?;
+    for (k, v) in flatten(&section(&file, &doc, "defaults")?) {
+        let v = check_run_value(&file, &keys, "defaults", &k, &v)?;
         set_path(&mut base, &k, v);
     }
     let space = space::Space::parse(
-        &ctx,
+        &file,
         &keys,
-        &section(&ctx, &doc, "grid")?,
-        &section(&ctx, &doc, "random")?,
+        &section(&file, &doc, "grid")?,
+        &section(&file, &doc, "random")?,
     )?;
-    let explicit = explicit_tables(&ctx, &doc)?;
-    let search = parse_search(&ctx, &section(&ctx, &doc, "search")?, &space)?;
+    let explicit = explicit_tables(&file, &doc)?;
+    let search = parse_search(&file, &section(&file, &doc, "search")?, &space)?;
     let limit = experiment.max_trials.unwrap_or(max_trials);
     let (trials, duplicates) = match &search {
         Some(tpe) => {
             if !explicit.is_empty() {
-                return Err(ctx.err(
+                return Err(file.err(
                     "trial",
                     "trial",
                     "[[trial]] tables cannot be mixed with method = \"tpe\"".into(),
                 ));
             }
-            check_limit(&ctx, "search", tpe.trials, limit, force)?;
+            check_limit(&file, "search", tpe.trials, limit, force)?;
             (Vec::new(), 0)
         }
         None => {
             if !space.random.is_empty() && space.random_trials == 0 {
                 let msg = "needs `trials = N` (or a [search] with method = \"tpe\")";
-                return Err(ctx.err("random", "trials", msg.into()));
+                return Err(file.err("random", "trials", msg.into()));
             }
-            check_count(&ctx, &space, explicit.len(), limit, force)?;
+            check_count(&file, &space, explicit.len(), limit, force)?;
             // Grid (last key fastest), then random draws, then explicit trials.
             let mut points = space.points(&keys, &mut Rng::new(experiment.seed, 5));
-            points.extend(explicit_points(&ctx, &keys, &explicit)?);
+            points.extend(explicit_points(&file, &keys, &explicit)?);
             if points.is_empty() {
                 points.push((Vec::new(), false));
             }
-            trials(&ctx, &base, &space, points)?
+            trials(&file, &base, &space, points)?
         }
     };
-    check_random_domains(&ctx, &base, &space)?;
+    check_random_domains(&file, &base, &space)?;
     let swept = space.domains(&trials);
     Ok(Plan {
         path: path.to_path_buf(),

@@ -2,7 +2,7 @@
 //! log-uniform, integer, choice), how a point is drawn, and the domain of each swept key that the
 //! HParams dashboard declares.
 
-use super::check::{check_run_value, flatten, nearest, Ctx, Reader};
+use super::check::{check_run_value, flatten, nearest, Reader, SweepFile};
 use super::Trial;
 use crate::error::Result;
 use crate::rng::Rng;
@@ -40,8 +40,13 @@ pub(super) fn hvalue(v: &Value) -> HValue {
     crate::train::hparam_value(v).unwrap_or_else(|| HValue::Str(v.to_string()))
 }
 
-pub(super) fn parse_sampler(ctx: &Ctx, keys: &Table, key: &str, v: &Value) -> Result<Sampler> {
-    let bad = |m: String| ctx.err("random", key, m);
+pub(super) fn parse_sampler(
+    file: &SweepFile,
+    keys: &Table,
+    key: &str,
+    v: &Value,
+) -> Result<Sampler> {
+    let bad = |m: String| file.err("random", key, m);
     let Value::Table(t) = v else {
         return Err(bad(format!(
             "`{key}` must be a table like {{ log_uniform = [1e-4, 1e-2] }}, {{ uniform = [a, b] }}, \
@@ -95,7 +100,7 @@ pub(super) fn parse_sampler(ctx: &Ctx, keys: &Table, key: &str, v: &Value) -> Re
         }
         "choice" => Sampler::Choice(
             list.iter()
-                .map(|x| check_run_value(ctx, keys, "random", key, x))
+                .map(|x| check_run_value(file, keys, "random", key, x))
                 .collect::<Result<_>>()?,
         ),
         other => {
@@ -111,7 +116,7 @@ pub(super) fn parse_sampler(ctx: &Ctx, keys: &Table, key: &str, v: &Value) -> Re
         Sampler::IntUniform(a, _) => Value::Integer(*a),
         Sampler::Choice(c) => c[0].clone(),
     };
-    check_run_value(ctx, keys, "random", key, &probe)?;
+    check_run_value(file, keys, "random", key, &probe)?;
     Ok(sampler)
 }
 
@@ -208,22 +213,27 @@ pub struct Space {
 }
 
 impl Space {
-    pub(super) fn parse(ctx: &Ctx, keys: &Table, grid_t: &Table, random_t: &Table) -> Result<Self> {
+    pub(super) fn parse(
+        file: &SweepFile,
+        keys: &Table,
+        grid_t: &Table,
+        random_t: &Table,
+    ) -> Result<Self> {
         let mut space = Space::default();
         for (k, v) in flatten(grid_t) {
             let Value::Array(values) = v else {
-                return Err(ctx.err("grid", &k, format!("`{k}` must be a list of values")));
+                return Err(file.err("grid", &k, format!("`{k}` must be a list of values")));
             };
             if values.is_empty() {
-                return Err(ctx.err("grid", &k, format!("`{k}` is an empty list")));
+                return Err(file.err("grid", &k, format!("`{k}` is an empty list")));
             }
             let values = values
                 .iter()
-                .map(|x| check_run_value(ctx, keys, "grid", &k, x))
+                .map(|x| check_run_value(file, keys, "grid", &k, x))
                 .collect::<Result<Vec<_>>>()?;
             space.grid.push((k, values));
         }
-        let trials = Reader::new(ctx, "random", random_t).uint("trials", 1)?;
+        let trials = Reader::new(file, "random", random_t).uint("trials", 1)?;
         space.random_trials = trials.unwrap_or(0) as usize;
         for (k, v) in flatten(random_t) {
             if k == "trials" {
@@ -231,7 +241,7 @@ impl Space {
             }
             space
                 .random
-                .push((k.clone(), parse_sampler(ctx, keys, &k, &v)?));
+                .push((k.clone(), parse_sampler(file, keys, &k, &v)?));
         }
         Ok(space)
     }

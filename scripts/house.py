@@ -2,7 +2,10 @@
 """The house's shape, measured from src/: function lengths, imports that run back up the
 pipeline, and import circles between modules.
 
-    python3 scripts/house.py [SRC_DIR]
+    python3 scripts/house.py [SRC_DIR] [--check]
+
+With --check (scripts/test.sh) it exits 1 when an import runs up the pipeline or two modules
+import each other, or a top-level module is missing from STAGES.
 
 A module's stage is its top-level module's place in STAGES (lib.rs's order); an import runs
 *up* when it reaches a later stage than its own. A circle is a set of modules that import each
@@ -143,7 +146,8 @@ def circles(edges, nodes):
 
 
 def main():
-    src = sys.argv[1] if len(sys.argv) > 1 else "src"
+    args = [a for a in sys.argv[1:] if a != "--check"]
+    src = args[0] if args else "src"
     mods = modules(src)
     known = set(mods.values())
     edges, up, fns = {}, [], []
@@ -179,6 +183,8 @@ def main():
         print(f"  {' <-> '.join(c)}")
     if unstaged:
         print(f"modules not in STAGES: {', '.join(unstaged)}")
+    if "--check" in sys.argv and (up or cs or unstaged):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ if command -v npm >/dev/null 2>&1 && [ ! -d tests/browser/node_modules/playwrigh
   npm install --prefix tests/browser --no-audit --no-fund --silent || echo "npm install failed: browser tests will be skipped"
 fi
 
-# The house rules first: formatted, and no clippy warning in any target.
+# The house rules first: formatted, no clippy warning in any target, imports that follow the
+# pipeline (no module importing a later stage, no two importing each other).
 cargo fmt --check
 cargo clippy --release --locked --all-targets -- -D warnings
+python3 scripts/house.py --check > /dev/null || { python3 scripts/house.py; exit 1; }
 
 # The release profile, as the README's main job builds: one build of the dependencies serves both.
 cargo test --release --locked "$@"

@@ -2,7 +2,7 @@
 //! `[defaults]` use exactly these keys, so a trial is always "defaults + overrides" of this type,
 //! and unknown keys are rejected (`deny_unknown_fields`) rather than silently ignored.
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -217,7 +217,7 @@ pub const SAVED_KEYS: &[&str] = &[
 impl RunConfig {
     /// Reads and validates a run config from a TOML file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).at(path)?;
+        let text = crate::error::read_named(path)?;
         Self::parse(&text, path)
     }
 

@@ -104,6 +104,18 @@ impl Error {
     }
 }
 
+/// Reads a file the user named (a run config, a sweep file): one that is not there, or is a
+/// directory, is a usage error (exit 2), any other failure an I/O error.
+pub fn read_named(path: &Path) -> Result<String> {
+    if path.is_dir() {
+        return Err(Error::usage(path, "is a directory, not a file"));
+    }
+    std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::usage(path, "no such file"),
+        _ => Error::io(path, e),
+    })
+}
+
 /// Adds the path to an `io::Result`.
 pub trait IoContext<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T>;

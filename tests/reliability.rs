@@ -666,3 +666,19 @@ fn compare_names_a_run_given_directly_and_says_which_damaged_run_it_skipped() {
         "{err}"
     );
 }
+
+#[test]
+fn a_config_or_sweep_file_that_is_not_there_is_a_usage_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let missing = d.join("nope.toml");
+    let m = missing.to_str().unwrap();
+    let out = d.join("run");
+    let o = common::charlab(d, &["train", "--config", m, "--out", out.to_str().unwrap()]);
+    common::assert_user_error(&o, "missing run config", &["nope.toml", "no such file"]);
+    assert!(!out.exists(), "nothing made for a missing config");
+    let o = common::charlab(d, &["sweep", m]);
+    common::assert_user_error(&o, "missing sweep file", &["nope.toml", "no such file"]);
+    let o = common::charlab(d, &["sweep", d.to_str().unwrap()]);
+    common::assert_user_error(&o, "a directory for a sweep file", &["is a directory"]);
+}

@@ -16,7 +16,7 @@ pub use naming::{config_hash, dir_name, group_hash, label};
 pub use space::Sampler;
 
 use crate::config::RunConfig;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::run_dir::Metric;
 use crate::summary::Domain;
@@ -298,7 +298,7 @@ fn check_random_domains(file: &SweepFile, base: &Table, space: &space::Space) ->
 
 /// Reads and expands a sweep file. Refuses more than `max_trials` trials unless `force`.
 pub fn load(path: &Path, max_trials: usize, force: bool) -> Result<Plan> {
-    let text = std::fs::read_to_string(path).at(path)?;
+    let text = crate::error::read_named(path)?;
     plan(path, &text, max_trials, force)
 }
 

@@ -40,6 +40,8 @@ struct RowJson<'a> {
     time_secs: f64,
     tokens_per_s: f64,
     group: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lineage: Option<&'a str>,
 }
 
 impl<'a> From<&'a Row> for RowJson<'a> {
@@ -59,6 +61,7 @@ impl<'a> From<&'a Row> for RowJson<'a> {
             time_secs: rec.elapsed_secs,
             tokens_per_s: rec.tokens_per_s,
             group: &r.group,
+            lineage: r.lineage.as_deref(),
         }
     }
 }
@@ -173,6 +176,11 @@ pub fn run_cells(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
         ]
         .map(String::from),
     );
+    // A population-based sweep's members: whom each copied, when.
+    let lineage = rows.iter().any(|r| r.lineage.is_some());
+    if lineage {
+        headers.push("lineage (step←member)".into());
+    }
     let lines: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -189,6 +197,9 @@ pub fn run_cells(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
                 format!("{:.0}", rec.elapsed_secs),
                 format!("{:.0}", rec.tokens_per_s),
             ]);
+            if lineage {
+                l.push(r.lineage.clone().unwrap_or_else(|| "-".into()));
+            }
             l
         })
         .collect();

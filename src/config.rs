@@ -81,6 +81,75 @@ pub enum Schedule {
     Cosine,
 }
 
+/// The keys that may change while a run trains: what population-based training explores and
+/// what a `[[phases]]` table may set. The rest (sizes, the optimizer, the data) fix the shape of
+/// the model, its optimizer state or its batches.
+pub const EXPLORABLE: &[&str] = &[
+    "lr",
+    "dropout",
+    "weight_decay",
+    "grad_clip",
+    "momentum",
+    "beta1",
+    "beta2",
+];
+
+/// From `step` on, the values given replace the run's own: a piecewise-constant schedule of the
+/// [`EXPLORABLE`] keys (what a population-based sweep found for its best member, replayed by one
+/// run from scratch).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    pub step: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f64>,
+}
+
+impl Phase {
+    /// Sets explorable key `key` (others are ignored).
+    pub fn set(&mut self, key: &str, v: f64) {
+        let slot = match key {
+            "lr" => &mut self.lr,
+            "dropout" => &mut self.dropout,
+            "weight_decay" => &mut self.weight_decay,
+            "grad_clip" => &mut self.grad_clip,
+            "momentum" => &mut self.momentum,
+            "beta1" => &mut self.beta1,
+            "beta2" => &mut self.beta2,
+            _ => return,
+        };
+        *slot = Some(v);
+    }
+
+    /// The phase's values, by key.
+    pub fn values(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("lr", self.lr),
+            ("dropout", self.dropout),
+            ("weight_decay", self.weight_decay),
+            ("grad_clip", self.grad_clip),
+            ("momentum", self.momentum),
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
+    }
+}
+
 /// Every hyperparameter of one run. Field docs are the TOML reference (README).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -136,6 +205,10 @@ pub struct RunConfig {
     pub device: String,
     /// CPU threads for this run (default: all cores).
     pub threads: Option<usize>,
+    /// A schedule of the explorable keys (see [`Phase`]); none by default. Left out of the
+    /// saved config and of the hashes when empty, so configs written before it are unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
 }
 
 impl Default for RunConfig {
@@ -174,6 +247,7 @@ impl Default for RunConfig {
             seed: 1,
             device: "auto".into(),
             threads: None,
+            phases: Vec::new(),
         }
     }
 }
@@ -258,6 +332,7 @@ impl RunConfig {
 
     /// Checks every range before any work starts.
     pub fn validate(&self) -> Result<()> {
+        self.validate_phases()?;
         self.validate_shapes()?;
         self.validate_optimizer()?;
         self.validate_run()?;
@@ -272,6 +347,67 @@ impl RunConfig {
         }
         if self.clean.max_chars == Some(0) {
             return Err(Error::invalid("clean.max_chars", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// An explorable key's value (`None` for any other key).
+    pub fn explorable(&self, key: &str) -> Option<f64> {
+        Some(match key {
+            "lr" => self.lr,
+            "dropout" => self.dropout,
+            "weight_decay" => self.weight_decay,
+            "grad_clip" => self.grad_clip,
+            "momentum" => self.momentum,
+            "beta1" => self.beta1,
+            "beta2" => self.beta2,
+            _ => return None,
+        })
+    }
+
+    /// Sets an explorable key (others are left alone).
+    pub fn set_explorable(&mut self, key: &str, v: f64) {
+        match key {
+            "lr" => self.lr = v,
+            "dropout" => self.dropout = v,
+            "weight_decay" => self.weight_decay = v,
+            "grad_clip" => self.grad_clip = v,
+            "momentum" => self.momentum = v,
+            "beta1" => self.beta1 = v,
+            "beta2" => self.beta2 = v,
+            _ => {}
+        }
+    }
+
+    /// The config in force at `step`: the phases that started at or before it laid over it.
+    pub fn at_step(&self, step: u64) -> RunConfig {
+        let mut c = self.clone();
+        for p in self.phases.iter().filter(|p| p.step <= step) {
+            for (k, v) in p.values() {
+                c.set_explorable(k, v);
+            }
+        }
+        c
+    }
+
+    /// How many phases have started by `step` (a change of it is a change of values).
+    pub fn phase_at(&self, step: u64) -> usize {
+        self.phases.iter().filter(|p| p.step <= step).count()
+    }
+
+    /// Phases in increasing step order, each leaving a valid config.
+    fn validate_phases(&self) -> Result<()> {
+        if self.phases.windows(2).any(|w| w[0].step >= w[1].step) {
+            return Err(Error::invalid(
+                "phases",
+                "each [[phases]] step must be larger than the one before",
+            ));
+        }
+        for p in &self.phases {
+            let mut c = self.at_step(p.step);
+            c.phases.clear();
+            c.validate_shapes()?;
+            c.validate_optimizer()?;
         }
         Ok(())
     }

@@ -266,8 +266,10 @@ impl WorkerArgs {
             &charlab::corpus::data_dir(),
             Progress::Lines,
         )?;
-        // A worker that stopped for good (diverged, pruned) did its job: exit 0.
-        if status.is_final() {
+        // A worker that stopped for good (diverged, pruned), or that paused its member at a
+        // population-based sweep's boundary (interrupted without a signal), did its job.
+        let paused = status == RunStatus::Interrupted && charlab::signals::requested().is_none();
+        if status.is_final() || paused {
             return Ok(Ended::Done);
         }
         Ok(Ended::of_run(status, SIGTERM))

@@ -27,6 +27,9 @@ pub struct Row {
     pub path: PathBuf,
     /// Its record; a `running` one whose trainer is gone reads `interrupted`.
     pub record: RunRecord,
+    /// A population-based sweep's member: whom it copied, at which step (`400←003`), oldest
+    /// first; `None` outside such a sweep.
+    pub lineage: Option<String>,
 }
 
 impl Row {
@@ -82,8 +85,16 @@ pub fn collect(root: &Path) -> Result<Runs> {
         return Err(Error::usage(root, "no such directory of runs"));
     }
     let (found, warnings) = find_runs(root);
-    let swept = swept_keys(root, &found);
-    let rows: Vec<Row> = found.into_iter().map(|f| row(root, &swept, f)).collect();
+    let manifest = Manifest::load(root).ok();
+    let swept = swept_keys(manifest.as_ref(), &found);
+    let rows: Vec<Row> = found
+        .into_iter()
+        .map(|f| {
+            let mut r = row(root, &swept, f);
+            r.lineage = manifest.as_ref().and_then(|m| lineage(m, &r.path));
+            r
+        })
+        .collect();
     let groups = seed_groups(&rows);
     Ok(Runs {
         rows,
@@ -173,9 +184,9 @@ fn flat_values(cfg: &RunConfig) -> Vec<(String, String)> {
 
 /// The swept keys: the manifest's for a sweep, else the keys whose values differ across the
 /// runs.
-fn swept_keys(root: &Path, found: &[Found]) -> Vec<String> {
-    if let Ok(m) = Manifest::load(root) {
-        return m.swept;
+fn swept_keys(manifest: Option<&Manifest>, found: &[Found]) -> Vec<String> {
+    if let Some(m) = manifest {
+        return m.swept.clone();
     }
     let all: Vec<Vec<(String, String)>> = found
         .iter()
@@ -215,7 +226,26 @@ fn row(root: &Path, swept: &[String], found: Found) -> Row {
             .map_or_else(String::new, plan::group_hash),
         path: found.dir,
         record: found.record,
+        lineage: None,
     }
+}
+
+/// The lineage of the member in `dir`, when the manifest is a population-based sweep's.
+fn lineage(manifest: &Manifest, dir: &Path) -> Option<String> {
+    manifest.pbt.as_ref()?;
+    let name = dir.file_name()?.to_string_lossy();
+    let member = manifest.trials.iter().position(|e| e.dir == name)?;
+    let copies = crate::sweep::pbt::lineage(manifest, member);
+    if copies.is_empty() {
+        return Some("-".into());
+    }
+    Some(
+        copies
+            .iter()
+            .map(|(step, donor)| format!("{step}←{donor:03}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 /// A run's name in the table: its path under `root`, or its own name when `root` is the run.

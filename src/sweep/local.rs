@@ -6,8 +6,9 @@
 use crate::error::{IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::sweep::manifest::{self, Manifest};
+use crate::sweep::pbt::Population;
 use crate::sweep::search::Proposer;
-use crate::train::{Console, Progress, RunStatus};
+use crate::train::{Console, Progress, RunStatus, PAUSED};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -187,6 +188,8 @@ struct Launcher<'a> {
     manifest: Manifest,
     opts: &'a LocalOptions,
     proposer: Option<Proposer<'a>>,
+    /// A population-based sweep's members, decided between their pieces.
+    population: Option<Population<'a>>,
     /// The search has no more trials to propose.
     exhausted: bool,
     exe: PathBuf,
@@ -212,9 +215,12 @@ impl<'a> Launcher<'a> {
         root: &'a Path,
         mut manifest: Manifest,
         opts: &'a LocalOptions,
-        proposer: Option<Proposer<'a>>,
+        (proposer, population): (Option<Proposer<'a>>, Option<Population<'a>>),
     ) -> Result<Self> {
         if let Some(p) = &proposer {
+            p.catch_up(&mut manifest)?;
+        }
+        if let Some(p) = &population {
             p.catch_up(&mut manifest)?;
         }
         let exe = super::worker_exe(&opts.worker_exe)?;
@@ -256,6 +262,7 @@ impl<'a> Launcher<'a> {
             user_error: None,
             manifest,
             proposer,
+            population,
             exhausted: false,
         })
     }
@@ -348,6 +355,19 @@ impl<'a> Launcher<'a> {
         let run = self.run_dir(r.index);
         let name = &self.manifest.trials[r.index].dir;
         let rec = run.record();
+        let paused = rec.as_ref().is_some_and(|x| {
+            x.status == RunStatus::Interrupted
+                && x.message.as_deref().is_some_and(|m| m.starts_with(PAUSED))
+        });
+        if let (Some(p), true, None, true) = (&self.population, paused, r.stopping, exit.success())
+        {
+            // A member at a boundary: it waits its turn, and is decided on before it goes on.
+            let step = p.paused(&self.manifest, r.index)?;
+            self.display
+                .line(&format!("member {name} paused at step {step}"));
+            self.queue.push_back(r.index);
+            return Ok(());
+        }
         match (rec.as_ref().map(|x| x.status), r.stopping.map(|s| s.1)) {
             (Some(s), _) if s.is_final() => {
                 let detail = rec
@@ -452,6 +472,11 @@ impl<'a> Launcher<'a> {
             let (Some(&slot), Some(&index)) = (self.free.last(), self.queue.front()) else {
                 break;
             };
+            if let Some(p) = &self.population {
+                if let Some(line) = p.before_piece(&mut self.manifest, index)? {
+                    self.display.line(&line);
+                }
+            }
             let child = self.spawn(index, slot)?;
             self.free.pop();
             self.queue.pop_front();
@@ -541,10 +566,10 @@ pub fn run(
     root: &Path,
     manifest: Manifest,
     opts: &LocalOptions,
-    proposer: Option<Proposer>,
+    (proposer, population): (Option<Proposer>, Option<Population>),
 ) -> Result<(Option<i32>, Manifest)> {
     crate::signals::install();
-    let mut l = Launcher::new(root, manifest, opts, proposer)?;
+    let mut l = Launcher::new(root, manifest, opts, (proposer, population))?;
     let to_run = l.queue.len() + l.proposer.as_ref().map_or(0, |p| p.remaining(&l.manifest));
     l.display.line(&format!(
         "sweep {}: {} trials, {} to run, {} at once ({} thread(s) each)",
@@ -567,5 +592,13 @@ pub fn run(
     }
     l.display.finish();
     l.summary();
+    if let Some(p) = &l.population {
+        if let Some(path) = p.finish(&l.manifest)? {
+            l.display.line(&format!(
+                "the best member's schedule, as one run: {} (charlab train --config it)",
+                path.display()
+            ));
+        }
+    }
     Ok((l.stopping_all, l.manifest))
 }

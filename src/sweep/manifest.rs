@@ -31,6 +31,39 @@ pub struct Manifest {
     /// A TPE search's state (absent for listed trials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchState>,
+    /// A population-based sweep's decisions (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pbt: Option<PbtState>,
+}
+
+/// What a population-based sweep has decided, each decision written before it is acted on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PbtState {
+    /// What the decisions depend on besides the results ([`Plan::pbt_key`]).
+    pub key: String,
+    /// Steps between a member's decisions (its worker pauses it there).
+    pub interval: u64,
+    /// The explored keys (their schedules are written as scalars).
+    pub explored: Vec<String>,
+    pub decisions: Vec<Decision>,
+}
+
+/// One member's decision at an interval boundary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub member: usize,
+    pub step: u64,
+    /// The ranking it saw: members that had reached `step`, with their val loss there, best
+    /// first.
+    pub ranking: Vec<(usize, f64)>,
+    /// The member whose weights, optimizer state and data position it copied (it was in the
+    /// bottom quantile), with that member's val loss at `step`.
+    pub donor: Option<(usize, f64)>,
+    /// The explored keys before and after (the same when it was not in the bottom quantile).
+    pub old: Vec<(String, serde_json::Value)>,
+    pub new: Vec<(String, serde_json::Value)>,
+    /// The copy and the new config are in place.
+    pub applied: bool,
 }
 
 /// What a TPE search has done: the trials themselves are the manifest's entries, in proposal
@@ -161,6 +194,7 @@ pub fn reconcile(
         reconcile_search(root, plan, tpe, &mut manifest, extend)?;
         return Ok(manifest);
     }
+    reconcile_pbt(root, plan, &mut manifest)?;
     if manifest.search.is_some() {
         return Err(Error::Config {
             path: plan.path.clone(),
@@ -208,6 +242,35 @@ pub fn reconcile(
     Ok(manifest)
 }
 
+/// A population-based sweep's state starts with its manifest; a sweep directory that holds one
+/// is not turned into the other kind.
+fn reconcile_pbt(root: &Path, plan: &Plan, manifest: &mut Manifest) -> Result<()> {
+    let changed = |holds: &str, asks: &str| Error::Config {
+        path: plan.path.clone(),
+        message: format!(
+            "{} {holds} a population-based search; the sweep file {asks}: use a new \
+             experiment name",
+            root.display()
+        ),
+    };
+    match (&plan.pbt, &manifest.pbt) {
+        (None, Some(_)) => Err(changed("holds", "no longer asks for one")),
+        (Some(_), None) if !manifest.trials.is_empty() => {
+            Err(changed("does not hold", "now asks for one"))
+        }
+        (Some(p), None) => {
+            manifest.pbt = Some(PbtState {
+                key: plan.pbt_key(),
+                interval: p.interval,
+                explored: p.explored.clone(),
+                decisions: Vec::new(),
+            });
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn empty_manifest(plan: &Plan) -> Manifest {
     Manifest {
         version: 1,
@@ -216,6 +279,7 @@ fn empty_manifest(plan: &Plan) -> Manifest {
         pruning: None,
         trials: Vec::new(),
         search: None,
+        pbt: None,
     }
 }
 
@@ -267,6 +331,11 @@ fn existing(root: &Path, plan: &Plan, say: &mut dyn FnMut(&str)) -> Result<Manif
     if plan.search.is_some() {
         return Err(refuse(
             "it held the TPE search's history, which its run directories do not".into(),
+        ));
+    }
+    if plan.pbt.is_some() {
+        return Err(refuse(
+            "it held the population's decisions, which its run directories do not".into(),
         ));
     }
     let mut m = empty_manifest(plan);

@@ -6,6 +6,7 @@
 mod dry_run;
 pub mod local;
 pub mod manifest;
+pub mod pbt;
 pub mod plan;
 mod preflight;
 pub mod pruning;
@@ -164,6 +165,13 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     // Before the lock exists: a Ctrl-C from then on stops the sweep cleanly.
     crate::signals::install();
     let plan = plan::load(path, opts.max_trials, opts.force)?;
+    if plan.pbt.is_some() && matches!(opts.launcher, Launcher::Slurm { .. }) {
+        return Err(crate::Error::usage(
+            path,
+            "method = \"pbt\" runs with the local launcher only (its members are decided on \
+             between pieces by the sweep process; the Slurm launcher does not do that yet)",
+        ));
+    }
     let root = opts.runs_root.join(&plan.experiment.name);
     let new_root = !root.exists();
     let lock = manifest::Lock::acquire(&root)?;
@@ -221,7 +229,12 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
             data_dir: opts.data_dir.clone(),
             costs,
         };
-        local::run(&root, manifest, &local, proposer)?
+        local::run(
+            &root,
+            manifest,
+            &local,
+            (proposer, pbt::Population::new(&plan, &root)),
+        )?
     };
     let states = manifest
         .trials

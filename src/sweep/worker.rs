@@ -3,7 +3,7 @@
 //! array's tasks). A trial already final is left as it is, so a rerun is always safe.
 
 use super::manifest::Manifest;
-use super::{pruning, slurm};
+use super::{pbt, pruning, slurm};
 use crate::error::Result;
 use crate::run_dir::RunDir;
 use crate::train::{self, Progress, RunStatus, TrainOptions};
@@ -41,6 +41,7 @@ pub fn worker(
         .pruning
         .clone()
         .map(|rule| pruning::hook(sweep_dir, &manifest, index, cfg.eval_every, rule));
+    let pbt = manifest.pbt.as_ref();
     let opts = TrainOptions {
         resume: true,
         progress,
@@ -48,6 +49,13 @@ pub fn worker(
         write_experiment: false,
         group: Some(entry.group_name()),
         prune,
+        pause_every: pbt.map(|p| p.interval),
+        trace: pbt.map(|p| p.explored.clone()).unwrap_or_default(),
+        // What the member's last decision changed, written when it trains on from there.
+        note: pbt.and_then(|p| {
+            let d = p.decisions.iter().rfind(|d| d.member == index)?;
+            Some((d.step, pbt::describe(&manifest, d)?))
+        }),
         ..TrainOptions::default()
     };
     match train::train(&cfg, run.path(), &opts) {

@@ -18,7 +18,7 @@ pub use hparams::{
     OBSERVATION_KEYS,
 };
 pub use progress::{log_line, Console, Progress};
-pub use trainer::blown_up;
+pub use trainer::{blown_up, PAUSED};
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
@@ -52,6 +52,15 @@ pub struct TrainOptions {
     /// HParams group name (a sweep gives the seeds of one configuration the same group).
     pub group: Option<String>,
     pub prune: Option<PruneHook>,
+    /// Checkpoint and stop (status `interrupted`, message [`PAUSED`]) at each multiple of this
+    /// many steps after the start: a population-based sweep decides between the pieces.
+    pub pause_every: Option<u64>,
+    /// Explorable keys written as `hparams/<key>` scalars at every logging step, so their
+    /// schedules show in TensorBoard.
+    pub trace: Vec<String>,
+    /// A text event (`pbt/exploit`) to write at the first step trained when this invocation
+    /// starts from the given step: what a population-based sweep changed in the run there.
+    pub note: Option<(u64, String)>,
 }
 
 impl std::fmt::Debug for TrainOptions {
@@ -75,6 +84,9 @@ impl Default for TrainOptions {
             stop_after: None,
             group: None,
             prune: None,
+            pause_every: None,
+            trace: Vec::new(),
+            note: None,
         }
     }
 }

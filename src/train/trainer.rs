@@ -23,6 +23,23 @@ pub fn blown_up(loss: f64, ln_vocab: f64, times: f64) -> bool {
     !loss.is_finite() || loss > times * ln_vocab.max(1.0)
 }
 
+/// The keys traced as `hparams/<key>` scalars: those the options name, then those the config's
+/// phases set.
+fn traced_keys(cfg: &RunConfig, opts: &TrainOptions) -> Vec<String> {
+    let mut keys = opts.trace.clone();
+    for p in &cfg.phases {
+        for (k, _) in p.values() {
+            if !keys.iter().any(|x| x == k) {
+                keys.push(k.to_string());
+            }
+        }
+    }
+    keys
+}
+
+/// The message of a run paused at an interval boundary (`pause_every`), before its step.
+pub const PAUSED: &str = "paused for the population at step";
+
 /// Why the loop stopped before its last step.
 enum Stop {
     /// The loss became non-finite or absurd.
@@ -76,6 +93,14 @@ impl Interval {
 /// Everything a run holds while it trains.
 pub(super) struct Trainer<'a> {
     cfg: &'a RunConfig,
+    /// `cfg` with the `[[phases]]` begun so far laid over it: the values in force now.
+    now: RunConfig,
+    /// How many phases `now` holds.
+    phase: usize,
+    /// Keys written as `hparams/<key>` scalars: the options' and the phases'.
+    trace: Vec<String>,
+    /// The options' note, until the first step writes it.
+    note: Option<String>,
     opts: &'a TrainOptions,
     run: RunDir,
     model: CharRnn,
@@ -109,8 +134,19 @@ impl<'a> Trainer<'a> {
             events,
         } = ready;
         let total_steps = record.total_steps;
+        let now = cfg.at_step(resumed.cursor.step);
+        let mut optimizer = optimizer;
+        optimizer.hyper = optim::Hyper::from_config(&now);
         let t = Trainer {
             cfg,
+            phase: cfg.phase_at(resumed.cursor.step),
+            now,
+            trace: traced_keys(cfg, opts),
+            note: opts
+                .note
+                .as_ref()
+                .filter(|(step, _)| *step == resumed.cursor.step)
+                .map(|(_, text)| text.clone()),
             opts,
             run,
             backend: Backend::for_model(&model),
@@ -138,12 +174,13 @@ impl<'a> Trainer<'a> {
     fn step(&mut self) -> Result<Option<Stop>> {
         let cfg = self.cfg;
         let step_start = Instant::now();
+        self.enter_phase();
         let win = self.data.train.window(self.cursor.window);
         let sums = self.backend.train(
             &self.model,
             (&win.x, &win.y, win.seq_len),
             &mut self.state,
-            cfg.dropout,
+            self.now.dropout,
             &mut self.rng,
         )?;
         let (loss, acc) = (sums.loss / sums.count as f64, sums.hits / sums.count as f64);
@@ -164,6 +201,9 @@ impl<'a> Trainer<'a> {
         let (lr, norm) = self.update(next_step)?;
         self.advance_window();
         self.cursor.step = next_step;
+        if let Some(note) = self.note.take() {
+            self.events.text("pbt/exploit", next_step, &note)?;
+        }
         let tokens = (cfg.batch_size * cfg.seq_len) as u64;
         self.cursor.tokens += tokens;
         self.interval.tokens += tokens;
@@ -177,6 +217,16 @@ impl<'a> Trainer<'a> {
         Ok(None)
     }
 
+    /// Lays the `[[phases]]` that begin at this step over the config (values and optimizer).
+    fn enter_phase(&mut self) {
+        let phase = self.cfg.phase_at(self.cursor.step);
+        if phase != self.phase {
+            self.phase = phase;
+            self.now = self.cfg.at_step(self.cursor.step);
+            self.optimizer.hyper = optim::Hyper::from_config(&self.now);
+        }
+    }
+
     /// Clips, writes the histograms when due, and applies the optimizer. Returns (lr, norm).
     fn update(&mut self, next_step: u64) -> Result<(f64, f64)> {
         let cfg = self.cfg;
@@ -184,12 +234,12 @@ impl<'a> Trainer<'a> {
         let grads = self.backend.grads();
         let norm = optim::global_norm(grads);
         let lr = optim::lr_at(
-            cfg,
+            &self.now,
             self.cursor.step,
             self.data.epoch(&self.cursor),
             self.total_steps,
         );
-        let scale = optim::clip_scale(norm, cfg.grad_clip);
+        let scale = optim::clip_scale(norm, self.now.grad_clip);
         if cfg.histogram_every > 0
             && (next_step.is_multiple_of(cfg.histogram_every) || next_step == 1)
         {
@@ -227,6 +277,11 @@ impl<'a> Trainer<'a> {
             .scalar("train/bpc", step, loss / std::f64::consts::LN_2)?;
         self.events.scalar("lr", step, lr)?;
         self.events.scalar("grad_norm", step, norm)?;
+        for key in &self.trace {
+            if let Some(v) = self.now.explorable(key) {
+                self.events.scalar(&format!("hparams/{key}"), step, v)?;
+            }
+        }
         self.events.scalar("throughput/chars_per_s", step, tps)?;
         self.reporter.step(step, self.total_steps, loss, tps);
         self.record.last_train_loss = Some(loss);
@@ -363,10 +418,18 @@ impl<'a> Trainer<'a> {
     /// A signal or the invocation's step budget, as a stop reason.
     fn interruption(&self, started_step: u64) -> Option<Stop> {
         let signal = crate::signals::requested();
+        let step = self.cursor.step;
+        if signal.is_none()
+            && self.opts.pause_every.is_some_and(|n| {
+                step > started_step && step.is_multiple_of(n.max(1)) && step < self.total_steps
+            })
+        {
+            return Some(Stop::Interrupted(format!("{PAUSED} {step}")));
+        }
         let budget_done = self
             .opts
             .stop_after
-            .is_some_and(|n| self.cursor.step - started_step >= n);
+            .is_some_and(|n| step - started_step >= n);
         if signal.is_none() && !budget_done {
             return None;
         }

@@ -9,18 +9,19 @@
 mod check;
 pub mod experiment;
 pub mod naming;
+mod search;
 pub mod space;
 
 pub use experiment::{check_name, Experiment, PruneRule, Pruning, SlurmSettings};
 pub use naming::{config_hash, dir_name, group_hash, label};
+pub use search::{sampler_bounds, PbtSearch, TpeSearch, DEFAULT_STARTUP};
 pub use space::Sampler;
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
-use crate::run_dir::Metric;
 use crate::summary::Domain;
-use check::{check_run_value, flatten, nearest, set_path, type_name, Reader, SweepFile};
+use check::{check_run_value, flatten, nearest, set_path, type_name, SweepFile};
 use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
@@ -62,25 +63,12 @@ pub struct Plan {
     /// `[search] method = "tpe"`: the trials are proposed as results come in (`trials` is
     /// then empty).
     pub search: Option<TpeSearch>,
+    /// `[search] method = "pbt"`: `trials` are the population's initial members.
+    pub pbt: Option<PbtSearch>,
     /// The grid and the random samplers.
     pub space: space::Space,
     /// The defaults every trial starts from.
     pub base: Table,
-}
-
-/// `[search] method = "tpe"`: a Tree-structured Parzen Estimator search over the `[random]`
-/// domains.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TpeSearch {
-    /// Trials in all.
-    pub trials: usize,
-    /// Random trials before the model takes over.
-    pub startup: usize,
-    /// Candidates scored per proposal.
-    pub candidates: usize,
-    /// What is minimised: best `val/loss` (default), `val/bpc`, `val/accuracy` (maximised), or
-    /// `final/val/loss`.
-    pub metric: Metric,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -92,11 +80,6 @@ const TOP_KEYS: &[&str] = &[
     "trial",
     "slurm",
 ];
-/// Random trials before TPE proposes from results, when `startup_trials` is not given.
-pub const DEFAULT_STARTUP: usize = 10;
-
-const SEARCH_KEYS: &[&str] = &["method", "trials", "startup_trials", "candidates", "metric"];
-
 impl Plan {
     /// The trial of `overrides` laid over the defaults (validated, hashed).
     pub fn trial(&self, overrides: Vec<(String, Value)>) -> Result<Trial> {
@@ -115,6 +98,16 @@ impl Plan {
         space::number(x, int_key)
     }
 
+    /// What a population-based sweep's decisions depend on besides the results: a changed
+    /// sweep file that changes this is a different search.
+    pub fn pbt_key(&self) -> String {
+        let text = format!(
+            "{:?}|{:?}|{:?}|{}",
+            self.base, self.space.random, self.pbt, self.experiment.seed
+        );
+        crate::digest::sha256_hex(text.as_bytes())[..16].to_string()
+    }
+
     /// What a TPE search depends on besides its trial count: a changed sweep file that changes
     /// this is a different search.
     pub fn search_key(&self) -> String {
@@ -129,146 +122,6 @@ impl Plan {
         );
         crate::digest::sha256_hex(text.as_bytes())[..16].to_string()
     }
-}
-
-/// A TPE search draws from the `[random]` domains only.
-fn check_tpe_space(file: &SweepFile, space: &space::Space) -> Result<()> {
-    if space.random.is_empty() {
-        return Err(file.err(
-            "search",
-            "method",
-            "method = \"tpe\" searches the [random] domains: add some".into(),
-        ));
-    }
-    if !space.grid.is_empty() || space.random_trials > 0 {
-        let key = if space.grid.is_empty() {
-            "trials"
-        } else {
-            "method"
-        };
-        return Err(file.err(
-            if space.grid.is_empty() {
-                "random"
-            } else {
-                "search"
-            },
-            key,
-            "with method = \"tpe\" the trial count is [search] trials, and there is no [grid]"
-                .into(),
-        ));
-    }
-    Ok(())
-}
-
-/// The `[search]` table: `None` for the default (the grid, random draws and explicit trials as
-/// listed), the TPE settings for `method = "tpe"`.
-/// `[search] metric`: a validation metric, best val/loss when absent.
-fn parse_metric(file: &SweepFile, t: &Table) -> Result<Metric> {
-    let Some(v) = t.get("metric") else {
-        return Ok(Metric::ValLoss);
-    };
-    v.as_str()
-        .and_then(|m| Metric::parse(m, &Metric::VALIDATION))
-        .ok_or_else(|| {
-            file.err(
-                "search",
-                "metric",
-                format!(
-                    "`metric` must be one of {}, not {v}",
-                    Metric::names(&Metric::VALIDATION)
-                ),
-            )
-        })
-}
-
-/// `[search] method`: true for "tpe"; "list" (or none) runs the listed trials.
-fn is_tpe(file: &SweepFile, t: &Table) -> Result<bool> {
-    let method = match t.get("method") {
-        None => return Ok(false),
-        Some(Value::String(m)) => m.as_str(),
-        Some(v) => {
-            return Err(file.err(
-                "search",
-                "method",
-                format!("`method` must be \"tpe\" or \"list\", not {v}"),
-            ))
-        }
-    };
-    match method {
-        "list" => {
-            if let Some(k) = ["trials", "startup_trials", "candidates", "metric"]
-                .into_iter()
-                .find(|k| t.contains_key(*k))
-            {
-                return Err(file.err(
-                    "search",
-                    k,
-                    format!("`{k}` is a TPE setting; method = \"list\" runs the listed trials"),
-                ));
-            }
-            Ok(false)
-        }
-        "tpe" => Ok(true),
-        other => {
-            let hint = nearest(other, ["tpe", "list"]);
-            Err(file.err(
-                "search",
-                "method",
-                format!("unknown method `{other}`{hint}; expected \"tpe\" or \"list\""),
-            ))
-        }
-    }
-}
-
-fn parse_search(file: &SweepFile, t: &Table, space: &space::Space) -> Result<Option<TpeSearch>> {
-    for k in t.keys() {
-        if !SEARCH_KEYS.contains(&k.as_str()) {
-            return Err(file.unknown("search", k, SEARCH_KEYS));
-        }
-    }
-    if !is_tpe(file, t)? {
-        return Ok(None);
-    }
-    let r = Reader::new(file, "search", t);
-    let int =
-        |k: &str, min: i64| -> Result<Option<usize>> { Ok(r.uint(k, min)?.map(|v| v as usize)) };
-    let trials = int("trials", 1)?.ok_or_else(|| {
-        file.err(
-            "search",
-            "method",
-            "method = \"tpe\" needs `trials = N` in [search]".into(),
-        )
-    })?;
-    let metric = parse_metric(file, t)?;
-    check_tpe_space(file, space)?;
-    if let Some(points) = space.random_points().filter(|&p| p < trials) {
-        return Err(file.err(
-            "search",
-            "trials",
-            format!(
-                "`trials = {trials}` but the [random] domains hold only {points} distinct \
-                 trials: lower it, or widen a domain"
-            ),
-        ));
-    }
-    // The default does not depend on `trials`, so `--extend` (more trials) is the same search.
-    let startup = int("startup_trials", 0)?.unwrap_or(DEFAULT_STARTUP);
-    if t.contains_key("startup_trials") && startup > trials {
-        return Err(file.err(
-            "search",
-            "startup_trials",
-            format!(
-                "`startup_trials = {startup}` is more than `trials = {trials}`: no trial would \
-                 be proposed from results (for a random search use [random] trials = N)"
-            ),
-        ));
-    }
-    Ok(Some(TpeSearch {
-        trials,
-        startup,
-        candidates: int("candidates", 1)?.unwrap_or(24),
-        metric,
-    }))
 }
 
 /// Every value a `[random]` domain can give must make a valid run: the ends of each range and
@@ -498,15 +351,20 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
         let v = check_run_value(&file, &keys, "defaults", &k, &v)?;
         set_path(&mut base, &k, v);
     }
-    let space = space::Space::parse(
+    let mut space = space::Space::parse(
         &file,
         &keys,
         &section(&file, &doc, "grid")?,
         &section(&file, &doc, "random")?,
     )?;
     let explicit = explicit_tables(&file, &doc)?;
-    let search = parse_search(&file, &section(&file, &doc, "search")?, &space)?;
+    let (search, pbt) = search::parse(&file, &section(&file, &doc, "search")?, &space)?;
     let limit = experiment.max_trials.unwrap_or(max_trials);
+    if let Some(p) = &pbt {
+        check_pbt_experiment(&file, &experiment, explicit.len())?;
+        // The initial population is a random draw of `population` members.
+        space.random_trials = p.population;
+    }
     let (trials, duplicates) = match &search {
         Some(tpe) => {
             if !explicit.is_empty() {
@@ -535,6 +393,11 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
         }
     };
     check_random_domains(&file, &base, &space)?;
+    if let Some(p) = &pbt {
+        for t in &trials {
+            search::check_pbt_trial(&file, p, &t.config)?;
+        }
+    }
     let swept = space.domains(&trials);
     Ok(Plan {
         path: path.to_path_buf(),
@@ -545,7 +408,32 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
         duplicates,
         slurm,
         search,
+        pbt,
         space,
         base,
     })
+}
+
+/// What population-based training refuses: a pruning rule (PBT replaces the worst members
+/// rather than stopping them) and explicit `[[trial]]` tables (the members are drawn).
+fn check_pbt_experiment(file: &SweepFile, experiment: &Experiment, explicit: usize) -> Result<()> {
+    if experiment.pruning.is_some() {
+        return Err(file.err(
+            "experiment",
+            "pruning",
+            "a pruning rule cannot be combined with method = \"pbt\" (PBT replaces its worst \
+             members instead of stopping them)"
+                .into(),
+        ));
+    }
+    if explicit > 0 {
+        return Err(file.err(
+            "trial",
+            "trial",
+            "[[trial]] tables cannot be mixed with method = \"pbt\" (the members are drawn \
+             from [random])"
+                .into(),
+        ));
+    }
+    Ok(())
 }

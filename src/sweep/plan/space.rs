@@ -134,7 +134,7 @@ impl Sampler {
     }
 }
 
-pub(super) fn draw(s: &Sampler, rng: &mut Rng, int_key: bool) -> Value {
+pub fn draw(s: &Sampler, rng: &mut Rng, int_key: bool) -> Value {
     match s {
         Sampler::Uniform(a, b) => number(a + (b - a) * rng.uniform_f64(), int_key),
         Sampler::LogUniform(a, b) => number(

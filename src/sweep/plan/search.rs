@@ -1,0 +1,383 @@
+//! The `[search]` table: how a sweep chooses its trials. Absent (or `method = "list"`): the
+//! grid, random draws and explicit trials as listed. `method = "tpe"`: proposed one at a time
+//! from the finished ones ([`crate::sweep::tpe`]). `method = "pbt"`: a population trained at
+//! once whose worst members copy the best and perturb their values at fixed intervals
+//! ([`crate::sweep::pbt`]).
+
+use super::check::{nearest, Reader, SweepFile};
+use super::space::{self, Sampler};
+use crate::config::{RunConfig, EXPLORABLE};
+use crate::error::Result;
+use crate::run_dir::Metric;
+use toml::{Table, Value};
+
+/// `[search] method = "tpe"`: a Tree-structured Parzen Estimator search over the `[random]`
+/// domains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TpeSearch {
+    /// Trials in all.
+    pub trials: usize,
+    /// Random trials before the model takes over.
+    pub startup: usize,
+    /// Candidates scored per proposal.
+    pub candidates: usize,
+    /// What is minimised: best `val/loss` (default), `val/bpc`, `val/accuracy` (maximised), or
+    /// `final/val/loss`.
+    pub metric: Metric,
+}
+
+/// Random trials before TPE proposes from results, when `startup_trials` is not given.
+pub const DEFAULT_STARTUP: usize = 10;
+
+/// `[search] method = "pbt"`: population-based training over the `[random]` domains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PbtSearch {
+    /// Members trained at once (the initial draw from `[random]`).
+    pub population: usize,
+    /// Steps between a member's decisions.
+    pub interval: u64,
+    /// The bottom `quantile` of the ranking copies from the top `quantile`.
+    pub quantile: f64,
+    /// Chance that an explored key is drawn anew from its domain rather than perturbed.
+    pub resample: f64,
+    /// A perturbed value is multiplied by one of these.
+    pub factors: Vec<f64>,
+    /// The `[random]` keys a decision explores (those in [`EXPLORABLE`]); the others are drawn
+    /// once per member and copied with the weights.
+    pub explored: Vec<String>,
+}
+
+/// How a sweep chooses its trials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    List,
+    Tpe,
+    Pbt,
+}
+
+const TPE_KEYS: &[&str] = &["trials", "startup_trials", "candidates", "metric"];
+const PBT_KEYS: &[&str] = &["population", "interval", "quantile", "resample", "factors"];
+
+/// The `[search]` table: the TPE settings for `method = "tpe"`, the PBT ones for `"pbt"`,
+/// neither for the default.
+pub(super) fn parse(
+    file: &SweepFile,
+    t: &Table,
+    space: &space::Space,
+) -> Result<(Option<TpeSearch>, Option<PbtSearch>)> {
+    let all: Vec<&str> = ["method"]
+        .iter()
+        .chain(TPE_KEYS)
+        .chain(PBT_KEYS)
+        .copied()
+        .collect();
+    if let Some(k) = t.keys().find(|k| !all.contains(&k.as_str())) {
+        return Err(file.unknown("search", k, &all));
+    }
+    let method = method(file, t)?;
+    let foreign = |keys: &[&str], what: &str| -> Result<()> {
+        match keys.iter().find(|k| t.contains_key(**k)) {
+            Some(k) => Err(file.err("search", k, format!("`{k}` {what}"))),
+            None => Ok(()),
+        }
+    };
+    match method {
+        Method::List => {
+            foreign(
+                TPE_KEYS,
+                "is a TPE setting; method = \"list\" runs the listed trials",
+            )?;
+            foreign(
+                PBT_KEYS,
+                "is a PBT setting; method = \"list\" runs the listed trials",
+            )?;
+            Ok((None, None))
+        }
+        Method::Tpe => {
+            foreign(PBT_KEYS, "is a PBT setting, not one of method = \"tpe\"")?;
+            Ok((Some(parse_tpe(file, t, space)?), None))
+        }
+        Method::Pbt => {
+            foreign(TPE_KEYS, "is a TPE setting, not one of method = \"pbt\"")?;
+            Ok((None, Some(parse_pbt(file, t, space)?)))
+        }
+    }
+}
+
+/// `[search] method`.
+fn method(file: &SweepFile, t: &Table) -> Result<Method> {
+    let m = match t.get("method") {
+        None => return Ok(Method::List),
+        Some(Value::String(m)) => m.as_str(),
+        Some(v) => {
+            return Err(file.err(
+                "search",
+                "method",
+                format!("`method` must be \"tpe\", \"pbt\" or \"list\", not {v}"),
+            ))
+        }
+    };
+    match m {
+        "list" => Ok(Method::List),
+        "tpe" => Ok(Method::Tpe),
+        "pbt" => Ok(Method::Pbt),
+        other => {
+            let hint = nearest(other, ["tpe", "pbt", "list"]);
+            Err(file.err(
+                "search",
+                "method",
+                format!("unknown method `{other}`{hint}; expected \"tpe\", \"pbt\" or \"list\""),
+            ))
+        }
+    }
+}
+
+/// A float of `[search]` in `range`, or `default`.
+fn float(
+    file: &SweepFile,
+    t: &Table,
+    key: &str,
+    default: f64,
+    ok: impl Fn(f64) -> bool,
+    what: &str,
+) -> Result<f64> {
+    let v = match t.get(key) {
+        None => return Ok(default),
+        Some(Value::Float(f)) => *f,
+        Some(Value::Integer(i)) => *i as f64,
+        Some(v) => {
+            return Err(file.err("search", key, format!("`{key}` must be a number, not {v}")))
+        }
+    };
+    if ok(v) {
+        Ok(v)
+    } else {
+        Err(file.err("search", key, format!("`{key} = {v}`: must be {what}")))
+    }
+}
+
+fn parse_pbt(file: &SweepFile, t: &Table, space: &space::Space) -> Result<PbtSearch> {
+    let r = Reader::new(file, "search", t);
+    let population = r.uint("population", 2)?.ok_or_else(|| {
+        file.err(
+            "search",
+            "method",
+            "method = \"pbt\" needs `population = N` in [search]".into(),
+        )
+    })? as usize;
+    let interval = r.uint("interval", 1)?.ok_or_else(|| {
+        file.err(
+            "search",
+            "method",
+            "method = \"pbt\" needs `interval = STEPS` in [search] (steps between decisions)"
+                .into(),
+        )
+    })? as u64;
+    let quantile = float(
+        file,
+        t,
+        "quantile",
+        0.25,
+        |q| q > 0.0 && q <= 0.5,
+        "in (0, 0.5]",
+    )?;
+    let resample = float(
+        file,
+        t,
+        "resample",
+        0.25,
+        |p| (0.0..=1.0).contains(&p),
+        "in [0, 1]",
+    )?;
+    let factors = match t.get("factors") {
+        None => vec![1.2, 0.8],
+        Some(Value::Array(a)) => {
+            let fs: Vec<f64> = a
+                .iter()
+                .filter_map(space::as_f64)
+                .filter(|f| *f > 0.0)
+                .collect();
+            if fs.is_empty() || fs.len() != a.len() {
+                return Err(file.err(
+                    "search",
+                    "factors",
+                    format!(
+                        "`factors` must be a list of positive numbers, not {}",
+                        Value::Array(a.clone())
+                    ),
+                ));
+            }
+            fs
+        }
+        Some(v) => {
+            return Err(file.err(
+                "search",
+                "factors",
+                format!("`factors` must be a list of numbers, not {v}"),
+            ))
+        }
+    };
+    if space.random.is_empty() || !space.grid.is_empty() || space.random_trials > 0 {
+        return Err(file.err(
+            "search",
+            "method",
+            "with method = \"pbt\" the members are drawn from [random] (no `trials` there: \
+             [search] population is the count), and there is no [grid]"
+                .into(),
+        ));
+    }
+    let explored: Vec<String> = space
+        .random
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| EXPLORABLE.contains(&k.as_str()))
+        .collect();
+    if explored.is_empty() {
+        return Err(file.err(
+            "search",
+            "method",
+            format!(
+                "method = \"pbt\" explores keys that can change while a run trains ({}): give \
+                 at least one of them a [random] domain",
+                EXPLORABLE.join(", ")
+            ),
+        ));
+    }
+    Ok(PbtSearch {
+        population,
+        interval,
+        quantile,
+        resample,
+        factors,
+        explored,
+    })
+}
+
+/// A PBT member's config must stop for decisions: `interval` a multiple of `eval_every` (a
+/// decision ranks the evaluation at its step) and shorter than the run.
+pub(super) fn check_pbt_trial(file: &SweepFile, pbt: &PbtSearch, c: &RunConfig) -> Result<()> {
+    if !pbt.interval.is_multiple_of(c.eval_every) {
+        return Err(file.err(
+            "search",
+            "interval",
+            format!(
+                "`interval = {}` must be a multiple of eval_every ({}): a decision ranks the \
+                 members' evaluations at its step",
+                pbt.interval, c.eval_every
+            ),
+        ));
+    }
+    match c.max_steps {
+        Some(n) if pbt.interval < n => Ok(()),
+        _ => Err(file.err(
+            "search",
+            "interval",
+            format!(
+                "`interval = {}` must be shorter than the members' max_steps ({}; PBT members \
+                 run a fixed number of steps)",
+                pbt.interval,
+                c.max_steps.map_or("unset".into(), |n| n.to_string())
+            ),
+        )),
+    }
+}
+
+/// A value of an explored key as the sampler's domain gives it.
+pub fn sampler_bounds(s: &Sampler) -> Option<(f64, f64)> {
+    match s {
+        Sampler::Uniform(a, b) | Sampler::LogUniform(a, b) => Some((*a, *b)),
+        Sampler::IntUniform(a, b) => Some((*a as f64, *b as f64)),
+        Sampler::Choice(_) => None,
+    }
+}
+
+/// A TPE search draws from the `[random]` domains only.
+fn check_tpe_space(file: &SweepFile, space: &space::Space) -> Result<()> {
+    if space.random.is_empty() {
+        return Err(file.err(
+            "search",
+            "method",
+            "method = \"tpe\" searches the [random] domains: add some".into(),
+        ));
+    }
+    if !space.grid.is_empty() || space.random_trials > 0 {
+        let key = if space.grid.is_empty() {
+            "trials"
+        } else {
+            "method"
+        };
+        return Err(file.err(
+            if space.grid.is_empty() {
+                "random"
+            } else {
+                "search"
+            },
+            key,
+            "with method = \"tpe\" the trial count is [search] trials, and there is no [grid]"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `[search] metric`: a validation metric, best val/loss when absent.
+fn parse_metric(file: &SweepFile, t: &Table) -> Result<Metric> {
+    let Some(v) = t.get("metric") else {
+        return Ok(Metric::ValLoss);
+    };
+    v.as_str()
+        .and_then(|m| Metric::parse(m, &Metric::VALIDATION))
+        .ok_or_else(|| {
+            file.err(
+                "search",
+                "metric",
+                format!(
+                    "`metric` must be one of {}, not {v}",
+                    Metric::names(&Metric::VALIDATION)
+                ),
+            )
+        })
+}
+
+fn parse_tpe(file: &SweepFile, t: &Table, space: &space::Space) -> Result<TpeSearch> {
+    let r = Reader::new(file, "search", t);
+    let int =
+        |k: &str, min: i64| -> Result<Option<usize>> { Ok(r.uint(k, min)?.map(|v| v as usize)) };
+    let trials = int("trials", 1)?.ok_or_else(|| {
+        file.err(
+            "search",
+            "method",
+            "method = \"tpe\" needs `trials = N` in [search]".into(),
+        )
+    })?;
+    let metric = parse_metric(file, t)?;
+    check_tpe_space(file, space)?;
+    if let Some(points) = space.random_points().filter(|&p| p < trials) {
+        return Err(file.err(
+            "search",
+            "trials",
+            format!(
+                "`trials = {trials}` but the [random] domains hold only {points} distinct \
+                 trials: lower it, or widen a domain"
+            ),
+        ));
+    }
+    // The default does not depend on `trials`, so `--extend` (more trials) is the same search.
+    let startup = int("startup_trials", 0)?.unwrap_or(DEFAULT_STARTUP);
+    if t.contains_key("startup_trials") && startup > trials {
+        return Err(file.err(
+            "search",
+            "startup_trials",
+            format!(
+                "`startup_trials = {startup}` is more than `trials = {trials}`: no trial would \
+                 be proposed from results (for a random search use [random] trials = N)"
+            ),
+        ));
+    }
+    Ok(TpeSearch {
+        trials,
+        startup,
+        candidates: int("candidates", 1)?.unwrap_or(24),
+        metric,
+    })
+}

@@ -1,0 +1,314 @@
+//! Population-based training (issue 21) from the outside: a PBT sweep with fewer jobs than
+//! members copies, explores and shows it in TensorBoard and `compare`; its best member's schedule
+//! replays as one `charlab train`; it decides the same when run again; a SIGKILL mid-search
+//! loses no decision and writes no step twice; what makes no sense is refused in one line.
+
+mod common;
+
+use charlab::sweep::manifest::{Decision, Manifest};
+use std::path::{Path, PathBuf};
+
+/// A PBT sweep file on the fixture corpus: `population` members of 60 steps, a decision every
+/// 20; `extra` lines go into [experiment].
+fn pbt_file(d: &Path, name: &str, population: usize, extra: &str) -> String {
+    let corpus = common::write_corpus(d);
+    let text = format!(
+        "[experiment]\nname = {name:?}\ncorpus = {:?}\nseed = 3\n{extra}\n[defaults]\n\
+         batch_size = 4\nseq_len = 16\nembed_dim = 16\nhidden = 32\nmax_steps = 60\n\
+         eval_every = 10\nlog_every = 5\nhistogram_every = 0\nsample_length = 10\n\
+         val_fraction = 0.1\ndevice = \"cpu\"\n[search]\nmethod = \"pbt\"\n\
+         population = {population}\ninterval = 20\n[random]\n\
+         lr = {{ log_uniform = [1e-4, 3e-2] }}\ndropout = {{ uniform = [0.0, 0.3] }}\n",
+        corpus.to_str().unwrap()
+    );
+    let file = format!("{name}.toml");
+    std::fs::write(d.join(&file), text).unwrap();
+    file
+}
+
+fn decisions(root: &Path) -> Vec<Decision> {
+    Manifest::load(root).unwrap().pbt.unwrap().decisions
+}
+
+fn members(root: &Path) -> Vec<PathBuf> {
+    common::run_dirs(root)
+}
+
+/// Every member: completed, each evaluation step once and in order (TensorBoard's reader),
+/// its explored keys traced as scalars.
+fn assert_members_whole(root: &Path) {
+    for m in members(root) {
+        assert_eq!(common::record(&m)["status"], "completed", "{}", m.display());
+        let tb = common::tb_read(&m);
+        let steps = common::tb_steps(&tb, "val/loss");
+        assert_eq!(
+            steps,
+            vec![10, 20, 30, 40, 50, 60],
+            "{}: no step twice",
+            m.display()
+        );
+        let lr = common::tb_steps(&tb, "hparams/lr");
+        assert!(
+            lr.windows(2).all(|w| w[0] < w[1]),
+            "{}: {lr:?}",
+            m.display()
+        );
+        assert!(tb["scalars"]["hparams/dropout"].is_array());
+    }
+}
+
+#[test]
+fn a_pbt_sweep_with_fewer_jobs_than_members_copies_explores_and_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = pbt_file(d, "pop", 4, "jobs = 2");
+    let o = common::charlab(d, &["sweep", &file, "--plain"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let root = d.join("runs/pop");
+    let ds = decisions(&root);
+    // Every member decides once at each boundary before its end (20 and 40), all applied.
+    let mut at: Vec<(usize, u64)> = ds.iter().map(|d| (d.member, d.step)).collect();
+    at.sort();
+    let want: Vec<(usize, u64)> = (0..4).flat_map(|m| [(m, 20), (m, 40)]).collect();
+    assert_eq!(at, want);
+    assert!(ds.iter().all(|d| d.applied));
+    // Members take turns, so all four have reached a boundary before any decides there: the
+    // worst of four copies the best, once per boundary.
+    let copies: Vec<&Decision> = ds.iter().filter(|d| d.donor.is_some()).collect();
+    assert_eq!(copies.len(), 2, "{ds:?}");
+    for c in &copies {
+        assert_eq!(c.ranking.len(), 4, "{c:?}");
+        assert_eq!(c.ranking.last().unwrap().0, c.member, "the worst copies");
+        assert_eq!(c.donor.unwrap(), c.ranking[0], "from the best");
+        assert!(
+            err.contains(&format!("step {}:", c.step)),
+            "said on the console: {err}"
+        );
+    }
+    let names = members(&root);
+    for c in &copies {
+        // Its text event says so, at the first step it trained after the copy.
+        let tb = common::tb_read(&names[c.member]);
+        let notes = tb["text"]["pbt/exploit"]
+            .as_array()
+            .expect("pbt/exploit text");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n[0] == c.step + 1 && n[1].as_str().unwrap().contains("copied")),
+            "{notes:?}"
+        );
+    }
+    assert_members_whole(&root);
+
+    // compare shows who copied whom.
+    let o = common::charlab(d, &["compare", root.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("lineage"), "{table}");
+    let c = copies[0];
+    assert!(
+        table.contains(&format!("{}←{:03}", c.step, c.donor.unwrap().0)),
+        "{table}"
+    );
+
+    // The best member's schedule runs as one plain run from scratch.
+    let replay = root.join("pbt-replay.toml");
+    let text = std::fs::read_to_string(&replay).expect("pbt-replay.toml written");
+    assert!(text.contains("Lineage"), "{text}");
+    let out = d.join("replay");
+    let o = common::charlab(
+        d,
+        &[
+            "train",
+            "--config",
+            replay.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--plain",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(common::record(&out)["status"], "completed");
+    assert!(
+        !root
+            .join(&names[0])
+            .join("checkpoints/pbt-20.safetensors")
+            .exists(),
+        "snapshots removed"
+    );
+}
+
+#[test]
+fn phases_change_the_values_a_run_trains_with_from_their_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let corpus = common::write_corpus(d);
+    let cfg = d.join("run.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "corpus = {:?}\nbatch_size = 4\nseq_len = 16\nembed_dim = 16\nhidden = 32\n\
+             max_steps = 30\neval_every = 10\nlog_every = 5\nhistogram_every = 0\n\
+             sample_length = 10\nval_fraction = 0.1\ndevice = \"cpu\"\nlr = 0.001\n\
+             [[phases]]\nstep = 10\nlr = 0.005\ndropout = 0.2\n[[phases]]\nstep = 20\nlr = 0.002\n",
+            corpus.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = d.join("run");
+    let o = common::charlab(
+        d,
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tb = common::tb_read(&out);
+    let lr: Vec<(u64, f64)> = tb["scalars"]["lr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    for (step, v) in &lr {
+        // The value logged at step s is the one step s trained with (from step s - 1).
+        let want = match step - 1 {
+            0..=9 => 0.001,
+            10..=19 => 0.005,
+            _ => 0.002,
+        };
+        assert!(
+            (v - want).abs() < 1e-9,
+            "lr at step {step}: {v}, want {want}"
+        );
+    }
+    let dropout = tb["scalars"]["hparams/dropout"].as_array().unwrap();
+    assert!(dropout.iter().any(|p| p[1].as_f64().unwrap() == 0.0));
+    assert!(dropout
+        .iter()
+        .any(|p| (p[1].as_f64().unwrap() - 0.2).abs() < 1e-6));
+
+    // Phases out of order are refused, naming the key.
+    std::fs::write(
+        &cfg,
+        format!(
+            "corpus = {:?}\n[[phases]]\nstep = 20\nlr = 0.1\n[[phases]]\nstep = 10\nlr = 0.2\n",
+            corpus.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let o = common::charlab(
+        d,
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            d.join("bad").to_str().unwrap(),
+        ],
+    );
+    common::assert_user_error(&o, "phases out of order", &["phases"]);
+}
+
+#[test]
+fn the_same_pbt_sweep_one_member_at_a_time_decides_the_same_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["once", "twice"] {
+        let file = pbt_file(d, name, 3, "jobs = 1");
+        let o = common::charlab(d, &["sweep", &file, "--plain"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (a, b) = (
+        decisions(&d.join("runs/once")),
+        decisions(&d.join("runs/twice")),
+    );
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_pbt_sweep_killed_mid_search_keeps_its_decisions_and_writes_no_step_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = pbt_file(d, "killed", 4, "jobs = 2");
+    let root = d.join("runs/killed");
+    let mut child = common::spawn_quiet(d, &["sweep", &file, "--plain"]);
+    common::wait_until(180, "three decisions", || {
+        Manifest::load(&root).is_ok_and(|m| m.pbt.is_some_and(|p| p.decisions.len() >= 3))
+    });
+    common::kill("KILL", child.id());
+    let _ = child.wait();
+    let before = decisions(&root);
+    // The workers follow their parent down (they checkpoint and stop on SIGTERM).
+    common::wait_until(60, "the workers to stop", || {
+        members(&root).iter().all(|m| {
+            !std::fs::read_to_string(m.join("run.json")).is_ok_and(|t| t.contains("\"running\""))
+                || !charlab::run_dir::RunDir::new(m).is_training()
+        })
+    });
+    let o = common::charlab(d, &["sweep", &file, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = decisions(&root);
+    // What was decided stays decided (and done); nothing is decided twice.
+    assert_eq!(&after[..before.len()], &before[..]);
+    let mut at: Vec<(usize, u64)> = after.iter().map(|d| (d.member, d.step)).collect();
+    at.sort();
+    at.dedup();
+    assert_eq!(at.len(), after.len(), "a decision made twice: {after:?}");
+    assert_eq!(after.len(), 8);
+    assert!(after.iter().all(|d| d.applied));
+    assert_members_whole(&root);
+}
+
+#[test]
+fn pbt_refuses_what_makes_no_sense_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = pbt_file(d, "bad", 4, "");
+    let base = std::fs::read_to_string(d.join(&file)).unwrap();
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "a grid",
+            format!("{base}[grid]\nhidden = [16, 32]\n"),
+            vec!["[grid]"],
+        ),
+        (
+            "a pruning rule",
+            base.replace("seed = 3\n", "seed = 3\npruning = { rule = \"median\" }\n"),
+            vec!["pruning", "pbt"],
+        ),
+        (
+            "an interval that is not a multiple of eval_every",
+            base.replace("interval = 20", "interval = 15"),
+            vec!["interval", "eval_every"],
+        ),
+        (
+            "nothing to explore",
+            base.replace(
+                "lr = { log_uniform = [1e-4, 3e-2] }\ndropout = { uniform = [0.0, 0.3] }\n",
+                "hidden = { choice = [16, 32] }\n",
+            ),
+            vec!["explores", "lr"],
+        ),
+        (
+            "a TPE key",
+            base.replace("interval = 20", "interval = 20\nstartup_trials = 3"),
+            vec!["startup_trials", "TPE"],
+        ),
+    ];
+    for (what, text, needles) in cases {
+        std::fs::write(d.join(&file), text).unwrap();
+        let o = common::charlab(d, &["sweep", &file, "--plain"]);
+        common::assert_user_error(&o, what, &needles);
+        assert!(!d.join("runs/bad").exists(), "{what}: nothing created");
+    }
+    std::fs::write(d.join(&file), &base).unwrap();
+    let o = common::charlab(d, &["sweep", &file, "--launcher", "slurm"]);
+    common::assert_user_error(&o, "the Slurm launcher", &["pbt", "local launcher"]);
+}

@@ -10,6 +10,8 @@ use crate::importance::{self, Importance};
 use crate::run_dir::{Checkpoint, Metric, RunDir};
 use crate::runs::{self, Group, Row};
 use crate::sample::{SampleOptions, Sampling};
+use crate::sweep::manifest::Manifest;
+use crate::sweep::pbt;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -179,6 +181,84 @@ fn fmt_num(x: f64) -> String {
     } else {
         format!("{}", (x * 1e4).round() / 1e4)
     }
+}
+
+/// A population-based sweep's schedules: its first explored key (lr when explored) against the
+/// step, one step line per member; a jump is a copy with its explore (the lineage is in the
+/// runs table).
+fn schedules_chart(m: &Manifest) -> Chart {
+    let key = m
+        .pbt
+        .as_ref()
+        .and_then(|p| {
+            p.explored
+                .iter()
+                .find(|k| *k == "lr")
+                .or(p.explored.first())
+        })
+        .cloned()
+        .ok_or("no explored key")?;
+    let lines: Vec<(String, Vec<(f64, f64)>)> = (0..m.trials.len())
+        .map(|i| {
+            let mut pts: Vec<(f64, f64)> = Vec::new();
+            for (step, values) in pbt::schedule(m, i) {
+                let Some((_, v)) = values.iter().find(|(k, _)| *k == key) else {
+                    continue;
+                };
+                if let Some(&(_, prev)) = pts.last() {
+                    pts.push((step as f64, prev));
+                }
+                pts.push((step as f64, v.log10()));
+            }
+            (m.trials[i].dir.clone(), pts)
+        })
+        .collect();
+    let all = lines.iter().flat_map(|(_, p)| p.iter());
+    // The last piece runs an interval (or more) past the last decision.
+    let interval = m.pbt.as_ref().map_or(1, |p| p.interval) as f64;
+    let max_x = all.clone().map(|p| p.0).fold(1.0, f64::max) + interval;
+    let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+        (a.min(p.1), b.max(p.1))
+    });
+    if !lo.is_finite() {
+        return Err("no member has a schedule yet".into());
+    }
+    let pad = ((hi - lo) * 0.05).max(0.05);
+    svg((900, 420), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("log10({key}) of every member by step"),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..max_x, (lo - pad)..(hi + pad))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(format!("log10 {key}"))
+            .draw()?;
+        for (i, (name, pts)) in lines.iter().enumerate() {
+            let mut pts = pts.clone();
+            if let Some(&(_, last)) = pts.last() {
+                pts.push((max_x, last));
+            }
+            let color = ramp(i, lines.len());
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+        }
+        if lines.len() <= 12 {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        Ok(())
+    })
 }
 
 /// One polyline per finished run through an axis per swept key and one for the metric,
@@ -377,11 +457,16 @@ pub fn report(dir: &Path, out: &Path) -> Result<Written> {
     runs::sort_by_metric(&mut rows, metric);
     let keys: Vec<String> = rows[0].hparams.iter().map(|(k, _)| k.clone()).collect();
     let imp = importance::of_runs(&rows, metric);
-    let charts = [
+    let mut charts = vec![
         ("curves", curves_chart(&rows)),
         ("parallel", parallel_chart(&rows, &keys, metric)),
         ("importance", importance_chart(&imp, metric)),
     ];
+    if let Ok(m) = Manifest::load(dir) {
+        if m.pbt.is_some() {
+            charts.push(("schedules", schedules_chart(&m)));
+        }
+    }
     let name = runs::base_name(dir);
     let settings = std::fs::read_to_string(crate::sweep::manifest::sweep_file(dir)).ok();
     let best = rows.iter().find(|r| r.metric(metric).is_some());
@@ -439,6 +524,7 @@ fn sections(
         let title = match *id {
             "curves" => "Validation curves",
             "parallel" => "Swept keys against the metric",
+            "schedules" => "Population-based training: each member's schedule",
             _ => "Which keys matter",
         };
         h.push_str(&format!("<h2>{title}</h2>{}", figure(id, chart)));

@@ -112,6 +112,28 @@ fn a_pbt_sweep_with_fewer_jobs_than_members_copies_explores_and_shows_it() {
         "{table}"
     );
 
+    // The report draws the schedules and shows the lineage.
+    let html = d.join("report.html");
+    let o = common::charlab(
+        d,
+        &[
+            "report",
+            root.to_str().unwrap(),
+            "-o",
+            html.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("each member&#x27;s schedule") || page.contains("each member's schedule")
+    );
+    assert!(
+        page.contains("log10(lr) of every member"),
+        "the schedules chart is drawn"
+    );
+    assert!(page.contains(&format!("{}←{:03}", c.step, c.donor.unwrap().0)));
+
     // The best member's schedule runs as one plain run from scratch.
     let replay = root.join("pbt-replay.toml");
     let text = std::fs::read_to_string(&replay).expect("pbt-replay.toml written");

@@ -160,11 +160,9 @@ fn worker_exe(given: &Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
-/// `charlab sweep`: plans, lays out and runs a sweep on this machine.
-pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
-    // Before the lock exists: a Ctrl-C from then on stops the sweep cleanly.
-    crate::signals::install();
-    let plan = plan::load(path, opts.max_trials, opts.force)?;
+/// A population-based sweep is decided on between its members' pieces by the sweep process:
+/// the local launcher does that, the Slurm one does not yet.
+fn check_launcher(plan: &Plan, opts: &SweepOptions, path: &Path) -> Result<()> {
     if plan.pbt.is_some() && matches!(opts.launcher, Launcher::Slurm { .. }) {
         return Err(crate::Error::usage(
             path,
@@ -172,6 +170,15 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
              between pieces by the sweep process; the Slurm launcher does not do that yet)",
         ));
     }
+    Ok(())
+}
+
+/// `charlab sweep`: plans, lays out and runs a sweep on this machine.
+pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
+    // Before the lock exists: a Ctrl-C from then on stops the sweep cleanly.
+    crate::signals::install();
+    let plan = plan::load(path, opts.max_trials, opts.force)?;
+    check_launcher(&plan, opts, path)?;
     let root = opts.runs_root.join(&plan.experiment.name);
     let new_root = !root.exists();
     let lock = manifest::Lock::acquire(&root)?;
@@ -195,10 +202,33 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     let _lock = lock;
     lay_out(&root, &plan, &manifest, &mut say)?;
     preflight::name_lost_records(&root, &manifest, opts.progress);
+    let (signal, manifest) = launch(&root, &plan, manifest, costs, opts)?;
+    let states = manifest
+        .trials
+        .iter()
+        .map(|e| manifest::state(&RunDir::new(root.join(&e.dir))))
+        .collect();
+    Ok(SweepOutcome {
+        root,
+        manifest,
+        states,
+        signal,
+    })
+}
+
+/// Runs the sweep's trials with the launcher `opts` names. Returns the signal that stopped it,
+/// if any, and the manifest as it ended.
+fn launch(
+    root: &Path,
+    plan: &Plan,
+    manifest: Manifest,
+    costs: Vec<f64>,
+    opts: &SweepOptions,
+) -> Result<(Option<i32>, Manifest)> {
     let exp = &plan.experiment;
     let retries = opts.retries.unwrap_or(exp.retries);
-    let proposer = search::Proposer::new(&plan, &root);
-    let (signal, manifest) = if let Launcher::Slurm {
+    let proposer = search::Proposer::new(plan, root);
+    if let Launcher::Slurm {
         flags,
         detach,
         poll,
@@ -215,7 +245,7 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
             poll: *poll,
             concurrent: opts.jobs.unwrap_or(exp.jobs).max(1),
         };
-        slurm::run(&root, manifest, &so, proposer)?
+        slurm::run(root, manifest, &so, proposer)
     } else {
         let local = local::LocalOptions {
             jobs: opts.jobs.unwrap_or(exp.jobs).max(1),
@@ -230,23 +260,12 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
             costs,
         };
         local::run(
-            &root,
+            root,
             manifest,
             &local,
-            (proposer, pbt::Population::new(&plan, &root)),
-        )?
-    };
-    let states = manifest
-        .trials
-        .iter()
-        .map(|e| manifest::state(&RunDir::new(root.join(&e.dir))))
-        .collect();
-    Ok(SweepOutcome {
-        root,
-        manifest,
-        states,
-        signal,
-    })
+            (proposer, pbt::Population::new(plan, root)),
+        )
+    }
 }
 
 /// `charlab sweep FILE --launcher slurm --status`: the per-trial table of a submitted sweep.

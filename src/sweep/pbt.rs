@@ -425,6 +425,29 @@ pub fn lineage(manifest: &Manifest, member: usize) -> Vec<(u64, usize)> {
         .collect()
 }
 
+/// Member `m`'s schedule: its explored values from step 0 (its draw) and after each of its
+/// decisions, as (step, values).
+pub fn schedule(manifest: &Manifest, m: usize) -> Vec<(u64, Vec<(String, f64)>)> {
+    let Some(state) = &manifest.pbt else {
+        return Vec::new();
+    };
+    let initial: Vec<(String, f64)> = manifest.trials[m]
+        .overrides
+        .iter()
+        .filter(|(k, _)| state.explored.contains(k))
+        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+        .collect();
+    let mut out = vec![(0, initial.clone())];
+    for d in state
+        .decisions
+        .iter()
+        .filter(|d| d.member == m && d.applied)
+    {
+        out.push((d.step, values_at(manifest, &initial, m, d.step)));
+    }
+    out
+}
+
 /// The explored values member `m` trained with from `step` on: its initial ones, then each of
 /// its decisions' up to `step`.
 fn values_at(
@@ -444,6 +467,64 @@ fn values_at(
         }
     }
     v
+}
+
+/// Whose training the winner's weights went through: (from step, member), oldest first. Each
+/// copy hands the history before it to the donor.
+pub fn ancestry(manifest: &Manifest, winner: usize) -> Vec<(u64, usize)> {
+    let mut pieces: Vec<(u64, usize)> = Vec::new();
+    let (mut member, mut upto) = (winner, u64::MAX);
+    loop {
+        match lineage(manifest, member)
+            .into_iter()
+            .rfind(|(s, _)| *s < upto)
+        {
+            Some((s, donor)) => {
+                pieces.push((s, member));
+                member = donor;
+                upto = s;
+            }
+            None => {
+                pieces.push((0, member));
+                break;
+            }
+        }
+    }
+    pieces.reverse();
+    pieces
+}
+
+/// The values along `pieces`: those at step 0 set on `cfg`, each later change a phase.
+fn phases(
+    manifest: &Manifest,
+    pieces: &[(u64, usize)],
+    initial: &dyn Fn(usize) -> Vec<(String, f64)>,
+    cfg: &mut RunConfig,
+) -> Vec<crate::config::Phase> {
+    let mut phases: Vec<crate::config::Phase> = Vec::new();
+    let mut last: Vec<(String, f64)> = Vec::new();
+    for &(from, m) in pieces {
+        let v = values_at(manifest, &initial(m), m, from);
+        if v == last {
+            continue;
+        }
+        if from == 0 {
+            for (k, x) in &v {
+                cfg.set_explorable(k, *x);
+            }
+        } else {
+            let mut p = crate::config::Phase {
+                step: from,
+                ..Default::default()
+            };
+            for (k, x) in &v {
+                p.set(k, *x);
+            }
+            phases.push(p);
+        }
+        last = v;
+    }
+    phases
 }
 
 /// The best member's schedule as a run config `charlab train` runs from scratch: its final
@@ -480,50 +561,8 @@ pub fn replay(root: &Path, manifest: &Manifest) -> Result<Option<(String, usize)
             })
             .collect()
     };
-    // Walk back from the winner: each copy hands the weights' history to the donor before it.
-    let mut pieces: Vec<(u64, usize)> = Vec::new();
-    let (mut member, mut upto) = (winner, u64::MAX);
-    loop {
-        let copy = lineage(manifest, member)
-            .into_iter()
-            .rfind(|(s, _)| *s < upto);
-        match copy {
-            Some((s, donor)) => {
-                pieces.push((s, member));
-                member = donor;
-                upto = s;
-            }
-            None => {
-                pieces.push((0, member));
-                break;
-            }
-        }
-    }
-    pieces.reverse();
-    let mut phases: Vec<crate::config::Phase> = Vec::new();
-    let mut last: Vec<(String, f64)> = Vec::new();
-    for (from, m) in &pieces {
-        let v = values_at(manifest, &initial(*m), *m, *from);
-        if v == last {
-            continue;
-        }
-        if *from == 0 {
-            for (k, x) in &v {
-                cfg.set_explorable(k, *x);
-            }
-        } else {
-            let mut p = crate::config::Phase {
-                step: *from,
-                ..Default::default()
-            };
-            for (k, x) in &v {
-                p.set(k, *x);
-            }
-            phases.push(p);
-        }
-        last = v;
-    }
-    cfg.phases = phases;
+    let pieces = ancestry(manifest, winner);
+    cfg.phases = phases(manifest, &pieces, &initial, &mut cfg);
     cfg.device = "auto".into();
     cfg.threads = None;
     let body = toml::to_string(&cfg).map_err(|e| Error::Run {

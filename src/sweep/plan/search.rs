@@ -189,8 +189,31 @@ fn parse_pbt(file: &SweepFile, t: &Table, space: &space::Space) -> Result<PbtSea
         |p| (0.0..=1.0).contains(&p),
         "in [0, 1]",
     )?;
-    let factors = match t.get("factors") {
-        None => vec![1.2, 0.8],
+    let factors = parse_factors(file, t)?;
+    if space.random.is_empty() || !space.grid.is_empty() || space.random_trials > 0 {
+        return Err(file.err(
+            "search",
+            "method",
+            "with method = \"pbt\" the members are drawn from [random] (no `trials` there: \
+             [search] population is the count), and there is no [grid]"
+                .into(),
+        ));
+    }
+    let explored = explored_keys(file, space)?;
+    Ok(PbtSearch {
+        population,
+        interval,
+        quantile,
+        resample,
+        factors,
+        explored,
+    })
+}
+
+/// `[search] factors`: positive numbers (default 1.2 and 0.8).
+fn parse_factors(file: &SweepFile, t: &Table) -> Result<Vec<f64>> {
+    match t.get("factors") {
+        None => Ok(vec![1.2, 0.8]),
         Some(Value::Array(a)) => {
             let fs: Vec<f64> = a
                 .iter()
@@ -207,25 +230,18 @@ fn parse_pbt(file: &SweepFile, t: &Table, space: &space::Space) -> Result<PbtSea
                     ),
                 ));
             }
-            fs
+            Ok(fs)
         }
-        Some(v) => {
-            return Err(file.err(
-                "search",
-                "factors",
-                format!("`factors` must be a list of numbers, not {v}"),
-            ))
-        }
-    };
-    if space.random.is_empty() || !space.grid.is_empty() || space.random_trials > 0 {
-        return Err(file.err(
+        Some(v) => Err(file.err(
             "search",
-            "method",
-            "with method = \"pbt\" the members are drawn from [random] (no `trials` there: \
-             [search] population is the count), and there is no [grid]"
-                .into(),
-        ));
+            "factors",
+            format!("`factors` must be a list of numbers, not {v}"),
+        )),
     }
+}
+
+/// The `[random]` keys a PBT decision explores: at least one.
+fn explored_keys(file: &SweepFile, space: &space::Space) -> Result<Vec<String>> {
     let explored: Vec<String> = space
         .random
         .iter()
@@ -243,14 +259,7 @@ fn parse_pbt(file: &SweepFile, t: &Table, space: &space::Space) -> Result<PbtSea
             ),
         ));
     }
-    Ok(PbtSearch {
-        population,
-        interval,
-        quantile,
-        resample,
-        factors,
-        explored,
-    })
+    Ok(explored)
 }
 
 /// A PBT member's config must stop for decisions: `interval` a multiple of `eval_every` (a

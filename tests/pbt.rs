@@ -330,7 +330,4 @@ fn pbt_refuses_what_makes_no_sense_in_one_line() {
         common::assert_user_error(&o, what, &needles);
         assert!(!d.join("runs/bad").exists(), "{what}: nothing created");
     }
-    std::fs::write(d.join(&file), &base).unwrap();
-    let o = common::charlab(d, &["sweep", &file, "--launcher", "slurm"]);
-    common::assert_user_error(&o, "the Slurm launcher", &["pbt", "local launcher"]);
 }

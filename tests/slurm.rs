@@ -208,6 +208,7 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
     );
 
     tpe_search_on_slurm(d);
+    pbt_on_slurm(d);
 }
 
 /// A TPE search on the job array: proposals are submitted as results come in; a watcher that
@@ -255,4 +256,81 @@ fn tpe_search_on_slurm(d: &Path) {
         );
     }
     common::assert_proposals_replay(d, "tpe.toml", "tpe");
+}
+
+/// Population-based training on the job array: each piece of a member is a task and the
+/// watcher decides between them; a watcher killed mid-search leaves the paused members waiting,
+/// and the same command run again decides what is due, and nothing twice.
+fn pbt_on_slurm(d: &Path) {
+    std::fs::write(
+        d.join("pbt.toml"),
+        "[experiment]\nname = \"pbt\"\ncorpus = \"novel.txt\"\nseed = 3\n[defaults]\nbatch_size = 4\n\
+         seq_len = 16\nembed_dim = 16\nhidden = 32\nmax_steps = 60\neval_every = 10\n\
+         log_every = 5\nhistogram_every = 0\nval_fraction = 0.1\ndevice = \"cpu\"\n[search]\n\
+         method = \"pbt\"\npopulation = 4\ninterval = 20\n[random]\n\
+         lr = { log_uniform = [1e-4, 3e-2] }\ndropout = { uniform = [0.0, 0.3] }\n\
+         [slurm]\ncpus_per_task = 1\n",
+    )
+    .unwrap();
+    let args = [
+        "sweep",
+        "pbt.toml",
+        "--launcher",
+        "slurm",
+        "--array-parallelism",
+        "2",
+        "--plain",
+    ];
+    let root = d.join("runs/pbt");
+    let decisions = || {
+        charlab::sweep::manifest::Manifest::load(&root)
+            .ok()
+            .and_then(|m| m.pbt)
+            .map(|p| p.decisions)
+            .unwrap_or_default()
+    };
+    let mut watcher = common::spawn_quiet(d, &args);
+    common::wait_until(180, "two decisions", || decisions().len() >= 2);
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+    let before = decisions();
+    let o = common::charlab(d, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = decisions();
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "what was decided stays decided"
+    );
+    let mut at: Vec<(usize, u64)> = after.iter().map(|x| (x.member, x.step)).collect();
+    at.sort();
+    let want: Vec<(usize, u64)> = (0..4).flat_map(|m| [(m, 20), (m, 40)]).collect();
+    assert_eq!(
+        at,
+        want,
+        "each member decided once per boundary: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(after.iter().all(|x| x.applied));
+    assert!(
+        after.iter().any(|x| x.donor.is_some()),
+        "someone copied: {after:?}"
+    );
+    for run in common::run_dirs(&root) {
+        assert_eq!(
+            common::record(&run)["status"],
+            "completed",
+            "{}",
+            run.display()
+        );
+        let tb = common::tb_read(&run);
+        assert_eq!(
+            common::tb_steps(&tb, "val/loss"),
+            vec![10, 20, 30, 40, 50, 60],
+            "{}: each step once",
+            run.display()
+        );
+        assert!(tb["scalars"]["hparams/lr"].is_array());
+    }
+    assert!(root.join("pbt-replay.toml").exists());
 }

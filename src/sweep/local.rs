@@ -6,9 +6,9 @@
 use crate::error::{IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::sweep::manifest::{self, Manifest};
-use crate::sweep::pbt::Population;
+use crate::sweep::pbt::{self, Population};
 use crate::sweep::search::Proposer;
-use crate::train::{Console, Progress, RunStatus, PAUSED};
+use crate::train::{Console, Progress, RunStatus};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -355,10 +355,7 @@ impl<'a> Launcher<'a> {
         let run = self.run_dir(r.index);
         let name = &self.manifest.trials[r.index].dir;
         let rec = run.record();
-        let paused = rec.as_ref().is_some_and(|x| {
-            x.status == RunStatus::Interrupted
-                && x.message.as_deref().is_some_and(|m| m.starts_with(PAUSED))
-        });
+        let paused = rec.as_ref().is_some_and(pbt::is_paused);
         if let (Some(p), true, None, true) = (&self.population, paused, r.stopping, exit.success())
         {
             // A member at a boundary: it waits its turn, and is decided on before it goes on.

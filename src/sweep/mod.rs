@@ -160,25 +160,11 @@ fn worker_exe(given: &Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
-/// A population-based sweep is decided on between its members' pieces by the sweep process:
-/// the local launcher does that, the Slurm one does not yet.
-fn check_launcher(plan: &Plan, opts: &SweepOptions, path: &Path) -> Result<()> {
-    if plan.pbt.is_some() && matches!(opts.launcher, Launcher::Slurm { .. }) {
-        return Err(crate::Error::usage(
-            path,
-            "method = \"pbt\" runs with the local launcher only (its members are decided on \
-             between pieces by the sweep process; the Slurm launcher does not do that yet)",
-        ));
-    }
-    Ok(())
-}
-
 /// `charlab sweep`: plans, lays out and runs a sweep on this machine.
 pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     // Before the lock exists: a Ctrl-C from then on stops the sweep cleanly.
     crate::signals::install();
     let plan = plan::load(path, opts.max_trials, opts.force)?;
-    check_launcher(&plan, opts, path)?;
     let root = opts.runs_root.join(&plan.experiment.name);
     let new_root = !root.exists();
     let lock = manifest::Lock::acquire(&root)?;
@@ -245,7 +231,12 @@ fn launch(
             poll: *poll,
             concurrent: opts.jobs.unwrap_or(exp.jobs).max(1),
         };
-        slurm::run(root, manifest, &so, proposer)
+        slurm::run(
+            root,
+            manifest,
+            &so,
+            (proposer, pbt::Population::new(plan, root)),
+        )
     } else {
         let local = local::LocalOptions {
             jobs: opts.jobs.unwrap_or(exp.jobs).max(1),

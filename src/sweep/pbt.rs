@@ -109,6 +109,15 @@ pub fn decide(
     (Some(donor), new)
 }
 
+/// True for a member its worker paused at a boundary (not stopped by a signal or a crash).
+pub fn is_paused(record: &crate::run_dir::RunRecord) -> bool {
+    record.status == RunStatus::Interrupted
+        && record
+            .message
+            .as_deref()
+            .is_some_and(|m| m.starts_with(crate::train::PAUSED))
+}
+
 /// A member's boundary snapshot.
 fn snapshot_path(run: &RunDir, step: u64) -> PathBuf {
     run.checkpoints().join(format!("pbt-{step}.safetensors"))

@@ -8,6 +8,7 @@
 //! checkpoints and requeues its own task (`scontrol requeue`), which resumes the same way.
 
 use super::manifest::{self, Entry, Manifest, TrialState};
+use super::pbt::{self, Population};
 use super::search::Proposer;
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
@@ -260,6 +261,8 @@ struct Watcher<'a> {
     manifest: Manifest,
     opts: &'a SlurmOptions,
     proposer: Option<Proposer<'a>>,
+    /// A population-based sweep's members, decided on between their pieces.
+    population: Option<Population<'a>>,
     /// The search has no more trials to propose.
     exhausted: bool,
     script: PathBuf,
@@ -331,6 +334,20 @@ impl Watcher<'_> {
         false
     }
 
+    /// A population member whose task ended at a boundary: its checkpoint there is kept for
+    /// the others (before any of them is decided on).
+    fn paused(&mut self, index: usize) -> Result<bool> {
+        let Some(p) = &self.population else {
+            return Ok(false);
+        };
+        let run = RunDir::new(self.root.join(&self.manifest.trials[index].dir));
+        if !run.record().as_ref().is_some_and(pbt::is_paused) {
+            return Ok(false);
+        }
+        p.paused(&self.manifest, index)?;
+        Ok(true)
+    }
+
     /// A search's new trials, up to its concurrency, as results come in.
     fn propose(&mut self, outstanding: usize, to_submit: &mut Vec<usize>) -> Result<()> {
         let Some(p) = &self.proposer else {
@@ -362,6 +379,7 @@ impl Watcher<'_> {
             p.catch_up(&mut self.manifest)?;
         }
         let mut to_submit = Vec::new();
+        let mut paused = Vec::new();
         let mut c = Counts::default();
         for e in self.manifest.trials.clone() {
             let e = &e;
@@ -376,6 +394,9 @@ impl Watcher<'_> {
                 }
             } else if self.given_up.contains(&e.index) {
                 c.failed += 1;
+            } else if self.paused(e.index)? {
+                // A member at a boundary: decided on below, once every paused one is seen.
+                paused.push(e.index);
             } else if self.retry_or_fail(e, task, state) {
                 to_submit.push(e.index);
             } else {
@@ -388,6 +409,16 @@ impl Watcher<'_> {
                     return Ok(Verdict::Cancelled);
                 }
             }
+        }
+        for index in paused {
+            if let Some(p) = &self.population {
+                if let Some(line) = p.before_piece(&mut self.manifest, index)? {
+                    log_line(self.opts.progress, &line);
+                }
+            }
+            // A pause is not a failure: the member's retries start again.
+            self.tries_here.remove(&index);
+            to_submit.push(index);
         }
         self.propose(c.running, &mut to_submit)?;
         if !to_submit.is_empty() {
@@ -421,10 +452,13 @@ impl Watcher<'_> {
 /// Returns the signal that stopped the watcher, if any (the tasks keep running on the cluster).
 pub fn run(
     root: &Path,
-    manifest: Manifest,
+    mut manifest: Manifest,
     opts: &SlurmOptions,
-    proposer: Option<Proposer>,
+    (proposer, population): (Option<Proposer>, Option<Population>),
 ) -> Result<(Option<i32>, Manifest)> {
+    if let Some(p) = &population {
+        p.catch_up(&mut manifest)?;
+    }
     let root = std::path::absolute(root).at(root)?;
     let exe = super::worker_exe(&opts.worker_exe)?;
     let name = root
@@ -439,6 +473,7 @@ pub fn run(
         manifest,
         opts,
         proposer,
+        population,
         exhausted: false,
         script: script_path,
         tries_here: BTreeMap::new(),
@@ -486,6 +521,16 @@ pub fn run(
         }
         let idle = c.running == 0;
         last_counts = Some(c);
+        if idle {
+            if let Some(p) = &w.population {
+                if let Some(path) = p.finish(&w.manifest)? {
+                    log_line(
+                        opts.progress,
+                        &format!("the best member's schedule, as one run: {}", path.display()),
+                    );
+                }
+            }
+        }
         if opts.detach || idle {
             return Ok((None, w.manifest));
         }

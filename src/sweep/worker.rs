@@ -24,6 +24,14 @@ pub fn worker(
     if let Some(status) = run.status().filter(|s| s.is_final()) {
         return Ok(status);
     }
+    if let Some(rec) = run
+        .record()
+        .filter(|r| awaits_decision(&manifest, index, r))
+    {
+        // A member at a boundary trains on only after the sweep has decided on it there: a
+        // stray second submission (a watcher killed between sbatch and its jobs file) waits.
+        return Ok(rec.status);
+    }
     let mut cfg = run.load_config()?;
     // Inside a Slurm allocation, the cores it granted.
     let threads = threads.or_else(|| {
@@ -74,4 +82,16 @@ pub fn worker(
             Err(e)
         }
     }
+}
+
+/// True for a population member paused at a boundary with no decision there yet.
+fn awaits_decision(manifest: &Manifest, index: usize, rec: &crate::run_dir::RunRecord) -> bool {
+    let Some(state) = &manifest.pbt else {
+        return false;
+    };
+    pbt::is_paused(rec)
+        && !state
+            .decisions
+            .iter()
+            .any(|d| d.member == index && d.step == rec.steps && d.applied)
 }

@@ -83,27 +83,61 @@ fn curves_chart(rows: &[Row]) -> Chart {
         return Err("no run has an evaluation yet".into());
     }
     let pad = ((hi - lo) * 0.05).max(1e-3);
+    // Worst first, so that the best run is drawn last, on top.
+    let series = rows
+        .iter()
+        .zip(&points)
+        .enumerate()
+        .rev()
+        .map(|(i, (r, pts))| Series {
+            label: r.run.clone(),
+            points: pts.clone(),
+            color: ramp(i, rows.len()),
+            width: if i == 0 { 3 } else { 1 },
+        })
+        .collect();
+    line_chart(
+        ("validation loss of every run", "val/loss"),
+        (max_x, (lo - pad, hi + pad)),
+        series,
+    )
+}
+
+/// One line of a [`line_chart`].
+struct Series {
+    label: String,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    width: u32,
+}
+
+/// Lines against the step, drawn in the order given, with a legend for up to 12 of them.
+fn line_chart(
+    (caption, y_desc): (&str, &str),
+    (max_x, (y_lo, y_hi)): (f64, (f64, f64)),
+    series: Vec<Series>,
+) -> Chart {
     svg((900, 420), |root| {
         let mut chart = ChartBuilder::on(root)
-            .caption("validation loss of every run", ("sans-serif", 18))
+            .caption(caption, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(0f64..max_x, (lo - pad)..(hi + pad))?;
+            .build_cartesian_2d(0f64..max_x, y_lo..y_hi)?;
         chart
             .configure_mesh()
             .x_desc("step")
-            .y_desc("val/loss")
+            .y_desc(y_desc)
             .draw()?;
-        for (i, (r, pts)) in rows.iter().zip(&points).enumerate().rev() {
-            let color = ramp(i, rows.len());
-            let width = if i == 0 { 3 } else { 1 };
+        let n = series.len();
+        for s in series {
+            let color = s.color;
             chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))?
-                .label(r.run.clone())
+                .draw_series(LineSeries::new(s.points, color.stroke_width(s.width)))?
+                .label(s.label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
         }
-        if rows.len() <= 12 {
+        if n <= 12 {
             chart
                 .configure_series_labels()
                 .background_style(WHITE.mix(0.8))
@@ -224,41 +258,30 @@ fn schedules_chart(m: &Manifest) -> Chart {
         return Err("no member has a schedule yet".into());
     }
     let pad = ((hi - lo) * 0.05).max(0.05);
-    svg((900, 420), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("log10({key}) of every member by step"),
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..max_x, (lo - pad)..(hi + pad))?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc(format!("log10 {key}"))
-            .draw()?;
-        for (i, (name, pts)) in lines.iter().enumerate() {
-            let mut pts = pts.clone();
-            if let Some(&(_, last)) = pts.last() {
-                pts.push((max_x, last));
+    let n = lines.len();
+    let series = lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, (label, mut points))| {
+            if let Some(&(_, last)) = points.last() {
+                points.push((max_x, last));
             }
-            let color = ramp(i, lines.len());
-            chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-                .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
-        }
-        if lines.len() <= 12 {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()?;
-        }
-        Ok(())
-    })
+            Series {
+                label,
+                points,
+                color: ramp(i, n),
+                width: 2,
+            }
+        })
+        .collect();
+    line_chart(
+        (
+            &format!("log10({key}) of every member by step"),
+            &format!("log10 {key}"),
+        ),
+        (max_x, (lo - pad, hi + pad)),
+        series,
+    )
 }
 
 /// One polyline per finished run through an axis per swept key and one for the metric,

@@ -348,6 +348,19 @@ impl Watcher<'_> {
         Ok(true)
     }
 
+    /// A population whose members have all finished: its replay config, said on the console.
+    fn finish_population(&self) -> Result<()> {
+        if let Some(path) = self.population.as_ref().map(|p| p.finish(&self.manifest)) {
+            if let Some(path) = path? {
+                log_line(
+                    self.opts.progress,
+                    &format!("the best member's schedule, as one run: {}", path.display()),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// A search's new trials, up to its concurrency, as results come in.
     fn propose(&mut self, outstanding: usize, to_submit: &mut Vec<usize>) -> Result<()> {
         let Some(p) = &self.proposer else {
@@ -456,9 +469,9 @@ pub fn run(
     opts: &SlurmOptions,
     (proposer, population): (Option<Proposer>, Option<Population>),
 ) -> Result<(Option<i32>, Manifest)> {
-    if let Some(p) = &population {
-        p.catch_up(&mut manifest)?;
-    }
+    population
+        .as_ref()
+        .map_or(Ok(()), |p| p.catch_up(&mut manifest))?;
     let root = std::path::absolute(root).at(root)?;
     let exe = super::worker_exe(&opts.worker_exe)?;
     let name = root
@@ -522,14 +535,7 @@ pub fn run(
         let idle = c.running == 0;
         last_counts = Some(c);
         if idle {
-            if let Some(p) = &w.population {
-                if let Some(path) = p.finish(&w.manifest)? {
-                    log_line(
-                        opts.progress,
-                        &format!("the best member's schedule, as one run: {}", path.display()),
-                    );
-                }
-            }
+            w.finish_population()?;
         }
         if opts.detach || idle {
             return Ok((None, w.manifest));

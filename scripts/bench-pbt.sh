@@ -76,7 +76,11 @@ done
 python3 - "$out" "$steps" "${seeds[*]}" "${corpora[*]}" <<'PY'
 import json, statistics, sys
 out, steps, seeds, corpora = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split()
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+info = {}
+for line in open("/proc/cpuinfo"):
+    k, _, v = line.partition(":")
+    info.setdefault(k.strip(), v.strip())
+cpu = f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
 def best(name):
     m = json.load(open(f"{out}/{name}/manifest.json"))
     vals = []

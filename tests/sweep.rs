@@ -687,3 +687,25 @@ fn compare_importance_ranks_the_key_that_drives_the_metric_first_and_declines_wi
     assert!(o.status.success());
     assert!(text.contains("too few finished trials"), "{text}");
 }
+
+#[test]
+fn every_shipped_experiment_file_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut seen = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        if text.contains("[experiment]") {
+            let plan = charlab::sweep::plan::load(&path, usize::MAX, true);
+            assert!(plan.is_ok(), "{}: {:?}", path.display(), plan.err());
+        } else {
+            let cfg = charlab::config::RunConfig::load(&path);
+            assert!(cfg.is_ok(), "{}: {:?}", path.display(), cfg.err());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 5, "the experiments folder holds the shipped files");
+}

@@ -98,56 +98,11 @@ pub const EXPLORABLE: &[&str] = &[
 /// [`EXPLORABLE`] keys (what a population-based sweep found for its best member, replayed by one
 /// run from scratch).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Phase {
     pub step: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dropout: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight_decay: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grad_clip: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub momentum: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub beta1: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub beta2: Option<f64>,
-}
-
-impl Phase {
-    /// Sets explorable key `key` (others are ignored).
-    pub fn set(&mut self, key: &str, v: f64) {
-        let slot = match key {
-            "lr" => &mut self.lr,
-            "dropout" => &mut self.dropout,
-            "weight_decay" => &mut self.weight_decay,
-            "grad_clip" => &mut self.grad_clip,
-            "momentum" => &mut self.momentum,
-            "beta1" => &mut self.beta1,
-            "beta2" => &mut self.beta2,
-            _ => return,
-        };
-        *slot = Some(v);
-    }
-
-    /// The phase's values, by key.
-    pub fn values(&self) -> Vec<(&'static str, f64)> {
-        [
-            ("lr", self.lr),
-            ("dropout", self.dropout),
-            ("weight_decay", self.weight_decay),
-            ("grad_clip", self.grad_clip),
-            ("momentum", self.momentum),
-            ("beta1", self.beta1),
-            ("beta2", self.beta2),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v?)))
-        .collect()
-    }
+    /// Explorable key → value (checked against [`EXPLORABLE`] by `validate`).
+    #[serde(flatten)]
+    pub values: std::collections::BTreeMap<String, f64>,
 }
 
 /// Every hyperparameter of one run. Field docs are the TOML reference (README).
@@ -383,8 +338,8 @@ impl RunConfig {
     pub fn at_step(&self, step: u64) -> RunConfig {
         let mut c = self.clone();
         for p in self.phases.iter().filter(|p| p.step <= step) {
-            for (k, v) in p.values() {
-                c.set_explorable(k, v);
+            for (k, v) in &p.values {
+                c.set_explorable(k, *v);
             }
         }
         c
@@ -404,6 +359,15 @@ impl RunConfig {
             ));
         }
         for p in &self.phases {
+            if let Some(k) = p.values.keys().find(|k| !EXPLORABLE.contains(&k.as_str())) {
+                return Err(Error::invalid(
+                    "phases",
+                    format!(
+                        "`{k}` cannot change while a run trains; a phase may set {}",
+                        EXPLORABLE.join(", ")
+                    ),
+                ));
+            }
             let mut c = self.at_step(p.step);
             c.phases.clear();
             c.validate_shapes()?;

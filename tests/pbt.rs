@@ -166,28 +166,30 @@ fn phases_change_the_values_a_run_trains_with_from_their_step() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let corpus = common::write_corpus(d);
-    let cfg = d.join("run.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "corpus = {:?}\nbatch_size = 4\nseq_len = 16\nembed_dim = 16\nhidden = 32\n\
-             max_steps = 30\neval_every = 10\nlog_every = 5\nhistogram_every = 0\n\
-             sample_length = 10\nval_fraction = 0.1\ndevice = \"cpu\"\nlr = 0.001\n\
-             [[phases]]\nstep = 10\nlr = 0.005\ndropout = 0.2\n[[phases]]\nstep = 20\nlr = 0.002\n",
-            corpus.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let out = d.join("run");
-    let o = common::charlab(
-        d,
-        &[
+    // `charlab train` on a config of `body` (after the corpus line) into `out`.
+    let train = |body: &str, out: &str| {
+        let cfg = d.join("run.toml");
+        std::fs::write(
+            &cfg,
+            format!("corpus = {:?}\n{body}", corpus.to_str().unwrap()),
+        )
+        .unwrap();
+        let out = d.join(out);
+        let args = [
             "train",
             "--config",
             cfg.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
-        ],
+        ];
+        (common::charlab(d, &args), out)
+    };
+    let (o, out) = train(
+        "batch_size = 4\nseq_len = 16\nembed_dim = 16\nhidden = 32\nmax_steps = 30\n\
+         eval_every = 10\nlog_every = 5\nhistogram_every = 0\nsample_length = 10\n\
+         val_fraction = 0.1\ndevice = \"cpu\"\nlr = 0.001\n\
+         [[phases]]\nstep = 10\nlr = 0.005\ndropout = 0.2\n[[phases]]\nstep = 20\nlr = 0.002\n",
+        "run",
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let tb = common::tb_read(&out);
@@ -215,26 +217,14 @@ fn phases_change_the_values_a_run_trains_with_from_their_step() {
         .iter()
         .any(|p| (p[1].as_f64().unwrap() - 0.2).abs() < 1e-6));
 
-    // Phases out of order are refused, naming the key.
-    std::fs::write(
-        &cfg,
-        format!(
-            "corpus = {:?}\n[[phases]]\nstep = 20\nlr = 0.1\n[[phases]]\nstep = 10\nlr = 0.2\n",
-            corpus.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let o = common::charlab(
-        d,
-        &[
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            d.join("bad").to_str().unwrap(),
-        ],
+    // Phases out of order, or setting what cannot change while a run trains, are refused.
+    let (o, _) = train(
+        "[[phases]]\nstep = 20\nlr = 0.1\n[[phases]]\nstep = 10\nlr = 0.2\n",
+        "bad",
     );
     common::assert_user_error(&o, "phases out of order", &["phases"]);
+    let (o, _) = train("[[phases]]\nstep = 10\nhidden = 64\n", "bad");
+    common::assert_user_error(&o, "a shape key in a phase", &["phases", "hidden"]);
 }
 
 #[test]

@@ -522,14 +522,10 @@ fn phases(
                 cfg.set_explorable(k, *x);
             }
         } else {
-            let mut p = crate::config::Phase {
+            phases.push(crate::config::Phase {
                 step: from,
-                ..Default::default()
-            };
-            for (k, x) in &v {
-                p.set(k, *x);
-            }
-            phases.push(p);
+                values: v.iter().cloned().collect(),
+            });
         }
         last = v;
     }

@@ -27,11 +27,9 @@ pub fn blown_up(loss: f64, ln_vocab: f64, times: f64) -> bool {
 /// phases set.
 fn traced_keys(cfg: &RunConfig, opts: &TrainOptions) -> Vec<String> {
     let mut keys = opts.trace.clone();
-    for p in &cfg.phases {
-        for (k, _) in p.values() {
-            if !keys.iter().any(|x| x == k) {
-                keys.push(k.to_string());
-            }
+    for k in cfg.phases.iter().flat_map(|p| p.values.keys()) {
+        if !keys.contains(k) {
+            keys.push(k.clone());
         }
     }
     keys

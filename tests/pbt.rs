@@ -152,6 +152,19 @@ fn a_pbt_sweep_with_fewer_jobs_than_members_copies_explores_and_shows_it() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(common::record(&out)["status"], "completed");
+    // The members share the run seed, so the phases retrace the winner's lineage: the replay
+    // reaches the winner's best val loss (up to float summation order at another thread count).
+    let best = |run: &Path| {
+        common::record(run)["best_metrics"]["val_loss"]
+            .as_f64()
+            .unwrap()
+    };
+    let winner = names.iter().map(|m| best(m)).fold(f64::INFINITY, f64::min);
+    assert!(
+        (best(&out) - winner).abs() < 1e-3,
+        "replay {} vs winner {winner}",
+        best(&out)
+    );
     assert!(
         !root
             .join(&names[0])

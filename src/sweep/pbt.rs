@@ -123,6 +123,17 @@ fn snapshot_path(run: &RunDir, step: u64) -> PathBuf {
     run.checkpoints().join(format!("pbt-{step}.safetensors"))
 }
 
+/// Keeps a member's `last` checkpoint, which is at `step`, as its snapshot there (once).
+fn snapshot(run: &RunDir, step: u64) -> Result<()> {
+    let snap = snapshot_path(run, step);
+    if !snap.exists() {
+        let last = run.checkpoint(Checkpoint::Last);
+        let bytes = std::fs::read(&last).map_err(|e| Error::io(&last, e))?;
+        crate::atomic::write(&snap, &bytes)?;
+    }
+    Ok(())
+}
+
 fn to_json(v: &Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
@@ -146,14 +157,6 @@ impl<'a> Population<'a> {
             plan,
             root: root.to_path_buf(),
         })
-    }
-
-    pub fn interval(&self) -> u64 {
-        self.pbt.interval
-    }
-
-    pub fn explored(&self) -> &[String] {
-        &self.pbt.explored
     }
 
     fn run(&self, manifest: &Manifest, member: usize) -> RunDir {
@@ -197,15 +200,11 @@ impl<'a> Population<'a> {
     }
 
     /// A member's worker paused it at a boundary: its checkpoint there is kept for the others.
+    /// Returns the boundary's step.
     pub fn paused(&self, manifest: &Manifest, member: usize) -> Result<u64> {
         let run = self.run(manifest, member);
         let step = self.step_of(&run)?;
-        let snap = snapshot_path(&run, step);
-        if !snap.exists() {
-            let last = run.checkpoint(Checkpoint::Last);
-            let bytes = std::fs::read(&last).map_err(|e| Error::io(&last, e))?;
-            crate::atomic::write(&snap, &bytes)?;
-        }
+        snapshot(&run, step)?;
         Ok(step)
     }
 
@@ -222,7 +221,7 @@ impl<'a> Population<'a> {
         if !due || decided {
             return Ok(None);
         }
-        self.paused(manifest, member)?;
+        snapshot(&run, step)?;
         let ranking = self.ranking(manifest, step);
         let values = |m: usize| self.values(manifest, m);
         let (donor, new) = decide(

@@ -172,6 +172,15 @@ fn a_pbt_sweep_with_fewer_jobs_than_members_copies_explores_and_shows_it() {
             .exists(),
         "snapshots removed"
     );
+
+    // A copied member's config, lost, is rebuilt from its decisions, not from its first draw.
+    let member = &names[copies[0].member];
+    let config = member.join("config.toml");
+    let before = std::fs::read_to_string(&config).unwrap();
+    std::fs::remove_file(&config).unwrap();
+    let o = common::charlab(d, &["sweep", &file, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
 }
 
 #[test]

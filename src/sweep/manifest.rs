@@ -62,6 +62,10 @@ pub struct Decision {
     /// The explored keys before and after (the same when it was not in the bottom quantile).
     pub old: Vec<(String, serde_json::Value)>,
     pub new: Vec<(String, serde_json::Value)>,
+    /// The member's config from here on, when it copied (the donor's with the new values): what
+    /// its `config.toml` is rewritten from if that is damaged or lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::config::RunConfig>,
     /// The copy and the new config are in place.
     pub applied: bool,
 }

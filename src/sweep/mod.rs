@@ -122,7 +122,10 @@ fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest, say: &mut dyn FnMut(&s
                 "{e}; rewrote it from the sweep file (the damaged copy is config.toml.damaged)"
             ));
         }
-        run.save_config(&t.config)?;
+        // A population member that copied another runs the config its decisions left it.
+        run.save_config(
+            &pbt::current_config(manifest, entry.index).unwrap_or_else(|| t.config.clone()),
+        )?;
     }
     manifest.save(root)?;
 

@@ -118,6 +118,19 @@ pub fn is_paused(record: &crate::run_dir::RunRecord) -> bool {
             .is_some_and(|m| m.starts_with(crate::train::PAUSED))
 }
 
+/// Member `m`'s config as its decisions left it (`None` when it never copied): what its
+/// `config.toml` is rebuilt from when that file is damaged or lost.
+pub fn current_config(manifest: &Manifest, m: usize) -> Option<RunConfig> {
+    manifest
+        .pbt
+        .as_ref()?
+        .decisions
+        .iter()
+        .rfind(|d| d.member == m && d.config.is_some())?
+        .config
+        .clone()
+}
+
 /// A member's boundary snapshot.
 fn snapshot_path(run: &RunDir, step: u64) -> PathBuf {
     run.checkpoints().join(format!("pbt-{step}.safetensors"))
@@ -136,10 +149,6 @@ fn snapshot(run: &RunDir, step: u64) -> Result<()> {
 
 fn to_json(v: &Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
-}
-
-fn from_json(v: &serde_json::Value) -> Option<Value> {
-    Value::try_from(v).ok()
 }
 
 /// The population of a PBT sweep, as the launcher drives it.
@@ -233,6 +242,18 @@ impl<'a> Population<'a> {
             values,
         );
         let old = self.values(manifest, member);
+        let config = match donor {
+            Some((from, _)) => {
+                let mut cfg = self.run(manifest, from).load_config()?;
+                for (k, v) in &new {
+                    if let Some(x) = plan::space::as_f64(v) {
+                        cfg.set_explorable(k, x);
+                    }
+                }
+                Some(cfg)
+            }
+            None => None,
+        };
         let d = Decision {
             member,
             step,
@@ -240,6 +261,7 @@ impl<'a> Population<'a> {
             donor,
             old: old.iter().map(|(k, v)| (k.clone(), to_json(v))).collect(),
             new: new.iter().map(|(k, v)| (k.clone(), to_json(v))).collect(),
+            config,
             applied: false,
         };
         let line = describe(manifest, &d);
@@ -321,13 +343,9 @@ impl<'a> Population<'a> {
                 best_step: mine.best_step,
                 ..cursor
             };
-            let mut cfg: RunConfig = from.load_config()?;
-            for (k, v) in &d.new {
-                if let Some(x) = from_json(v).as_ref().and_then(plan::space::as_f64) {
-                    cfg.set_explorable(k, x);
-                }
+            if let Some(cfg) = &d.config {
+                me.save_config(cfg)?;
             }
-            me.save_config(&cfg)?;
             // No fallback to the member's own weights: the copy is its checkpoint now.
             let _ = std::fs::remove_file(me.checkpoint(Checkpoint::Previous));
             checkpoint::save(&me.checkpoint(Checkpoint::Last), &tensors, &cursor)?;

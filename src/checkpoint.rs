@@ -102,24 +102,39 @@ pub fn load_latest(run: &RunDir, device: &Device) -> Result<(Option<Loaded>, Vec
 /// A checkpoint's tensors by name, and where the run was.
 pub type Loaded = (HashMap<String, Tensor>, Cursor);
 
-/// Reads a checkpoint, verifying its checksum.
-pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
-    let bytes = std::fs::read(path).at(path)?;
+/// The cursor in a checkpoint's header and the checksum its tensors should have.
+fn header(bytes: &[u8], path: &Path) -> Result<(Cursor, String)> {
     let bad = |message: String| Error::Run {
         path: path.to_path_buf(),
         message,
     };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(format!("not a checkpoint ({e})")))?;
     let info = meta.metadata().clone().unwrap_or_default();
     let cursor: Cursor = info
         .get(META_KEY)
         .and_then(|m| serde_json::from_str(m).ok())
         .ok_or_else(|| bad("checkpoint has no charlab metadata".into()))?;
-    let expected = info.get(SUM_KEY).cloned().unwrap_or_default();
+    Ok((cursor, info.get(SUM_KEY).cloned().unwrap_or_default()))
+}
+
+/// Where a checkpoint's run was, from its header alone (no tensors decoded, no checksum: for
+/// a look at the step; [`load`] verifies).
+pub fn cursor(path: &Path) -> Result<Cursor> {
+    let bytes = std::fs::read(path).at(path)?;
+    Ok(header(&bytes, path)?.0)
+}
+
+/// Reads a checkpoint, verifying its checksum.
+pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
+    let bytes = std::fs::read(path).at(path)?;
+    let (cursor, expected) = header(&bytes, path)?;
     let got = crate::digest::sha256_hex(data_region(&bytes).unwrap_or_default());
     if got != expected {
-        return Err(bad("checkpoint is damaged (checksum mismatch)".into()));
+        return Err(Error::Run {
+            path: path.to_path_buf(),
+            message: "checkpoint is damaged (checksum mismatch)".into(),
+        });
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
     Ok((tensors, cursor))

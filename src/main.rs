@@ -460,7 +460,7 @@ fn warn(warnings: &[String]) {
 }
 
 /// How a command ended. With an error, this is the one place the process's exit code is
-/// decided (see RELIABILITY.md, "Exit codes").
+/// decided (which errors are the user's: RELIABILITY.md, "Bad input").
 enum Ended {
     /// 0.
     Done,

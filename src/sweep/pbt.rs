@@ -187,14 +187,11 @@ impl<'a> Population<'a> {
                  name",
             ));
         }
-        for i in 0..state_len(manifest) {
-            if !manifest
-                .pbt
-                .as_ref()
-                .is_some_and(|p| p.decisions[i].applied)
-            {
-                self.apply(manifest, i)?;
-            }
+        let undone: Vec<usize> = (0..state.decisions.len())
+            .filter(|&i| !state.decisions[i].applied)
+            .collect();
+        for i in undone {
+            self.apply(manifest, i)?;
         }
         manifest.save(&self.root)
     }
@@ -205,7 +202,7 @@ impl<'a> Population<'a> {
         if !path.exists() {
             return Ok(0);
         }
-        Ok(checkpoint::load(&path, &Device::Cpu)?.1.step)
+        Ok(checkpoint::cursor(&path)?.step)
     }
 
     /// A member's worker paused it at a boundary: its checkpoint there is kept for the others.
@@ -268,10 +265,10 @@ impl<'a> Population<'a> {
         let Some(state) = manifest.pbt.as_mut() else {
             return Ok(None);
         };
+        let i = state.decisions.len();
         state.decisions.push(d);
         // Written before it is acted on: a rerun applies it, never decides it again.
         manifest.save(&self.root)?;
-        let i = state_len(manifest) - 1;
         self.apply(manifest, i)?;
         manifest.save(&self.root)?;
         self.tidy(manifest);
@@ -335,7 +332,7 @@ impl<'a> Population<'a> {
             let from = self.run(manifest, donor);
             let (tensors, cursor) = checkpoint::load(&snapshot_path(&from, d.step), &Device::Cpu)?;
             // The member's own count and best so far go on; the rest is the donor's.
-            let (_, mine) = checkpoint::load(&snapshot_path(&me, d.step), &Device::Cpu)?;
+            let mine = checkpoint::cursor(&snapshot_path(&me, d.step))?;
             let cursor = checkpoint::Cursor {
                 tokens: mine.tokens,
                 elapsed_secs: mine.elapsed_secs,
@@ -411,10 +408,6 @@ impl<'a> Population<'a> {
         crate::atomic::write(&path, text.as_bytes())?;
         Ok(Some(path))
     }
-}
-
-fn state_len(manifest: &Manifest) -> usize {
-    manifest.pbt.as_ref().map_or(0, |p| p.decisions.len())
 }
 
 /// A run's total steps, from its config (PBT members run `max_steps`).

@@ -177,17 +177,7 @@ fn the_report_renders_every_chart_in_chromium_and_ranks_the_runs() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let root = sweep(d);
-    let html = d.join("report.html");
-    let o = common::charlab(
-        d,
-        &[
-            "report",
-            root.to_str().unwrap(),
-            "-o",
-            html.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = common::report(d, &root);
     let r = check("report", html.to_str().unwrap());
     let charts = r["charts"].as_array().unwrap();
     let ids: Vec<&str> = charts.iter().map(|c| c["id"].as_str().unwrap()).collect();

@@ -113,17 +113,7 @@ fn a_pbt_sweep_with_fewer_jobs_than_members_copies_explores_and_shows_it() {
     );
 
     // The report draws the schedules and shows the lineage.
-    let html = d.join("report.html");
-    let o = common::charlab(
-        d,
-        &[
-            "report",
-            root.to_str().unwrap(),
-            "-o",
-            html.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = common::report(d, &root);
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(
         page.contains("each member&#x27;s schedule") || page.contains("each member's schedule")

@@ -125,6 +125,23 @@ pub fn charlab(cwd: &Path, args: &[&str]) -> std::process::Output {
         .expect("run charlab")
 }
 
+/// Runs `charlab report ROOT -o CWD/report.html`, fails the test if it did not succeed, and
+/// returns the page's path.
+pub fn report(cwd: &Path, root: &Path) -> PathBuf {
+    let html = cwd.join("report.html");
+    let o = charlab(
+        cwd,
+        &[
+            "report",
+            root.to_str().unwrap(),
+            "-o",
+            html.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    html
+}
+
 /// Starts `charlab ARGS` in `cwd` with its output discarded.
 pub fn spawn_quiet(cwd: &Path, args: &[&str]) -> std::process::Child {
     charlab_cmd(cwd, args)

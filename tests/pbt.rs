@@ -281,14 +281,7 @@ fn a_pbt_sweep_killed_mid_search_keeps_its_decisions_and_writes_no_step_twice() 
     let after = decisions(&root);
     // What was decided stays decided (and is done by now, if the kill came before); nothing is
     // decided twice.
-    let done = |d: &Decision| Decision {
-        applied: true,
-        ..d.clone()
-    };
-    let before: Vec<Decision> = before.iter().map(done).collect();
-    assert_eq!(&after[..before.len()], &before[..]);
-    let mut at: Vec<(usize, u64)> = after.iter().map(|d| (d.member, d.step)).collect();
-    at.sort();
+    let mut at = common::assert_decisions_kept(&before, &after);
     at.dedup();
     assert_eq!(at.len(), after.len(), "a decision made twice: {after:?}");
     assert_eq!(after.len(), 8);

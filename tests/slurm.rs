@@ -298,14 +298,7 @@ fn pbt_on_slurm(d: &Path) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let after = decisions();
     // What was decided stays decided (and is done by now, if the kill came before).
-    let done = |d: &charlab::sweep::manifest::Decision| charlab::sweep::manifest::Decision {
-        applied: true,
-        ..d.clone()
-    };
-    let before: Vec<_> = before.iter().map(done).collect();
-    assert_eq!(&after[..before.len()], &before[..]);
-    let mut at: Vec<(usize, u64)> = after.iter().map(|x| (x.member, x.step)).collect();
-    at.sort();
+    let at = common::assert_decisions_kept(&before, &after);
     let want: Vec<(usize, u64)> = (0..4).flat_map(|m| [(m, 20), (m, 40)]).collect();
     assert_eq!(
         at,

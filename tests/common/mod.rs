@@ -142,6 +142,24 @@ pub fn report(cwd: &Path, root: &Path) -> PathBuf {
     html
 }
 
+/// Fails unless the PBT decisions recorded before a kill open the list recorded after the rerun,
+/// unchanged but applied by then; returns every decision's (member, step) after, sorted.
+pub fn assert_decisions_kept(
+    before: &[charlab::sweep::manifest::Decision],
+    after: &[charlab::sweep::manifest::Decision],
+) -> Vec<(usize, u64)> {
+    let done = |d: &charlab::sweep::manifest::Decision| charlab::sweep::manifest::Decision {
+        applied: true,
+        ..d.clone()
+    };
+    let before: Vec<_> = before.iter().map(done).collect();
+    assert!(after.len() >= before.len(), "decisions lost: {after:?}");
+    assert_eq!(&after[..before.len()], &before[..]);
+    let mut at: Vec<(usize, u64)> = after.iter().map(|d| (d.member, d.step)).collect();
+    at.sort();
+    at
+}
+
 /// Starts `charlab ARGS` in `cwd` with its output discarded.
 pub fn spawn_quiet(cwd: &Path, args: &[&str]) -> std::process::Child {
     charlab_cmd(cwd, args)

@@ -81,6 +81,24 @@ pub enum Schedule {
     Cosine,
 }
 
+/// The arithmetic of the CPU path's large products (see `model::precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 where this CPU has the instruction and runs it faster than fp32, fp32 elsewhere.
+    #[default]
+    Auto,
+    Fp32,
+    /// bf16 operands, fp32 accumulation (emulated, at fp32 speed, on a CPU without AVX512-BF16).
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_auto(&self) -> bool {
+        *self == Precision::Auto
+    }
+}
+
 /// The keys that may change while a run trains: what population-based training explores and
 /// what a `[[phases]]` table may set. The rest (sizes, the optimizer, the data) fix the shape of
 /// the model, its optimizer state or its batches.
@@ -160,6 +178,10 @@ pub struct RunConfig {
     pub device: String,
     /// CPU threads for this run (default: all cores).
     pub threads: Option<usize>,
+    /// `auto`, `fp32` or `bf16`: the large products' arithmetic on the CPU. Left out of the
+    /// saved config and the hashes when `auto`, so configs written before it are unchanged.
+    #[serde(default, skip_serializing_if = "Precision::is_auto")]
+    pub precision: Precision,
     /// A schedule of the explorable keys (see [`Phase`]); none by default. Left out of the
     /// saved config and of the hashes when empty, so configs written before it are unchanged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -202,6 +224,7 @@ impl Default for RunConfig {
             seed: 1,
             device: "auto".into(),
             threads: None,
+            precision: Precision::Auto,
             phases: Vec::new(),
         }
     }

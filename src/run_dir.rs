@@ -166,6 +166,9 @@ pub struct RunRecord {
     pub candle_version: String,
     pub git_commit: Option<String>,
     pub device: String,
+    /// The large products' arithmetic the run trained with (`fp32`, `bf16`), and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     pub host: String,
     /// The process training it (a launcher or a test can signal it).
     pub pid: u32,
@@ -193,6 +196,13 @@ pub struct RunRecord {
     #[serde(with = "crate::json_float")]
     pub elapsed_secs: f64,
     pub message: Option<String>,
+}
+
+/// The resolved `precision` of a run (its config may say `auto`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Precision {
+    pub products: String,
+    pub why: String,
 }
 
 /// What the run was trained on.

@@ -6,6 +6,7 @@
 use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
+use crate::model::precision::Products;
 use crate::model::{Backend, CharRnn, Dims};
 use crate::rng::Rng;
 use crate::run_dir::{Checkpoint, RunDir};
@@ -166,7 +167,8 @@ pub fn sample_to(run: &Path, opts: &SampleOptions, out: &mut dyn Write) -> Resul
         ))
     })?;
     let mut rng = Rng::new(opts.seed, 4);
-    let mut backend = Backend::for_model(&model);
+    // fp32 products: one stream is cheap, and a sample should show the weights at their best.
+    let mut backend = Backend::for_model(&model, Products::Fp32);
     // Ok(false) once the reader is gone; other write errors are errors.
     let mut write = |text: &str, flush: bool| -> Result<bool> {
         let r = out

@@ -6,9 +6,13 @@ mod common;
 
 use candle_core::Device;
 use charlab::config::RunConfig;
+use charlab::model::bf16::{self, Unit};
 use charlab::model::cpu::CpuModel;
+use charlab::model::precision::Products;
 use charlab::model::simd::Level;
-use charlab::model::{check_backend, rel_err, Backend, CharRnn, Dims, State, TOLERANCE};
+use charlab::model::{
+    check_backend, rel_err, Backend, CharRnn, Dims, State, BF16_TOLERANCE, TOLERANCE,
+};
 use charlab::rng::Rng;
 use std::path::Path;
 
@@ -68,16 +72,71 @@ const CASES: &[(Dims, usize, usize)] = &[
 ];
 
 fn assert_equivalent(level: Level, d: Dims, batch: usize, seq: usize, dropout: f64) {
-    let mut backend = Backend::Cpu(Box::new(CpuModel::new(d, level)));
+    assert_equivalent_in(Products::Fp32, level, d, (batch, seq), dropout);
+}
+
+/// The CPU path with `products` at `level` against the fp32 reference, within the limit of
+/// that precision.
+fn assert_equivalent_in(
+    p: Products,
+    level: Level,
+    d: Dims,
+    (batch, seq): (usize, usize),
+    dropout: f64,
+) {
+    let limit = if p == Products::Fp32 {
+        TOLERANCE
+    } else {
+        BF16_TOLERANCE
+    };
+    let mut backend = Backend::Cpu(Box::new(CpuModel::new(d, level).with_products(p)));
     let rows = check_backend(&Device::Cpu, &mut backend, d, (batch, seq), dropout, 3).unwrap();
     for r in rows {
         assert!(
-            r.rel_err < TOLERANCE,
-            "{} at {}, {d:?}, batch {batch}, seq {seq}: relative error {}",
+            r.rel_err < limit,
+            "{} at {} with {p:?}, {d:?}, batch {batch}, seq {seq}: relative error {}",
             r.name,
             level.name(),
             r.rel_err
         );
+    }
+}
+
+/// The bf16 units this CPU can run: the emulation always, the AVX512-BF16 kernel where present.
+fn bf16_units() -> Vec<Unit> {
+    let mut units = vec![Unit::Emulated];
+    if bf16::native_available() {
+        units.push(Unit::Native);
+    } else {
+        eprintln!("this CPU has no AVX512-BF16: only the emulated bf16 products are checked");
+    }
+    units
+}
+
+#[test]
+fn bf16_products_keep_every_gradient_within_bf16s_bound_at_every_level_and_unit() {
+    for level in Level::all() {
+        for unit in bf16_units() {
+            for &(d, batch, seq) in CASES {
+                assert_equivalent_in(Products::Bf16(unit), level, d, (batch, seq), 0.3);
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_products_are_not_fp32_products() {
+    // The check above would pass a bf16 path that silently ran fp32; this one would not.
+    let d = dims(300, 16, 32, 2);
+    for unit in bf16_units() {
+        let grads = |p: Products| {
+            let mut b = Backend::Cpu(Box::new(CpuModel::new(d, Level::detect()).with_products(p)));
+            check_backend(&Device::Cpu, &mut b, d, (4, 9), 0.0, 3).unwrap()
+        };
+        let (fp32, bf16) = (grads(Products::Fp32), grads(Products::Bf16(unit)));
+        let worst = bf16.iter().map(|r| r.rel_err).fold(0.0, f32::max);
+        assert!(worst > 10.0 * fp32.iter().map(|r| r.rel_err).fold(0.0, f32::max));
+        assert!(worst > 1e-4, "{unit:?}: {worst}");
     }
 }
 
@@ -212,7 +271,7 @@ fn a_one_bias_checkpoint_loads_as_the_same_model() {
     loaded.load(&old).unwrap();
     let ids = [1u32, 4, 2, 6];
     let logits = |model: &CharRnn| {
-        let mut backend = Backend::for_model(model);
+        let mut backend = Backend::for_model(model, Products::Fp32);
         let mut state = model.zero_state(1);
         backend.next_logits(model, &ids, &mut state).unwrap()
     };
@@ -299,10 +358,14 @@ fn check_device_command_proves_the_cpu_path_equals_step_by_step_and_refuses_miss
     assert!(out.status.success(), "{text}");
     assert!(text.trim_end().ends_with("equivalent"), "{text}");
     // The loss, one row per parameter (embedding, 4 per layer, decoder weight and bias) and
-    // the state carried to the next window.
+    // the state carried to the next window, for fp32 products and for bf16 ones.
     assert_eq!(
         text.lines().filter(|l| l.ends_with(" ok")).count(),
-        1 + 1 + 4 * 3 + 2 + 1
+        2 * (1 + 1 + 4 * 3 + 2 + 1)
+    );
+    assert!(
+        text.contains("fp32 products vs") && text.contains("bf16 products"),
+        "{text}"
     );
 
     let out = common::charlab(here, &["check-device", "--dims", "41,8"]);

@@ -3,6 +3,7 @@
 //! evaluation and sampling, so the trainer does not care which.
 
 use super::cpu::{CpuModel, Pass, Sums};
+use super::precision::Products;
 use super::{reference, simd, CharRnn, State};
 use crate::rng::Rng;
 use candle_core::{Result, Tensor};
@@ -38,11 +39,12 @@ fn candle_loss(
 }
 
 impl Backend {
-    /// The CPU path for a model on the CPU (the widest instruction set the CPU has), candle's
-    /// otherwise.
-    pub fn for_model(model: &CharRnn) -> Backend {
+    /// The CPU path for a model on the CPU (the widest instruction set the CPU has, its large
+    /// products as `products` says), candle's otherwise (which keeps its own precision).
+    pub fn for_model(model: &CharRnn, products: Products) -> Backend {
         if model.device().is_cpu() {
-            Backend::Cpu(Box::new(CpuModel::new(model.dims, simd::Level::detect())))
+            let cpu = CpuModel::new(model.dims, simd::Level::detect()).with_products(products);
+            Backend::Cpu(Box::new(cpu))
         } else {
             Backend::Candle { grads: Vec::new() }
         }

@@ -3,13 +3,34 @@
 //! check-device` runs it on a device; the tests run it at every instruction set.
 
 use super::cpu::Sums;
-use super::{Backend, CharRnn, Dims, State};
+use super::precision::Products;
+use super::{bf16, Backend, CharRnn, Dims, State};
 use crate::rng::Rng;
 use candle_core::Device;
 
 /// The largest relative error a backend may show against the reference: float32 through
 /// different summation orders stays well inside it, a wrong kernel does not.
 pub const TOLERANCE: f32 = 1e-4;
+
+/// The same limit for bf16 products against the fp32 reference. Each rounded operand carries
+/// at most 2^-8 relative error, so a product at most ≈ 2^-7 (7.8e-3); a gradient goes through
+/// at most three rounded products in a row (decoder, input gradient, weight gradient), so its
+/// error stays under ≈ 3 · 2^-7 ≈ 2.3e-2 even if nothing cancels. A wrong kernel is off by O(1).
+pub const BF16_TOLERANCE: f32 = 2.5e-2;
+
+/// One comparison of [`check_device`]: what was compared, its limit, and its rows.
+#[derive(Debug, Clone)]
+pub struct CheckSection {
+    pub against: String,
+    pub limit: f32,
+    pub rows: Vec<CheckRow>,
+}
+
+impl CheckSection {
+    pub fn passes(&self) -> bool {
+        self.rows.iter().all(|r| r.rel_err < self.limit)
+    }
+}
 
 /// One line of [`check_backend`]: a quantity and its relative error.
 #[derive(Debug, Clone)]
@@ -85,23 +106,58 @@ pub fn check_backend(
 }
 
 /// `charlab check-device`: the backend a run on `device` would use (the CPU path on the CPU,
-/// candle's ops elsewhere) against candle's reference ops on the CPU, with dropout on. Returns
-/// the rows and a description of what was compared.
+/// candle's ops elsewhere) against candle's reference ops on the CPU, with dropout on. On the
+/// CPU, the fp32 path and the bf16 one (AVX512-BF16 where the CPU has it, else emulated).
 pub fn check_device(
     device: &Device,
     dims: Dims,
     batch: usize,
     seq: usize,
-) -> crate::Result<(Vec<CheckRow>, String)> {
+) -> crate::Result<Vec<CheckSection>> {
     let model = CharRnn::new(dims, 1, device)?;
-    let mut backend = Backend::for_model(&model);
-    let against = match &backend {
-        Backend::Cpu(cpu) => format!("cpu {} kernels vs cpu step-by-step", cpu.level().name()),
-        Backend::Candle { .. } => format!(
-            "{} step-by-step vs cpu step-by-step",
-            crate::device::name(device)
-        ),
+    let mut sections = Vec::new();
+    let bf16 = if bf16::native_available() {
+        bf16::Unit::Native
+    } else {
+        bf16::Unit::Emulated
     };
-    let rows = check_backend(device, &mut backend, dims, (batch, seq), 0.25, 1)?;
-    Ok((rows, against))
+    for products in [Products::Fp32, Products::Bf16(bf16)] {
+        let mut backend = Backend::for_model(&model, products);
+        let (against, limit) = match &backend {
+            Backend::Cpu(cpu) => (
+                format!(
+                    "cpu {} kernels, {} products{} vs cpu step-by-step",
+                    cpu.level().name(),
+                    products.name(),
+                    if products == Products::Bf16(bf16::Unit::Emulated) {
+                        " (emulated)"
+                    } else {
+                        ""
+                    }
+                ),
+                if products == Products::Fp32 {
+                    TOLERANCE
+                } else {
+                    BF16_TOLERANCE
+                },
+            ),
+            Backend::Candle { .. } => (
+                format!(
+                    "{} step-by-step vs cpu step-by-step",
+                    crate::device::name(device)
+                ),
+                TOLERANCE,
+            ),
+        };
+        let rows = check_backend(device, &mut backend, dims, (batch, seq), 0.25, 1)?;
+        sections.push(CheckSection {
+            against,
+            limit,
+            rows,
+        });
+        if !device.is_cpu() {
+            break;
+        }
+    }
+    Ok(sections)
 }

@@ -20,8 +20,9 @@
 //! in the time loop. Its gradient is scattered into the table and folded back into those rows
 //! of the embedding and into `W_ih` once per step: three GEMMs over U rows instead of B·T.
 
-use super::gemm::{matmul, View, ViewMut};
+use super::gemm::{View, ViewMut};
 use super::kernels;
+use super::precision::Products;
 use super::recurrence::{self, Input};
 use super::simd::{dispatch, Kernel, Level, Simd};
 use super::{Dims, State};
@@ -191,6 +192,8 @@ pub struct CpuModel {
 /// Read-only during the parallel part of a step.
 #[derive(Default)]
 struct Shared {
+    /// How the large products are computed (the run's precision).
+    products: Products,
     packed_fwd: Vec<Vec<f32>>,
     packed_bwd: Vec<Vec<f32>>,
     /// Per layer `[4·Hp]`.
@@ -288,6 +291,7 @@ impl Shared {
         self.table.resize(u * 4 * hp, 0.0);
         let w_ih = View::new(w.layers[0].w_ih, 4 * h, e, e);
         input_proj(
+            self.products,
             View::new(&self.emb_u, u, e, e),
             w_ih,
             &mut self.table,
@@ -309,6 +313,17 @@ impl CpuModel {
             trained: None,
             shared: Shared::default(),
         }
+    }
+
+    /// The same model computing its large products as `products` says (fp32 by default).
+    pub fn with_products(mut self, products: Products) -> Self {
+        self.shared.products = products;
+        self
+    }
+
+    /// How the large products are computed.
+    pub fn products(&self) -> Products {
+        self.shared.products
     }
 
     /// The instruction set the kernels run with.
@@ -645,7 +660,8 @@ impl Group {
             let input = match below.last() {
                 Some(prev) => {
                     let w_ih = View::new(w.layers[k].w_ih, 4 * h, h, h);
-                    input_proj(output(prev, n, nb, h, hp), w_ih, &mut l.xp, h, hp);
+                    let input = output(prev, n, nb, h, hp);
+                    input_proj(s.products, input, w_ih, &mut l.xp, h, hp);
                     Input::Rows(&l.xp)
                 }
                 None => Input::Table {
@@ -699,7 +715,7 @@ impl Group {
         let n = self.ids.len();
         let top = output(&self.layers[layers - 1], n, self.nb, h, hp);
         let head_w = View::new(w.head_w, v, h, h);
-        matmul(
+        s.products.matmul(
             ViewMut::new(&mut self.logits, n, v, v),
             top,
             head_w.t(),
@@ -733,13 +749,9 @@ impl Group {
         );
         if train {
             let dlogits = View::new(&self.logits, n, v, v);
-            matmul(
-                ViewMut::new(self.grads.head().0, v, h, h),
-                dlogits.t(),
-                top,
-                false,
-            );
-            matmul(ViewMut::new(&mut self.dy, n, h, hp), dlogits, head_w, false);
+            let mm = |dst, a, b| s.products.matmul(dst, a, b, false);
+            mm(ViewMut::new(self.grads.head().0, v, h, h), dlogits.t(), top);
+            mm(ViewMut::new(&mut self.dy, n, h, hp), dlogits, head_w);
         }
     }
 }
@@ -810,12 +822,13 @@ impl Group {
             add_unpadded(db_ih, &self.dbias, h, hp);
             db_hh.copy_from_slice(db_ih);
             let da = View::new(&l.xp, n, 4 * hp, 4 * hp);
-            weight_grad(da, View::new(&l.hs, n, h, hp), dw_hh, h, hp);
+            let p = s.products;
+            weight_grad(p, da, View::new(&l.hs, n, h, hp), dw_hh, h, hp);
             match below.last() {
                 Some(prev) => {
-                    weight_grad(da, output(prev, n, nb, h, hp), dw_ih, h, hp);
+                    weight_grad(p, da, output(prev, n, nb, h, hp), dw_ih, h, hp);
                     let w_ih = View::new(w.layers[k].w_ih, 4 * h, h, h);
-                    input_grad(da, w_ih, &mut self.dy, hp, h, hp);
+                    input_grad(p, da, w_ih, &mut self.dy, hp, h, hp);
                 }
                 None => {
                     // Layer 0 reads the table: its gradient goes to the table's rows.
@@ -846,32 +859,40 @@ impl Group {
 
 /// `dst = input · W_ihᵀ` (`dst` is `[N, 4·Hp]`, `W_ih` `[4H, in]`): a layer's input projection,
 /// or layer 0's table.
-fn input_proj(input: View, w_ih: View, dst: &mut [f32], h: usize, hp: usize) {
+fn input_proj(p: Products, input: View, w_ih: View, dst: &mut [f32], h: usize, hp: usize) {
     let n = input.row_count();
     for_gates(h, hp, |q, cols| {
         let out = ViewMut::new(dst, n, 4 * hp, 4 * hp).cols(q * hp, cols);
-        matmul(out, input, w_ih.rows(q * h, cols).t(), false);
+        p.matmul(out, input, w_ih.rows(q * h, cols).t(), false);
     });
 }
 
 /// `dW = daᵀ · input` (`W_ih`, or `W_hh` with the previous outputs as input), per gate block (`da` is `[N, 4·Hp]`, `dw` `[4H, in]`).
-fn weight_grad(da: View, input: View, dw: &mut [f32], h: usize, hp: usize) {
+fn weight_grad(p: Products, da: View, input: View, dw: &mut [f32], h: usize, hp: usize) {
     let n_in = dw.len() / (4 * h);
     for_gates(h, hp, |q, cols| {
         let dst = ViewMut::new(dw, 4 * h, n_in, n_in).rows(q * h, cols);
-        matmul(dst, da.cols(q * hp, cols).t(), input, false);
+        p.matmul(dst, da.cols(q * hp, cols).t(), input, false);
     });
 }
 
 /// `dst = da · W_ih` (`dst` is `[N, in]` in rows of `dst_stride`): the gradient reaching the
 /// layer's input.
-fn input_grad(da: View, w_ih: View, dst: &mut [f32], dst_stride: usize, h: usize, hp: usize) {
+fn input_grad(
+    p: Products,
+    da: View,
+    w_ih: View,
+    dst: &mut [f32],
+    dst_stride: usize,
+    h: usize,
+    hp: usize,
+) {
     let n = dst.len() / dst_stride;
     let n_in = w_ih.t().row_count();
     let mut first = true;
     for_gates(h, hp, |q, cols| {
         let out = ViewMut::new(dst, n, n_in, dst_stride);
-        matmul(out, da.cols(q * hp, cols), w_ih.rows(q * h, cols), !first);
+        p.matmul(out, da.cols(q * hp, cols), w_ih.rows(q * h, cols), !first);
         first = false;
     });
 }
@@ -915,10 +936,18 @@ fn reduce(ws: &mut Workspace, w: &Weights, s: &Shared, d: Dims, hp: usize) {
     let (e, h) = (d.embed_dim, d.hidden);
     let dtable = View::new(&g0.dtable, u, 4 * hp, 4 * hp);
     let (demb, dw_ih) = g0.grads.table_fed();
-    weight_grad(dtable, View::new(&s.emb_u, u, e, e), dw_ih, h, hp);
+    weight_grad(
+        s.products,
+        dtable,
+        View::new(&s.emb_u, u, e, e),
+        dw_ih,
+        h,
+        hp,
+    );
     // The window's embedding rows get dtable · W_ih; the other rows, nothing.
     ws.demb_u.resize(u * e, 0.0);
     input_grad(
+        s.products,
         dtable,
         View::new(w.layers[0].w_ih, 4 * h, e, e),
         &mut ws.demb_u,

@@ -30,6 +30,17 @@ impl<'a> View<'a> {
         self.rows
     }
 
+    /// The underlying slice and the (row, column) strides.
+    pub fn raw(&self) -> (&'a [f32], usize, usize) {
+        (self.data, self.rs, self.cs)
+    }
+
+    /// The element at row `i`, column `j` (a bounds-checked read).
+    #[inline(always)]
+    pub fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.rs + j * self.cs]
+    }
+
     /// The transpose (no copy).
     pub fn t(self) -> Self {
         View {
@@ -92,6 +103,20 @@ impl<'a> ViewMut<'a> {
             cols,
             rs: row_stride,
         }
+    }
+
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The buffer and its row stride, after checking that the rows fit in it.
+    pub fn into_raw(self) -> (&'a mut [f32], usize) {
+        assert!(
+            fits(self.data.len(), self.rows, self.cols, self.rs, 1),
+            "gemm: destination does not fit"
+        );
+        (self.data, self.rs)
     }
 
     /// Columns `from..from + n`.

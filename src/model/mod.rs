@@ -10,18 +10,22 @@
 //! plateau that a zero bias (forget gate 1) sits on for hundreds of steps.
 
 mod backend;
+pub mod bf16;
 mod check;
 pub mod cpu;
 pub mod gemm;
 mod graph;
 mod kernels;
 pub mod memory;
+pub mod precision;
 pub mod recurrence;
 pub mod reference;
 pub mod simd;
 
 pub use backend::Backend;
-pub use check::{check_backend, check_device, rel_err, CheckRow, TOLERANCE};
+pub use check::{
+    check_backend, check_device, rel_err, CheckRow, CheckSection, BF16_TOLERANCE, TOLERANCE,
+};
 
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Storage, Tensor, Var};

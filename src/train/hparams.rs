@@ -68,9 +68,10 @@ pub const METRICS: &[&str] = &[
 ];
 
 /// Keys that may differ between a run's saved config and the config it is resumed with: the
-/// observation keys, and the two that say how long the run goes.
+/// observation keys, the two that say how long the run goes, and `precision` (the arithmetic,
+/// not the model: a run resumed on a machine without a bf16 unit may have to change it).
 pub fn resumable(key: &str) -> bool {
-    OBSERVATION_KEYS.contains(&key) || key == "max_steps" || key == "epochs"
+    OBSERVATION_KEYS.contains(&key) || ["max_steps", "epochs", "precision"].contains(&key)
 }
 
 /// The run's hyperparameters as HParams values: every scalar key of the config except the
@@ -91,6 +92,11 @@ pub fn config_values(cfg: &RunConfig) -> Vec<(String, HValue)> {
                 out.push((k, hv));
             }
         }
+    }
+    // `precision = "auto"` is left out of saved configs (older ones lack the key); it is
+    // still a hyperparameter every run has.
+    if !out.iter().any(|(k, _)| k == "precision") {
+        out.push(("precision".into(), HValue::Str("auto".into())));
     }
     out
 }

@@ -8,6 +8,7 @@ use crate::checkpoint::{self, Cursor};
 use crate::config::RunConfig;
 use crate::corpus::Prepared;
 use crate::error::{Error, IoContext, Result};
+use crate::model::precision::{self, Products};
 use crate::model::{CharRnn, Dims, State};
 use crate::optim::{Hyper, Optimizer};
 use crate::rng::Rng;
@@ -86,8 +87,8 @@ fn check_resumable(saved: &RunConfig, now: &RunConfig, run: &RunDir) -> Result<(
     Err(Error::usage(
         run.path(),
         format!(
-            "cannot resume: the config differs from the run's in {} (only max_steps, epochs \
-             and {} may change)",
+            "cannot resume: the config differs from the run's in {} (only max_steps, epochs, \
+             precision and {} may change)",
             changed.join(", "),
             OBSERVATION_KEYS.join(", ")
         ),
@@ -276,6 +277,7 @@ fn new_record(
         candle_version: env!("CHARLAB_CANDLE_VERSION").into(),
         git_commit: Some(env!("CHARLAB_GIT_COMMIT").to_string()).filter(|s| !s.is_empty()),
         device: crate::device::name(model.device()),
+        precision: None,
         host: crate::host::hostname(),
         pid: std::process::id(),
         command: std::env::args().collect(),
@@ -349,6 +351,7 @@ pub(super) struct Ready {
     pub resumed: Resumed,
     pub record: RunRecord,
     pub events: EventWriter,
+    pub products: Products,
 }
 
 /// Everything up to the first step: a fresh run, or the continuation of the run in `run`.
@@ -380,7 +383,12 @@ pub(super) fn start(
     run.save_config(cfg)?;
     run.save_vocab(&data.prepared.vocab)?;
     let total_steps = data.total_steps(cfg)?;
-    let record = new_record(&data, &model, &resumed, total_steps, cfg);
+    let (products, why) = precision::resolve(cfg.precision, device.is_cpu());
+    let mut record = new_record(&data, &model, &resumed, total_steps, cfg);
+    record.precision = Some(crate::run_dir::Precision {
+        products: products.name().into(),
+        why: why.clone(),
+    });
     let events = open_events(cfg, opts, &run, &model, resumed.cursor.step)?;
     say(&format!(
         "{}: {} params, vocab {}, {} train / {} val chars, {} steps on {}",
@@ -392,6 +400,7 @@ pub(super) fn start(
         total_steps,
         record.device
     ));
+    say(&format!("precision: {why}"));
     Ok(Ready {
         run,
         model,
@@ -400,5 +409,6 @@ pub(super) fn start(
         resumed,
         record,
         events,
+        products,
     })
 }

@@ -130,6 +130,7 @@ impl<'a> Trainer<'a> {
             resumed,
             record,
             events,
+            products,
         } = ready;
         let total_steps = record.total_steps;
         let now = cfg.at_step(resumed.cursor.step);
@@ -147,7 +148,7 @@ impl<'a> Trainer<'a> {
                 .map(|(_, text)| text.clone()),
             opts,
             run,
-            backend: Backend::for_model(&model),
+            backend: Backend::for_model(&model, products),
             model,
             optimizer,
             data,

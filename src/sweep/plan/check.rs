@@ -2,7 +2,7 @@
 //! the line and the key (with the nearest valid key for a typo), and the check that a value
 //! fits its run key's type.
 
-use crate::config::{CleanConfig, RunConfig};
+use crate::config::{CleanConfig, Precision, RunConfig};
 use crate::error::{Error, Result};
 use std::path::Path;
 use toml::{Table, Value};
@@ -14,6 +14,7 @@ pub(super) fn run_keys() -> Table {
         epochs: Some(1.0),
         patience: Some(1),
         threads: Some(1),
+        precision: Precision::Fp32,
         clean: CleanConfig {
             start_marker: Some(String::new()),
             max_chars: Some(1),

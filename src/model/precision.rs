@@ -1,0 +1,237 @@
+//! The run key `precision` turned into how the CPU path computes its large products, and why.
+//!
+//! `bf16` rounds the operands of the GEMMs (input projections of layers above the first, layer
+//! 0's table, the decoder, and every weight and input gradient made of them) to bfloat16 and
+//! accumulates in fp32; the recurrent product, cell state, gate nonlinearities, softmax, loss,
+//! master weights and optimizer state stay fp32. `auto` picks bf16 only where it is faster:
+//! the instruction exists *and* this core runs it faster than fp32 FMAs. That is not every CPU
+//! with the instruction: AMD Zen 4 runs `vdpbf16ps` at twice its fp32 rate, the Intel Xeons we
+//! measured (Sapphire/Emerald Rapids, without AMX exposed) at about 0.7×, so the choice rests
+//! on a measurement of this core ([`bf16_speedup`], a few milliseconds, once per process).
+
+use super::bf16::{self, Unit};
+use super::gemm::{matmul, View, ViewMut};
+use crate::config::Precision;
+use std::sync::OnceLock;
+
+/// How a model's large products are computed: the run's `precision`, resolved on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Products {
+    #[default]
+    Fp32,
+    Bf16(Unit),
+}
+
+impl Products {
+    /// `dst = a · b` (or `+=` when `accumulate`) in this precision.
+    pub fn matmul(self, dst: ViewMut, a: View, b: View, accumulate: bool) {
+        match self {
+            Products::Fp32 => matmul(dst, a, b, accumulate),
+            Products::Bf16(unit) => bf16::matmul_bf16(dst, a, b, accumulate, unit),
+        }
+    }
+
+    /// `fp32` or `bf16`: what `run.json`, the HParams and `compare` show.
+    pub fn name(self) -> &'static str {
+        match self {
+            Products::Fp32 => "fp32",
+            Products::Bf16(_) => "bf16",
+        }
+    }
+}
+
+/// bf16 must beat fp32 by this much for `auto` to take it: the bf16 path also pays for
+/// packing and rounding the operands, which a pure instruction-rate measurement does not see.
+pub const AUTO_MIN_SPEEDUP: f64 = 1.3;
+
+/// The products a run asks for on a CPU whose bf16 unit is `native` (with `speedup`, its rate
+/// over fp32 FMAs), and the one line that says why. Pure, so both answers are tested on any CPU.
+/// `bf16` asked for is always bf16 arithmetic, on the bf16 unit when it is the faster, else
+/// emulated on the fp32 units (the same operands, only the summation order differs).
+pub fn choose(asked: Precision, native: bool, speedup: Option<f64>) -> (Products, String) {
+    match (asked, native) {
+        (Precision::Fp32, _) => (
+            Products::Fp32,
+            "fp32 products (precision = \"fp32\")".into(),
+        ),
+        (Precision::Bf16, true) => match speedup {
+            Some(x) if x < 1.0 => (
+                Products::Bf16(Unit::Emulated),
+                format!(
+                    "bf16 products emulated on fp32 units (the same operand rounding): this \
+                     core's bf16 dot product runs {x:.2}× its fp32 FMA rate"
+                ),
+            ),
+            _ => (
+                Products::Bf16(Unit::Native),
+                "bf16 products, fp32 accumulation (AVX512-BF16)".into(),
+            ),
+        },
+        (Precision::Bf16, false) => (
+            Products::Bf16(Unit::Emulated),
+            "bf16 products emulated: this CPU has no AVX512-BF16, so the same operand rounding \
+             runs on fp32 units (the same learning, not faster)"
+                .into(),
+        ),
+        (Precision::Auto, false) => (
+            Products::Fp32,
+            "fp32 products (precision = \"auto\": this CPU has no AVX512-BF16)".into(),
+        ),
+        (Precision::Auto, true) => match speedup {
+            Some(x) if x >= AUTO_MIN_SPEEDUP => (
+                Products::Bf16(Unit::Native),
+                format!(
+                    "bf16 products, fp32 accumulation (precision = \"auto\": this core's bf16 \
+                     dot product runs {x:.2}× its fp32 FMA rate)"
+                ),
+            ),
+            x => (
+                Products::Fp32,
+                format!(
+                    "fp32 products (precision = \"auto\": this core's bf16 dot product runs \
+                     {:.2}× its fp32 FMA rate, under the {AUTO_MIN_SPEEDUP}× that pays)",
+                    x.unwrap_or(0.0)
+                ),
+            ),
+        },
+    }
+}
+
+/// [`choose`] on this machine, for a model on the CPU (`on_cpu`); other devices keep their own
+/// precision (fp32).
+pub fn resolve(asked: Precision, on_cpu: bool) -> (Products, String) {
+    if !on_cpu {
+        return (
+            Products::Fp32,
+            "fp32 (the CUDA path keeps its own precision)".into(),
+        );
+    }
+    let native = bf16::native_available();
+    let speedup = (native && asked != Precision::Fp32)
+        .then(bf16_speedup)
+        .flatten();
+    choose(asked, native, speedup)
+}
+
+/// This core's bf16 dot-product rate over its fp32 FMA rate (FLOPs per second, best of 3
+/// short runs each), measured once per process; `None` without the instruction.
+pub fn bf16_speedup() -> Option<f64> {
+    static MEASURED: OnceLock<Option<f64>> = OnceLock::new();
+    *MEASURED.get_or_init(|| {
+        let best = |kind| {
+            (0..3)
+                .filter_map(|_| peak_gflops(kind, 200_000))
+                .fold(0.0, f64::max)
+        };
+        let fp32 = best(Peak::Fp32);
+        let bf16 = best(Peak::Bf16);
+        (fp32 > 0.0 && bf16 > 0.0).then(|| bf16 / fp32)
+    })
+}
+
+/// The instruction a throughput loop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peak {
+    /// `vfmadd231ps` on 16 fp32 lanes: 32 FLOPs.
+    Fp32,
+    /// `vdpbf16ps`: 32 bf16 products added in pairs into 16 fp32 lanes: 64 FLOPs.
+    Bf16,
+}
+
+/// GFLOP/s of one thread running `iters` rounds of twelve independent accumulators of `kind`
+/// (more than latency × issue ports on the cores we know, so the loop measures the units'
+/// throughput: the most a GEMM can approach). `None` when the CPU lacks the instruction.
+pub fn peak_gflops(kind: Peak, iters: u64) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let t0 = std::time::Instant::now();
+        let flops = match kind {
+            Peak::Fp32 if std::is_x86_feature_detected!("avx512f") => {
+                // SAFETY: the CPU has AVX512F (checked on this line's guard).
+                unsafe { loops::fp32(iters) }
+            }
+            Peak::Bf16 if std::is_x86_feature_detected!("avx512bf16") => {
+                // SAFETY: the CPU has AVX512-BF16 (checked on this line's guard).
+                unsafe { loops::bf16(iters) }
+            }
+            _ => return None,
+        };
+        Some(flops / t0.elapsed().as_secs_f64().max(1e-9) / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kind, iters);
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod loops {
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+
+    const ACCS: usize = 12;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fp32(iters: u64) -> f64 {
+        let x = _mm512_set1_ps(black_box(0.999_999));
+        let y = _mm512_set1_ps(1e-7);
+        let mut acc = [_mm512_set1_ps(1.0); ACCS];
+        for _ in 0..black_box(iters) {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        black_box(acc);
+        (iters * ACCS as u64 * 32) as f64
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16(iters: u64) -> f64 {
+        let a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(black_box(1e-3)), _mm512_set1_ps(-1e-3));
+        let b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5), _mm512_set1_ps(0.25));
+        let mut acc = [_mm512_set1_ps(1.0); ACCS];
+        for _ in 0..black_box(iters) {
+            for s in acc.iter_mut() {
+                *s = _mm512_dpbf16_ps(*s, a, b);
+            }
+        }
+        black_box(acc);
+        (iters * ACCS as u64 * 64) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_takes_bf16_only_where_the_unit_is_there_and_faster() {
+        let (p, why) = choose(Precision::Auto, false, None);
+        assert_eq!(p, Products::Fp32);
+        assert!(why.contains("no AVX512-BF16"), "{why}");
+        let (p, why) = choose(Precision::Auto, true, Some(0.7));
+        assert_eq!(p, Products::Fp32);
+        assert!(why.contains("0.70×"), "{why}");
+        let (p, why) = choose(Precision::Auto, true, Some(2.0));
+        assert_eq!(p, Products::Bf16(Unit::Native));
+        assert!(why.contains("2.00×"), "{why}");
+    }
+
+    #[test]
+    fn bf16_asked_runs_everywhere_natively_or_emulated() {
+        assert_eq!(
+            choose(Precision::Bf16, true, Some(2.0)).0,
+            Products::Bf16(Unit::Native)
+        );
+        // A bf16 unit slower than the fp32 FMAs: the same rounding on the fp32 units.
+        let (p, why) = choose(Precision::Bf16, true, Some(0.45));
+        assert_eq!(p, Products::Bf16(Unit::Emulated));
+        assert!(why.contains("0.45×"), "{why}");
+        let (p, why) = choose(Precision::Bf16, false, None);
+        assert_eq!(p, Products::Bf16(Unit::Emulated));
+        assert!(why.contains("emulated"), "{why}");
+        assert_eq!(choose(Precision::Fp32, true, Some(3.0)).0, Products::Fp32);
+        assert_eq!(resolve(Precision::Bf16, false).0, Products::Fp32);
+    }
+}

@@ -1,7 +1,8 @@
-"""Driver of scripts/bench.sh: runs charlab and the PyTorch reference on each named config and
-thread count, each in its own process (peak RSS from that process's own rusage), alternating
-which side goes first on each repeat (the machine is shared and noisy), and prints one table
-naming the processor.
+"""Driver of scripts/bench.sh: runs charlab, the PyTorch reference in fp32 and the same under
+autocast-bf16 on each named config and thread count, each in its own process (peak RSS from
+that process's own rusage), rotating which side goes first on each repeat (the machine is shared
+and noisy), and prints one table naming the processor, with each side's GFLOP/s as a share of
+the machine's measured fp32 and bf16 peaks (src/bin/peak.rs).
 
 Configs (issue 4's): M = vocab ~3000 (the first 95k clean chars of hongloumeng), embed 128,
 2x256; S = vocab 84 (shakespeare), embed 64, 2x128; H = all of hongloumeng (vocab 4504), embed
@@ -57,7 +58,33 @@ def measured(cmd):
     return p.stdout, int(rss.split()[1]) / 1024
 
 
-def run_charlab(c, steps, threads):
+def flops_per_token(c, vocab):
+    """A training token's FLOPs: 3 × the forward's 2 × multiply-adds (forward, input gradient,
+    weight gradient), counted as nn.LSTM computes them (charlab's layer-0 table does fewer)."""
+    e, h, layers = c["embed"], c["hidden"], c["layers"]
+    macs = 4 * h * e + 4 * h * h + (layers - 1) * 8 * h * h + h * vocab
+    return 6 * macs
+
+
+def peaks():
+    """(fp32, bf16) GFLOP/s of one thread and of every core: {threads: (fp32, bf16)}."""
+    subprocess.run(["cargo", "build", "--release", "-q", "--bin", "peak"], check=True)
+    out = subprocess.run(["target/release/peak"], capture_output=True, text=True).stdout
+    found = {}
+    for line in out.splitlines():
+        kind = line.split()[0]
+        nums = [float(w) for w in line.replace(",", " ").split() if w.replace(".", "").isdigit()]
+        if len(nums) >= 4:  # "<kind> peak: X GFLOP/s on 1 thread, Y GFLOP/s on N threads"
+            found[kind] = {int(nums[1]): nums[0], int(nums[3]): nums[2]}
+    return found
+
+
+def share(gflops, peak, threads):
+    p = peak.get(threads) if peak else None
+    return f"{100 * gflops / p:.0f} %" if p else "-"
+
+
+def run_charlab(c, steps, threads, precision="auto"):
     tmp = tempfile.mkdtemp()
     cfg = os.path.join(tmp, "run.toml")
     with open(cfg, "w") as f:
@@ -74,16 +101,18 @@ def run_charlab(c, steps, threads):
     _, rss = measured(["target/release/charlab", "train", "--config", cfg, "--out", out, "--plain"])
     r = json.load(open(os.path.join(out, "run.json")))
     data = os.path.join(os.environ.get("CHARLAB_DATA", "data"), "prepared", r["corpus"]["key"])
-    return data, dict(impl=f"charlab {r['charlab_version']} (candle {r['candle_version']})",
+    prec = r.get("precision") or {}
+    return data, dict(impl=f"charlab {r['charlab_version']} (candle {r['candle_version']}), "
+                           f"{prec.get('why', 'fp32')}",
                       tps=r["tokens_per_s"], rss=rss, first=r["first_loss"],
                       val=r["final_metrics"]["val_loss"])
 
 
-def run_torch(c, data, steps, threads):
+def run_torch(c, data, steps, threads, autocast=False):
     out, rss = measured([".venv-torch/bin/python", "scripts/torch_ref.py", "--data", data,
                          "--steps", str(steps), "--threads", str(threads),
                          "--embed", str(c["embed"]), "--hidden", str(c["hidden"]),
-                         "--layers", str(c["layers"])])
+                         "--layers", str(c["layers"])] + (["--autocast"] if autocast else []))
     t = json.loads(out.strip().splitlines()[-1])
     return dict(impl=t["impl"], tps=t["tokens_per_s"], rss=rss, first=t["first_loss"],
                 val=t["val_loss"])
@@ -93,45 +122,52 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--threads", default="2", help="comma-separated thread counts, e.g. 1,2")
-    ap.add_argument("--repeat", type=int, default=2, help="runs of each side, alternating")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each side, rotating")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="charlab's precision key")
     ap.add_argument("configs", nargs="+", choices=sorted(CONFIGS))
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",")]
-    vocab = {}
+    peak = peaks()
     rows = []
     for name in a.configs:
         c = CONFIGS[name]
+        # charlab prepares the corpus both PyTorch sides read.
+        data, _ = run_charlab(c, 1, 1, a.precision)
+        vocab = len(json.load(open(os.path.join(data, "vocab.json"), encoding="utf-8"))["chars"])
+        sides = [lambda th: run_charlab(c, a.steps, th, a.precision)[1],
+                 lambda th: run_torch(c, data, a.steps, th),
+                 lambda th: run_torch(c, data, a.steps, th, autocast=True)]
         for th in threads:
-            mine, theirs = [], []
+            got = [[], [], []]
             for rep in range(a.repeat):
-                # Alternate which side runs first, so drift in the machine's speed hits both.
-                if rep % 2 == 0:
-                    data, m = run_charlab(c, a.steps, th)
-                    t = run_torch(c, data, a.steps, th)
-                else:
-                    t = run_torch(c, vocab[name][1], a.steps, th)
-                    data, m = run_charlab(c, a.steps, th)
-                mine.append(m)
-                theirs.append(t)
-                v = len(json.load(open(os.path.join(data, "vocab.json"), encoding="utf-8"))["chars"])
-                vocab[name] = (v, data)
-            rows.append((name, th, mine, theirs))
+                # Rotate which side goes first, so drift in the machine's speed hits all three.
+                for k in range(3):
+                    side = (rep + k) % 3
+                    got[side].append(sides[side](th))
+            rows.append((name, vocab, th, got))
 
     print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; {a.steps} steps, batch 32, seq 64; "
-          f"{a.repeat} runs per side, alternating")
-    print("| config | threads | charlab tokens/s | PyTorch tokens/s | ratio (median) | "
-          "peak RSS charlab / PyTorch MB | val loss charlab / PyTorch |")
-    print("|---|---|---|---|---|---|---|")
-    for name, th, mine, theirs in rows:
+          f"{a.repeat} runs per side, rotating; peaks (src/bin/peak.rs) "
+          + "; ".join(f"{k} " + ", ".join(f"{g:.0f} GFLOP/s at {t} thread(s)" for t, g in v.items())
+                      for k, v in peak.items()))
+    print("| config | threads | charlab tokens/s | PyTorch fp32 | PyTorch autocast-bf16 | "
+          "charlab ÷ fp32 | charlab ÷ autocast | GFLOP/s charlab / fp32 / autocast | "
+          "share of fp32 peak | share of bf16 peak | peak RSS MB | val loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, vocab, th, (mine, fp32, bf16) in rows:
         c = CONFIGS[name]
-        ratios = [m["tps"] / t["tps"] for m, t in zip(mine, theirs)]
         tps = lambda xs: " / ".join(f"{x['tps']:,.0f}" for x in xs)
-        print(f"| {name} (V={vocab[name][0]}, {c['layers']}x{c['hidden']}) | {th} | {tps(mine)} | "
-              f"{tps(theirs)} | **{statistics.median(ratios):.2f}x** "
-              f"({', '.join(f'{r:.2f}' for r in ratios)}) | "
-              f"{max(m['rss'] for m in mine):,.0f} / {max(t['rss'] for t in theirs):,.0f} | "
-              f"{mine[0]['val']:.4f} / {theirs[0]['val']:.4f} |")
-    print(f"implementations: {mine[0]['impl']}; {theirs[0]['impl']}")
+        ratio = lambda xs: statistics.median(m["tps"] / t["tps"] for m, t in zip(mine, xs))
+        gf = [statistics.median(x["tps"] for x in xs) * flops_per_token(c, vocab) / 1e9
+              for xs in (mine, fp32, bf16)]
+        shares = lambda kind: " / ".join(share(g, peak.get(kind), th) for g in gf)
+        print(f"| {name} (V={vocab}, {c['layers']}x{c['hidden']}) | {th} | {tps(mine)} | "
+              f"{tps(fp32)} | {tps(bf16)} | **{ratio(fp32):.2f}x** | **{ratio(bf16):.2f}x** | "
+              f"{' / '.join(f'{g:.0f}' for g in gf)} | {shares('fp32')} | {shares('bf16')} | "
+              + " / ".join(f"{max(x['rss'] for x in xs):,.0f}" for xs in (mine, fp32, bf16))
+              + " | " + " / ".join(f"{xs[0]['val']:.4f}" for xs in (mine, fp32, bf16)) + " |")
+    print(f"implementations: {mine[0]['impl']}; {fp32[0]['impl']}; {bf16[0]['impl']}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ def modules(src):
     """Every file → its module path (`sweep/plan/mod.rs` → `sweep::plan`)."""
     out = {}
     for root, _, files in os.walk(src):
+        # src/bin/*.rs are binaries on top of the library, as main.rs is.
+        if os.path.relpath(root, src).split(os.sep)[0] == "bin":
+            continue
         for f in files:
             if not f.endswith(".rs") or f in ("main.rs", "lib.rs"):
                 continue

@@ -6,6 +6,10 @@ dropouts, several seeds each, two runs at a time with one thread each (a sweep's
 prints per cell the mean ± std over seeds of the validation loss at each evaluated step. A cell
 passes when charlab's mean is at most PyTorch's mean plus one PyTorch seed std.
 
+With --bf16 (issue 27) the question is charlab's own precision: charlab with `precision =
+"bf16"` against charlab fp32 (the cell passes when the bf16 mean is at most the fp32 mean plus
+one fp32 seed std), with PyTorch under autocast-bf16 in the same table.
+
 Also prints the time to quality: per configuration, the training seconds each side needs to reach
 a validation loss both reach (the worse of the two sides' best means), from each run's own
 tokens/s, so the figure counts speed only at equal learning.
@@ -24,9 +28,11 @@ CORPORA = {"hongloumeng": 300_000, "shakespeare": 1_000_000}
 BATCH, SEQ, EMBED, LAYERS, CLIP = 32, 64, 64, 2, 5.0
 
 
-def charlab_config(corpus, cell, seed, steps, threads=1):
+def charlab_config(corpus, cell, seed, steps, threads=1, precision="fp32"):
     lr, hidden, dropout = cell
     return (
+        f'precision = "{precision}"\n'
+
         f'corpus = "{corpus}"\nmax_steps = {steps}\neval_every = 100\nlog_every = 10\n'
         f'histogram_every = 0\nsample_length = 20\nthreads = {threads}\ndevice = "cpu"\n'
         f"embed_dim = {EMBED}\nhidden = {hidden}\nlayers = {LAYERS}\ndropout = {dropout}\n"
@@ -35,11 +41,11 @@ def charlab_config(corpus, cell, seed, steps, threads=1):
     )
 
 
-def run_charlab(corpus, cell, seed, steps):
+def run_charlab(corpus, cell, seed, steps, precision="fp32"):
     tmp = tempfile.mkdtemp()
     cfg = os.path.join(tmp, "run.toml")
     with open(cfg, "w") as f:
-        f.write(charlab_config(corpus, cell, seed, steps))
+        f.write(charlab_config(corpus, cell, seed, steps, precision=precision))
     out = os.path.join(tmp, "run")
     p = subprocess.run(["target/release/charlab", "train", "--config", cfg, "--out", out,
                         "--plain"], capture_output=True, text=True)
@@ -51,13 +57,14 @@ def run_charlab(corpus, cell, seed, steps):
                       tps=r["tokens_per_s"])
 
 
-def run_torch(data, cell, seed, steps, eval_at):
+def run_torch(data, cell, seed, steps, eval_at, autocast=False):
     lr, hidden, dropout = cell
     p = subprocess.run([".venv-torch/bin/python", "scripts/torch_ref.py", "--data", data,
                         "--steps", str(steps), "--threads", "1", "--seed", str(seed),
                         "--embed", str(EMBED), "--hidden", str(hidden), "--layers", str(LAYERS),
                         "--dropout", str(dropout), "--lr", str(lr), "--clip", str(CLIP),
-                        "--eval-at", ",".join(map(str, eval_at))],
+                        "--eval-at", ",".join(map(str, eval_at))]
+                       + (["--autocast"] if autocast else []),
                        capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"torch_ref failed: {p.stderr[-2000:]}")
@@ -80,6 +87,8 @@ def main():
     ap.add_argument("--corpora", default=",".join(CORPORA))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", help="also write every run's evaluations here")
+    ap.add_argument("--bf16", action="store_true",
+                    help="charlab bf16 against charlab fp32, PyTorch autocast-bf16 beside them")
     a = ap.parse_args()
     cells = [(float(lr), int(h), float(d)) for lr in a.lrs.split(",")
              for h in a.hiddens.split(",") for d in a.dropouts.split(",")]
@@ -90,30 +99,38 @@ def main():
     seeds = range(1, a.seeds + 1)
     corpora = a.corpora.split(",")
     results = {}
+    # (side, how it runs): the checked side first, its reference second, then the extra column.
+    sides = ([("charlab bf16", "bf16"), ("charlab fp32", "fp32"), ("PyTorch autocast", True)]
+             if a.bf16 else [("charlab", "fp32"), ("PyTorch", False)])
     with cf.ThreadPoolExecutor(a.jobs) as pool:
         # charlab first (its runs prepare the corpus both sides read), then PyTorch.
-        jobs = {(co, c, s, "charlab"): pool.submit(run_charlab, co, c, s, steps_of[c])
-                for co in corpora for c in cells for s in seeds}
         data = {}
-        for (co, c, s, side), fut in jobs.items():
-            data[co], results[(co, c, s, side)] = fut.result()
-        jobs = {(co, c, s, "pytorch"): pool.submit(run_torch, data[co], c, s, steps_of[c],
-                                                   eval_at[c])
-                for co in corpora for c in cells for s in seeds}
-        for key, fut in jobs.items():
-            results[key] = fut.result()
+        for side, how in sides:
+            if isinstance(how, str):
+                jobs = {(co, c, s, side): pool.submit(run_charlab, co, c, s, steps_of[c], how)
+                        for co in corpora for c in cells for s in seeds}
+                for (co, c, s, side_), fut in jobs.items():
+                    data[co], results[(co, c, s, side_)] = fut.result()
+            else:
+                jobs = {(co, c, s, side): pool.submit(run_torch, data[co], c, s, steps_of[c],
+                                                      eval_at[c], how)
+                        for co in corpora for c in cells for s in seeds}
+                for key, fut in jobs.items():
+                    results[key] = fut.result()
     if a.json:
         json.dump([dict(corpus=k[0], cell=k[1], seed=k[2], side=k[3], **v)
                    for k, v in results.items()], open(a.json, "w"))
-    report(results, corpora, cells, seeds, steps_of, a)
+    report(results, corpora, cells, seeds, steps_of, a, [side for side, _ in sides])
 
 
-def report(results, corpora, cells, seeds, steps_of, a):
+def report(results, corpora, cells, seeds, steps_of, a, sides):
+    mine, ref, extra = (sides + [None])[:3]
     print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; {a.jobs} runs at a time, 1 thread each; "
           f"embed {EMBED}, {LAYERS} layers, batch {BATCH}, seq {SEQ}, Adam, clip {CLIP}; "
           f"{len(seeds)} seeds; val loss mean ± std")
-    print("| corpus | lr | hidden | dropout | step | charlab | PyTorch | charlab − PyTorch | ≤ PyTorch + 1 std |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| corpus | lr | hidden | dropout | step | {mine} | {ref} | {mine} − {ref} | "
+          f"≤ {ref} + 1 std |" + (f" {extra} |" if extra else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if extra else ""))
     passed = total = 0
     ttq = []
     for co in corpora:
@@ -121,17 +138,20 @@ def report(results, corpora, cells, seeds, steps_of, a):
             for step in [100, 300, 1000]:
                 if step > steps_of[c]:
                     continue
-                m = stats([results[(co, c, s, "charlab")]["evals"][step] for s in seeds])
-                t = stats([results[(co, c, s, "pytorch")]["evals"][step] for s in seeds])
+                m = stats([results[(co, c, s, mine)]["evals"][step] for s in seeds])
+                t = stats([results[(co, c, s, ref)]["evals"][step] for s in seeds])
                 ok = m[0] <= t[0] + t[1]
                 passed, total = passed + ok, total + 1
+                x = (stats([results[(co, c, s, extra)]["evals"][step] for s in seeds])
+                     if extra else None)
                 print(f"| {co} | {c[0]:g} | {c[1]} | {c[2]:g} | {step} | {m[0]:.3f} ± {m[1]:.3f} "
-                      f"| {t[0]:.3f} ± {t[1]:.3f} | {m[0] - t[0]:+.3f} | {'yes' if ok else '**no**'} |")
-            ttq.append((co, c, time_to_quality(results, co, c, seeds)))
+                      f"| {t[0]:.3f} ± {t[1]:.3f} | {m[0] - t[0]:+.3f} | {'yes' if ok else '**no**'} |"
+                      + (f" {x[0]:.3f} ± {x[1]:.3f} |" if x else ""))
+            ttq.append((co, c, time_to_quality(results, co, c, seeds, mine, ref)))
     print(f"\n{passed} of {total} cells pass.\n")
     print("Time to quality: training seconds (mean over seeds, from each run's tokens/s) to the "
           "first evaluation at or below the target, the worse of the two sides' best mean val loss.")
-    print("| corpus | lr | hidden | dropout | target val loss | charlab s | PyTorch s | ratio |")
+    print(f"| corpus | lr | hidden | dropout | target val loss | {mine} s | {ref} s | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for co, c, (target, ms, ts) in ttq:
         ratio = f"{ts / ms:.2f}x" if ms and ts else "-"
@@ -140,17 +160,17 @@ def report(results, corpora, cells, seeds, steps_of, a):
               f"| {co} | {c[0]:g} | {c[1]} | {c[2]:g} | {target:.3f} | - | - | - |")
 
 
-def time_to_quality(results, co, c, seeds):
-    """(target, charlab seconds, PyTorch seconds) over the seed-mean curves."""
+def time_to_quality(results, co, c, seeds, mine, ref):
+    """(target, seconds of `mine`, seconds of `ref`) over the seed-mean curves."""
     curves = {}
-    for side in ["charlab", "pytorch"]:
+    for side in [mine, ref]:
         runs = [results[(co, c, s, side)] for s in seeds]
         steps = sorted(runs[0]["evals"])
         curves[side] = ([statistics.mean(r["evals"][k] for r in runs) for k in steps], steps,
                         statistics.mean(r["tps"] for r in runs))
     target = max(min(v) for v, _, _ in curves.values())
     secs = []
-    for side in ["charlab", "pytorch"]:
+    for side in [mine, ref]:
         vals, steps, tps = curves[side]
         step = next(k for v, k in zip(vals, steps) if v <= target)
         secs.append(step * BATCH * SEQ / tps)

@@ -32,7 +32,7 @@ def sweep_file(a, name, grid):
     lines = ["[experiment]", f'name = "{name}"', f'corpus = "{a.corpus}"', 'device = "cpu"',
              "jobs = 2", "seed = 1", "", "[defaults]"]
     fixed = dict(FIXED, max_steps=a.steps, eval_every=a.steps, log_every=10, histogram_every=0,
-                 sample_length=20)
+                 sample_length=20, precision=a.precision)
     if grid:
         fixed["dropout"] = a.dropout
     lines += [f"{k} = {toml_value(v)}" for k, v in fixed.items()]
@@ -72,7 +72,8 @@ def run_optuna(a, data, grid, rep):
     tmp = tempfile.mkdtemp()
     fixed = (f"--data {data} --steps {a.steps} --threads 1 --embed {FIXED['embed_dim']} "
              f"--layers {FIXED['layers']} --batch {FIXED['batch_size']} --seq {FIXED['seq_len']} "
-             f"--clip {FIXED['grad_clip']} --seed 1 --dropout {a.dropout}")
+             f"--clip {FIXED['grad_clip']} --seed 1 --dropout {a.dropout}"
+             + (" --autocast" if a.autocast else ""))
     space = {"grid": grid} if grid else {"random": TPE_SPACE}
     trials = len(grid["lr"]) * len(grid["hidden"]) if grid else a.trials
     cmd = [sys.executable, "scripts/race_optuna.py", "--journal", os.path.join(tmp, "j.log"),
@@ -122,6 +123,10 @@ def main():
     ap.add_argument("--trials", type=int, default=16, help="tpe mode's trial count")
     ap.add_argument("--startup", type=int, default=8, help="tpe mode's random trials")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="charlab's precision key")
+    ap.add_argument("--autocast", action="store_true",
+                    help="PyTorch under autocast-bf16 (the expert's setup)")
     ap.add_argument("--optuna-first", action="store_true",
                     help="start with the Optuna side (then alternate)")
     a = ap.parse_args()
@@ -140,7 +145,8 @@ def main():
         races.append((mine, theirs))
     print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; {a.corpus} "
           f"(first {MAX_CHARS[a.corpus]:,} clean chars); {a.steps} steps per trial, 2 trials at a "
-          f"time, 1 thread each; embed 64, 2 layers, batch 32, seq 64, Adam, clip 5")
+          f"time, 1 thread each; embed 64, 2 layers, batch 32, seq 64, Adam, clip 5; charlab "
+          f"precision {a.precision}, PyTorch {'autocast-bf16' if a.autocast else 'fp32'}")
     (report_grid if grid else report_tpe)(races, a)
 
 

@@ -90,6 +90,9 @@ def parser():
     ap.add_argument("--eval-at", default="", help="comma-separated steps to evaluate at too")
     ap.add_argument("--init", help="start from a charlab checkpoint's weights (safetensors): "
                     "the same initial state, to tell the init's draw from the training")
+    ap.add_argument("--autocast", action="store_true",
+                    help="bf16 autocast around the forward, as an expert turns it on "
+                         "(oneDNN's bf16 LSTM and linear; weights and Adam stay fp32)")
     return ap
 
 
@@ -123,9 +126,10 @@ def train(a):
     for step in range(a.steps):
         x = train[:, w * a.seq:(w + 1) * a.seq]
         y = train[:, w * a.seq + 1:(w + 1) * a.seq + 1]
-        logits, state = model(x, state)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.autocast):
+            logits, state = model(x, state)
         state = tuple(s.detach() for s in state)
-        loss = loss_fn(logits.reshape(-1, len(chars)), y.reshape(-1))
+        loss = loss_fn(logits.float().reshape(-1, len(chars)), y.reshape(-1))
         if first is None:
             first = loss.item()
         opt.zero_grad(set_to_none=True)
@@ -145,7 +149,8 @@ def train(a):
 
     val_loss = evaluate(model, val, val_windows, a.seq, len(chars), loss_fn)
     return {
-        "impl": f"pytorch {torch.__version__}" + (" cuDNN" if dev.type == "cuda" else ""),
+        "impl": f"pytorch {torch.__version__}" + (" cuDNN" if dev.type == "cuda" else "")
+        + (" autocast-bf16" if a.autocast else ""),
         "steps": a.steps,
         "first_loss": first,
         "ln_vocab": math.log(len(chars)),

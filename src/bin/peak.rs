@@ -1,9 +1,15 @@
 //! The machine's arithmetic ceiling, so that benchmark tables can say how close to it a run is:
 //! fp32 FMAs (`vfmadd231ps`) and bf16 pair products with fp32 accumulation (`vdpbf16ps`), each
 //! in a loop of independent accumulators that never touches memory (the loops `auto` precision
-//! measures too, run longer here), on 1 thread and on every core at once. `scripts/peak.sh`.
+//! measures too, run longer here), on 1 thread and on every core at once. Then each large
+//! product of a training step of config H (one thread's group: 2,048 rows), timed in fp32, in
+//! bf16 on the AVX512-BF16 unit and in bf16 emulated: what each product gains or costs in bf16
+//! on this CPU. `scripts/peak.sh`.
 
-use charlab::model::precision::{peak_gflops, Peak};
+use charlab::model::bf16::Unit;
+use charlab::model::gemm::{View, ViewMut};
+use charlab::model::precision::{peak_gflops, Peak, Products};
+use std::time::Instant;
 
 /// Rounds of the loop per measurement: about a second on the cores we know.
 const ITERS: u64 = 50_000_000;
@@ -22,6 +28,125 @@ fn measure(kind: Peak, threads: usize) -> Option<f64> {
     (0..3).filter_map(|_| once()).reduce(f64::max)
 }
 
+/// One product of a step: `[m, k] · [k, n]`, each operand as the model lays it out (`true`:
+/// a transposed view of a row-major buffer).
+struct Shape {
+    name: &'static str,
+    m: usize,
+    k: usize,
+    n: usize,
+    a_t: bool,
+    b_t: bool,
+}
+
+/// Config H at 1 thread: 2,048 rows (batch 32 × seq 64), H 256, V 4,504, E 128, ~700 distinct
+/// chars per window.
+const SHAPES: &[Shape] = &[
+    Shape {
+        name: "decoder: logits",
+        m: 2048,
+        k: 256,
+        n: 4504,
+        a_t: false,
+        b_t: true,
+    },
+    Shape {
+        name: "decoder: weight gradient",
+        m: 4504,
+        k: 2048,
+        n: 256,
+        a_t: true,
+        b_t: false,
+    },
+    Shape {
+        name: "decoder: gradient down",
+        m: 2048,
+        k: 4504,
+        n: 256,
+        a_t: false,
+        b_t: false,
+    },
+    Shape {
+        name: "layer 1: input projection",
+        m: 2048,
+        k: 256,
+        n: 1024,
+        a_t: false,
+        b_t: true,
+    },
+    Shape {
+        name: "layer k: W gradients",
+        m: 1024,
+        k: 2048,
+        n: 256,
+        a_t: true,
+        b_t: false,
+    },
+    Shape {
+        name: "layer 1: input gradient",
+        m: 2048,
+        k: 1024,
+        n: 256,
+        a_t: false,
+        b_t: false,
+    },
+    Shape {
+        name: "layer 0: table",
+        m: 700,
+        k: 128,
+        n: 1024,
+        a_t: false,
+        b_t: true,
+    },
+];
+
+/// GFLOP/s of `p` on `s` (best of 5 after a warm-up).
+fn product_gflops(s: &Shape, p: Products) -> f64 {
+    let a: Vec<f32> = (0..s.m * s.k)
+        .map(|i| (i % 97) as f32 * 0.01 - 0.5)
+        .collect();
+    let b: Vec<f32> = (0..s.k * s.n)
+        .map(|i| (i % 89) as f32 * 0.01 - 0.4)
+        .collect();
+    let mut c = vec![0f32; s.m * s.n];
+    fn view(d: &[f32], r: usize, c: usize, t: bool) -> View<'_> {
+        if t {
+            View::new(d, c, r, r).t()
+        } else {
+            View::new(d, r, c, c)
+        }
+    }
+    let mut best = f64::MAX;
+    for _ in 0..6 {
+        let t0 = Instant::now();
+        let (av, bv) = (view(&a, s.m, s.k, s.a_t), view(&b, s.k, s.n, s.b_t));
+        p.matmul(ViewMut::new(&mut c, s.m, s.n, s.n), av, bv, false);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (s.m * s.k * s.n) as f64 / best / 1e9
+}
+
+fn products() {
+    println!("the products of one thread's step of config H, GFLOP/s (best of 6):");
+    println!("| product | m × k × n | fp32 | bf16 (AVX512-BF16) | bf16 (emulated) |");
+    println!("|---|---|---|---|---|");
+    let native = charlab::model::bf16::native_available();
+    for s in SHAPES {
+        let fp32 = product_gflops(s, Products::Fp32);
+        let nat = native.then(|| product_gflops(s, Products::Bf16(Unit::Native)));
+        let emu = product_gflops(s, Products::Bf16(Unit::Emulated));
+        let nat = nat.map_or("-".into(), |g| format!("{g:.1} ({:.2}×)", g / fp32));
+        println!(
+            "| {} | {}×{}×{} | {fp32:.1} | {nat} | {emu:.1} ({:.2}×) |",
+            s.name,
+            s.m,
+            s.k,
+            s.n,
+            emu / fp32
+        );
+    }
+}
+
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (kind, name, needs) in [
@@ -35,4 +160,5 @@ fn main() {
             _ => println!("{name} peak: not measured (this CPU has no {needs})"),
         }
     }
+    products();
 }

@@ -170,41 +170,45 @@ mod native {
         to_bits(lo) as u32 | (to_bits(hi) as u32) << 16
     }
 
-    /// A as row panels of `MR` rows: `[panel][pair][MR]`, rows past M zero.
+    /// A as row panels of `MR` rows: `[panel][pair][MR]`, rows past M zero. Read along
+    /// memory: row by row when A's rows are contiguous, pair by pair when it is a transpose.
     fn pack_a(a: View, k2: usize, out: &mut Vec<u32>) {
         let (m, k) = (a.row_count(), a.t().row_count());
-        let panels = m.div_ceil(MR);
         out.clear();
-        out.resize(panels * k2 * MR, 0);
-        for i in 0..m {
-            let (panel, r) = (i / MR, i % MR);
-            let base = panel * k2 * MR + r;
-            for p in 0..k2 {
-                let hi = if 2 * p + 1 < k {
-                    a.at(i, 2 * p + 1)
-                } else {
-                    0.0
-                };
-                out[base + p * MR] = pair(a.at(i, 2 * p), hi);
-            }
+        out.resize(m.div_ceil(MR) * k2 * MR, 0);
+        let mut put = |i: usize, p: usize| {
+            let hi = if 2 * p + 1 < k {
+                a.at(i, 2 * p + 1)
+            } else {
+                0.0
+            };
+            out[(i / MR) * k2 * MR + p * MR + i % MR] = pair(a.at(i, 2 * p), hi);
+        };
+        if a.raw().2 == 1 {
+            (0..m).for_each(|i| (0..k2).for_each(|p| put(i, p)));
+        } else {
+            (0..k2).for_each(|p| (0..m).for_each(|i| put(i, p)));
         }
     }
 
-    /// B as column panels of `NR` columns: `[panel][pair][NR]`, columns past N zero.
+    /// B as column panels of `NR` columns: `[panel][pair][NR]`, columns past N zero. Read
+    /// along memory, as [`pack_a`].
     fn pack_b(b: View, k2: usize, out: &mut Vec<u32>) {
         let (k, n) = (b.row_count(), b.t().row_count());
-        let panels = n.div_ceil(NR);
         out.clear();
-        out.resize(panels * k2 * NR, 0);
-        for p in 0..k2 {
-            for j in 0..n {
-                let hi = if 2 * p + 1 < k {
-                    b.at(2 * p + 1, j)
-                } else {
-                    0.0
-                };
-                out[(j / NR) * k2 * NR + p * NR + j % NR] = pair(b.at(2 * p, j), hi);
-            }
+        out.resize(n.div_ceil(NR) * k2 * NR, 0);
+        let mut put = |p: usize, j: usize| {
+            let hi = if 2 * p + 1 < k {
+                b.at(2 * p + 1, j)
+            } else {
+                0.0
+            };
+            out[(j / NR) * k2 * NR + p * NR + j % NR] = pair(b.at(2 * p, j), hi);
+        };
+        if b.raw().2 == 1 {
+            (0..k2).for_each(|p| (0..n).for_each(|j| put(p, j)));
+        } else {
+            (0..n).for_each(|j| (0..k2).for_each(|p| put(p, j)));
         }
     }
 
@@ -351,15 +355,21 @@ mod tests {
         (40, 64, 17),
     ];
 
-    /// Runs `unit` and the scalar model on each shape (a transposed B, a strided A, with and
-    /// without accumulation) and checks them against each other and against fp32.
+    /// Runs `unit` and the scalar model on each shape (a strided A with a transposed B, and a
+    /// transposed A with a row-major B; with and without accumulation) and checks them against
+    /// each other and against fp32.
     fn check(unit: Unit) {
         for &(m, k, n) in SHAPES {
             let a = values((m * (k + 3)).max(1), 1);
             let bt = values(n * k, 2);
-            let av = View::new(&a, m, k, k + 3);
-            let bv = View::new(&bt, n, k, k).t();
-            for accumulate in [false, true] {
+            let orientations = [
+                (View::new(&a, m, k, k + 3), View::new(&bt, n, k, k).t()),
+                (View::new(&a, k, m, m).t(), View::new(&bt, k, n, n)),
+            ];
+            for ((av, bv), accumulate) in orientations
+                .into_iter()
+                .flat_map(|o| [(o, false), (o, true)])
+            {
                 let start = values(m * n, 3);
                 let (mut got, mut want) = (start.clone(), start.clone());
                 matmul_bf16(ViewMut::new(&mut got, m, n, n), av, bv, accumulate, unit);

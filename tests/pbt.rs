@@ -177,25 +177,7 @@ fn a_pbt_sweep_with_fewer_jobs_than_members_copies_explores_and_shows_it() {
 fn phases_change_the_values_a_run_trains_with_from_their_step() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let corpus = common::write_corpus(d);
-    // `charlab train` on a config of `body` (after the corpus line) into `out`.
-    let train = |body: &str, out: &str| {
-        let cfg = d.join("run.toml");
-        std::fs::write(
-            &cfg,
-            format!("corpus = {:?}\n{body}", corpus.to_str().unwrap()),
-        )
-        .unwrap();
-        let out = d.join(out);
-        let args = [
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        (common::charlab(d, &args), out)
-    };
+    let train = |body: &str, out: &str| common::train_run(d, out, body, &[]);
     let (o, out) = train(
         "batch_size = 4\nseq_len = 16\nembed_dim = 16\nhidden = 32\nmax_steps = 30\n\
          eval_every = 10\nlog_every = 5\nhistogram_every = 0\nsample_length = 10\n\

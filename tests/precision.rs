@@ -11,32 +11,17 @@ use std::path::Path;
 /// `charlab train` of the tiny config with `precision`, optionally hiding the bf16 unit;
 /// returns what it printed (on stderr, as progress is) and its run.json.
 fn train(dir: &Path, name: &str, precision: &str, hide_bf16: bool) -> (String, serde_json::Value) {
-    let corpus = common::write_corpus(dir);
-    let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "corpus = {:?}\nbatch_size = 4\nseq_len = 16\nembed_dim = 16\nhidden = 32\n\
-             max_steps = 30\neval_every = 10\nhistogram_every = 0\nsample_length = 10\n\
-             val_fraction = 0.1\ndevice = \"cpu\"\nlr = 0.01\nprecision = {precision:?}\n",
-            corpus.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let out = dir.join(name);
-    let args = [
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--plain",
-    ];
-    let mut cmd = common::charlab_cmd(dir, &args);
-    if hide_bf16 {
-        cmd.env("CHARLAB_SIMD", "avx2");
-    }
-    let o = cmd.output().unwrap();
+    let body = format!(
+        "batch_size = 4\nseq_len = 16\nembed_dim = 16\nhidden = 32\nmax_steps = 30\n\
+         eval_every = 10\nhistogram_every = 0\nsample_length = 10\nval_fraction = 0.1\n\
+         device = \"cpu\"\nlr = 0.01\nprecision = {precision:?}\n"
+    );
+    let env: &[(&str, &str)] = if hide_bf16 {
+        &[("CHARLAB_SIMD", "avx2")]
+    } else {
+        &[]
+    };
+    let (o, out) = common::train_run(dir, name, &body, env);
     let text = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{text}");
     (text, common::record(&out))

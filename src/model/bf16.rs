@@ -170,45 +170,25 @@ mod native {
         to_bits(lo) as u32 | (to_bits(hi) as u32) << 16
     }
 
-    /// A as row panels of `MR` rows: `[panel][pair][MR]`, rows past M zero. Read along
-    /// memory: row by row when A's rows are contiguous, pair by pair when it is a transpose.
-    fn pack_a(a: View, k2: usize, out: &mut Vec<u32>) {
-        let (m, k) = (a.row_count(), a.t().row_count());
+    /// `v` (`[rows, K]`) as panels of `width` rows: `[panel][pair][width]`, rows past the
+    /// end zero. A is packed in panels of `MR` rows, B as Bᵀ in panels of `NR` columns. Read
+    /// along memory: row by row when `v`'s rows are contiguous, pair by pair when they are not.
+    fn pack(v: View, width: usize, k2: usize, out: &mut Vec<u32>) {
+        let (rows, k) = (v.row_count(), v.t().row_count());
         out.clear();
-        out.resize(m.div_ceil(MR) * k2 * MR, 0);
+        out.resize(rows.div_ceil(width) * k2 * width, 0);
         let mut put = |i: usize, p: usize| {
             let hi = if 2 * p + 1 < k {
-                a.at(i, 2 * p + 1)
+                v.at(i, 2 * p + 1)
             } else {
                 0.0
             };
-            out[(i / MR) * k2 * MR + p * MR + i % MR] = pair(a.at(i, 2 * p), hi);
+            out[(i / width) * k2 * width + p * width + i % width] = pair(v.at(i, 2 * p), hi);
         };
-        if a.raw().2 == 1 {
-            (0..m).for_each(|i| (0..k2).for_each(|p| put(i, p)));
+        if v.raw().2 == 1 {
+            (0..rows).for_each(|i| (0..k2).for_each(|p| put(i, p)));
         } else {
-            (0..k2).for_each(|p| (0..m).for_each(|i| put(i, p)));
-        }
-    }
-
-    /// B as column panels of `NR` columns: `[panel][pair][NR]`, columns past N zero. Read
-    /// along memory, as [`pack_a`].
-    fn pack_b(b: View, k2: usize, out: &mut Vec<u32>) {
-        let (k, n) = (b.row_count(), b.t().row_count());
-        out.clear();
-        out.resize(n.div_ceil(NR) * k2 * NR, 0);
-        let mut put = |p: usize, j: usize| {
-            let hi = if 2 * p + 1 < k {
-                b.at(2 * p + 1, j)
-            } else {
-                0.0
-            };
-            out[(j / NR) * k2 * NR + p * NR + j % NR] = pair(b.at(2 * p, j), hi);
-        };
-        if b.raw().2 == 1 {
-            (0..k2).for_each(|p| (0..n).for_each(|j| put(p, j)));
-        } else {
-            (0..n).for_each(|j| (0..k2).for_each(|p| put(p, j)));
+            (0..k2).for_each(|p| (0..rows).for_each(|i| put(i, p)));
         }
     }
 
@@ -233,8 +213,8 @@ mod native {
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
             let k2 = k.div_ceil(2);
-            pack_a(a, k2, &mut s.pack_a);
-            pack_b(b, k2, &mut s.pack_b);
+            pack(a, MR, k2, &mut s.pack_a);
+            pack(b.t(), NR, k2, &mut s.pack_b);
             for p0 in (0..k2).step_by(KC) {
                 let kc = KC.min(k2 - p0);
                 let load = accumulate || p0 > 0;

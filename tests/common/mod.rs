@@ -117,12 +117,37 @@ pub fn charlab_cmd(cwd: &Path, args: &[&str]) -> std::process::Command {
 /// Runs `charlab ARGS` in `cwd` to the end and returns its output. A command that never ends
 /// fails the test after ten minutes instead of hanging the suite.
 pub fn charlab(cwd: &Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = charlab_cmd(cwd, args);
+    output_of(charlab_cmd(cwd, args))
+}
+
+/// Runs `cmd` (a [`charlab_cmd`]) to the end, with [`charlab`]'s ten-minute limit.
+pub fn output_of(mut cmd: std::process::Command) -> std::process::Output {
+    let what = format!("{cmd:?}");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(cmd.output()));
     rx.recv_timeout(std::time::Duration::from_secs(600))
-        .unwrap_or_else(|_| panic!("charlab {args:?} did not end"))
+        .unwrap_or_else(|_| panic!("{what} did not end"))
         .expect("run charlab")
+}
+
+/// `charlab train --plain` on a run config of the fixture corpus and `body` (written to
+/// `dir/NAME.toml`), into `dir/NAME`, with the environment variables `env`: its output and run
+/// directory.
+pub fn train_run(
+    dir: &Path,
+    name: &str,
+    body: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Output, PathBuf) {
+    let corpus = write_corpus(dir);
+    let cfg = dir.join(format!("{name}.toml"));
+    let text = format!("corpus = {:?}\n{body}", corpus.to_str().unwrap());
+    std::fs::write(&cfg, text).expect("write run config");
+    let out = dir.join(name);
+    let (c, o) = (cfg.to_string_lossy(), out.to_string_lossy());
+    let mut cmd = charlab_cmd(dir, &["train", "--config", &c, "--out", &o, "--plain"]);
+    cmd.envs(env.iter().copied());
+    (output_of(cmd), out)
 }
 
 /// Runs `charlab report ROOT -o CWD/report.html`, fails the test if it did not succeed, and

@@ -72,6 +72,24 @@ def run_torch(data, cell, seed, steps, eval_at, autocast=False):
     return dict(evals={int(k): v for k, v in t["evals"].items()}, tps=t["tokens_per_s"])
 
 
+def load_cache(path):
+    """(corpus, cell, seed, side, steps) → result, from a --cache file."""
+    out = {}
+    if path and os.path.exists(path):
+        for line in open(path):
+            r = json.loads(line)
+            key = (r["corpus"], tuple(r["cell"]), r["seed"], r["side"], r["steps"])
+            out[key] = dict(r["result"], evals={int(k): v for k, v in r["result"]["evals"].items()})
+    return out
+
+
+def save_cache(path, key, steps, result):
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(dict(corpus=key[0], cell=key[1], seed=key[2], side=key[3],
+                                    steps=steps, result=result)) + "\n")
+
+
 def stats(xs):
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -87,6 +105,8 @@ def main():
     ap.add_argument("--corpora", default=",".join(CORPORA))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", help="also write every run's evaluations here")
+    ap.add_argument("--cache", help="JSON lines of finished runs: read at the start (those runs "
+                    "are not run again), appended as each run ends, so a long grid can resume")
     ap.add_argument("--bf16", action="store_true",
                     help="charlab bf16 against charlab fp32, PyTorch autocast-bf16 beside them")
     a = ap.parse_args()
@@ -102,21 +122,30 @@ def main():
     # (side, how it runs): the checked side first, its reference second, then the extra column.
     sides = ([("charlab bf16", "bf16"), ("charlab fp32", "fp32"), ("PyTorch autocast", True)]
              if a.bf16 else [("charlab", "fp32"), ("PyTorch", False)])
+    cache = load_cache(a.cache)
     with cf.ThreadPoolExecutor(a.jobs) as pool:
         # charlab first (its runs prepare the corpus both sides read), then PyTorch.
-        data = {}
+        data = {k[0]: v["data"] for k, v in cache.items() if "data" in v}
         for side, how in sides:
-            if isinstance(how, str):
-                jobs = {(co, c, s, side): pool.submit(run_charlab, co, c, s, steps_of[c], how)
-                        for co in corpora for c in cells for s in seeds}
-                for (co, c, s, side_), fut in jobs.items():
-                    data[co], results[(co, c, s, side_)] = fut.result()
-            else:
-                jobs = {(co, c, s, side): pool.submit(run_torch, data[co], c, s, steps_of[c],
-                                                      eval_at[c], how)
-                        for co in corpora for c in cells for s in seeds}
-                for key, fut in jobs.items():
-                    results[key] = fut.result()
+            jobs = {}
+            for co in corpora:
+                for c in cells:
+                    for s in seeds:
+                        key = (co, c, s, side)
+                        if (co, c, s, side, steps_of[c]) in cache:
+                            results[key] = cache[(co, c, s, side, steps_of[c])]
+                        elif isinstance(how, str):
+                            jobs[key] = pool.submit(run_charlab, co, c, s, steps_of[c], how)
+                        else:
+                            jobs[key] = pool.submit(run_torch, data[co], c, s, steps_of[c],
+                                                    eval_at[c], how)
+            for key, fut in jobs.items():
+                r = fut.result()
+                if isinstance(r, tuple):
+                    data[key[0]], r = r
+                    r = dict(r, data=data[key[0]])
+                results[key] = r
+                save_cache(a.cache, key, steps_of[key[1]], r)
     if a.json:
         json.dump([dict(corpus=k[0], cell=k[1], seed=k[2], side=k[3], **v)
                    for k, v in results.items()], open(a.json, "w"))

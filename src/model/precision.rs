@@ -48,8 +48,8 @@ pub const AUTO_MIN_SPEEDUP: f64 = 1.3;
 
 /// Whether bf16 products have matched fp32's learning in every cell of the parity grid
 /// (`scripts/parity.sh --bf16`: mean val loss within one fp32 seed std), the second condition
-/// `auto` needs. Not yet: on 红楼梦 16 of 18 cells pass, and the two at lr 1e-2 without
-/// dropout do not (BENCHMARKS.md, "bf16 products"), so `auto` stays fp32 until they do, and
+/// `auto` needs. Not yet: 34 of 36 cells pass over both corpora; the two at lr 1e-2
+/// without dropout on 红楼梦 do not (BENCHMARKS.md, "bf16 products"), so `auto` stays fp32 until they do, and
 /// bf16 is what a user asks for by name.
 pub const BF16_LEARNS_LIKE_FP32: bool = false;
 

@@ -10,9 +10,7 @@ use charlab::model::bf16::{self, Unit};
 use charlab::model::cpu::CpuModel;
 use charlab::model::precision::Products;
 use charlab::model::simd::Level;
-use charlab::model::{
-    check_backend, rel_err, Backend, CharRnn, Dims, State, BF16_TOLERANCE, TOLERANCE,
-};
+use charlab::model::{check_backend, rel_err, tolerance, Backend, CharRnn, Dims, State};
 use charlab::rng::Rng;
 use std::path::Path;
 
@@ -84,11 +82,7 @@ fn assert_equivalent_in(
     (batch, seq): (usize, usize),
     dropout: f64,
 ) {
-    let limit = if p == Products::Fp32 {
-        TOLERANCE
-    } else {
-        BF16_TOLERANCE
-    };
+    let limit = tolerance(p);
     let mut backend = Backend::Cpu(Box::new(CpuModel::new(d, level).with_products(p)));
     let rows = check_backend(&Device::Cpu, &mut backend, d, (batch, seq), dropout, 3).unwrap();
     for r in rows {

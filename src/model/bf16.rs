@@ -76,18 +76,7 @@ pub fn reference(dst: &mut [f32], dst_stride: usize, a: View, b: View, accumulat
 
 /// Whether this CPU can run [`Unit::Native`] (and `CHARLAB_SIMD` does not ask for less).
 pub fn native_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let narrowed = matches!(
-            std::env::var("CHARLAB_SIMD").as_deref(),
-            Ok("avx512" | "avx2" | "portable")
-        );
-        !narrowed
-            && std::is_x86_feature_detected!("avx512bf16")
-            && super::simd::Level::detect().name() == "avx512"
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    super::simd::Level::detect_bf16()
 }
 
 /// Packing buffers, reused across calls on one thread (a step makes dozens of products): the

@@ -18,6 +18,14 @@ pub const TOLERANCE: f32 = 1e-4;
 /// error stays under ≈ 3 · 2^-7 ≈ 2.3e-2 even if nothing cancels. A wrong kernel is off by O(1).
 pub const BF16_TOLERANCE: f32 = 2.5e-2;
 
+/// The limit of a backend computing its large products as `p` does.
+pub fn tolerance(p: Products) -> f32 {
+    match p {
+        Products::Fp32 => TOLERANCE,
+        Products::Bf16(_) => BF16_TOLERANCE,
+    }
+}
+
 /// One comparison of [`check_device`]: what was compared, its limit, and its rows.
 #[derive(Debug, Clone)]
 pub struct CheckSection {
@@ -135,11 +143,7 @@ pub fn check_device(
                         ""
                     }
                 ),
-                if products == Products::Fp32 {
-                    TOLERANCE
-                } else {
-                    BF16_TOLERANCE
-                },
+                tolerance(products),
             ),
             Backend::Candle { .. } => (
                 format!(

@@ -321,11 +321,6 @@ impl CpuModel {
         self
     }
 
-    /// How the large products are computed.
-    pub fn products(&self) -> Products {
-        self.shared.products
-    }
-
     /// The instruction set the kernels run with.
     pub fn level(&self) -> Level {
         self.level

@@ -24,7 +24,8 @@ pub mod simd;
 
 pub use backend::Backend;
 pub use check::{
-    check_backend, check_device, rel_err, CheckRow, CheckSection, BF16_TOLERANCE, TOLERANCE,
+    check_backend, check_device, rel_err, tolerance, CheckRow, CheckSection, BF16_TOLERANCE,
+    TOLERANCE,
 };
 
 use crate::rng::Rng;

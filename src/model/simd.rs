@@ -167,11 +167,16 @@ enum Set {
     Portable,
 }
 
+/// `CHARLAB_SIMD`: a narrower instruction set than the CPU's widest, asked for to compare them
+/// on one machine (`avx512` leaves out AVX512-BF16, `avx2` and `portable` all of AVX-512).
+fn asked() -> Option<String> {
+    std::env::var("CHARLAB_SIMD").ok()
+}
+
 impl Level {
-    /// The widest set this CPU has. `CHARLAB_SIMD=avx2|portable` asks for a narrower one (to
-    /// compare them on one machine).
+    /// The widest set this CPU has, or the narrower one `CHARLAB_SIMD` asks for.
     pub fn detect() -> Level {
-        let asked = std::env::var("CHARLAB_SIMD").ok();
+        let asked = asked();
         let wanted = match asked.as_deref() {
             Some("portable") => Set::Portable,
             Some("avx2") => Set::Avx2,
@@ -181,6 +186,20 @@ impl Level {
             .into_iter()
             .find(|l| l.0 as u8 >= wanted as u8)
             .unwrap_or(Level(Set::Portable))
+    }
+
+    /// Whether the bf16 products may use AVX512-BF16: the CPU has it, beside the AVX-512 set
+    /// [`Level::detect`] picks, and `CHARLAB_SIMD` does not ask for less.
+    pub fn detect_bf16() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let narrowed = matches!(asked().as_deref(), Some("avx512" | "avx2" | "portable"));
+            !narrowed
+                && Level::detect().0 == Set::Avx512
+                && std::is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// Every set this CPU has, widest first.

@@ -264,6 +264,7 @@ fn new_record(
     model: &CharRnn,
     r: &Resumed,
     total_steps: u64,
+    precision: crate::run_dir::Precision,
     cfg: &RunConfig,
 ) -> RunRecord {
     let prev = r.previous.as_ref();
@@ -277,7 +278,7 @@ fn new_record(
         candle_version: env!("CHARLAB_CANDLE_VERSION").into(),
         git_commit: Some(env!("CHARLAB_GIT_COMMIT").to_string()).filter(|s| !s.is_empty()),
         device: crate::device::name(model.device()),
-        precision: None,
+        precision: Some(precision),
         host: crate::host::hostname(),
         pid: std::process::id(),
         command: std::env::args().collect(),
@@ -384,11 +385,11 @@ pub(super) fn start(
     run.save_vocab(&data.prepared.vocab)?;
     let total_steps = data.total_steps(cfg)?;
     let (products, why) = precision::resolve(cfg.precision, device.is_cpu());
-    let mut record = new_record(&data, &model, &resumed, total_steps, cfg);
-    record.precision = Some(crate::run_dir::Precision {
+    let resolved = crate::run_dir::Precision {
         products: products.name().into(),
         why: why.clone(),
-    });
+    };
+    let record = new_record(&data, &model, &resumed, total_steps, resolved, cfg);
     let events = open_events(cfg, opts, &run, &model, resumed.cursor.step)?;
     say(&format!(
         "{}: {} params, vocab {}, {} train / {} val chars, {} steps on {}",

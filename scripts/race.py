@@ -4,12 +4,18 @@ prepared ids, two trials at a time with one thread each, sides alternated on eac
 grid: charlab's `[grid]` against Optuna's GridSampler over the same points (two worker processes
 sharing a journal file): wall time of the whole sweep, best val loss, and a per-configuration
 table. tpe: charlab's `[search] method = "tpe"` against Optuna's TPESampler over the same space
-and trial count: the best val loss each side has reached at equal wall times.
+(lr, hidden, dropout, layers) and trial count, `--seeds N` races: the best finished val loss
+each side holds at every minute and after every k-th trial (mean ± std over seeds), the area
+under the best-so-far curve, when charlab reaches Optuna's final best, and an SVG chart.
+`--prune` adds charlab's halving rule and Optuna's HyperbandPruner (val loss every 100 steps);
+`--bf16` runs PyTorch under autocast-bf16.
 """
 import argparse
 import glob
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,37 +27,46 @@ from bench import cpu_model
 MAX_CHARS = {"hongloumeng": 300_000, "shakespeare": 1_000_000}
 FIXED = dict(embed_dim=64, layers=2, batch_size=32, seq_len=64, grad_clip=5.0)
 TPE_SPACE = {"lr": ["log_uniform", 1e-4, 2e-2], "hidden": ["choice", [64, 128, 256], None],
-             "dropout": ["uniform", 0.0, 0.5]}
+             "dropout": ["uniform", 0.0, 0.5], "layers": ["choice", [1, 2], None]}
+SWEPT = ["lr", "hidden", "dropout", "layers"]
 
 
 def toml_value(v):
     return json.dumps(v) if not isinstance(v, float) else repr(v)
 
 
-def sweep_file(a, name, grid):
+def sweep_file(a, name, grid, seed=1):
     lines = ["[experiment]", f'name = "{name}"', f'corpus = "{a.corpus}"', 'device = "cpu"',
-             "jobs = 2", "seed = 1", "", "[defaults]"]
-    fixed = dict(FIXED, max_steps=a.steps, eval_every=a.steps, log_every=10, histogram_every=0,
-                 sample_length=20, precision=a.precision)
+             "jobs = 2", f"seed = {seed}"]
+    if a.prune and not grid:
+        lines.append('pruning = { rule = "halving" }')
+    lines += ["", "[defaults]"]
+    fixed = dict(FIXED, max_steps=a.steps, eval_every=a.eval_every or a.steps, log_every=10,
+                 histogram_every=0, sample_length=20, precision=a.precision)
     if grid:
         fixed["dropout"] = a.dropout
+    else:
+        del fixed["layers"]
     lines += [f"{k} = {toml_value(v)}" for k, v in fixed.items()]
     lines.append(f"clean.max_chars = {MAX_CHARS[a.corpus]}")
     if grid:
         lines += ["", "[grid]", f"lr = {grid['lr']}", f"hidden = {grid['hidden']}"]
     else:
         lines += ["", "[search]", 'method = "tpe"', f"trials = {a.trials}",
-                  f"startup_trials = {a.startup}", "", "[random]",
-                  "lr = { log_uniform = [1e-4, 2e-2] }", "hidden = { choice = [64, 128, 256] }",
-                  "dropout = { uniform = [0.0, 0.5] }"]
+                  f"startup_trials = {a.startup}"]
+        if a.cost_aware:
+            lines.append("cost_aware = true")
+        lines += ["", "[random]", "lr = { log_uniform = [1e-4, 2e-2] }",
+                  "hidden = { choice = [64, 128, 256] }", "dropout = { uniform = [0.0, 0.5] }",
+                  "layers = { choice = [1, 2] }"]
     return "\n".join(lines) + "\n"
 
 
-def run_charlab(a, grid, rep):
+def run_charlab(a, grid, rep, seed=1):
     tmp = tempfile.mkdtemp()
     path = os.path.join(tmp, "race.toml")
     with open(path, "w") as f:
-        f.write(sweep_file(a, f"race{rep}", grid))
+        f.write(sweep_file(a, f"race{rep}", grid, seed))
     t0 = time.time()
     p = subprocess.run(["target/release/charlab", "sweep", path, "--runs", tmp, "--plain"],
                        capture_output=True, text=True)
@@ -63,27 +78,33 @@ def run_charlab(a, grid, rep):
         r = json.load(open(rj))
         cfg = tomllib.load(open(os.path.join(os.path.dirname(rj), "config.toml"), "rb"))
         end = os.path.getmtime(rj) - t0
-        trials.append(dict(params={k: cfg[k] for k in ["lr", "hidden", "dropout"]},
-                           val_loss=r["final_metrics"]["val_loss"], end=end))
+        done = r["status"] == "completed"
+        trials.append(dict(params={k: cfg[k] for k in SWEPT}, completed=done, end=end,
+                           val_loss=r["final_metrics"]["val_loss"] if done else None))
     return wall, trials
 
 
-def run_optuna(a, data, grid, rep):
+def run_optuna(a, data, grid, rep, seed=1):
     tmp = tempfile.mkdtemp()
     fixed = (f"--data {data} --steps {a.steps} --threads 1 --embed {FIXED['embed_dim']} "
-             f"--layers {FIXED['layers']} --batch {FIXED['batch_size']} --seq {FIXED['seq_len']} "
-             f"--clip {FIXED['grad_clip']} --seed 1 --dropout {a.dropout}"
+             f"--batch {FIXED['batch_size']} --seq {FIXED['seq_len']} "
+             f"--clip {FIXED['grad_clip']} --seed {seed}"
+             + (f" --layers {FIXED['layers']} --dropout {a.dropout}" if grid else "")
              + (" --autocast" if a.autocast else ""))
+    if a.prune and not grid:
+        fixed += " --eval-at " + ",".join(str(s) for s in range(a.eval_every, a.steps,
+                                                                 a.eval_every))
     space = {"grid": grid} if grid else {"random": TPE_SPACE}
     trials = len(grid["lr"]) * len(grid["hidden"]) if grid else a.trials
     cmd = [sys.executable, "scripts/race_optuna.py", "--journal", os.path.join(tmp, "j.log"),
            "--study", f"race{rep}", "--space", json.dumps(space), "--sampler",
            "grid" if grid else "tpe", "--trials", str(trials), "--startup", str(a.startup),
-           "--fixed", fixed]
+           "--fixed", fixed] + (["--prune"] if a.prune and not grid else [])
     env = dict(os.environ, PYTHONPATH="scripts")
     t0 = time.time()
-    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-               for _ in range(2)]
+    # Each worker its own sampler seed: two with one seed would draw the same startup trials.
+    workers = [subprocess.Popen(cmd + ["--seed", str(seed * 10 + w)], stdout=subprocess.PIPE,
+                                text=True, env=env) for w in range(2)]
     outs = [w.communicate()[0] for w in workers]
     wall = time.time() - t0
     if any(w.returncode for w in workers):
@@ -91,6 +112,9 @@ def run_optuna(a, data, grid, rep):
     found = [json.loads(line) for out in outs for line in out.splitlines() if line.startswith("{")]
     for t in found:
         t["end"] -= t0
+        t.setdefault("completed", True)
+        if not t["completed"]:
+            t["val_loss"] = None
     return wall, found
 
 
@@ -120,12 +144,18 @@ def main():
     ap.add_argument("--lrs", default="5e-4,2e-3,5e-3,1e-2")
     ap.add_argument("--hiddens", default="64,128,256")
     ap.add_argument("--dropout", type=float, default=0.2, help="grid mode's fixed dropout")
-    ap.add_argument("--trials", type=int, default=16, help="tpe mode's trial count")
-    ap.add_argument("--startup", type=int, default=8, help="tpe mode's random trials")
+    ap.add_argument("--trials", type=int, default=12, help="tpe mode's trial count")
+    ap.add_argument("--startup", type=int, default=4, help="tpe mode's random trials")
+    ap.add_argument("--seeds", type=int, default=1, help="tpe mode: races, seeds 1..N")
+    ap.add_argument("--prune", action="store_true",
+                    help="tpe mode: charlab's halving rule, Optuna's HyperbandPruner")
+    ap.add_argument("--eval-every", type=int, default=100, help="tpe mode with --prune")
+    ap.add_argument("--cost-aware", action="store_true", help="charlab's cost_aware = true")
+    ap.add_argument("--svg", help="tpe mode: write the best-so-far chart here")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="charlab's precision key")
-    ap.add_argument("--autocast", action="store_true",
+    ap.add_argument("--autocast", "--bf16", action="store_true",
                     help="PyTorch under autocast-bf16 (the expert's setup)")
     ap.add_argument("--optuna-first", action="store_true",
                     help="start with the Optuna side (then alternate)")
@@ -134,19 +164,24 @@ def main():
     if a.mode == "grid":
         grid = {"lr": [float(x) for x in a.lrs.split(",")],
                 "hidden": [int(x) for x in a.hiddens.split(",")]}
+    a.eval_every = a.eval_every if a.prune and not grid else 0
     data = prepared_data(a)
     races = []
-    for rep in range(a.repeat):
+    for rep in range(a.repeat if grid else a.seeds):
+        seed = 1 if grid else rep + 1
         # Alternate which side goes first, so drift in the machine's speed hits both.
         if (rep + a.optuna_first) % 2 == 0:
-            mine, theirs = run_charlab(a, grid, rep), run_optuna(a, data, grid, rep)
+            mine, theirs = run_charlab(a, grid, rep, seed), run_optuna(a, data, grid, rep, seed)
         else:
-            theirs, mine = run_optuna(a, data, grid, rep), run_charlab(a, grid, rep)
+            theirs, mine = run_optuna(a, data, grid, rep, seed), run_charlab(a, grid, rep, seed)
+        print(f"seed {seed}: charlab {mine[0]:.0f} s, Optuna {theirs[0]:.0f} s", file=sys.stderr,
+              flush=True)
         races.append((mine, theirs))
     print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; {a.corpus} "
           f"(first {MAX_CHARS[a.corpus]:,} clean chars); {a.steps} steps per trial, 2 trials at a "
-          f"time, 1 thread each; embed 64, 2 layers, batch 32, seq 64, Adam, clip 5; charlab "
-          f"precision {a.precision}, PyTorch {'autocast-bf16' if a.autocast else 'fp32'}")
+          f"time, 1 thread each; embed 64, {'2 layers, ' if grid else ''}batch 32, seq 64, Adam, "
+          f"clip 5; charlab precision {a.precision}, PyTorch "
+          f"{'autocast-bf16' if a.autocast else 'fp32'}")
     (report_grid if grid else report_tpe)(races, a)
 
 
@@ -173,19 +208,119 @@ def report_grid(races, a):
     print(f"\ncharlab ends lower in {lower} of {len(mine)} configurations.")
 
 
+def best_at(trials, t):
+    """The best finished val loss at time t (None before the first finished trial)."""
+    return min((x["val_loss"] for x in trials if x["completed"] and x["end"] <= t), default=None)
+
+
+def best_after(trials, k):
+    """The best finished val loss once k trials (of any end) have ended."""
+    ended = sorted(trials, key=lambda x: x["end"])[:k]
+    return min((x["val_loss"] for x in ended if x["completed"]), default=None)
+
+
+def mean_std(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.mean(vals):.3f} ± {sd:.3f}" + (f" ({len(vals)})" if len(vals) < N[0] else "")
+
+
+N = [1]
+
+
+def area(trials, start, end, floor):
+    """Area between the best-so-far curve and `floor` over [start, end], in loss × s."""
+    ts = sorted(x["end"] for x in trials if x["completed"] and start < x["end"] < end)
+    total, prev = 0.0, start
+    for t in ts + [end]:
+        b = best_at(trials, prev)
+        total += ((b if b is not None else math.inf) - floor) * (t - prev)
+        prev = t
+    return total
+
+
 def report_tpe(races, a):
-    print(f"{a.trials} trials, {a.startup} random first; Optuna TPESampler, 2 workers\n")
+    N[0] = len(races)
+    print(f"{a.trials} trials, {a.startup} random first, {len(races)} seeds; Optuna TPESampler"
+          f"{' + HyperbandPruner' if a.prune else ''}, 2 workers; charlab TPE"
+          f"{' + halving' if a.prune else ''}{', cost-aware' if a.cost_aware else ''}"
+          f"{f'; val loss every {a.eval_every} steps' if a.prune else ''}\n")
+    print("| seed | charlab wall s | Optuna wall s | charlab best | Optuna best | "
+          "charlab trials pruned | Optuna trials pruned |")
+    print("|---|---|---|---|---|---|---|")
     for i, ((mw, mt), (tw, tt)) in enumerate(races):
-        print(f"repeat {i + 1}: charlab {mw:.1f} s, Optuna + PyTorch {tw:.1f} s")
-        print("| wall s | charlab best val | PyTorch best val |")
-        print("|---|---|---|")
-        horizon = max(mw, tw)
-        for frac in [0.125, 0.25, 0.375, 0.5, 0.75, 1.0]:
-            at = horizon * frac
-            best = lambda ts: min((t["val_loss"] for t in ts if t["end"] <= at), default=None)
-            f = lambda v: "-" if v is None else f"{v:.3f}"
-            print(f"| {at:.0f} | {f(best(mt))} | {f(best(tt))} |")
-        print()
+        f = lambda ts: f"{min(x['val_loss'] for x in ts if x['completed']):.3f}"
+        p = lambda ts: sum(not x["completed"] for x in ts)
+        print(f"| {i + 1} | {mw:.0f} | {tw:.0f} | {f(mt)} | {f(tt)} | {p(mt)} | {p(tt)} |")
+    horizon = max(max(mw, tw) for (mw, _), (tw, _) in races)
+    print("\n| minute | charlab best-so-far | Optuna best-so-far | charlab ≤ Optuna |")
+    print("|---|---|---|---|")
+    curve = []
+    for m in range(1, math.ceil(horizon / 60) + 1):
+        ours = [best_at(mt, 60 * m) for (_, mt), _ in races]
+        theirs = [best_at(tt, 60 * m) for _, (_, tt) in races]
+        both = [(o, t) for o, t in zip(ours, theirs) if o is not None and t is not None]
+        lead = "-" if len(both) < len(races) else (
+            "yes" if statistics.mean(o for o, _ in both) <= statistics.mean(t for _, t in both)
+            else "**no**")
+        curve.append((m, ours, theirs))
+        print(f"| {m} | {mean_std(ours)} | {mean_std(theirs)} | {lead} |")
+    print("\n| trials ended | charlab best | Optuna best |")
+    print("|---|---|---|")
+    for k in range(min(8, a.trials), a.trials + 1):
+        print(f"| {k} | {mean_std([best_after(mt, k) for (_, mt), _ in races])} | "
+              f"{mean_std([best_after(tt, k) for _, (_, tt) in races])} |")
+    floor = min(x["val_loss"] for (_, mt), (_, tt) in races for x in mt + tt if x["completed"])
+    ratios, reach = [], []
+    for (mw, mt), (tw, tt) in races:
+        start = max(min(x["end"] for x in ts if x["completed"]) for ts in (mt, tt))
+        ours, theirs = area(mt, start, tw, floor), area(tt, start, tw, floor)
+        ratios.append(ours / theirs if theirs > 0 else float("nan"))
+        target = best_at(tt, tw)
+        hit = min((x["end"] for x in mt if x["completed"] and x["val_loss"] <= target),
+                  default=None)
+        reach.append(hit / tw if hit is not None else None)
+    print(f"\nArea under best-so-far (above the lowest loss either side reached, {floor:.3f}), "
+          f"from when both have a finished trial to the end of Optuna's budget: charlab / Optuna "
+          f"= {statistics.mean(ratios):.2f} (per seed: {', '.join(f'{r:.2f}' for r in ratios)}).")
+    print("When charlab first holds Optuna's final best, as a share of Optuna's wall time: "
+          + ", ".join("never" if r is None else f"{r:.2f}" for r in reach)
+          + (f" (mean of those reached {statistics.mean([r for r in reach if r is not None]):.2f})"
+             if any(r is not None for r in reach) else ""))
+    if a.svg:
+        write_svg(a.svg, curve, a)
+
+
+def write_svg(path, curve, a):
+    """Mean best-so-far per minute, one line per side."""
+    w, h, pad = 640, 360, 50
+    vals = [statistics.mean(v) for _, *sides in curve for v in sides
+            if all(x is not None for x in v)]
+    lo, hi = min(vals), max(vals)
+    mx = max(m for m, _, _ in curve)
+    xy = lambda m, v: (pad + (w - 2 * pad) * m / mx,
+                       h - pad - (h - 2 * pad) * (v - lo) / max(hi - lo, 1e-9))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+             f'font-family="sans-serif" font-size="12">',
+             f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<text x="{pad}" y="20">best finished val loss, mean over seeds ({a.corpus})</text>',
+             f'<text x="{w / 2}" y="{h - 10}">minutes</text>']
+    for side, colour, label in [(1, "#d62728", "charlab"), (2, "#1f77b4", "Optuna + PyTorch")]:
+        pts = [(c[0], statistics.mean(c[side])) for c in curve
+               if all(v is not None for v in c[side])]
+        line = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(m, v) for m, v in pts))
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
+                     f'points="{line}"/>')
+        parts.append(f'<text x="{w - 190}" y="{30 + 16 * side}" fill="{colour}">{label}</text>')
+    for v in (lo, hi):
+        parts.append(f'<text x="4" y="{xy(0, v)[1]:.0f}">{v:.2f}</text>')
+    for m in range(1, mx + 1):
+        parts.append(f'<text x="{xy(m, lo)[0]:.0f}" y="{h - pad + 16}">{m}</text>')
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
 
 
 if __name__ == "__main__":

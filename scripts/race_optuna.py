@@ -7,6 +7,8 @@ import argparse
 import json
 import time
 
+import warnings
+
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -23,16 +25,22 @@ def main():
     ap.add_argument("--trials", type=int, required=True, help="the study's total")
     ap.add_argument("--startup", type=int, default=8, help="TPE's random trials")
     ap.add_argument("--fixed", required=True, help="torch_ref.py arguments every trial shares")
+    ap.add_argument("--seed", type=int, default=None, help="the sampler's seed")
+    ap.add_argument("--prune", action="store_true",
+                    help="Optuna's HyperbandPruner on the val loss at each --eval-at step")
     a = ap.parse_args()
+    # nn.LSTM warns that dropout needs two layers; the model's output dropout still applies.
+    warnings.filterwarnings("ignore", message="dropout option adds dropout")
     space = json.loads(a.space)
     if a.sampler == "grid":
         sampler = optuna.samplers.GridSampler(space["grid"], seed=1)
     else:
-        sampler = optuna.samplers.TPESampler(n_startup_trials=a.startup, seed=None)
+        sampler = optuna.samplers.TPESampler(n_startup_trials=a.startup, seed=a.seed)
+    pruner = optuna.pruners.HyperbandPruner() if a.prune else optuna.pruners.NopPruner()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(a.journal))
     study = optuna.create_study(study_name=a.study, storage=storage, sampler=sampler,
-                                load_if_exists=True)
+                                pruner=pruner, load_if_exists=True)
 
     def objective(trial):
         if a.sampler == "grid":
@@ -47,9 +55,17 @@ def main():
                 else:
                     params[k] = trial.suggest_categorical(k, lo)
         args = a.fixed.split() + [f"--{k}={v}" for k, v in params.items()]
-        r = torch_ref.train(torch_ref.parser().parse_args(args))
-        print(json.dumps({"params": params, "val_loss": r["val_loss"], "end": time.time()}),
-              flush=True)
+        evals = sorted(int(s) for s in torch_ref.parser().parse_args(args).eval_at.split(",") if s)
+
+        def on_eval(step, loss):
+            trial.report(loss, evals.index(step) + 1)
+            return trial.should_prune()
+
+        r = torch_ref.train(torch_ref.parser().parse_args(args), on_eval if a.prune else None)
+        print(json.dumps({"params": params, "val_loss": r["val_loss"], "end": time.time(),
+                          "completed": not r.get("pruned", False)}), flush=True)
+        if r.get("pruned"):
+            raise optuna.TrialPruned()
         return r["val_loss"]
 
     callbacks = [optuna.study.MaxTrialsCallback(a.trials, states=None)]

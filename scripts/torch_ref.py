@@ -96,9 +96,10 @@ def parser():
     return ap
 
 
-def train(a):
+def train(a, on_eval=None):
     """One run as `a` (parser()'s arguments) asks; returns its figures (scripts/race_optuna.py
-    calls it in-process, as an Optuna objective would)."""
+    calls it in-process, as an Optuna objective would). `on_eval(step, val_loss)` is called at
+    each `--eval-at` step; when it returns True the run stops there (pruned)."""
     dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -143,6 +144,9 @@ def train(a):
             e0 = time.perf_counter()
             evals[step + 1] = evaluate(model, val, val_windows, a.seq, len(chars), loss_fn)
             eval_secs += time.perf_counter() - e0
+            if on_eval is not None and on_eval(step + 1, evals[step + 1]):
+                return {"pruned": True, "steps": step + 1, "val_loss": evals[step + 1],
+                        "evals": evals}
     if dev.type == "cuda":
         torch.cuda.synchronize()
     train_secs = time.perf_counter() - t0 - eval_secs

@@ -53,6 +53,14 @@ impl Dims {
         }
     }
 
+    /// Multiply-adds of one character's forward pass (the LSTM's gates and the decoder): the
+    /// cost model of pre-flight and of a search's cost-aware proposals. Backward is about twice
+    /// this, so it leaves ratios between models unchanged.
+    pub fn macs_per_char(&self) -> f64 {
+        let (e, h, v) = (self.embed_dim as f64, self.hidden as f64, self.vocab as f64);
+        4.0 * h * (e + h) + (self.layers as f64 - 1.0) * 8.0 * h * h + h * v
+    }
+
     /// `vocab,embed,hidden,layers`, four positive integers (`check-device --dims`).
     pub fn parse(text: &str) -> crate::Result<Dims> {
         let d: Vec<usize> = text

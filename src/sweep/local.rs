@@ -286,8 +286,7 @@ impl<'a> Launcher<'a> {
         match p.propose(&mut self.manifest)? {
             Some(index) => {
                 self.attempts.resize(self.manifest.trials.len(), 0);
-                let e = &self.manifest.trials[index];
-                self.display.line(&format!("proposed trial {}", e.dir));
+                self.display.line(&p.describe(&self.manifest, index));
                 self.queue.push_back(index);
             }
             None => self.exhausted = true,

@@ -4,6 +4,7 @@
 //! same worker contract (`--sweep DIR --index N`) serves a cluster scheduler's job arrays.
 
 mod dry_run;
+pub mod fidelity;
 pub mod local;
 pub mod manifest;
 pub mod pbt;

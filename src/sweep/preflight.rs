@@ -118,8 +118,6 @@ fn check_devices(plan: &Plan, say: &mut dyn FnMut(&str)) -> Result<()> {
 /// A trial's relative cost: steps × chars per step × multiply-adds per char. The local launcher
 /// starts the costliest first, so that a long trial does not start last and run alone.
 fn trial_cost(c: &RunConfig, d: Dims, windows: usize) -> f64 {
-    let (e, h, v) = (d.embed_dim as f64, d.hidden as f64, d.vocab as f64);
-    let per_char = 4.0 * h * (e + h) + (d.layers as f64 - 1.0) * 8.0 * h * h + h * v;
     let steps = c.total_steps(windows as u64).unwrap_or(0) as f64;
-    steps * (c.batch_size * c.seq_len) as f64 * per_char
+    steps * (c.batch_size * c.seq_len) as f64 * d.macs_per_char()
 }

@@ -1,18 +1,24 @@
 //! A search that learns: with `[search] method = "tpe"` the trials are not listed up front; the
 //! launcher asks for the next one whenever a slot frees, and it is proposed by the TPE sampler
-//! ([`super::tpe`]) from every trial finished so far.
+//! ([`super::tpe`]) from every trial heard of so far: the finished ones (read at the level
+//! [`super::fidelity`] chooses, so pruned curves count) and the running ones (as bad), each
+//! candidate's gain optionally weighed by its cost ([`CostModel`]).
 //!
 //! Everything the search knows is in the manifest, written before a proposed trial starts: the
 //! trials proposed (ordinary manifest entries), the order in which results became known, and for
 //! each proposal how many of them it saw. A proposal is a pure function of the sweep's seed, its
-//! index and that history, so a sweep killed at any point and run again continues the same
+//! index and that history (the running trials are those proposed before it and not among the
+//! results it saw; the finished trials' records do not change), so a sweep killed at any point and run again continues the same
 //! search: no trial is lost or run twice, and given the same completion order it proposes what
 //! an uninterrupted run would have.
 
+use super::fidelity::{self, End, Level, Told};
 use super::manifest::{Entry, Manifest, SearchState};
 use super::plan::{Plan, Sampler, TpeSearch};
 use super::tpe::{self, Dim, Observation};
+use crate::config::RunConfig;
 use crate::error::Result;
+use crate::model::Dims;
 use crate::run_dir::{Metric, RunDir, RunRecord, RunStatus};
 use std::path::{Path, PathBuf};
 use toml::Value;
@@ -22,6 +28,66 @@ pub struct Proposer<'a> {
     plan: &'a Plan,
     tpe: &'a TpeSearch,
     root: PathBuf,
+}
+
+/// A trial a proposal knew of: as the sampler sees it, its record, its manifest entry.
+struct Heard<'m> {
+    told: Told,
+    record: Option<RunRecord>,
+    e: &'m Entry,
+}
+
+/// How much cost counts in proposal `index` of `trials`: fully at the start, not at all at the
+/// end (cost cooling, as CArBO: cheap trials first find the region, the last proposals go where
+/// the loss is lowest whatever it costs).
+pub fn cost_weight(index: usize, trials: usize) -> f64 {
+    (1.0 - index as f64 / trials.max(1) as f64).clamp(0.0, 1.0)
+}
+
+/// A trial's relative cost: its characters times its model's multiply-adds per character raised
+/// to an exponent fitted to the finished trials' measured seconds per character. Per character
+/// a small model costs more than its multiply-adds say (its time goes to per-step overheads and
+/// narrow products), so the counted ratio between hidden 64 and 256 overstates the measured one;
+/// the fit corrects it once two model sizes have finished.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CostModel {
+    vocab: usize,
+    exponent: f64,
+}
+
+impl CostModel {
+    /// The model from finished trials (config, record); exponent 1 until two model sizes have
+    /// measured speeds; `None` without a finished trial (no vocabulary yet).
+    pub fn fit(finished: &[(RunConfig, &RunRecord)]) -> Option<CostModel> {
+        let vocab = finished.iter().map(|(_, r)| r.corpus.vocab).max()?;
+        let points: Vec<(f64, f64)> = finished
+            .iter()
+            .filter(|(_, r)| r.tokens_per_s > 0.0 && r.tokens_per_s.is_finite())
+            .map(|(c, r)| {
+                let macs = Dims::of(c, r.corpus.vocab).macs_per_char();
+                (macs.ln(), -r.tokens_per_s.ln())
+            })
+            .collect();
+        let n = points.len() as f64;
+        let (mx, my) = points
+            .iter()
+            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+        let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+        let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+        let exponent = if sxx > 1e-3 {
+            (sxy / sxx).clamp(0.25, 1.5)
+        } else {
+            1.0
+        };
+        Some(CostModel { vocab, exponent })
+    }
+
+    /// The relative cost of a trial of config `c`.
+    pub fn of(&self, c: &RunConfig) -> f64 {
+        let chars_per_step = (c.batch_size * c.seq_len) as f64;
+        let steps = c.max_steps.unwrap_or(1) as f64;
+        chars_per_step * steps * Dims::of(c, self.vocab).macs_per_char().powf(self.exponent)
+    }
 }
 
 /// A trial's score for the search (lower is better); `None` when it ended badly.
@@ -115,23 +181,93 @@ impl<'a> Proposer<'a> {
             .collect()
     }
 
-    /// The history a proposal sees: the first `seen` completed trials, in completion order.
-    pub fn history(&self, manifest: &Manifest, seen: usize) -> Vec<Observation> {
+    /// Every trial proposal `index` knew of: the first `seen` completions, in completion order,
+    /// with their run records, then the trials proposed before it that were not among them
+    /// (running then, as far as it knew).
+    fn heard<'m>(&self, manifest: &'m Manifest, index: usize, seen: usize) -> Vec<Heard<'m>> {
         let completed = manifest
             .search
             .as_ref()
             .map_or(&[][..], |s| &s.completed[..]);
-        completed[..seen.min(completed.len())]
-            .iter()
-            .filter_map(|&i| {
+        let completed = &completed[..seen.min(completed.len())];
+        let running = (0..index.min(manifest.trials.len())).filter(|i| !completed.contains(i));
+        let ended = completed.iter().map(|&i| (i, true));
+        ended
+            .chain(running.map(|i| (i, false)))
+            .filter_map(|(i, ended)| {
                 let e = manifest.trials.get(i)?;
-                let record = RunDir::new(self.root.join(&e.dir)).record();
-                Some(Observation {
+                let record = ended
+                    .then(|| RunDir::new(self.root.join(&e.dir)).record())
+                    .flatten();
+                let end = match &record {
+                    _ if !ended => End::Running,
+                    Some(r) => score(r, self.tpe.metric).map_or(End::Stopped, End::Scored),
+                    None => End::Stopped,
+                };
+                let curve = record.as_ref().map_or_else(Vec::new, |r| {
+                    r.evals.iter().map(|p| (p.step, p.val_loss)).collect()
+                });
+                let told = Told {
                     x: self.point(e)?,
-                    score: record.and_then(|r| score(&r, self.tpe.metric)),
-                })
+                    curve,
+                    end,
+                };
+                Some(Heard { told, record, e })
             })
             .collect()
+    }
+
+    /// What the sampler fits at proposal `index`: the level (see [`super::fidelity`]) and the
+    /// observations there.
+    fn history(heard: &[Heard], keys: usize) -> (Level, Vec<Observation>) {
+        let told: Vec<Told> = heard.iter().map(|h| h.told.clone()).collect();
+        fidelity::observations(&told, keys + 1)
+    }
+
+    /// The log's line for proposed trial `index`: what its proposal was based on.
+    pub fn describe(&self, manifest: &Manifest, index: usize) -> String {
+        let Some(e) = manifest.trials.get(index) else {
+            return String::new();
+        };
+        let seen = manifest
+            .search
+            .as_ref()
+            .and_then(|s| s.seen.get(index).copied())
+            .unwrap_or(0);
+        let heard = self.heard(manifest, index, seen);
+        let (level, history) = Self::history(&heard, self.plan.space.random.len());
+        let scored = history.iter().filter(|o| o.score.is_some()).count();
+        if index < self.tpe.startup || scored == 0 {
+            return format!("proposed trial {} (random draw)", e.dir);
+        }
+        let cost = match self.tpe.cost_aware && self.cost_model(&heard).is_some() {
+            true => format!(", cost weight {:.2}", cost_weight(index, self.tpe.trials)),
+            false => String::new(),
+        };
+        format!(
+            "proposed trial {} (TPE fitted at {}: {scored} of {} trials scored there{cost})",
+            e.dir,
+            level.name(),
+            history.len()
+        )
+    }
+
+    /// The cost model fitted to what proposal `index` knew; `None` without a finished trial.
+    fn cost_model(&self, heard: &[Heard]) -> Option<CostModel> {
+        let finished: Vec<(RunConfig, &RunRecord)> = heard
+            .iter()
+            .filter(|h| h.told.end != End::Running)
+            .filter_map(|h| {
+                let r = h.record.as_ref()?;
+                let overrides =
+                    h.e.overrides
+                        .iter()
+                        .map(|(k, v)| Some((k.clone(), Value::try_from(v).ok()?)))
+                        .collect::<Option<Vec<_>>>()?;
+                Some((self.plan.trial(overrides).ok()?.config, r))
+            })
+            .collect();
+        CostModel::fit(&finished)
     }
 
     /// The sweep-file values of a sampler point.
@@ -165,14 +301,27 @@ impl<'a> Proposer<'a> {
             candidates: self.tpe.candidates,
             seed: self.plan.experiment.seed,
         };
-        let history = self.history(manifest, seen);
-        tpe::propose(&dims, &history, &settings, index as u64)
+        let heard = self.heard(manifest, index, seen);
+        let (_, history) = Self::history(&heard, dims.len());
+        let model = self.cost_model(&heard).filter(|_| self.tpe.cost_aware);
+        let of = |x: &[f64]| {
+            let c = self.plan.trial(self.overrides(x)).map(|t| t.config);
+            match (&model, c) {
+                (Some(m), Ok(c)) => m.of(&c),
+                _ => 1.0,
+            }
+        };
+        let cost = model.as_ref().map(|_| tpe::Cost {
+            of: &of,
+            weight: cost_weight(index, self.tpe.trials),
+        });
+        tpe::propose(&dims, &history, &settings, index as u64, cost.as_ref())
             .iter()
             .map(|x| self.overrides(x))
             .collect()
     }
 
-    /// Proposes the next trial from everything finished so far, writes its config and the
+    /// Proposes the next trial from every trial heard of so far, writes its config and the
     /// manifest, and returns its index; `None` when the budget is spent or every candidate (and
     /// a few random draws) is a trial already.
     pub fn propose(&self, manifest: &mut Manifest) -> Result<Option<usize>> {

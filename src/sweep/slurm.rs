@@ -374,10 +374,7 @@ impl Watcher<'_> {
         while !self.exhausted && outstanding + to_submit.len() < limit.max(1) {
             match p.propose(&mut self.manifest)? {
                 Some(i) => {
-                    log_line(
-                        self.opts.progress,
-                        &format!("proposed trial {}", self.manifest.trials[i].dir),
-                    );
+                    log_line(self.opts.progress, &p.describe(&self.manifest, i));
                     to_submit.push(i);
                 }
                 None => self.exhausted = true,

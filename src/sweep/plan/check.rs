@@ -142,6 +142,18 @@ impl<'a> Reader<'a> {
         }
     }
 
+    pub fn bool(&self, k: &str) -> Result<Option<bool>> {
+        match self.t.get(k) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.file.err(
+                self.section,
+                k,
+                format!("`{k}` must be true or false, not {v}"),
+            )),
+        }
+    }
+
     /// An integer of at least `min`.
     pub fn uint(&self, k: &str, min: i64) -> Result<Option<i64>> {
         match self.t.get(k) {

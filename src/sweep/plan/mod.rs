@@ -120,6 +120,11 @@ impl Plan {
                 .map(|s| (s.startup, s.candidates, s.metric.name())),
             self.experiment.seed
         );
+        // Said only when on, so that a search begun before the key existed keeps its key.
+        let text = match &self.search {
+            Some(s) if s.cost_aware => format!("{text}|cost aware"),
+            _ => text,
+        };
         crate::digest::sha256_hex(text.as_bytes())[..16].to_string()
     }
 }

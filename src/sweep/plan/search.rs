@@ -24,6 +24,11 @@ pub struct TpeSearch {
     /// What is minimised: best `val/loss` (default), `val/bpc`, `val/accuracy` (maximised), or
     /// `final/val/loss`.
     pub metric: Metric,
+    /// Whether proposals weigh a candidate's expected gain by its estimated cost
+    /// ([`crate::sweep::search`] says how). Off unless asked (`cost_aware = true`): it pays where
+    /// small models are as good as large ones and costs where large ones win, as they do for a
+    /// char-LSTM at a fixed step budget (the tests in `tpe.rs`; BENCHMARKS.md's race).
+    pub cost_aware: bool,
 }
 
 /// Random trials before TPE proposes from results, when `startup_trials` is not given.
@@ -55,7 +60,13 @@ enum Method {
     Pbt,
 }
 
-const TPE_KEYS: &[&str] = &["trials", "startup_trials", "candidates", "metric"];
+const TPE_KEYS: &[&str] = &[
+    "trials",
+    "startup_trials",
+    "candidates",
+    "metric",
+    "cost_aware",
+];
 const PBT_KEYS: &[&str] = &["population", "interval", "quantile", "resample", "factors"];
 
 /// The `[search]` table: the TPE settings for `method = "tpe"`, the PBT ones for `"pbt"`,
@@ -388,5 +399,6 @@ fn parse_tpe(file: &SweepFile, t: &Table, space: &space::Space) -> Result<TpeSea
         startup,
         candidates: int("candidates", 1)?.unwrap_or(24),
         metric,
+        cost_aware: r.bool("cost_aware")?.unwrap_or(false),
     })
 }

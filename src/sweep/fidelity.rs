@@ -1,0 +1,230 @@
+//! Multi-fidelity for a TPE search, as BOHB does it: a trial pruned at step 100 says how its
+//! point did at step 100, and a search under a halving rule finishes few trials, so fitting TPE
+//! only to finished trials (every pruned one "bad") leaves it blind for most of the budget.
+//! Here every trial the search has heard of is read at one level, the highest at which enough
+//! of them have a result: the full budget (the search's metric) when enough finished, else the
+//! val loss at the highest evaluation step that enough reached. At a level, a trial that ended
+//! before reaching it (pruned, diverged, failed) is in the bad group, and so is one still
+//! running: a "constant liar" (Optuna's `constant_liar`), so that parallel proposals do not
+//! crowd around a point already being tried. Pure: the same trials give the same level.
+
+use super::tpe::Observation;
+
+/// How a trial the search has heard of ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum End {
+    /// Ran its budget; its score on the search's metric (lower is better).
+    Scored(f64),
+    /// Ended early or badly: pruned, diverged, failed.
+    Stopped,
+    /// Proposed and not yet heard of.
+    Running,
+}
+
+/// One trial as the search knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Told {
+    pub x: Vec<f64>,
+    /// Val loss at each evaluation it reached, by step (empty for a running trial).
+    pub curve: Vec<(u64, f64)>,
+    pub end: End,
+}
+
+/// The level the search's model was fitted at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// The whole budget: finished trials' scores.
+    Final,
+    /// Val loss at this step.
+    Step(u64),
+}
+
+impl Level {
+    /// How the run log and `compare` name it.
+    pub fn name(self) -> String {
+        match self {
+            Level::Final => "the full budget".into(),
+            Level::Step(s) => format!("step {s}"),
+        }
+    }
+}
+
+/// The observations at `level`: `None` for a trial in the bad group; a finished trial with no
+/// evaluation at that step (its `eval_every` or budget differs) is left out.
+fn at(told: &[Told], level: Level) -> Vec<Observation> {
+    told.iter()
+        .filter_map(|t| {
+            let score = match (level, t.end) {
+                (_, End::Running) => None,
+                (Level::Final, End::Scored(s)) => Some(s).filter(|s| s.is_finite()),
+                (Level::Final, End::Stopped) => None,
+                (Level::Step(step), end) => match t.curve.iter().find(|(s, _)| *s == step) {
+                    Some(&(_, loss)) => Some(loss).filter(|l| l.is_finite()),
+                    None if end == End::Stopped => None,
+                    None => return None,
+                },
+            };
+            Some(Observation {
+                x: t.x.clone(),
+                score,
+            })
+        })
+        .collect()
+}
+
+/// The highest level with at least `min_scored` scored trials (BOHB uses the number of keys
+/// plus one), and its observations. Without such a level: the one with the most scored trials,
+/// the full budget first on a tie (so a search with no pruning is read as plain TPE reads it).
+pub fn observations(told: &[Told], min_scored: usize) -> (Level, Vec<Observation>) {
+    let mut steps: Vec<u64> = told
+        .iter()
+        .flat_map(|t| t.curve.iter().map(|&(s, _)| s))
+        .collect();
+    steps.sort_unstable_by(|a, b| b.cmp(a));
+    steps.dedup();
+    let levels = std::iter::once(Level::Final).chain(steps.into_iter().map(Level::Step));
+    let mut fallback: Option<(usize, Level, Vec<Observation>)> = None;
+    for level in levels {
+        let obs = at(told, level);
+        let scored = obs.iter().filter(|o| o.score.is_some()).count();
+        if scored >= min_scored.max(1) {
+            return (level, obs);
+        }
+        if fallback.as_ref().is_none_or(|(n, ..)| scored > *n) {
+            fallback = Some((scored, level, obs));
+        }
+    }
+    fallback.map_or((Level::Final, Vec::new()), |(_, level, obs)| (level, obs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::tpe::{self, Dim, Settings};
+
+    fn told(x: f64, curve: &[(u64, f64)], end: End) -> Told {
+        Told {
+            x: vec![x],
+            curve: curve.to_vec(),
+            end,
+        }
+    }
+
+    #[test]
+    fn the_highest_level_with_enough_results_wins_and_early_ends_are_bad_there() {
+        let trials = vec![
+            told(0.0, &[(100, 3.0), (300, 2.0)], End::Scored(2.0)),
+            told(1.0, &[(100, 3.5)], End::Stopped),
+            told(2.0, &[(100, 3.2)], End::Stopped),
+            told(3.0, &[], End::Stopped),
+            told(4.0, &[], End::Running),
+        ];
+        // Only one finished: the full budget and step 300 have one result each, step 100 has
+        // three.
+        let (level, obs) = observations(&trials, 3);
+        assert_eq!(level, Level::Step(100));
+        let scores: Vec<Option<f64>> = obs.iter().map(|o| o.score).collect();
+        assert_eq!(scores, vec![Some(3.0), Some(3.5), Some(3.2), None, None]);
+        // With one result enough, the full budget: pruned, failed and running trials are bad.
+        let (level, obs) = observations(&trials, 1);
+        assert_eq!(level, Level::Final);
+        assert_eq!(obs[0].score, Some(2.0));
+        assert!(obs[1..].iter().all(|o| o.score.is_none()));
+        // Never enough anywhere: the level with the most results.
+        assert_eq!(observations(&trials, 9).0, Level::Step(100));
+    }
+
+    #[test]
+    fn a_finished_trial_without_an_evaluation_at_the_step_is_left_out_there() {
+        let trials = vec![
+            told(0.0, &[(200, 2.5)], End::Scored(2.5)),
+            told(1.0, &[(100, 3.0), (200, 2.8)], End::Scored(2.8)),
+            told(2.0, &[(100, 3.3)], End::Stopped),
+        ];
+        let (level, obs) = observations(&trials, 2);
+        assert_eq!(level, Level::Final);
+        assert_eq!(obs.len(), 3);
+        let (level, obs) = observations(&trials, 3);
+        // Step 200 has two (the stopped trial is bad there), step 100 two (the first is out).
+        assert_eq!(level, Level::Final, "a tie goes to the full budget");
+        assert_eq!(obs.len(), 3);
+        let at_100 = at(&trials, Level::Step(100));
+        assert_eq!(at_100.len(), 2);
+    }
+
+    /// A synthetic successive-halving search (no training) over three keys, a bowl in log lr
+    /// and dropout plus a cost per category, whose loss at step 100 is the full budget's plus a
+    /// term that shrinks with the steps and does not depend on the point (so each level ranks
+    /// points as the full budget does). A trial runs to step 300 only if its loss at step 100 is
+    /// among the best third so far, else it is pruned there. Returns the best finished loss.
+    fn halving_search(seed: u64, multi_fidelity: bool, trials: usize) -> f64 {
+        let dims = [
+            Dim::LogUniform(1e-5, 1e-1),
+            Dim::Uniform(0.0, 0.5),
+            Dim::Choice(3),
+        ];
+        let full = |x: &[f64]| {
+            (x[0].log10() + 3.0).powi(2)
+                + 4.0 * (x[1] - 0.2).powi(2)
+                + [0.5, 0.0, 0.3][x[2] as usize]
+        };
+        let s = Settings {
+            startup: 4,
+            candidates: 24,
+            seed,
+        };
+        let mut all: Vec<Told> = Vec::new();
+        let mut at_100: Vec<f64> = Vec::new();
+        let mut best = f64::INFINITY;
+        for i in 0..trials {
+            let history = if multi_fidelity {
+                observations(&all, dims.len() + 1).1
+            } else {
+                at(&all, Level::Final)
+            };
+            let x = tpe::propose(&dims, &history, &s, i as u64, None).remove(0);
+            let (l100, l300) = (full(&x) + 1.0, full(&x));
+            let better = at_100.iter().filter(|&&o| o < l100).count();
+            let keep = better < (at_100.len() + 1).div_ceil(3);
+            at_100.push(l100);
+            all.push(Told {
+                curve: if keep {
+                    vec![(100, l100), (300, l300)]
+                } else {
+                    vec![(100, l100)]
+                },
+                end: if keep {
+                    End::Scored(l300)
+                } else {
+                    End::Stopped
+                },
+                x,
+            });
+            if keep {
+                best = best.min(l300);
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn fitting_at_the_highest_level_is_as_good_as_finished_trials_alone_under_halving() {
+        // Over 100 seeds, 8 to 40 trials: measured equal (12 trials: 0.2038 vs 0.2040). With
+        // Optuna's good group (the best tenth) and fidelities that rank alike, the best point at
+        // step 100 is the best finished one (a halving rule keeps the best), so both fits put the
+        // same point in the good group; the level only changes which pruned points are bad. The
+        // test pins that reading pruned curves never costs the search (a level chosen wrongly,
+        // e.g. the lowest, or losses read as scores of another step, would).
+        for n in [8usize, 12, 24] {
+            let (mut multi, mut plain) = (0.0, 0.0);
+            for seed in 0..100 {
+                multi += halving_search(seed, true, n) / 100.0;
+                plain += halving_search(seed, false, n) / 100.0;
+            }
+            assert!(
+                multi <= 1.05 * plain,
+                "{n} trials: multi-fidelity {multi:.4} vs finished only {plain:.4}"
+            );
+        }
+    }
+}

@@ -152,6 +152,9 @@ def main():
     ap.add_argument("--eval-every", type=int, default=100, help="tpe mode with --prune")
     ap.add_argument("--cost-aware", action="store_true", help="charlab's cost_aware = true")
     ap.add_argument("--svg", help="tpe mode: write the best-so-far chart here")
+    ap.add_argument("--only", choices=["charlab"],
+                    help="tpe mode: run charlab's side alone (to compare its own variants)")
+    ap.add_argument("--save", help="tpe mode: write every trial's end and loss here (JSON)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="charlab's precision key")
@@ -170,7 +173,9 @@ def main():
     for rep in range(a.repeat if grid else a.seeds):
         seed = 1 if grid else rep + 1
         # Alternate which side goes first, so drift in the machine's speed hits both.
-        if (rep + a.optuna_first) % 2 == 0:
+        if a.only:
+            mine, theirs = run_charlab(a, grid, rep, seed), (0.0, [])
+        elif (rep + a.optuna_first) % 2 == 0:
             mine, theirs = run_charlab(a, grid, rep, seed), run_optuna(a, data, grid, rep, seed)
         else:
             theirs, mine = run_optuna(a, data, grid, rep, seed), run_charlab(a, grid, rep, seed)
@@ -182,6 +187,9 @@ def main():
           f"time, 1 thread each; embed 64, {'2 layers, ' if grid else ''}batch 32, seq 64, Adam, "
           f"clip 5; charlab precision {a.precision}, PyTorch "
           f"{'autocast-bf16' if a.autocast else 'fp32'}")
+    if a.save:
+        with open(a.save, "w") as f:
+            json.dump({"args": vars(a), "races": races}, f)
     (report_grid if grid else report_tpe)(races, a)
 
 
@@ -251,7 +259,7 @@ def report_tpe(races, a):
           "charlab trials pruned | Optuna trials pruned |")
     print("|---|---|---|---|---|---|---|")
     for i, ((mw, mt), (tw, tt)) in enumerate(races):
-        f = lambda ts: f"{min(x['val_loss'] for x in ts if x['completed']):.3f}"
+        f = lambda ts: f"{min((x['val_loss'] for x in ts if x['completed']), default=math.nan):.3f}"
         p = lambda ts: sum(not x["completed"] for x in ts)
         print(f"| {i + 1} | {mw:.0f} | {tw:.0f} | {f(mt)} | {f(tt)} | {p(mt)} | {p(tt)} |")
     horizon = max(max(mw, tw) for (mw, _), (tw, _) in races)
@@ -272,6 +280,10 @@ def report_tpe(races, a):
     for k in range(min(8, a.trials), a.trials + 1):
         print(f"| {k} | {mean_std([best_after(mt, k) for (_, mt), _ in races])} | "
               f"{mean_std([best_after(tt, k) for _, (_, tt) in races])} |")
+    if a.only:
+        if a.svg:
+            write_svg(a.svg, curve, a)
+        return
     floor = min(x["val_loss"] for (_, mt), (_, tt) in races for x in mt + tt if x["completed"])
     ratios, reach = [], []
     for (mw, mt), (tw, tt) in races:

@@ -206,18 +206,72 @@ pub fn run_cells(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
     (headers, lines)
 }
 
+/// How the runs spent their steps ([`runs::budget`]) as table cells.
+pub fn budget_cells(spent: &[runs::Spent]) -> (Vec<String>, Vec<Vec<String>>) {
+    let headers = [
+        "key",
+        "value",
+        "trials",
+        "completed",
+        "pruned",
+        "steps",
+        "share",
+    ]
+    .map(String::from)
+    .to_vec();
+    let lines = spent
+        .iter()
+        .map(|s| {
+            vec![
+                s.key.clone(),
+                s.value.clone(),
+                s.trials.to_string(),
+                s.completed.to_string(),
+                s.pruned.to_string(),
+                s.steps.to_string(),
+                format!("{:.0}%", 100.0 * s.share),
+            ]
+        })
+        .collect();
+    (headers, lines)
+}
+
+/// `pruned: 5 at step 100, 1 at step 200`, or nothing when no trial was pruned.
+pub fn pruned_line(stops: &[(u64, usize)]) -> Option<String> {
+    let at: Vec<String> = stops
+        .iter()
+        .map(|(s, n)| format!("{n} at step {s}"))
+        .collect();
+    (!at.is_empty()).then(|| format!("pruned: {}", at.join(", ")))
+}
+
 fn render_runs(mut rows: Vec<Row>, groups: &[Group], opts: &CompareOptions) -> Result<String> {
+    // The budget is the whole sweep's, whatever `--top` shows.
+    let (spent, stops) = runs::budget(&rows);
     runs::sort(&mut rows, &opts.sort)?;
     if let Some(k) = opts.top {
         rows.truncate(k);
     }
     if opts.format == Format::Json {
-        let rows: Vec<RowJson> = rows.iter().map(RowJson::from).collect();
-        let v = serde_json::json!({ "runs": rows, "seed_groups": groups });
+        let json: Vec<RowJson> = rows.iter().map(RowJson::from).collect();
+        let stops: Vec<_> = stops
+            .iter()
+            .map(|(step, trials)| serde_json::json!({ "step": step, "trials": trials }))
+            .collect();
+        let v = serde_json::json!({ "runs": json, "seed_groups": groups,
+            "budget": { "per_value": spent, "pruned_at": stops } });
         return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
     }
     let (headers, lines) = run_cells(&rows);
     let mut out = render(&headers, &lines, opts.format);
+    if !spent.is_empty() && opts.format != Format::Csv {
+        let (headers, lines) = budget_cells(&spent);
+        out.push_str("\nbudget (steps trained per value of each swept choice):\n");
+        out.push_str(&render(&headers, &lines, opts.format));
+        if let Some(line) = pruned_line(&stops) {
+            out.push_str(&format!("{line}\n"));
+        }
+    }
     if !groups.is_empty() && opts.format != Format::Csv {
         let gkeys: Vec<String> = groups[0].hparams.iter().map(|(k, _)| k.clone()).collect();
         let mut gh = gkeys.clone();

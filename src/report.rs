@@ -537,6 +537,15 @@ fn sections(
     let (headers, lines) = compare::run_cells(rows);
     h.push_str("<h2>Runs, best first (by best val/loss)</h2>");
     h.push_str(&html_table(&headers, &lines));
+    let (spent, stops) = crate::runs::budget(rows);
+    if !spent.is_empty() {
+        let (headers, lines) = compare::budget_cells(&spent);
+        h.push_str("<h2>How the sweep spent its budget</h2>");
+        h.push_str(&html_table(&headers, &lines));
+        if let Some(line) = compare::pruned_line(&stops) {
+            h.push_str(&format!("<p>{}</p>", esc(&line)));
+        }
+    }
     if !groups.is_empty() {
         h.push_str(&format!(
             "<p>{} seed groups (see <code>charlab compare</code>).</p>",

@@ -79,6 +79,89 @@ pub struct Runs {
     pub warnings: Vec<String>,
 }
 
+/// How a sweep spent its steps on one value of a swept key with few values (a choice such as
+/// `hidden`): what a user reads to see why a search settled where it did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Spent {
+    pub key: String,
+    pub value: String,
+    pub trials: usize,
+    pub completed: usize,
+    pub pruned: usize,
+    /// Steps trained, and their share of all the sweep's steps.
+    pub steps: u64,
+    pub share: f64,
+}
+
+/// Keys with more distinct values than this (drawn from a range) get no budget lines.
+const BUDGET_MAX_VALUES: usize = 6;
+
+/// The steps spent per value of every swept key but the seed with at most six values, in the rows' key
+/// order, values in order of first appearance; and how many trials stopped early at each step
+/// (a pruning rule's rungs), lowest step first. Empty when no key qualifies, or when every value
+/// of each key got the same trials and steps and none was pruned (a plain grid).
+pub fn budget(rows: &[Row]) -> (Vec<Spent>, Vec<(u64, usize)>) {
+    let total: u64 = rows.iter().map(|r| r.record.steps).sum();
+    let keys: Vec<String> = rows
+        .first()
+        .map(|r| r.hparams.iter().map(|(k, _)| k.clone()).collect())
+        .unwrap_or_default();
+    let mut spent = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let mut values: Vec<&str> = Vec::new();
+        for r in rows {
+            let v = r.hparams.get(i).map_or("-", |(_, v)| v.as_str());
+            if !values.contains(&v) {
+                values.push(v);
+            }
+        }
+        // A seed is not a choice a search makes.
+        if key == "seed" || values.len() < 2 || values.len() > BUDGET_MAX_VALUES {
+            continue;
+        }
+        for v in values {
+            let of: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.hparams.get(i).is_some_and(|(_, x)| x == v))
+                .collect();
+            let steps: u64 = of.iter().map(|r| r.record.steps).sum();
+            spent.push(Spent {
+                key: key.clone(),
+                value: v.to_string(),
+                trials: of.len(),
+                completed: of
+                    .iter()
+                    .filter(|r| r.status() == RunStatus::Completed)
+                    .count(),
+                pruned: of
+                    .iter()
+                    .filter(|r| r.status() == RunStatus::Pruned)
+                    .count(),
+                steps,
+                share: steps as f64 / total.max(1) as f64,
+            });
+        }
+    }
+    let mut stops: Vec<(u64, usize)> = Vec::new();
+    for r in rows.iter().filter(|r| r.status() == RunStatus::Pruned) {
+        match stops.iter_mut().find(|(s, _)| *s == r.record.steps) {
+            Some((_, n)) => *n += 1,
+            None => stops.push((r.record.steps, 1)),
+        }
+    }
+    stops.sort_unstable();
+    // A grid without pruning spends the same on every value: nothing to read there.
+    let uneven = spent.iter().any(|a| {
+        spent
+            .iter()
+            .any(|b| a.key == b.key && (a.trials, a.steps) != (b.trials, b.steps))
+    });
+    if !uneven && stops.is_empty() {
+        spent.clear();
+    }
+    (spent, stops)
+}
+
 /// Reads every run under `root` (four levels deep) and groups the seeds.
 pub fn collect(root: &Path) -> Result<Runs> {
     if !root.is_dir() {

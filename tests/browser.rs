@@ -188,6 +188,8 @@ fn the_report_renders_every_chart_in_chromium_and_ranks_the_runs() {
     }
     assert_eq!(r["notes"].as_array().unwrap().len(), 0, "{r}");
     assert_eq!(r["rows"], 12, "every run ranked");
+    // A grid without pruning spends evenly: no budget section (tests/search.rs has one).
+    assert_eq!(r["budget"].as_array().map(Vec::len), Some(0), "{r}");
     assert_eq!(
         r["external"], 0,
         "self-contained: no scripts, styles or images to fetch"

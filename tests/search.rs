@@ -98,7 +98,7 @@ fn a_tpe_search_grows_only_with_extend_and_refuses_a_changed_space() {
 }
 
 #[test]
-fn a_tpe_search_with_halving_counts_pruned_trials_as_finished_and_bad() {
+fn a_tpe_search_with_halving_reads_pruned_curves_and_says_how_it_spent_its_budget() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let f = tpe_file(
@@ -119,17 +119,54 @@ fn a_tpe_search_with_halving_counts_pruned_trials_as_finished_and_bad() {
         (0..8).collect::<Vec<_>>(),
         "every trial's end is known"
     );
-    let statuses: Vec<String> = m
+    let records: Vec<serde_json::Value> = m
         .trials
         .iter()
-        .map(|e| common::record(&d.join("runs/prune").join(&e.dir))["status"].to_string())
+        .map(|e| common::record(&d.join("runs/prune").join(&e.dir)))
         .collect();
+    let pruned = records.iter().filter(|r| r["status"] == "pruned").count();
     assert!(
-        statuses
+        records
             .iter()
-            .all(|s| s == "\"completed\"" || s == "\"pruned\""),
-        "{statuses:?}"
+            .all(|r| r["status"] == "completed" || r["status"] == "pruned"),
+        "{records:?}"
     );
+    // Two at a time: running trials are in each proposal's history (as bad), and the replay
+    // from the manifest still gives every proposal.
+    common::assert_proposals_replay(d, &f, "prune");
+    // The log says what each proposal was fitted on.
+    let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(log.matches("(random draw)").count(), 3, "{log}");
+    assert_eq!(log.matches("(TPE fitted at ").count(), 5, "{log}");
+
+    // compare: steps per hidden value sum to the sweep's steps; pruned trials by step.
+    let o = common::charlab(d, &["compare", "runs/prune", "--format", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let per_value = v["budget"]["per_value"].as_array().unwrap();
+    let hidden: Vec<&serde_json::Value> =
+        per_value.iter().filter(|s| s["key"] == "hidden").collect();
+    let steps = |s: &&serde_json::Value| s["steps"].as_u64().unwrap();
+    let total: u64 = records.iter().map(|r| r["steps"].as_u64().unwrap()).sum();
+    assert_eq!(
+        hidden.iter().map(steps).sum::<u64>(),
+        total,
+        "{per_value:?}"
+    );
+    let pruned_at: u64 = v["budget"]["pruned_at"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["trials"].as_u64().unwrap())
+        .sum();
+    assert_eq!(pruned_at as usize, pruned);
+    let o = common::charlab(d, &["compare", "runs/prune"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("budget (steps trained per value"), "{text}");
+    assert_eq!(text.contains("pruned: "), pruned > 0, "{text}");
+    let html = common::report(d, &d.join("runs/prune"));
+    let html = std::fs::read_to_string(html).unwrap();
+    assert!(html.contains("How the sweep spent its budget"));
 }
 
 #[test]

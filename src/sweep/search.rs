@@ -60,26 +60,14 @@ impl CostModel {
     /// measured speeds; `None` without a finished trial (no vocabulary yet).
     pub fn fit(finished: &[(RunConfig, &RunRecord)]) -> Option<CostModel> {
         let vocab = finished.iter().map(|(_, r)| r.corpus.vocab).max()?;
-        let points: Vec<(f64, f64)> = finished
+        let measured: Vec<(f64, f64)> = finished
             .iter()
-            .filter(|(_, r)| r.tokens_per_s > 0.0 && r.tokens_per_s.is_finite())
-            .map(|(c, r)| {
-                let macs = Dims::of(c, r.corpus.vocab).macs_per_char();
-                (macs.ln(), -r.tokens_per_s.ln())
-            })
+            .map(|(c, r)| (Dims::of(c, r.corpus.vocab).macs_per_char(), r.tokens_per_s))
             .collect();
-        let n = points.len() as f64;
-        let (mx, my) = points
-            .iter()
-            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
-        let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
-        let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-        let exponent = if sxx > 1e-3 {
-            (sxy / sxx).clamp(0.25, 1.5)
-        } else {
-            1.0
-        };
-        Some(CostModel { vocab, exponent })
+        Some(CostModel {
+            vocab,
+            exponent: exponent(&measured),
+        })
     }
 
     /// The relative cost of a trial of config `c`.
@@ -87,6 +75,28 @@ impl CostModel {
         let chars_per_step = (c.batch_size * c.seq_len) as f64;
         let steps = c.max_steps.unwrap_or(1) as f64;
         chars_per_step * steps * Dims::of(c, self.vocab).macs_per_char().powf(self.exponent)
+    }
+}
+
+/// The exponent `b` of seconds per char ∝ macs^b, least squares in log space over (multiply-adds
+/// per char, measured chars per second); 1 without two distinct sizes, clamped to [0.25, 1.5]
+/// so that one noisy pair cannot make cost meaningless or overwhelming.
+fn exponent(measured: &[(f64, f64)]) -> f64 {
+    let points: Vec<(f64, f64)> = measured
+        .iter()
+        .filter(|(m, t)| *m > 0.0 && *t > 0.0 && t.is_finite())
+        .map(|(m, t)| (m.ln(), -t.ln()))
+        .collect();
+    let n = points.len() as f64;
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    if sxx > 1e-3 {
+        (sxy / sxx).clamp(0.25, 1.5)
+    } else {
+        1.0
     }
 }
 
@@ -342,5 +352,38 @@ impl<'a> Proposer<'a> {
             return Ok(Some(index));
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cost_exponent_is_fitted_to_measured_speeds() {
+        // Seconds per char ∝ macs^0.6 (small models dearer than their count), with 3 % noise.
+        let measured: Vec<(f64, f64)> = [2e5, 6e5, 1.8e6, 1.8e6, 6e5]
+            .iter()
+            .zip([1.0, 0.97, 1.03, 1.0, 1.02])
+            .map(|(&m, noise)| (m, noise * 4e7 / f64::powf(m, 0.6)))
+            .collect();
+        assert!(
+            (exponent(&measured) - 0.6).abs() < 0.05,
+            "{}",
+            exponent(&measured)
+        );
+        // One size measured: the count as it is; nothing usable: the same.
+        assert_eq!(exponent(&measured[2..4]), 1.0);
+        assert_eq!(exponent(&[(1e6, 0.0), (1e5, f64::NAN)]), 1.0);
+        // Clamped: a wild pair cannot make cost vanish or dominate.
+        assert_eq!(exponent(&[(1e5, 1e3), (1e6, 1e9)]), 0.25);
+    }
+
+    #[test]
+    fn cost_counts_fully_at_the_start_and_not_at_the_end() {
+        assert_eq!(cost_weight(0, 12), 1.0);
+        assert!((cost_weight(6, 12) - 0.5).abs() < 1e-12);
+        assert_eq!(cost_weight(12, 12), 0.0);
+        assert_eq!(cost_weight(15, 12), 0.0, "an --extend past the budget");
     }
 }

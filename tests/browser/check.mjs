@@ -85,10 +85,16 @@ async function report(page, file) {
   );
   const notes = await page.$$eval('p.note', (ps) => ps.map((p) => p.textContent));
   const sample = await page.$eval('#sample', (e) => e.textContent).catch(() => null);
-  const rows = await page.$$eval('table tbody tr', (trs) => trs.length);
+  // The runs' table is the first; the budget's follows its heading.
+  const rows = await page.$$eval('table', (ts) => ts[0].querySelectorAll('tbody tr').length);
+  const budget = await page.$$eval('h2', (hs) => {
+    const h = hs.find((x) => x.textContent.startsWith('How the sweep spent'));
+    const t = h && h.nextElementSibling;
+    return t ? [...t.querySelectorAll('tbody tr')].map((tr) => tr.textContent) : [];
+  });
   const external = await page.$$eval('script, link, img, iframe', (els) => els.length);
   await page.screenshot({ path: `${outDir}/report.png`, fullPage: true });
-  return { charts, notes, sample, rows, external };
+  return { charts, notes, sample, rows, budget, external };
 }
 
 const browser = await chromium.launch({

@@ -409,14 +409,15 @@ fn importance_chart(imp: &Importance, metric: Metric) -> Chart {
     })
 }
 
-fn html_table(headers: &[String], lines: &[Vec<String>]) -> String {
+/// A table; with `best_first` its first row is marked as the best run.
+fn html_table(headers: &[String], lines: &[Vec<String>], best_first: bool) -> String {
     let mut t = String::from("<table><thead><tr>");
     for h in headers {
         t.push_str(&format!("<th>{}</th>", esc(h)));
     }
     t.push_str("</tr></thead><tbody>");
     for (i, l) in lines.iter().enumerate() {
-        t.push_str(if i == 0 {
+        t.push_str(if i == 0 && best_first {
             "<tr class=\"best\">"
         } else {
             "<tr>"
@@ -536,12 +537,12 @@ fn sections(
     }
     let (headers, lines) = compare::run_cells(rows);
     h.push_str("<h2>Runs, best first (by best val/loss)</h2>");
-    h.push_str(&html_table(&headers, &lines));
+    h.push_str(&html_table(&headers, &lines, true));
     let (spent, stops) = crate::runs::budget(rows);
     if !spent.is_empty() {
         let (headers, lines) = compare::budget_cells(&spent);
         h.push_str("<h2>How the sweep spent its budget</h2>");
-        h.push_str(&html_table(&headers, &lines));
+        h.push_str(&html_table(&headers, &lines, false));
         if let Some(line) = compare::pruned_line(&stops) {
             h.push_str(&format!("<p>{}</p>", esc(&line)));
         }

@@ -170,6 +170,31 @@ fn a_tpe_search_with_halving_reads_pruned_curves_and_says_how_it_spent_its_budge
 }
 
 #[test]
+fn a_cost_aware_search_says_its_cost_weight_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = tpe_file(d, "costly", 6, "");
+    let text = std::fs::read_to_string(d.join(&f)).unwrap();
+    std::fs::write(
+        d.join(&f),
+        text.replace("[search]\n", "[search]\ncost_aware = true\n"),
+    )
+    .unwrap();
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    // Three random draws, then three proposals weighing cost by 1 - index / 6.
+    for (i, w) in [(3, "0.50"), (4, "0.33"), (5, "0.17")] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("proposed trial 00{i}")))
+            .unwrap_or_else(|| panic!("no proposal {i}: {log}"));
+        assert!(line.contains(&format!("cost weight {w}")), "{line}");
+    }
+    common::assert_proposals_replay(d, &f, "costly");
+}
+
+#[test]
 fn refine_writes_a_valid_sweep_file_whose_domains_hold_the_best_trials() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -40,7 +40,7 @@ pub enum Level {
 }
 
 impl Level {
-    /// How the run log and `compare` name it.
+    /// How the sweep's log names it.
     pub fn name(self) -> String {
         match self {
             Level::Final => "the full budget".into(),

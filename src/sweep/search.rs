@@ -8,9 +8,9 @@
 //! trials proposed (ordinary manifest entries), the order in which results became known, and for
 //! each proposal how many of them it saw. A proposal is a pure function of the sweep's seed, its
 //! index and that history (the running trials are those proposed before it and not among the
-//! results it saw; the finished trials' records do not change), so a sweep killed at any point and run again continues the same
-//! search: no trial is lost or run twice, and given the same completion order it proposes what
-//! an uninterrupted run would have.
+//! results it saw; the finished trials' records do not change), so a sweep killed at any point
+//! and run again continues the same search: no trial is lost or run twice, and given the same
+//! completion order it proposes what an uninterrupted run would have.
 
 use super::fidelity::{self, End, Level, Told};
 use super::manifest::{Entry, Manifest, SearchState};
@@ -250,9 +250,10 @@ impl<'a> Proposer<'a> {
         if index < self.tpe.startup || scored == 0 {
             return format!("proposed trial {} (random draw)", e.dir);
         }
-        let cost = match self.tpe.cost_aware && self.cost_model(&heard).is_some() {
-            true => format!(", cost weight {:.2}", cost_weight(index, self.tpe.trials)),
-            false => String::new(),
+        let cost = if self.cost_model(&heard).is_some() {
+            format!(", cost weight {:.2}", cost_weight(index, self.tpe.trials))
+        } else {
+            String::new()
         };
         format!(
             "proposed trial {} (TPE fitted at {}: {scored} of {} trials scored there{cost})",
@@ -262,19 +263,18 @@ impl<'a> Proposer<'a> {
         )
     }
 
-    /// The cost model fitted to what proposal `index` knew; `None` without a finished trial.
+    /// The cost model fitted to what proposal `index` knew; `None` when the search does not
+    /// weigh cost or no trial has finished.
     fn cost_model(&self, heard: &[Heard]) -> Option<CostModel> {
+        if !self.tpe.cost_aware {
+            return None;
+        }
         let finished: Vec<(RunConfig, &RunRecord)> = heard
             .iter()
             .filter(|h| h.told.end != End::Running)
             .filter_map(|h| {
-                let r = h.record.as_ref()?;
-                let overrides =
-                    h.e.overrides
-                        .iter()
-                        .map(|(k, v)| Some((k.clone(), Value::try_from(v).ok()?)))
-                        .collect::<Option<Vec<_>>>()?;
-                Some((self.plan.trial(overrides).ok()?.config, r))
+                let config = RunDir::new(self.root.join(&h.e.dir)).load_config().ok()?;
+                Some((config, h.record.as_ref()?))
             })
             .collect();
         CostModel::fit(&finished)
@@ -313,7 +313,7 @@ impl<'a> Proposer<'a> {
         };
         let heard = self.heard(manifest, index, seen);
         let (_, history) = Self::history(&heard, dims.len());
-        let model = self.cost_model(&heard).filter(|_| self.tpe.cost_aware);
+        let model = self.cost_model(&heard);
         let of = |x: &[f64]| {
             let c = self.plan.trial(self.overrides(x)).map(|t| t.config);
             match (&model, c) {

@@ -87,6 +87,9 @@ def parser():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuDNN's LSTM)")
+    ap.add_argument("--warmup", type=int, default=0,
+                    help="steps run before the clock starts (on a GPU: cuDNN's plan choice and "
+                         "the allocator's first growth are not a step's cost)")
     ap.add_argument("--eval-at", default="", help="comma-separated steps to evaluate at too")
     ap.add_argument("--init", help="start from a charlab checkpoint's weights (safetensors): "
                     "the same initial state, to tell the init's draw from the training")
@@ -125,6 +128,10 @@ def train(a, on_eval=None):
     evals, eval_secs = {}, 0.0
     t0 = time.perf_counter()
     for step in range(a.steps):
+        if step == a.warmup and a.warmup > 0:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0, eval_secs = time.perf_counter(), 0.0
         x = train[:, w * a.seq:(w + 1) * a.seq]
         y = train[:, w * a.seq + 1:(w + 1) * a.seq + 1]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.autocast):
@@ -160,7 +167,8 @@ def train(a, on_eval=None):
         "ln_vocab": math.log(len(chars)),
         "val_loss": val_loss,
         "evals": evals,
-        "tokens_per_s": a.steps * a.batch * a.seq / train_secs,
+        "tokens_per_s": (a.steps - a.warmup) * a.batch * a.seq / train_secs,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else None,
         "train_secs": train_secs,
     }
 

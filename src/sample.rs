@@ -168,7 +168,7 @@ pub fn sample_to(run: &Path, opts: &SampleOptions, out: &mut dyn Write) -> Resul
     })?;
     let mut rng = Rng::new(opts.seed, 4);
     // fp32 products: one stream is cheap, and a sample should show the weights at their best.
-    let mut backend = Backend::for_model(&model, Products::Fp32);
+    let mut backend = Backend::for_model(&model, Products::Fp32)?;
     // Ok(false) once the reader is gone; other write errors are errors.
     let mut write = |text: &str, flush: bool| -> Result<bool> {
         let r = out

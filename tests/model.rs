@@ -10,7 +10,7 @@ use charlab::model::bf16::{self, Unit};
 use charlab::model::cpu::CpuModel;
 use charlab::model::precision::Products;
 use charlab::model::simd::Level;
-use charlab::model::{check_backend, rel_err, tolerance, Backend, CharRnn, Dims, State};
+use charlab::model::{check_backend, rel_err, tolerance, Backend, CharRnn, Dims, State, TOLERANCE};
 use charlab::rng::Rng;
 use std::path::Path;
 
@@ -160,7 +160,7 @@ fn cpu_model_is_equivalent_with_one_thread_and_with_more_groups_than_rows_allow(
 }
 
 #[test]
-fn cpu_model_accuracy_eval_and_sampling_logits_match_the_reference() {
+fn cpu_and_fused_paths_accuracy_eval_and_sampling_logits_match_the_reference() {
     let d = dims(29, 6, 24, 2);
     let model = CharRnn::new(d, 5, &Device::Cpu).unwrap();
     let mut rng = Rng::new(11, 0);
@@ -168,25 +168,52 @@ fn cpu_model_accuracy_eval_and_sampling_logits_match_the_reference() {
     let x: Vec<u32> = (0..b * t).map(|_| (rng.next_u64() % 29) as u32).collect();
     // Targets that the untrained model sometimes gets right: its own inputs.
     let y = x.clone();
-    let mut cpu = Backend::Cpu(Box::new(CpuModel::new(d, Level::detect())));
-    let mut reference = Backend::Candle { grads: Vec::new() };
-    let mut results = Vec::new();
-    for backend in [&mut cpu, &mut reference] {
+    let run = |backend: &mut Backend| {
         let mut state = State::zeros(2, b, 24);
         let eval = backend.eval(&model, (&x, &y, t), &mut state).unwrap();
         let mut one = State::zeros(2, 1, 24);
         let first = backend.next_logits(&model, &x[..5], &mut one).unwrap();
         let next = backend.next_logits(&model, &x[5..6], &mut one).unwrap();
-        results.push((eval, state, first, next));
+        (eval, state, first, next)
+    };
+    let (re, rs, rf, rn) = run(&mut Backend::Candle { grads: Vec::new() });
+    let cpu = Backend::Cpu(Box::new(CpuModel::new(d, Level::detect())));
+    for mut backend in [cpu, Backend::fused_host(d)] {
+        let (ce, cs, cf, cn) = run(&mut backend);
+        let name = backend.name();
+        assert_eq!(ce.count, re.count);
+        assert!((ce.loss - re.loss).abs() / re.loss < 1e-5, "{name}");
+        assert_eq!(ce.hits, re.hits.round(), "{name}: accuracy differs");
+        assert!(rel_err(&cs.h.concat(), &rs.h.concat()) < 1e-5, "{name}");
+        assert!(rel_err(&cs.c.concat(), &rs.c.concat()) < 1e-5, "{name}");
+        assert_eq!(cf.len(), 29);
+        assert!(
+            rel_err(&cf, &rf) < 1e-5 && rel_err(&cn, &rn) < 1e-5,
+            "{name}"
+        );
     }
-    let (ce, cs, cf, cn) = &results[0];
-    let (re, rs, rf, rn) = &results[1];
-    assert_eq!(ce.count, re.count);
-    assert!((ce.loss - re.loss).abs() / re.loss < 1e-5);
-    assert_eq!(ce.hits, re.hits.round(), "accuracy differs");
-    assert!(rel_err(&cs.h.concat(), &rs.h.concat()) < 1e-5);
-    assert_eq!(cf.len(), 29);
-    assert!(rel_err(cf, rf) < 1e-5 && rel_err(cn, rn) < 1e-5);
+}
+
+#[test]
+fn fused_path_matches_reference_loss_every_gradient_and_state() {
+    // The CUDA path's structure (products, strides, order through time, dropout masks) over the
+    // kernels' CPU mirrors; `charlab check-device --device cuda` confirms the kernels on a GPU.
+    for &(d, batch, seq) in CASES {
+        for dropout in [0.0, 0.3] {
+            let mut backend = Backend::fused_host(d);
+            let rows =
+                check_backend(&Device::Cpu, &mut backend, d, (batch, seq), dropout, 3).unwrap();
+            assert_eq!(rows.len(), 2 + 1 + 4 * d.layers + 2);
+            for r in rows {
+                assert!(
+                    r.rel_err < TOLERANCE,
+                    "fused {} at {d:?}, batch {batch}, seq {seq}, dropout {dropout}: {}",
+                    r.name,
+                    r.rel_err
+                );
+            }
+        }
+    }
 }
 
 #[test]
@@ -265,7 +292,7 @@ fn a_one_bias_checkpoint_loads_as_the_same_model() {
     loaded.load(&old).unwrap();
     let ids = [1u32, 4, 2, 6];
     let logits = |model: &CharRnn| {
-        let mut backend = Backend::for_model(model, Products::Fp32);
+        let mut backend = Backend::for_model(model, Products::Fp32).unwrap();
         let mut state = model.zero_state(1);
         backend.next_logits(model, &ids, &mut state).unwrap()
     };

@@ -167,7 +167,7 @@ fn clipped_adam_steps_end_at_pytorchs_weights() {
     let sizes: Vec<usize> = m.params().iter().map(|(_, v)| v.elem_count()).collect();
     let mut opt = Optimizer::new(Hyper::from_config(&cfg), &sizes);
     // The fixture is PyTorch fp32: the products must be fp32 whatever `auto` would pick here.
-    let mut backend = Backend::for_model(&m, charlab::model::precision::Products::Fp32);
+    let mut backend = Backend::for_model(&m, charlab::model::precision::Products::Fp32).unwrap();
     let mut s = state(&f, &f["state"]);
     for (i, step) in t["steps"].as_array().unwrap().iter().enumerate() {
         let (x, y) = (ids(&step["x"]), ids(&step["y"]));

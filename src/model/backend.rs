@@ -1,8 +1,11 @@
-//! Where a model's windows run: the hand-written CPU path ([`super::cpu`]) on the CPU, candle's
-//! ops and autograd ([`super::reference`]) on any other device. One interface for training,
+//! Where a model's windows run: the hand-written CPU path ([`super::cpu`]) on the CPU, the fused
+//! path ([`super::fused`]: cuBLAS products and one kernel per step) on a CUDA device, or candle's
+//! step-by-step ops and autograd ([`super::reference`]), the reference both are checked against
+//! (and on CUDA the fallback: `CHARLAB_CUDA_KERNELS=step`). One interface for training,
 //! evaluation and sampling, so the trainer does not care which.
 
 use super::cpu::{CpuModel, Pass, Sums};
+use super::fused::{host::HostOps, Fused};
 use super::precision::Products;
 use super::{reference, simd, CharRnn, State};
 use crate::rng::Rng;
@@ -13,6 +16,14 @@ use candle_core::{Result, Tensor};
 pub enum Backend {
     Cpu(Box<CpuModel>),
     Candle { grads: Vec<Vec<f32>> },
+    Fused(Box<Fused>),
+}
+
+/// Which path a CUDA device runs: `CHARLAB_CUDA_KERNELS=step` picks candle's step-by-step ops
+/// (to compare against, or to get past a fault in the fused path); anything else, the fused one.
+#[cfg(feature = "cuda")]
+fn cuda_step_by_step() -> bool {
+    std::env::var("CHARLAB_CUDA_KERNELS").is_ok_and(|v| v == "step")
 }
 
 /// Loss and accuracy sums of a window as a [`Sums`], from candle's mean loss and accuracy.
@@ -40,13 +51,36 @@ fn candle_loss(
 
 impl Backend {
     /// The CPU path for a model on the CPU (the widest instruction set the CPU has, its large
-    /// products as `products` says), candle's otherwise (which keeps its own precision).
-    pub fn for_model(model: &CharRnn, products: Products) -> Backend {
+    /// products as `products` says); on a CUDA device the fused path in fp32, or candle's
+    /// step-by-step ops ([`cuda_step_by_step`]).
+    pub fn for_model(model: &CharRnn, products: Products) -> crate::Result<Backend> {
         if model.device().is_cpu() {
             let cpu = CpuModel::new(model.dims, simd::Level::detect()).with_products(products);
-            Backend::Cpu(Box::new(cpu))
-        } else {
-            Backend::Candle { grads: Vec::new() }
+            return Ok(Backend::Cpu(Box::new(cpu)));
+        }
+        #[cfg(feature = "cuda")]
+        if model.device().is_cuda() && !cuda_step_by_step() {
+            let ops = super::fused::cuda::CudaOps::new(model.device())?;
+            return Ok(Backend::Fused(Box::new(Fused::new(
+                Box::new(ops),
+                model.dims,
+            ))));
+        }
+        Ok(Backend::Candle { grads: Vec::new() })
+    }
+
+    /// The fused path over [`HostOps`]: each CUDA kernel's CPU mirror, for the equivalence tests
+    /// of the fused path's structure on a machine without a GPU (slow; nothing trains on it).
+    pub fn fused_host(dims: super::Dims) -> Backend {
+        Backend::Fused(Box::new(Fused::new(Box::<HostOps>::default(), dims)))
+    }
+
+    /// A short name of the path, for check-device and the run's first lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Cpu(_) => "cpu kernels",
+            Backend::Candle { .. } => "step-by-step",
+            Backend::Fused(_) => "fused",
         }
     }
 
@@ -77,6 +111,7 @@ impl Backend {
                 }
                 Ok(sums_of(loss.to_scalar::<f32>()?, acc, x.len()))
             }
+            Backend::Fused(f) => f.train(model, (x, y, seq), state, dropout, rng),
         }
     }
 
@@ -95,6 +130,7 @@ impl Backend {
                 let (loss, acc) = candle_loss(model, (x, y, seq), state, None)?;
                 Ok(sums_of(loss.to_scalar::<f32>()?, acc, x.len()))
             }
+            Backend::Fused(f) => f.eval(model, (x, y, seq), state),
         }
     }
 
@@ -118,6 +154,7 @@ impl Backend {
                     .flatten_all()?
                     .to_vec1::<f32>()?)
             }
+            Backend::Fused(f) => f.next_logits(model, ids, state),
         }
     }
 
@@ -126,6 +163,7 @@ impl Backend {
         match self {
             Backend::Cpu(cpu) => cpu.grads(),
             Backend::Candle { grads } => grads,
+            Backend::Fused(f) => f.grads(),
         }
     }
 }

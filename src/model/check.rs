@@ -113,9 +113,9 @@ pub fn check_backend(
     Ok(rows)
 }
 
-/// `charlab check-device`: the backend a run on `device` would use (the CPU path on the CPU,
-/// candle's ops elsewhere) against candle's reference ops on the CPU, with dropout on. On the
-/// CPU, the fp32 path and the bf16 one (AVX512-BF16 where the CPU has it, else emulated).
+/// `charlab check-device`: the backends a run on `device` may use against candle's reference ops
+/// on the CPU, with dropout on. On the CPU, the fp32 path and the bf16 one (AVX512-BF16 where the
+/// CPU has it, else emulated); on a CUDA device, the fused path and candle's step-by-step ops.
 pub fn check_device(
     device: &Device,
     dims: Dims,
@@ -124,44 +124,52 @@ pub fn check_device(
 ) -> crate::Result<Vec<CheckSection>> {
     let model = CharRnn::new(dims, 1, device)?;
     let mut sections = Vec::new();
-    let bf16 = if bf16::native_available() {
-        bf16::Unit::Native
-    } else {
-        bf16::Unit::Emulated
-    };
-    for products in [Products::Fp32, Products::Bf16(bf16)] {
-        let mut backend = Backend::for_model(&model, products);
-        let (against, limit) = match &backend {
-            Backend::Cpu(cpu) => (
-                format!(
-                    "cpu {} kernels, {} products{} vs cpu step-by-step",
-                    cpu.level().name(),
-                    products.name(),
-                    if products == Products::Bf16(bf16::Unit::Emulated) {
-                        " (emulated)"
-                    } else {
-                        ""
-                    }
-                ),
-                tolerance(products),
+    for (mut backend, products) in backends_of(&model)? {
+        let against = match &backend {
+            Backend::Cpu(cpu) => format!(
+                "cpu {} kernels, {} products{} vs cpu step-by-step",
+                cpu.level().name(),
+                products.name(),
+                if products == Products::Bf16(bf16::Unit::Emulated) {
+                    " (emulated)"
+                } else {
+                    ""
+                }
             ),
-            Backend::Candle { .. } => (
-                format!(
-                    "{} step-by-step vs cpu step-by-step",
-                    crate::device::name(device)
-                ),
-                TOLERANCE,
+            other => format!(
+                "{} {} vs cpu step-by-step",
+                crate::device::name(device),
+                other.name()
             ),
         };
         let rows = check_backend(device, &mut backend, dims, (batch, seq), 0.25, 1)?;
         sections.push(CheckSection {
             against,
-            limit,
+            limit: tolerance(products),
             rows,
         });
-        if !device.is_cpu() {
-            break;
-        }
     }
     Ok(sections)
+}
+
+/// The backends [`check_device`] checks on `model`'s device, with the products each computes.
+fn backends_of(model: &CharRnn) -> crate::Result<Vec<(Backend, Products)>> {
+    if model.device().is_cpu() {
+        let bf16 = if bf16::native_available() {
+            bf16::Unit::Native
+        } else {
+            bf16::Unit::Emulated
+        };
+        return [Products::Fp32, Products::Bf16(bf16)]
+            .into_iter()
+            .map(|p| Ok((Backend::for_model(model, p)?, p)))
+            .collect();
+    }
+    let chosen = Backend::for_model(model, Products::Fp32)?;
+    let mut out = Vec::new();
+    if !matches!(chosen, Backend::Candle { .. }) {
+        out.push((chosen, Products::Fp32));
+    }
+    out.push((Backend::Candle { grads: Vec::new() }, Products::Fp32));
+    Ok(out)
 }

@@ -13,6 +13,7 @@ mod backend;
 pub mod bf16;
 mod check;
 pub mod cpu;
+pub mod fused;
 pub mod gemm;
 mod graph;
 mod kernels;

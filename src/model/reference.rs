@@ -36,14 +36,19 @@ pub fn lstm_layer(
     Ok((Tensor::stack(&hs, 1)?, h.detach(), c.detach()))
 }
 
-/// Inverted dropout with a mask drawn from `rng`, one draw per element in row-major order (the
-/// CPU path draws the same masks in the same order).
-fn dropout(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
+/// Inverted dropout's mask for `n` units, one draw from `rng` per element in row-major order
+/// (the CPU path and the CUDA path draw the same masks in the same order).
+pub fn dropout_mask(n: usize, p: f64, rng: &mut Rng) -> Vec<f32> {
     let scale = (1.0 / (1.0 - p)) as f32;
     let p = p as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
+    (0..n)
         .map(|_| if rng.uniform() < p { 0.0 } else { scale })
-        .collect();
+        .collect()
+}
+
+/// Inverted dropout with a mask drawn from `rng` ([`dropout_mask`]).
+fn dropout(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
+    let mask = dropout_mask(x.elem_count(), p, rng);
     x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
 }
 

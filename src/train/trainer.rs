@@ -148,7 +148,7 @@ impl<'a> Trainer<'a> {
                 .map(|(_, text)| text.clone()),
             opts,
             run,
-            backend: Backend::for_model(&model, products),
+            backend: Backend::for_model(&model, products)?,
             model,
             optimizer,
             data,

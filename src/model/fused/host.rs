@@ -1,0 +1,292 @@
+//! [`Ops`] on the CPU, each kernel written as `kernels.cu` writes it (one loop iteration per CUDA
+//! thread) and the products as plain loops: the reference the CUDA kernels mirror, so the tests
+//! check [`super::Fused`]'s strides, transposes and order through time on any machine. Plain and
+//! slow on purpose: nothing trains on it.
+
+use super::{At, Buf, Gemm, Kernel, Ops};
+use crate::model::CharRnn;
+use crate::Result;
+
+/// Host memory as numbered buffers.
+#[derive(Default)]
+pub struct HostOps {
+    bufs: Vec<Vec<f32>>,
+    /// The parameters' copies, refreshed by each [`Ops::bind_params`].
+    params: Vec<Buf>,
+}
+
+impl HostOps {
+    fn get(&self, at: At, i: usize) -> f32 {
+        self.bufs[at.buf.0][at.off + i]
+    }
+
+    fn set(&mut self, at: At, i: usize, v: f32) {
+        self.bufs[at.buf.0][at.off + i] = v;
+    }
+
+    fn id(&self, at: At, i: usize) -> usize {
+        self.get(at, i).to_bits() as usize
+    }
+}
+
+fn sigm(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl Ops for HostOps {
+    fn alloc(&mut self, n: usize) -> Result<Buf> {
+        self.bufs.push(vec![0.0; n]);
+        Ok(Buf(self.bufs.len() - 1))
+    }
+
+    fn bind_params(&mut self, model: &CharRnn) -> Result<Vec<Buf>> {
+        if self.params.is_empty() {
+            for _ in model.params() {
+                let buf = self.alloc(0)?;
+                self.params.push(buf);
+            }
+        }
+        for ((_, v), buf) in model.params().iter().zip(&self.params) {
+            self.bufs[buf.0] = v.flatten_all()?.to_vec1::<f32>()?;
+        }
+        Ok(self.params.clone())
+    }
+
+    fn upload(&mut self, at: At, data: &[f32]) -> Result<()> {
+        self.bufs[at.buf.0][at.off..at.off + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn download(&mut self, at: At, n: usize) -> Result<Vec<f32>> {
+        Ok(self.bufs[at.buf.0][at.off..at.off + n].to_vec())
+    }
+
+    fn gemm(&mut self, g: &Gemm) -> Result<()> {
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let mut sum = 0.0f32;
+                for p in 0..g.k {
+                    let a = if g.ta {
+                        self.get(g.a, p * g.lda + i)
+                    } else {
+                        self.get(g.a, i * g.lda + p)
+                    };
+                    let b = if g.tb {
+                        self.get(g.b, j * g.ldb + p)
+                    } else {
+                        self.get(g.b, p * g.ldb + j)
+                    };
+                    sum += a * b;
+                }
+                let c = i * g.ldc + j;
+                // As cuBLAS: with beta 0, C is not read (it may hold anything).
+                let old = if g.beta == 0.0 {
+                    0.0
+                } else {
+                    g.beta * self.get(g.c, c)
+                };
+                self.set(g.c, c, sum + old);
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, k: &Kernel) -> Result<()> {
+        match *k {
+            Kernel::Fill { p, n, value } => (0..n).for_each(|i| self.set(p, i, value)),
+            Kernel::Gather {
+                table,
+                ids,
+                out,
+                rows,
+                cols,
+            } => {
+                for i in 0..rows * cols {
+                    let (r, j) = (i / cols, i % cols);
+                    let v = self.get(table, self.id(ids, r) * cols + j);
+                    self.set(out, i, v);
+                }
+            }
+            Kernel::ScatterAdd {
+                d,
+                ids,
+                grad,
+                rows,
+                cols,
+            } => {
+                for i in 0..rows * cols {
+                    let (r, j) = (i / cols, i % cols);
+                    let at = self.id(ids, r) * cols + j;
+                    let v = self.get(grad, at) + self.get(d, i);
+                    self.set(grad, at, v);
+                }
+            }
+            Kernel::LstmStep { .. } => self.lstm_step(k),
+            Kernel::LstmStepBack { .. } => self.lstm_step_back(k),
+            Kernel::Shift {
+                src,
+                first,
+                dst,
+                batch,
+                steps,
+                cols,
+            } => {
+                for i in 0..batch * steps * cols {
+                    let (j, t, b) = (i % cols, (i / cols) % steps, i / (cols * steps));
+                    let v = if t == 0 {
+                        self.get(first, b * cols + j)
+                    } else {
+                        self.get(src, i - cols)
+                    };
+                    self.set(dst, i, v);
+                }
+            }
+            Kernel::Mul { a, b, out, n } => {
+                for i in 0..n {
+                    let v = self.get(a, i) * self.get(b, i);
+                    self.set(out, i, v);
+                }
+            }
+            Kernel::CopyRows {
+                src,
+                lds,
+                dst,
+                ldd,
+                rows,
+                cols,
+            } => {
+                for i in 0..rows * cols {
+                    let (r, j) = (i / cols, i % cols);
+                    let v = self.get(src, r * lds + j);
+                    self.set(dst, r * ldd + j, v);
+                }
+            }
+            Kernel::SoftmaxXent { .. } => self.softmax_xent(k),
+        }
+        Ok(())
+    }
+}
+
+impl HostOps {
+    fn lstm_step(&mut self, k: &Kernel) {
+        let Kernel::LstmStep {
+            gates,
+            ldg,
+            b_ih,
+            b_hh,
+            c_prev,
+            ld_prev,
+            h,
+            c,
+            ld,
+            batch,
+            hidden,
+        } = *k
+        else {
+            return;
+        };
+        for i in 0..batch * hidden {
+            let (b, j) = (i / hidden, i % hidden);
+            let g = At {
+                off: gates.off + b * ldg,
+                ..gates
+            };
+            let pre = |s: &Self, q: usize| {
+                s.get(g, q * hidden + j)
+                    + (s.get(b_ih, q * hidden + j) + s.get(b_hh, q * hidden + j))
+            };
+            let gi = sigm(pre(self, 0));
+            let gf = sigm(pre(self, 1));
+            let gg = pre(self, 2).tanh();
+            let go = sigm(pre(self, 3));
+            let cn = gf * self.get(c_prev, b * ld_prev + j) + gi * gg;
+            self.set(c, b * ld + j, cn);
+            self.set(h, b * ld + j, go * cn.tanh());
+            for (q, v) in [gi, gf, gg, go].into_iter().enumerate() {
+                self.set(g, q * hidden + j, v);
+            }
+        }
+    }
+
+    fn lstm_step_back(&mut self, k: &Kernel) {
+        let Kernel::LstmStepBack {
+            gates,
+            ldg,
+            c,
+            c_prev,
+            dh,
+            ld,
+            dc,
+            batch,
+            hidden,
+        } = *k
+        else {
+            return;
+        };
+        for i in 0..batch * hidden {
+            let (b, j) = (i / hidden, i % hidden);
+            let g = At {
+                off: gates.off + b * ldg,
+                ..gates
+            };
+            let [gi, gf, gg, go] = [0, 1, 2, 3].map(|q| self.get(g, q * hidden + j));
+            let tc = self.get(c, b * ld + j).tanh();
+            let dhv = self.get(dh, b * ld + j);
+            let dcv = self.get(dc, i) + dhv * go * (1.0 - tc * tc);
+            let cp = self.get(c_prev, b * ld + j);
+            let d = [
+                dcv * gg * gi * (1.0 - gi),
+                dcv * cp * gf * (1.0 - gf),
+                dcv * gi * (1.0 - gg * gg),
+                dhv * tc * go * (1.0 - go),
+            ];
+            for (q, v) in d.into_iter().enumerate() {
+                self.set(g, q * hidden + j, v);
+            }
+            self.set(dc, i, dcv * gf);
+        }
+    }
+
+    fn softmax_xent(&mut self, k: &Kernel) {
+        let Kernel::SoftmaxXent {
+            z,
+            bias,
+            targets,
+            loss,
+            hit,
+            rows,
+            cols,
+            scale,
+            grad,
+        } = *k
+        else {
+            return;
+        };
+        for r in 0..rows {
+            let row = At {
+                off: z.off + r * cols,
+                ..z
+            };
+            let (mut mx, mut best) = (f32::NEG_INFINITY, cols);
+            for j in 0..cols {
+                let x = self.get(row, j) + self.get(bias, j);
+                self.set(row, j, x);
+                if x > mx {
+                    (mx, best) = (x, j);
+                }
+            }
+            let sum: f32 = (0..cols).map(|j| (self.get(row, j) - mx).exp()).sum();
+            let t = self.id(targets, r);
+            let l = mx + sum.ln() - self.get(row, t);
+            self.set(loss, r, l);
+            self.set(hit, r, if best == t { 1.0 } else { 0.0 });
+            if grad {
+                for j in 0..cols {
+                    let p = (self.get(row, j) - mx).exp() / sum;
+                    let onehot = if j == t { 1.0 } else { 0.0 };
+                    self.set(row, j, (p - onehot) * scale);
+                }
+            }
+        }
+    }
+}

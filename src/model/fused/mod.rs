@@ -1,0 +1,810 @@
+//! The CUDA path: a window's forward and backward as a few large products (cuBLAS) and one small
+//! kernel per time step and layer, instead of candle's ten-odd ops per step and their autograd
+//! graph. Written once over [`Ops`], which the CUDA device implements ([`cuda`], behind the
+//! `cuda` feature) and which [`host::HostOps`] implements on the CPU, kernel for kernel as
+//! `kernels.cu` does: so the way the products and kernels are put together (strides, transposes,
+//! the order through time) is checked against the step-by-step reference on any machine, and a
+//! GPU only has to confirm the kernels themselves (`charlab check-device --device cuda`).
+//!
+//! Activations are row-major `[batch, steps, cols]` (row `b·T + t`), the reference's order, so a
+//! time step's rows are reached in place with a leading dimension of `T·cols`.
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod host;
+
+use super::cpu::Sums;
+use super::{layer_slot, CharRnn, Dims, State};
+use crate::rng::Rng;
+use crate::Result;
+
+/// A buffer of floats on the device, by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buf(pub usize);
+
+/// A place in a buffer: `off` floats into `buf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub buf: Buf,
+    pub off: usize,
+}
+
+impl Buf {
+    pub fn at(self, off: usize) -> At {
+        At { buf: self, off }
+    }
+}
+
+/// `C = op(A)·op(B) + beta·C`, row-major: `op(A)` is `[m, k]` (stored `[k, m]` when `ta`),
+/// `op(B)` is `[k, n]` (stored `[n, k]` when `tb`), `C` is `[m, n]`; `ld*` are row strides.
+#[derive(Debug, Clone, Copy)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: At,
+    pub lda: usize,
+    pub ta: bool,
+    pub b: At,
+    pub ldb: usize,
+    pub tb: bool,
+    pub c: At,
+    pub ldc: usize,
+    pub beta: f32,
+}
+
+/// The small kernels of `kernels.cu`, with their arguments (see each one's comment there).
+/// Token ids travel in float buffers as their bit patterns ([`ids_as_floats`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Kernel {
+    Fill {
+        p: At,
+        n: usize,
+        value: f32,
+    },
+    Gather {
+        table: At,
+        ids: At,
+        out: At,
+        rows: usize,
+        cols: usize,
+    },
+    ScatterAdd {
+        d: At,
+        ids: At,
+        grad: At,
+        rows: usize,
+        cols: usize,
+    },
+    LstmStep {
+        gates: At,
+        ldg: usize,
+        b_ih: At,
+        b_hh: At,
+        c_prev: At,
+        ld_prev: usize,
+        h: At,
+        c: At,
+        ld: usize,
+        batch: usize,
+        hidden: usize,
+    },
+    LstmStepBack {
+        gates: At,
+        ldg: usize,
+        c: At,
+        c_prev: At,
+        dh: At,
+        ld: usize,
+        dc: At,
+        batch: usize,
+        hidden: usize,
+    },
+    Shift {
+        src: At,
+        first: At,
+        dst: At,
+        batch: usize,
+        steps: usize,
+        cols: usize,
+    },
+    Mul {
+        a: At,
+        b: At,
+        out: At,
+        n: usize,
+    },
+    CopyRows {
+        src: At,
+        lds: usize,
+        dst: At,
+        ldd: usize,
+        rows: usize,
+        cols: usize,
+    },
+    SoftmaxXent {
+        z: At,
+        bias: At,
+        targets: At,
+        loss: At,
+        hit: At,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        grad: bool,
+    },
+}
+
+/// A kernel argument, as `kernels.cu` declares it.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg {
+    Ptr(At),
+    Int(i32),
+    Float(f32),
+}
+
+/// How a kernel is launched: one thread per element, or one 256-thread block per row.
+#[derive(Debug, Clone, Copy)]
+pub enum Grid {
+    Elements(usize),
+    RowBlocks(usize),
+}
+
+impl Kernel {
+    /// The kernel's name in `kernels.cu`, its grid, and its arguments in its signature's order
+    /// and types: the one place the Rust side states that interface.
+    pub fn signature(&self) -> (&'static str, Grid, Vec<Arg>) {
+        use Arg::{Float as F, Ptr as P};
+        let i = |n: usize| Arg::Int(n as i32);
+        match *self {
+            Kernel::Fill { p, n, value } => ("fill", Grid::Elements(n), vec![P(p), i(n), F(value)]),
+            Kernel::Gather {
+                table,
+                ids,
+                out,
+                rows,
+                cols,
+            } => {
+                let args = vec![P(table), P(ids), P(out), i(rows), i(cols)];
+                ("gather", Grid::Elements(rows * cols), args)
+            }
+            Kernel::ScatterAdd {
+                d,
+                ids,
+                grad,
+                rows,
+                cols,
+            } => {
+                let args = vec![P(d), P(ids), P(grad), i(rows), i(cols)];
+                ("scatter_add", Grid::Elements(rows * cols), args)
+            }
+            Kernel::Shift {
+                src,
+                first,
+                dst,
+                batch,
+                steps,
+                cols,
+            } => {
+                let args = vec![P(src), P(first), P(dst), i(batch), i(steps), i(cols)];
+                ("shift", Grid::Elements(batch * steps * cols), args)
+            }
+            Kernel::Mul { a, b, out, n } => {
+                ("mul", Grid::Elements(n), vec![P(a), P(b), P(out), i(n)])
+            }
+            Kernel::CopyRows {
+                src,
+                lds,
+                dst,
+                ldd,
+                rows,
+                cols,
+            } => {
+                let args = vec![P(src), i(lds), P(dst), i(ldd), i(rows), i(cols)];
+                ("copy_rows", Grid::Elements(rows * cols), args)
+            }
+            _ => self.cell_signature(),
+        }
+    }
+
+    /// [`Kernel::signature`] of the cell's two kernels and the loss's.
+    fn cell_signature(&self) -> (&'static str, Grid, Vec<Arg>) {
+        use Arg::{Float as F, Ptr as P};
+        let i = |n: usize| Arg::Int(n as i32);
+        match *self {
+            Kernel::LstmStep {
+                gates,
+                ldg,
+                b_ih,
+                b_hh,
+                c_prev,
+                ld_prev,
+                h,
+                c,
+                ld,
+                batch,
+                hidden,
+            } => {
+                let args = vec![P(gates), i(ldg), P(b_ih), P(b_hh), P(c_prev), i(ld_prev)];
+                let rest = vec![P(h), P(c), i(ld), i(batch), i(hidden)];
+                (
+                    "lstm_step",
+                    Grid::Elements(batch * hidden),
+                    [args, rest].concat(),
+                )
+            }
+            Kernel::LstmStepBack {
+                gates,
+                ldg,
+                c,
+                c_prev,
+                dh,
+                ld,
+                dc,
+                batch,
+                hidden,
+            } => {
+                let args = vec![P(gates), i(ldg), P(c), P(c_prev), P(dh), i(ld), P(dc)];
+                let args = [args, vec![i(batch), i(hidden)]].concat();
+                ("lstm_step_back", Grid::Elements(batch * hidden), args)
+            }
+            Kernel::SoftmaxXent {
+                z,
+                bias,
+                targets,
+                loss,
+                hit,
+                rows,
+                cols,
+                scale,
+                grad,
+            } => {
+                let args = vec![P(z), P(bias), P(targets), P(loss), P(hit), i(rows), i(cols)];
+                let args = [args, vec![F(scale), i(grad as usize)]].concat();
+                ("softmax_xent", Grid::RowBlocks(rows), args)
+            }
+            _ => unreachable!("signature() answers the other kernels"),
+        }
+    }
+}
+
+/// What a device must do for [`Fused`]: buffers, copies, products and the kernels.
+pub trait Ops {
+    /// A new zeroed buffer of `n` floats.
+    fn alloc(&mut self, n: usize) -> Result<Buf>;
+    /// The model's parameters as buffers, in [`CharRnn::params`] order (the device's own memory
+    /// where it can, a copy otherwise); valid until the parameters change.
+    fn bind_params(&mut self, model: &CharRnn) -> Result<Vec<Buf>>;
+    fn upload(&mut self, at: At, data: &[f32]) -> Result<()>;
+    /// Waits for the work before it.
+    fn download(&mut self, at: At, n: usize) -> Result<Vec<f32>>;
+    fn gemm(&mut self, g: &Gemm) -> Result<()>;
+    fn run(&mut self, k: &Kernel) -> Result<()>;
+}
+
+/// Token ids as the floats with the same bits (the kernels read them as `unsigned`).
+pub fn ids_as_floats(ids: &[u32]) -> Vec<f32> {
+    ids.iter().map(|&i| f32::from_bits(i)).collect()
+}
+
+/// One layer's activations over a window, and what its backward needs.
+struct LayerBufs {
+    /// `[N, 4H]`: pre-activations, then activations (forward), then their gradients (backward).
+    gates: Buf,
+    /// `[N, H]` outputs and cells, and the same shifted one step (the previous state per step).
+    h: Buf,
+    c: Buf,
+    h_prev: Buf,
+    c_prev: Buf,
+    /// `[N, H]`: the output after dropout, and its mask (training with dropout only).
+    dropped: Buf,
+    mask: Buf,
+    /// `[B, H]`: the carried state in, the state after the window, the cell's carried gradient.
+    h0: Buf,
+    c0: Buf,
+    last: Buf,
+    dc: Buf,
+    /// `[N, H]`: the loss's gradient with respect to this layer's output.
+    dh: Buf,
+}
+
+/// Buffers for one (batch, steps) shape; kept between windows of that shape.
+struct Workspace {
+    batch: usize,
+    steps: usize,
+    ids_x: Buf,
+    ids_y: Buf,
+    /// `[N, E]`: embedded inputs and their gradient.
+    x0: Buf,
+    dx0: Buf,
+    layers: Vec<LayerBufs>,
+    /// `[N, V]`: logits, then their gradient.
+    z: Buf,
+    loss: Buf,
+    hit: Buf,
+    ones: Buf,
+    /// One per parameter, and their element counts.
+    grads: Vec<Buf>,
+    grad_sizes: Vec<usize>,
+}
+
+/// A window's forward and backward over [`Ops`]; the gradients of the last training window are
+/// kept on the host, in [`CharRnn::params`] order, for the trainer's norm, histograms and update.
+pub struct Fused {
+    ops: Box<dyn Ops>,
+    dims: Dims,
+    ws: Option<Workspace>,
+    grads: Vec<Vec<f32>>,
+}
+
+/// What a forward pass is for.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Train,
+    Eval,
+    Logits,
+}
+
+impl Fused {
+    pub fn new(ops: Box<dyn Ops>, dims: Dims) -> Self {
+        Fused {
+            ops,
+            dims,
+            ws: None,
+            grads: Vec::new(),
+        }
+    }
+
+    pub fn grads(&self) -> &[Vec<f32>] {
+        &self.grads
+    }
+
+    /// The workspace for `batch` × `steps`, made anew when the shape changes.
+    fn workspace(&mut self, model: &CharRnn, batch: usize, steps: usize) -> Result<Workspace> {
+        if let Some(ws) = self.ws.take() {
+            if ws.batch == batch && ws.steps == steps {
+                return Ok(ws);
+            }
+        }
+        let d = self.dims;
+        let (n, h) = (batch * steps, d.hidden);
+        let ops = &mut self.ops;
+        let mut layers = Vec::with_capacity(d.layers);
+        for _ in 0..d.layers {
+            layers.push(LayerBufs {
+                gates: ops.alloc(n * 4 * h)?,
+                h: ops.alloc(n * h)?,
+                c: ops.alloc(n * h)?,
+                h_prev: ops.alloc(n * h)?,
+                c_prev: ops.alloc(n * h)?,
+                dropped: ops.alloc(n * h)?,
+                mask: ops.alloc(n * h)?,
+                h0: ops.alloc(batch * h)?,
+                c0: ops.alloc(batch * h)?,
+                last: ops.alloc(batch * h)?,
+                dc: ops.alloc(batch * h)?,
+                dh: ops.alloc(n * h)?,
+            });
+        }
+        let ones = ops.alloc(n)?;
+        ops.run(&Kernel::Fill {
+            p: ones.at(0),
+            n,
+            value: 1.0,
+        })?;
+        let grad_sizes: Vec<usize> = model.params().iter().map(|(_, v)| v.elem_count()).collect();
+        let grads = grad_sizes
+            .iter()
+            .map(|&len| ops.alloc(len))
+            .collect::<Result<_>>()?;
+        Ok(Workspace {
+            batch,
+            steps,
+            ids_x: ops.alloc(n)?,
+            ids_y: ops.alloc(n)?,
+            x0: ops.alloc(n * d.embed_dim)?,
+            dx0: ops.alloc(n * d.embed_dim)?,
+            layers,
+            z: ops.alloc(n * d.vocab)?,
+            loss: ops.alloc(n)?,
+            hit: ops.alloc(n)?,
+            ones,
+            grads,
+            grad_sizes,
+        })
+    }
+
+    /// One training window: loss and accuracy sums; the gradients are then in [`Fused::grads`].
+    pub fn train(
+        &mut self,
+        model: &CharRnn,
+        (x, y, seq): (&[u32], &[u32], usize),
+        state: &mut State,
+        dropout: f64,
+        rng: &mut Rng,
+    ) -> Result<Sums> {
+        let drop = (dropout > 0.0).then_some((dropout, rng));
+        self.window(model, (x, y, seq), state, drop, Mode::Train)
+    }
+
+    /// Loss and accuracy sums of a window, without gradients or dropout.
+    pub fn eval(
+        &mut self,
+        model: &CharRnn,
+        (x, y, seq): (&[u32], &[u32], usize),
+        state: &mut State,
+    ) -> Result<Sums> {
+        self.window(model, (x, y, seq), state, None, Mode::Eval)
+    }
+
+    /// Feeds `ids` (one stream) from `state` and returns the decoder's logits after the last one.
+    pub fn next_logits(
+        &mut self,
+        model: &CharRnn,
+        ids: &[u32],
+        state: &mut State,
+    ) -> Result<Vec<f32>> {
+        self.window(model, (ids, ids, ids.len()), state, None, Mode::Logits)?;
+        let v = self.dims.vocab;
+        match &self.ws {
+            Some(ws) => self.ops.download(ws.z.at((ids.len() - 1) * v), v),
+            None => Ok(vec![0.0; v]),
+        }
+    }
+
+    fn window(
+        &mut self,
+        model: &CharRnn,
+        (x, y, seq): (&[u32], &[u32], usize),
+        state: &mut State,
+        dropout: Option<(f64, &mut Rng)>,
+        mode: Mode,
+    ) -> Result<Sums> {
+        let ws = self.workspace(model, state.batch, seq)?;
+        let params = self.ops.bind_params(model)?;
+        let result = self.pass(&ws, &params, (x, y), state, dropout, mode);
+        self.ws = Some(ws);
+        result
+    }
+
+    fn pass(
+        &mut self,
+        ws: &Workspace,
+        p: &[Buf],
+        (x, y): (&[u32], &[u32]),
+        state: &mut State,
+        dropout: Option<(f64, &mut Rng)>,
+        mode: Mode,
+    ) -> Result<Sums> {
+        let n = x.len();
+        self.ops.upload(ws.ids_x.at(0), &ids_as_floats(x))?;
+        self.ops.upload(ws.ids_y.at(0), &ids_as_floats(y))?;
+        let dropped = dropout.is_some();
+        let top = self.forward(ws, p, state, dropout)?;
+        let v = self.dims.vocab;
+        let out = layer_slot(self.dims.layers);
+        self.ops.gemm(&product(
+            n,
+            v,
+            self.dims.hidden,
+            top,
+            false,
+            p[out].at(0),
+            true,
+            ws.z.at(0),
+        ))?;
+        self.ops.run(&Kernel::SoftmaxXent {
+            z: ws.z.at(0),
+            bias: p[out + 1].at(0),
+            targets: ws.ids_y.at(0),
+            loss: ws.loss.at(0),
+            hit: ws.hit.at(0),
+            rows: n,
+            cols: v,
+            scale: 1.0 / n as f32,
+            grad: mode == Mode::Train,
+        })?;
+        if mode == Mode::Logits {
+            return Ok(Sums {
+                loss: 0.0,
+                hits: 0.0,
+                count: n,
+            });
+        }
+        if mode == Mode::Train {
+            self.backward(ws, p, top, dropped)?;
+        }
+        let loss = self.ops.download(ws.loss.at(0), n)?;
+        let hits = self.ops.download(ws.hit.at(0), n)?;
+        Ok(Sums {
+            loss: loss.iter().map(|&l| l as f64).sum(),
+            hits: hits.iter().map(|&h| h as f64).sum(),
+            count: n,
+        })
+    }
+
+    /// Embedding and every layer through the window; returns the decoder's input `[N, H]` and
+    /// leaves the state after the window in `state`.
+    fn forward(
+        &mut self,
+        ws: &Workspace,
+        p: &[Buf],
+        state: &mut State,
+        mut dropout: Option<(f64, &mut Rng)>,
+    ) -> Result<At> {
+        let d = self.dims;
+        let n = ws.batch * ws.steps;
+        self.ops.run(&Kernel::Gather {
+            table: p[0].at(0),
+            ids: ws.ids_x.at(0),
+            out: ws.x0.at(0),
+            rows: n,
+            cols: d.embed_dim,
+        })?;
+        let (mut input, mut width) = (ws.x0.at(0), d.embed_dim);
+        for (k, l) in ws.layers.iter().enumerate() {
+            self.ops.upload(l.h0.at(0), &state.h[k])?;
+            self.ops.upload(l.c0.at(0), &state.c[k])?;
+            self.layer_forward(ws, p, k, (input, width))?;
+            for (from, to) in [(l.h, &mut state.h[k]), (l.c, &mut state.c[k])] {
+                *to = self.last_step(ws, l, from)?;
+            }
+            (input, width) = (l.h.at(0), d.hidden);
+            if let Some((p, rng)) = dropout.as_mut() {
+                let len = n * d.hidden;
+                let mask = super::reference::dropout_mask(len, *p, rng);
+                self.ops.upload(l.mask.at(0), &mask)?;
+                let (a, b, out) = (l.h.at(0), l.mask.at(0), l.dropped.at(0));
+                self.ops.run(&Kernel::Mul { a, b, out, n: len })?;
+                input = l.dropped.at(0);
+            }
+        }
+        Ok(input)
+    }
+
+    /// Layer `k` over the window from `input` (`[N, width]`): its gates, outputs and cells.
+    fn layer_forward(
+        &mut self,
+        ws: &Workspace,
+        p: &[Buf],
+        k: usize,
+        input: (At, usize),
+    ) -> Result<()> {
+        let (b, t, h) = (ws.batch, ws.steps, self.dims.hidden);
+        let l = &ws.layers[k];
+        let [w_ih, w_hh, b_ih, b_hh] = [0, 1, 2, 3].map(|i| p[layer_slot(k) + i].at(0));
+        let ops = &mut self.ops;
+        ops.gemm(&product(
+            b * t,
+            4 * h,
+            input.1,
+            input.0,
+            false,
+            w_ih,
+            true,
+            l.gates.at(0),
+        ))?;
+        for s in 0..t {
+            // The previous step's rows: the carried state at s = 0, else this window's.
+            let (h_prev, c_prev, ld_prev) = if s == 0 {
+                (l.h0.at(0), l.c0.at(0), h)
+            } else {
+                (l.h.at((s - 1) * h), l.c.at((s - 1) * h), t * h)
+            };
+            let gates = l.gates.at(s * 4 * h);
+            let (ldg, ld) = (t * 4 * h, t * h);
+            ops.gemm(&Gemm {
+                lda: ld_prev,
+                ldc: ldg,
+                beta: 1.0,
+                ..product(b, 4 * h, h, h_prev, false, w_hh, true, gates)
+            })?;
+            let (h_out, c_out) = (l.h.at(s * h), l.c.at(s * h));
+            ops.run(&Kernel::LstmStep {
+                gates,
+                ldg,
+                b_ih,
+                b_hh,
+                c_prev,
+                ld_prev,
+                h: h_out,
+                c: c_out,
+                ld,
+                batch: b,
+                hidden: h,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The last step's rows of `from` (`l.h` or `l.c`), `[B, H]`, on the host.
+    fn last_step(&mut self, ws: &Workspace, l: &LayerBufs, from: Buf) -> Result<Vec<f32>> {
+        let (b, t, h) = (ws.batch, ws.steps, self.dims.hidden);
+        self.ops.run(&Kernel::CopyRows {
+            src: from.at((t - 1) * h),
+            lds: t * h,
+            dst: l.last.at(0),
+            ldd: h,
+            rows: b,
+            cols: h,
+        })?;
+        self.ops.download(l.last.at(0), b * h)
+    }
+
+    /// The decoder's and every layer's gradients from the logits' gradient in `ws.z`, downloaded
+    /// into [`Fused::grads`].
+    fn backward(&mut self, ws: &Workspace, p: &[Buf], top: At, dropped: bool) -> Result<()> {
+        let d = self.dims;
+        let (n, h, v) = (ws.batch * ws.steps, d.hidden, d.vocab);
+        let out = layer_slot(d.layers);
+        let (g, z) = (&ws.grads, ws.z.at(0));
+        let ops = &mut self.ops;
+        ops.gemm(&product(v, h, n, z, true, top, false, g[out].at(0)))?;
+        ops.gemm(&product(
+            1,
+            v,
+            n,
+            ws.ones.at(0),
+            false,
+            z,
+            false,
+            g[out + 1].at(0),
+        ))?;
+        let top_dh = ws.layers[d.layers - 1].dh.at(0);
+        ops.gemm(&product(n, h, v, z, false, p[out].at(0), false, top_dh))?;
+        for k in (0..d.layers).rev() {
+            self.layer_backward(ws, p, k, dropped)?;
+        }
+        let (e, ops) = (d.embed_dim, &mut self.ops);
+        ops.run(&Kernel::Fill {
+            p: g[0].at(0),
+            n: d.vocab * e,
+            value: 0.0,
+        })?;
+        ops.run(&Kernel::ScatterAdd {
+            d: ws.dx0.at(0),
+            ids: ws.ids_x.at(0),
+            grad: g[0].at(0),
+            rows: n,
+            cols: e,
+        })?;
+        self.grads = g
+            .iter()
+            .zip(&ws.grad_sizes)
+            .map(|(buf, &len)| ops.download(buf.at(0), len))
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+
+    /// The recurrence backwards, step by step: each step's gates become their gradients, and the
+    /// gradient reaching the previous step's output through `w_hh` is added to its `dh`.
+    fn through_time_back(&mut self, ws: &Workspace, l: &LayerBufs, w_hh: At) -> Result<()> {
+        let (b, t, h) = (ws.batch, ws.steps, self.dims.hidden);
+        let ops = &mut self.ops;
+        ops.run(&Kernel::Fill {
+            p: l.dc.at(0),
+            n: b * h,
+            value: 0.0,
+        })?;
+        let (ldg, ld) = (t * 4 * h, t * h);
+        for s in (0..t).rev() {
+            let gates = l.gates.at(s * 4 * h);
+            ops.run(&Kernel::LstmStepBack {
+                gates,
+                ldg,
+                c: l.c.at(s * h),
+                c_prev: l.c_prev.at(s * h),
+                dh: l.dh.at(s * h),
+                ld,
+                dc: l.dc.at(0),
+                batch: b,
+                hidden: h,
+            })?;
+            if s > 0 {
+                let dh_prev = l.dh.at((s - 1) * h);
+                let into = product(b, h, 4 * h, gates, false, w_hh, false, dh_prev);
+                ops.gemm(&Gemm {
+                    lda: ldg,
+                    ldc: ld,
+                    beta: 1.0,
+                    ..into
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Layer `k` backwards through the window, from the gradient of its output in `l.dh`: its
+    /// parameters' gradients, and the gradient of its input (the layer below's `dh`, or the
+    /// embedded inputs').
+    fn layer_backward(&mut self, ws: &Workspace, p: &[Buf], k: usize, dropped: bool) -> Result<()> {
+        let d = self.dims;
+        let (b, t, h) = (ws.batch, ws.steps, d.hidden);
+        let n = b * t;
+        let l = &ws.layers[k];
+        let [w_ih, w_hh] = [0, 1].map(|i| p[layer_slot(k) + i].at(0));
+        let (input, width, d_input) = match k.checked_sub(1).map(|below| &ws.layers[below]) {
+            None => (ws.x0.at(0), d.embed_dim, ws.dx0.at(0)),
+            Some(below) => {
+                let input = if dropped { below.dropped } else { below.h };
+                (input.at(0), h, below.dh.at(0))
+            }
+        };
+        let ops = &mut self.ops;
+        if dropped {
+            let (a, m) = (l.dh.at(0), l.mask.at(0));
+            ops.run(&Kernel::Mul {
+                a,
+                b: m,
+                out: a,
+                n: n * h,
+            })?;
+        }
+        for (src, first, dst) in [(l.h, l.h0, l.h_prev), (l.c, l.c0, l.c_prev)] {
+            let (src, first, dst) = (src.at(0), first.at(0), dst.at(0));
+            ops.run(&Kernel::Shift {
+                src,
+                first,
+                dst,
+                batch: b,
+                steps: t,
+                cols: h,
+            })?;
+        }
+        self.through_time_back(ws, l, w_hh)?;
+        let ops = &mut self.ops;
+        let (g, slot, dg) = (&ws.grads, layer_slot(k), l.gates.at(0));
+        ops.gemm(&product(
+            4 * h,
+            width,
+            n,
+            dg,
+            true,
+            input,
+            false,
+            g[slot].at(0),
+        ))?;
+        ops.gemm(&product(
+            4 * h,
+            h,
+            n,
+            dg,
+            true,
+            l.h_prev.at(0),
+            false,
+            g[slot + 1].at(0),
+        ))?;
+        for bias in [slot + 2, slot + 3] {
+            ops.gemm(&product(
+                1,
+                4 * h,
+                n,
+                ws.ones.at(0),
+                false,
+                dg,
+                false,
+                g[bias].at(0),
+            ))?;
+        }
+        ops.gemm(&product(n, width, 4 * h, dg, false, w_ih, false, d_input))
+    }
+}
+
+/// A plain product `C = op(A)·op(B)` over packed matrices (leading dimensions their widths).
+#[allow(clippy::too_many_arguments)]
+fn product(m: usize, n: usize, k: usize, a: At, ta: bool, b: At, tb: bool, c: At) -> Gemm {
+    Gemm {
+        m,
+        n,
+        k,
+        a,
+        lda: if ta { m } else { k },
+        ta,
+        b,
+        ldb: if tb { k } else { n },
+        tb,
+        c,
+        ldc: n,
+        beta: 0.0,
+    }
+}

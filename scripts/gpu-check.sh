@@ -7,7 +7,9 @@
 # under $CHARLAB_DATA, and a python3 with torch built for CUDA (its nvidia/*/lib folders provide
 # cuBLAS and friends). Writes the log and the quickstart runs under $OUT (default ./gpu-out).
 #   scripts/gpu-check.sh [STEPS]          (default 100; timing starts after the first 30)
-# KERNELS="fused step" (the default) picks the CUDA paths measured (CHARLAB_CUDA_KERNELS of each run).
+# KERNELS="fused step" (the default) picks the CUDA paths measured (CHARLAB_CUDA_KERNELS of each run);
+# REPEATS (default 2) runs the table that many times, the sides alternating; PACK_STEPS (default
+# 400) is each packed trial's length (long enough that a process's start does not dominate).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-100}
@@ -15,6 +17,8 @@ bin=${BIN:-$PWD/target/cuda/release/charlab}
 py=${PYTHON:-python3}
 out=${OUT:-$PWD/gpu-out}
 kernels=${KERNELS:-fused step}
+repeats=${REPEATS:-2}
+pack_steps=${PACK_STEPS:-400}
 mkdir -p "$out"
 export CHARLAB_DATA=${CHARLAB_DATA:-$PWD/data}
 site=$($py -c 'import os, nvidia; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null || true)
@@ -52,7 +56,7 @@ steady() {
 
 row() { printf '| %s | %s | %s | %s | %s |\n' "$@"; }
 charlab_run() { # name kernels corpus embed hidden layers batch seq [extra toml]
-  local name=$1 k=$2 cfg=$work/$1-$2.toml dir=$work/$1-$2
+  local name=$1 k=$2 cfg=$work/$1-$2-$round.toml dir=$work/$1-$2-$round
   cat > "$cfg" <<TOML
 corpus = "$3"
 embed_dim = $4
@@ -104,8 +108,10 @@ config() { # name corpus embed hidden layers batch seq [extra toml]
 echo "== per-run tokens/s, $steps steps (steady: after step 30), peak GPU MiB =="
 row config side "tokens/s" "peak GPU MiB" "val loss"
 row --- --- --- --- ---
-config M hongloumeng 128 256 2 32 64 "$(printf '[clean]\nmax_chars = 95000')"
-config L hongloumeng 256 512 3 128 100
+for round in $(seq "$repeats"); do
+  config M hongloumeng 128 256 2 32 64 "$(printf '[clean]\nmax_chars = 95000')"
+  config L hongloumeng 256 512 3 128 100
+done
 
 echo "== packing: 4 trials of M on one GPU, one at a time vs all 4 at once =="
 for k in $kernels; do
@@ -120,8 +126,8 @@ trials_per_device = $per
 embed_dim = 128
 hidden = 256
 layers = 2
-max_steps = $steps
-eval_every = $steps
+max_steps = $pack_steps
+eval_every = $pack_steps
 histogram_every = 0
 sample_length = 20
 clean.max_chars = 95000
@@ -147,6 +153,15 @@ else
   tail -n 20 "$out/quickstart.log"
 fi
 tail -n 8 "$out/quickstart.log"
-tar -czf "$out/quickstart-runs.tar.gz" -C "$work/qs" .
+echo "== the quickstart's runs through TensorBoard's reader =="
+for run in "$work"/qs/quickstart/[0-9]*/; do
+  $py tests/tb_read.py "$run" | $py -c '
+import json, sys
+r = json.load(sys.stdin)
+print(sys.argv[1].rstrip("/").split("/")[-1], "scalars", len(r["scalars"]), "histograms", len(r["histograms"]),
+      "text", len(r["text"]), "graph nodes", len(r["graph_nodes"]), "hparams", sorted(r["hparams"].get("start", {}).get("hparams", {})),
+      "val/loss points", len(r["scalars"].get("val/loss", [])))' "$run"
+done
+(cd "$work/qs" && find . -name 'events.out.tfevents.*' -o -name '*.json' | tar -czf "$out/quickstart-runs.tar.gz" -T -)
 (cd "$work" && find . -maxdepth 2 \( -name '*.log' -o -name '*.json' -o -name '*.toml' \) -print0 \
   | tar -czf "$out/logs.tar.gz" --null -T -)

@@ -49,19 +49,20 @@ impl Hyper {
 
 /// One step's scalars for [`update`].
 #[derive(Debug, Clone, Copy)]
-struct StepScalars {
-    lr: f32,
+pub struct StepScalars {
+    pub lr: f32,
     /// Multiplies the raw gradient (global-norm clipping).
-    grad_scale: f32,
+    pub grad_scale: f32,
     /// Adam's bias corrections 1 − β^t.
-    bc1: f32,
-    bc2: f32,
+    pub bc1: f32,
+    pub bc2: f32,
 }
 
-/// The update rules, on one parameter's data. `s0`, `s1` are its state slots.
+/// The update rules, on one parameter's data. `s0`, `s1` are its state slots. The CUDA path's
+/// `optim_update` kernel is this function per element (its CPU mirror calls this one).
 // Indexing keeps each rule readable as the formula it implements, across four slices.
 #[allow(clippy::needless_range_loop)]
-fn update(h: &Hyper, k: StepScalars, p: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mut [f32]) {
+pub fn update(h: &Hyper, k: StepScalars, p: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mut [f32]) {
     let (lr, wd) = (k.lr, h.weight_decay);
     // L2 penalty as part of the gradient, except for AdamW whose decay is decoupled.
     let l2 = if h.kind == OptimizerKind::Adamw {
@@ -191,6 +192,9 @@ pub struct Optimizer {
     /// Steps taken (Adam's t).
     pub t: u64,
     state: Vec<[Vec<f32>; 2]>,
+    /// The state has moved on on a device since it was last copied here (the CUDA path keeps it
+    /// there between steps): [`Optimizer::tensors`] refuses until it is copied back.
+    pub on_device: bool,
 }
 
 impl Optimizer {
@@ -206,7 +210,12 @@ impl Optimizer {
                 ]
             })
             .collect();
-        Optimizer { hyper, t: 0, state }
+        Optimizer {
+            hyper,
+            t: 0,
+            state,
+            on_device: false,
+        }
     }
 
     /// Applies one update to `params` with their `grads` (same order), scaling the gradients by
@@ -218,14 +227,7 @@ impl Optimizer {
         lr: f64,
         grad_scale: f32,
     ) -> Result<()> {
-        self.t += 1;
-        let t = self.t as i32;
-        let k = StepScalars {
-            lr: lr as f32,
-            grad_scale,
-            bc1: 1.0 - self.hyper.beta1.powi(t),
-            bc2: 1.0 - self.hyper.beta2.powi(t),
-        };
+        let k = self.begin_step(lr, grad_scale);
         for ((var, grad), state) in params.iter().zip(grads).zip(self.state.iter_mut()) {
             if var.device().is_cpu() {
                 let op = InPlace {
@@ -245,8 +247,29 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Counts a step and returns its scalars for [`update`] (the host's or a device's).
+    pub fn begin_step(&mut self, lr: f64, grad_scale: f32) -> StepScalars {
+        self.t += 1;
+        let t = self.t as i32;
+        StepScalars {
+            lr: lr as f32,
+            grad_scale,
+            bc1: 1.0 - self.hyper.beta1.powi(t),
+            bc2: 1.0 - self.hyper.beta2.powi(t),
+        }
+    }
+
+    /// Each parameter's two state slots (an unused slot is empty), for a device to copy from
+    /// and back into.
+    pub fn slots_mut(&mut self) -> &mut [[Vec<f32>; 2]] {
+        &mut self.state
+    }
+
     /// The state as named tensors (for checkpoints), keyed `optim/<index>/<slot>`.
     pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
+        if self.on_device {
+            candle_core::bail!("the optimizer's state is on the device: copy it back first");
+        }
         let mut out = HashMap::new();
         for (i, slots) in self.state.iter().enumerate() {
             for (j, s) in slots.iter().enumerate() {
@@ -264,6 +287,7 @@ impl Optimizer {
     /// Restores the state saved by [`Optimizer::tensors`].
     pub fn load(&mut self, t: u64, tensors: &HashMap<String, Tensor>) -> Result<()> {
         self.t = t;
+        self.on_device = false;
         for (i, slots) in self.state.iter_mut().enumerate() {
             for (j, s) in slots.iter_mut().enumerate() {
                 if s.is_empty() {

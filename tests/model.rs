@@ -217,6 +217,240 @@ fn fused_path_matches_reference_loss_every_gradient_and_state() {
 }
 
 #[test]
+fn fused_path_trains_as_the_cpu_path_with_its_optimizer_state_on_the_device() {
+    // Three steps of each rule: the norm reduced on the device, the update applied there, the
+    // state copied back for a checkpoint — against the CPU path and the host optimizer.
+    use charlab::config::OptimizerKind;
+    use charlab::optim::{clip_scale, Hyper, Optimizer};
+    let d = dims(19, 6, 12, 2);
+    let (b, t) = (3, 5);
+    for kind in [
+        OptimizerKind::Adam,
+        OptimizerKind::Nesterov,
+        OptimizerKind::Rmsprop,
+    ] {
+        let hyper = Hyper {
+            kind,
+            momentum: 0.9,
+            beta1: 0.9,
+            beta2: 0.999,
+            rms_decay: 0.99,
+            eps: 1e-8,
+            weight_decay: 1e-3,
+        };
+        let mut runs = Vec::new();
+        for mut backend in [
+            Backend::Cpu(Box::new(CpuModel::new(d, Level::detect()))),
+            Backend::fused_host(d),
+        ] {
+            let model = CharRnn::new(d, 4, &Device::Cpu).unwrap();
+            let sizes: Vec<usize> = model.params().iter().map(|(_, v)| v.elem_count()).collect();
+            let mut opt = Optimizer::new(hyper, &sizes);
+            let (mut state, mut rng, mut data) =
+                (model.zero_state(b), Rng::new(2, 0), Rng::new(3, 0));
+            let mut norms = Vec::new();
+            for _ in 0..3 {
+                let x: Vec<u32> = (0..b * t).map(|_| (data.next_u64() % 19) as u32).collect();
+                let y: Vec<u32> = (0..b * t).map(|_| (data.next_u64() % 19) as u32).collect();
+                backend
+                    .train(&model, (&x, &y, t), &mut state, 0.2, &mut rng)
+                    .unwrap();
+                let norm = backend.grad_norm().unwrap();
+                norms.push(norm);
+                backend
+                    .update(&mut opt, &model, 3e-2, clip_scale(norm, 1.0))
+                    .unwrap();
+            }
+            let is_fused = matches!(backend, Backend::Fused(_));
+            assert_eq!(
+                opt.tensors().is_err(),
+                is_fused,
+                "a device's state is refused until copied back"
+            );
+            backend.sync_optimizer(&mut opt).unwrap();
+            let weights: Vec<f32> = model
+                .params()
+                .iter()
+                .flat_map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect();
+            let mut slots: Vec<_> = opt.tensors().unwrap().into_iter().collect();
+            slots.sort_by(|a, b| a.0.cmp(&b.0));
+            let slots: Vec<f32> = slots
+                .iter()
+                .flat_map(|(_, v)| v.to_vec1::<f32>().unwrap())
+                .collect();
+            runs.push((norms, weights, slots));
+        }
+        let ((cn, cw, cs), (fn_, fw, fs)) = (&runs[0], &runs[1]);
+        for (a, b) in cn.iter().zip(fn_) {
+            assert!((a - b).abs() / b < 1e-5, "{kind:?}: norm {a} vs {b}");
+        }
+        assert!(
+            rel_err(fw, cw) < 1e-5,
+            "{kind:?}: weights {}",
+            rel_err(fw, cw)
+        );
+        assert!(
+            rel_err(fs, cs) < 1e-4,
+            "{kind:?}: optimizer state {}",
+            rel_err(fs, cs)
+        );
+    }
+}
+
+#[test]
+fn every_kernel_the_fused_path_launches_is_declared_in_kernels_cu_with_its_arguments() {
+    // The CUDA side loads kernels by name and passes arguments by position: a name or an
+    // argument count that differs from kernels.cu fails only on a GPU, so it is checked here.
+    use charlab::config::OptimizerKind;
+    use charlab::model::fused::{Arg, Buf, Kernel};
+    use charlab::optim::{Hyper, StepScalars};
+    let cu = std::fs::read_to_string("src/model/fused/kernels.cu").unwrap();
+    let a = Buf(0).at(0);
+    let hyper = Hyper {
+        kind: OptimizerKind::Adam,
+        momentum: 0.9,
+        beta1: 0.9,
+        beta2: 0.999,
+        rms_decay: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let k = StepScalars {
+        lr: 1e-3,
+        grad_scale: 1.0,
+        bc1: 0.1,
+        bc2: 0.001,
+    };
+    let kernels = [
+        Kernel::Fill {
+            p: a,
+            n: 1,
+            value: 0.0,
+        },
+        Kernel::Gather {
+            table: a,
+            ids: a,
+            out: a,
+            rows: 1,
+            cols: 1,
+        },
+        Kernel::ScatterAdd {
+            d: a,
+            ids: a,
+            grad: a,
+            rows: 1,
+            cols: 1,
+        },
+        Kernel::LstmStep {
+            gates: a,
+            ldg: 1,
+            b_ih: a,
+            b_hh: a,
+            c_prev: a,
+            ld_prev: 1,
+            h: a,
+            c: a,
+            ld: 1,
+            batch: 1,
+            hidden: 1,
+        },
+        Kernel::LstmStepBack {
+            gates: a,
+            ldg: 1,
+            c: a,
+            c_prev: a,
+            dh: a,
+            ld: 1,
+            dc: a,
+            batch: 1,
+            hidden: 1,
+        },
+        Kernel::Shift {
+            src: a,
+            first: a,
+            dst: a,
+            batch: 1,
+            steps: 1,
+            cols: 1,
+        },
+        Kernel::Mul {
+            a,
+            b: a,
+            out: a,
+            n: 1,
+        },
+        Kernel::CopyRows {
+            src: a,
+            lds: 1,
+            dst: a,
+            ldd: 1,
+            rows: 1,
+            cols: 1,
+        },
+        Kernel::SoftmaxXent {
+            z: a,
+            bias: a,
+            targets: a,
+            loss: a,
+            hit: a,
+            rows: 1,
+            cols: 1,
+            scale: 1.0,
+            grad: true,
+        },
+        Kernel::SumSquares {
+            x: a,
+            n: 1,
+            out: a,
+            blocks: 1,
+        },
+        Kernel::OptimUpdate {
+            p: a,
+            g: a,
+            s0: a,
+            s1: a,
+            n: 1,
+            hyper,
+            k,
+        },
+    ];
+    let declared = cu.matches("extern \"C\" __global__ void").count();
+    assert_eq!(
+        declared,
+        kernels.len(),
+        "kernels.cu declares kernels the Rust side does not launch"
+    );
+    for kernel in kernels {
+        let (name, _, args) = kernel.signature();
+        let decl = format!("extern \"C\" __global__ void {name}(");
+        let at = cu
+            .find(&decl)
+            .unwrap_or_else(|| panic!("kernels.cu has no kernel {name}"));
+        let params = &cu[at + decl.len()..];
+        let params = &params[..params.find(')').unwrap()];
+        let types: Vec<&str> = params
+            .split(',')
+            .map(|p| p.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(
+            types.len(),
+            args.len(),
+            "{name}: kernels.cu takes {} arguments",
+            types.len()
+        );
+        for (t, arg) in types.iter().zip(&args) {
+            let ok = match arg {
+                Arg::Ptr(_) => *t == "float*" || *t == "const" || *t == "unsigned*",
+                Arg::Int(_) => *t == "int",
+                Arg::Float(_) => *t == "float",
+            };
+            assert!(ok, "{name}: {arg:?} passed where kernels.cu declares {t}");
+        }
+    }
+}
+
+#[test]
 fn lstm_parameters_are_pytorchs_and_drawn_as_it_draws_them() {
     let dims = Dims {
         vocab: 50,

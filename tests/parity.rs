@@ -99,6 +99,10 @@ fn backends(d: Dims) -> Vec<(String, Backend)> {
         })
         .collect();
     out.push(("reference".into(), Backend::Candle { grads: Vec::new() }));
+    out.push((
+        "fused (CUDA path's structure)".into(),
+        Backend::fused_host(d),
+    ));
     out
 }
 
@@ -135,7 +139,7 @@ fn one_window_gives_pytorchs_loss_gradients_and_state() {
     for (what, mut backend) in backends(m.dims) {
         let mut s = state(&f, &f["state"]);
         train_window(&mut backend, &m, (&x, &y, seq), &mut s, &w["loss"], &what);
-        for ((name, _), g) in m.params().iter().zip(backend.grads()) {
+        for ((name, _), g) in m.params().iter().zip(backend.grads().unwrap()) {
             let torch = torch_name(name).unwrap();
             let e = rel_err(g, &floats(&w["grads"][&torch]));
             assert!(
@@ -163,42 +167,52 @@ fn clipped_adam_steps_end_at_pytorchs_weights() {
     );
     let cfg = RunConfig::parse(&toml, Path::new("parity.toml")).unwrap();
     let seq = f["seq"].as_u64().unwrap() as usize;
-    let m = model(&f);
-    let sizes: Vec<usize> = m.params().iter().map(|(_, v)| v.elem_count()).collect();
-    let mut opt = Optimizer::new(Hyper::from_config(&cfg), &sizes);
-    // The fixture is PyTorch fp32: the products must be fp32 whatever `auto` would pick here.
-    let mut backend = Backend::for_model(&m, charlab::model::precision::Products::Fp32).unwrap();
-    let mut s = state(&f, &f["state"]);
-    for (i, step) in t["steps"].as_array().unwrap().iter().enumerate() {
-        let (x, y) = (ids(&step["x"]), ids(&step["y"]));
-        let what = format!("step {i}");
-        train_window(
-            &mut backend,
-            &m,
-            (&x, &y, seq),
-            &mut s,
-            &step["loss"],
-            &what,
-        );
-        let norm = optim::global_norm(backend.grads());
-        let want_norm = step["grad_norm"].as_f64().unwrap();
-        assert!(
-            (norm - want_norm).abs() / want_norm < 1e-4,
-            "step {i}: norm {norm} vs {want_norm}"
-        );
-        assert!(
-            norm > cfg.grad_clip,
-            "step {i}: the fixture should exercise clipping"
-        );
-        let params: Vec<&candle_core::Var> = m.params().iter().map(|(_, v)| v).collect();
-        let scale = optim::clip_scale(norm, cfg.grad_clip);
-        opt.step(&params, backend.grads(), cfg.lr, scale).unwrap();
+    // The CPU path with the host's optimizer, and the CUDA path's structure with the optimizer
+    // where its gradients are (the fixture is PyTorch fp32: the products must be fp32).
+    let paths: [fn(Dims) -> Backend; 2] = [
+        |d| Backend::Cpu(Box::new(CpuModel::new(d, Level::detect()))),
+        Backend::fused_host,
+    ];
+    for path in paths {
+        let m = model(&f);
+        let sizes: Vec<usize> = m.params().iter().map(|(_, v)| v.elem_count()).collect();
+        let mut opt = Optimizer::new(Hyper::from_config(&cfg), &sizes);
+        let mut backend = path(m.dims);
+        let mut s = state(&f, &f["state"]);
+        for (i, step) in t["steps"].as_array().unwrap().iter().enumerate() {
+            let (x, y) = (ids(&step["x"]), ids(&step["y"]));
+            let what = format!("{} step {i}", backend.name());
+            train_window(
+                &mut backend,
+                &m,
+                (&x, &y, seq),
+                &mut s,
+                &step["loss"],
+                &what,
+            );
+            let norm = backend.grad_norm().unwrap();
+            let want_norm = step["grad_norm"].as_f64().unwrap();
+            assert!(
+                (norm - want_norm).abs() / want_norm < 1e-4,
+                "{what}: norm {norm} vs {want_norm}"
+            );
+            assert!(
+                norm > cfg.grad_clip,
+                "{what}: the fixture should exercise clipping"
+            );
+            let scale = optim::clip_scale(norm, cfg.grad_clip);
+            backend.update(&mut opt, &m, cfg.lr, scale).unwrap();
+        }
+        for (name, var) in m.params() {
+            let torch = torch_name(name).unwrap();
+            let got = var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let e = rel_err(&got, &floats(&t["params_after"][&torch]));
+            assert!(
+                e < TOL,
+                "{}: {name} ({torch}) after the steps: rel err {e}",
+                backend.name()
+            );
+        }
+        assert_state(&s, &state(&f, &t["state_after"]), "after the steps");
     }
-    for (name, var) in m.params() {
-        let torch = torch_name(name).unwrap();
-        let got = var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let e = rel_err(&got, &floats(&t["params_after"][&torch]));
-        assert!(e < TOL, "{name} ({torch}) after the steps: rel err {e}");
-    }
-    assert_state(&s, &state(&f, &t["state_after"]), "after the steps");
 }

@@ -8,6 +8,7 @@ use super::cpu::{CpuModel, Pass, Sums};
 use super::fused::{host::HostOps, Fused};
 use super::precision::Products;
 use super::{reference, simd, CharRnn, State};
+use crate::optim::{self, Optimizer};
 use crate::rng::Rng;
 use candle_core::{Result, Tensor};
 
@@ -159,11 +160,43 @@ impl Backend {
     }
 
     /// The gradients of the last training window, in [`CharRnn::params`] order.
-    pub fn grads(&self) -> &[Vec<f32>] {
+    pub fn grads(&mut self) -> crate::Result<&[Vec<f32>]> {
         match self {
-            Backend::Cpu(cpu) => cpu.grads(),
-            Backend::Candle { grads } => grads,
+            Backend::Cpu(cpu) => Ok(cpu.grads()),
+            Backend::Candle { grads } => Ok(grads),
             Backend::Fused(f) => f.grads(),
+        }
+    }
+
+    /// The global L2 norm of the last training window's gradients (for clipping).
+    pub fn grad_norm(&mut self) -> crate::Result<f64> {
+        match self {
+            Backend::Fused(f) => f.grad_norm(),
+            other => Ok(optim::global_norm(other.grads()?)),
+        }
+    }
+
+    /// Applies `opt` to `model` with the last window's gradients scaled by `scale`: on the host,
+    /// or where the gradients are (the fused path keeps the optimizer's state on its device).
+    pub fn update(
+        &mut self,
+        opt: &mut Optimizer,
+        model: &CharRnn,
+        lr: f64,
+        scale: f32,
+    ) -> crate::Result<()> {
+        if let Backend::Fused(f) = self {
+            return f.apply(opt, model, lr, scale);
+        }
+        let params: Vec<&candle_core::Var> = model.params().iter().map(|(_, v)| v).collect();
+        Ok(opt.step(&params, self.grads()?, lr, scale)?)
+    }
+
+    /// Brings `opt`'s state back to the host where a device holds it (before a checkpoint).
+    pub fn sync_optimizer(&mut self, opt: &mut Optimizer) -> crate::Result<()> {
+        match self {
+            Backend::Fused(f) => f.sync_optimizer(opt),
+            _ => Ok(()),
         }
     }
 }

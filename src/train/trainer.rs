@@ -229,9 +229,7 @@ impl<'a> Trainer<'a> {
     /// Clips, writes the histograms when due, and applies the optimizer. Returns (lr, norm).
     fn update(&mut self, next_step: u64) -> Result<(f64, f64)> {
         let cfg = self.cfg;
-        let params: Vec<&candle_core::Var> = self.model.params().iter().map(|(_, v)| v).collect();
-        let grads = self.backend.grads();
-        let norm = optim::global_norm(grads);
+        let norm = self.backend.grad_norm()?;
         let lr = optim::lr_at(
             &self.now,
             self.cursor.step,
@@ -242,6 +240,7 @@ impl<'a> Trainer<'a> {
         if cfg.histogram_every > 0
             && (next_step.is_multiple_of(cfg.histogram_every) || next_step == 1)
         {
+            let grads = self.backend.grads()?;
             for ((name, var), g) in self.model.params().iter().zip(grads) {
                 let w = var.flatten_all()?.to_vec1::<f32>()?;
                 self.events
@@ -250,7 +249,8 @@ impl<'a> Trainer<'a> {
                     .histogram(&format!("gradients/{name}"), next_step, g)?;
             }
         }
-        self.optimizer.step(&params, grads, lr, scale)?;
+        self.backend
+            .update(&mut self.optimizer, &self.model, lr, scale)?;
         Ok((lr, norm))
     }
 
@@ -399,6 +399,7 @@ impl<'a> Trainer<'a> {
         // would start from, so a resume never loses points it will not rewrite.
         self.events.sync()?;
         let mut tensors = self.model.tensors();
+        self.backend.sync_optimizer(&mut self.optimizer)?;
         tensors.extend(self.optimizer.tensors()?);
         tensors.extend(self.state.to_tensors()?);
         checkpoint::save_last(&self.run, &tensors, &self.cursor)?;

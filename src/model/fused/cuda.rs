@@ -15,17 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused_kernels.ptx"));
-const KERNELS: [&str; 9] = [
-    "fill",
-    "gather",
-    "scatter_add",
-    "lstm_step",
-    "lstm_step_back",
-    "shift",
-    "mul",
-    "copy_rows",
-    "softmax_xent",
-];
 
 fn err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Device(format!("cuda {what}: {e}"))
@@ -49,15 +38,10 @@ pub struct CudaOps {
 impl CudaOps {
     pub fn new(device: &Device) -> Result<CudaOps> {
         let dev = device.as_cuda_device()?.clone();
-        let mut funcs = HashMap::new();
-        for name in KERNELS {
-            let f = dev.get_or_load_custom_func(name, "charlab_fused", PTX)?;
-            funcs.insert(name, f.into_cuda_function());
-        }
         Ok(CudaOps {
             stream: dev.cuda_stream(),
             dev,
-            funcs,
+            funcs: HashMap::new(),
             bufs: Vec::new(),
             params: Vec::new(),
         })
@@ -79,11 +63,20 @@ impl CudaOps {
         }
     }
 
-    fn launch(&self, name: &str, (grid, block): (u32, u32), args: &[Arg]) -> Result<()> {
-        let f = self
-            .funcs
-            .get(name)
-            .ok_or_else(|| Error::Device(format!("cuda: no kernel {name}")))?;
+    fn launch(
+        &mut self,
+        name: &'static str,
+        (grid, block): (u32, u32),
+        args: &[Arg],
+    ) -> Result<()> {
+        if !self.funcs.contains_key(name) {
+            // Loaded on first use: the module once, each function by the name it is launched by.
+            let f = self
+                .dev
+                .get_or_load_custom_func(name, "charlab_fused", PTX)?;
+            self.funcs.insert(name, f.into_cuda_function());
+        }
+        let f = &self.funcs[name];
         // Pointers resolved first: the builder keeps references to its arguments.
         let ptrs: Vec<u64> = args
             .iter()
@@ -148,6 +141,10 @@ impl Ops for CudaOps {
         Ok(self.params.clone())
     }
 
+    fn store_params(&mut self, _model: &CharRnn) -> Result<()> {
+        Ok(())
+    }
+
     fn upload(&mut self, at: At, data: &[f32]) -> Result<()> {
         let stream = self.stream.clone();
         let slice = self.owned(at)?;
@@ -205,6 +202,7 @@ impl Ops for CudaOps {
         let grid = match grid {
             Grid::Elements(n) => (n.div_ceil(256) as u32, 256),
             Grid::RowBlocks(rows) => (rows as u32, 256),
+            Grid::Blocks(blocks) => (blocks as u32, 256),
         };
         self.launch(name, grid, &args)
     }

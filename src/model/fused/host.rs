@@ -52,6 +52,15 @@ impl Ops for HostOps {
         Ok(self.params.clone())
     }
 
+    fn store_params(&mut self, model: &CharRnn) -> Result<()> {
+        for ((_, var), buf) in model.params().iter().zip(&self.params) {
+            let data =
+                candle_core::Tensor::from_slice(&self.bufs[buf.0], var.shape(), var.device())?;
+            var.set(&data)?;
+        }
+        Ok(())
+    }
+
     fn upload(&mut self, at: At, data: &[f32]) -> Result<()> {
         self.bufs[at.buf.0][at.off..at.off + data.len()].copy_from_slice(data);
         Ok(())
@@ -162,6 +171,8 @@ impl Ops for HostOps {
                 }
             }
             Kernel::SoftmaxXent { .. } => self.softmax_xent(k),
+            Kernel::SumSquares { .. } => self.sum_squares(k),
+            Kernel::OptimUpdate { .. } => self.optim_update(k)?,
         }
         Ok(())
     }
@@ -288,5 +299,46 @@ impl HostOps {
                 }
             }
         }
+    }
+
+    fn sum_squares(&mut self, k: &Kernel) {
+        let Kernel::SumSquares { x, n, out, blocks } = *k else {
+            return;
+        };
+        // As the kernel: block b's threads stride over x, 256 · blocks apart.
+        for b in 0..blocks {
+            let mut sum = 0.0f64;
+            for t in 0..256 {
+                let mut i = b * 256 + t;
+                while i < n {
+                    sum += (self.get(x, i) as f64).powi(2);
+                    i += blocks * 256;
+                }
+            }
+            self.set(out, b, sum as f32);
+        }
+    }
+
+    /// The optimizer's own rule ([`crate::optim::update`]) is the kernel's reference.
+    fn optim_update(&mut self, k: &Kernel) -> Result<()> {
+        let Kernel::OptimUpdate {
+            p,
+            g,
+            s0,
+            s1,
+            n,
+            hyper,
+            k,
+        } = *k
+        else {
+            return Ok(());
+        };
+        let take = |s: &Self, at: At| s.bufs[at.buf.0][at.off..at.off + n].to_vec();
+        let (mut pv, gv) = (take(self, p), take(self, g));
+        let (mut a, mut b) = (take(self, s0), take(self, s1));
+        crate::optim::update(&hyper, k, &mut pv, &gv, &mut a, &mut b);
+        self.upload(p, &pv)?;
+        self.upload(s0, &a)?;
+        self.upload(s1, &b)
     }
 }

@@ -144,3 +144,54 @@ extern "C" __global__ void softmax_xent(float* z, const float* bias, const unsig
     zr[j] = (p - (j == (int)t ? 1.0f : 0.0f)) * scale;
   }
 }
+
+// Partial sums of squares of x [n]: block k writes out[k]; gridDim.x * 256 threads stride over x
+// (the host adds the partials in double: the global norm for clipping).
+extern "C" __global__ void sum_squares(const float* x, int n, float* out) {
+  __shared__ double sv[256];
+  int tid = threadIdx.x;
+  double s = 0.0;
+  for (int i = blockIdx.x * blockDim.x + tid; i < n; i += gridDim.x * blockDim.x) s += (double)x[i] * x[i];
+  sv[tid] = s;
+  __syncthreads();
+  for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+    if (tid < k) sv[tid] += sv[tid + k];
+    __syncthreads();
+  }
+  if (tid == 0) out[blockIdx.x] = (float)sv[0];
+}
+
+// One optimizer step on one parameter, element i: optim.rs's `update`, rule for rule. `kind`:
+// 0 sgd, 1 momentum, 2 nesterov, 3 adagrad, 4 rmsprop, 5 adam, 6 adamw.
+extern "C" __global__ void optim_update(float* p, const float* g, float* s0, float* s1, int n, int kind,
+                                        float lr, float grad_scale, float bc1, float bc2, float momentum,
+                                        float beta1, float beta2, float rms_decay, float eps, float wd) {
+  int i = flat_index();
+  if (i >= n) return;
+  float l2 = kind == 6 ? 0.0f : wd;
+  float pv = p[i];
+  float d = g[i] * grad_scale + l2 * pv;
+  if (kind == 0) {
+    p[i] = pv - lr * d;
+  } else if (kind == 1) {
+    s0[i] = momentum * s0[i] - lr * d;
+    p[i] = pv + s0[i];
+  } else if (kind == 2) {
+    float v_prev = s0[i];
+    s0[i] = momentum * s0[i] - lr * d;
+    p[i] = pv + (-momentum * v_prev + (1.0f + momentum) * s0[i]);
+  } else if (kind == 3) {
+    s0[i] += d * d;
+    p[i] = pv - lr * d / (sqrtf(s0[i]) + eps);
+  } else if (kind == 4) {
+    s0[i] = rms_decay * s0[i] + (1.0f - rms_decay) * d * d;
+    p[i] = pv - lr * d / (sqrtf(s0[i]) + eps);
+  } else {
+    float decay = kind == 6 ? 1.0f - lr * wd : 1.0f;
+    s0[i] = beta1 * s0[i] + (1.0f - beta1) * d;
+    s1[i] = beta2 * s1[i] + (1.0f - beta2) * d * d;
+    float m = s0[i] / bc1;
+    float v = s1[i] / bc2;
+    p[i] = pv * decay - lr * m / (sqrtf(v) + eps);
+  }
+}

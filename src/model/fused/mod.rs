@@ -15,6 +15,8 @@ pub mod host;
 
 use super::cpu::Sums;
 use super::{layer_slot, CharRnn, Dims, State};
+use crate::config::OptimizerKind;
+use crate::optim::{Hyper, Optimizer, StepScalars};
 use crate::rng::Rng;
 use crate::Result;
 
@@ -133,6 +135,23 @@ pub enum Kernel {
         scale: f32,
         grad: bool,
     },
+    /// Partial sums of squares of `x` `[n]`: `blocks` of them into `out`.
+    SumSquares {
+        x: At,
+        n: usize,
+        out: At,
+        blocks: usize,
+    },
+    /// One optimizer step on one parameter `p` `[n]` with gradient `g` and state `s0`, `s1`.
+    OptimUpdate {
+        p: At,
+        g: At,
+        s0: At,
+        s1: At,
+        n: usize,
+        hyper: Hyper,
+        k: StepScalars,
+    },
 }
 
 /// A kernel argument, as `kernels.cu` declares it.
@@ -143,11 +162,26 @@ pub enum Arg {
     Float(f32),
 }
 
-/// How a kernel is launched: one thread per element, or one 256-thread block per row.
+/// How a kernel is launched: one thread per element, or one 256-thread block per row, or a
+/// given number of 256-thread blocks.
 #[derive(Debug, Clone, Copy)]
 pub enum Grid {
     Elements(usize),
     RowBlocks(usize),
+    Blocks(usize),
+}
+
+/// `optim_update`'s number for each rule.
+fn optimizer_code(kind: OptimizerKind) -> usize {
+    match kind {
+        OptimizerKind::Sgd => 0,
+        OptimizerKind::Momentum => 1,
+        OptimizerKind::Nesterov => 2,
+        OptimizerKind::Adagrad => 3,
+        OptimizerKind::Rmsprop => 4,
+        OptimizerKind::Adam => 5,
+        OptimizerKind::Adamw => 6,
+    }
 }
 
 impl Kernel {
@@ -263,6 +297,47 @@ impl Kernel {
                 let args = [args, vec![F(scale), i(grad as usize)]].concat();
                 ("softmax_xent", Grid::RowBlocks(rows), args)
             }
+            _ => self.update_signature(),
+        }
+    }
+
+    /// [`Kernel::signature`] of the clipping norm's and the optimizer's kernels.
+    fn update_signature(&self) -> (&'static str, Grid, Vec<Arg>) {
+        use Arg::{Float as F, Ptr as P};
+        let i = |n: usize| Arg::Int(n as i32);
+        match *self {
+            Kernel::SumSquares { x, n, out, blocks } => (
+                "sum_squares",
+                Grid::Blocks(blocks),
+                vec![P(x), i(n), P(out)],
+            ),
+            Kernel::OptimUpdate {
+                p,
+                g,
+                s0,
+                s1,
+                n,
+                hyper: h,
+                k,
+            } => {
+                let rule = vec![P(p), P(g), P(s0), P(s1), i(n), i(optimizer_code(h.kind))];
+                let step = [
+                    k.lr,
+                    k.grad_scale,
+                    k.bc1,
+                    k.bc2,
+                    h.momentum,
+                    h.beta1,
+                    h.beta2,
+                ];
+                let more = [h.rms_decay, h.eps, h.weight_decay];
+                let floats = step.into_iter().chain(more).map(F);
+                (
+                    "optim_update",
+                    Grid::Elements(n),
+                    rule.into_iter().chain(floats).collect(),
+                )
+            }
             _ => unreachable!("signature() answers the other kernels"),
         }
     }
@@ -275,6 +350,9 @@ pub trait Ops {
     /// The model's parameters as buffers, in [`CharRnn::params`] order (the device's own memory
     /// where it can, a copy otherwise); valid until the parameters change.
     fn bind_params(&mut self, model: &CharRnn) -> Result<Vec<Buf>>;
+    /// Makes changes made to the bound parameters the model's (a copy is written back; the
+    /// device's own memory needs nothing).
+    fn store_params(&mut self, model: &CharRnn) -> Result<()>;
     fn upload(&mut self, at: At, data: &[f32]) -> Result<()>;
     /// Waits for the work before it.
     fn download(&mut self, at: At, n: usize) -> Result<Vec<f32>>;
@@ -299,13 +377,19 @@ struct LayerBufs {
     /// `[N, H]`: the output after dropout, and its mask (training with dropout only).
     dropped: Buf,
     mask: Buf,
-    /// `[B, H]`: the carried state in, the state after the window, the cell's carried gradient.
+    /// `[B, H]`: the carried state in, and the cell's carried gradient.
     h0: Buf,
     c0: Buf,
-    last: Buf,
     dc: Buf,
     /// `[N, H]`: the loss's gradient with respect to this layer's output.
     dh: Buf,
+}
+
+impl Workspace {
+    fn tail_len(&self, d: Dims) -> usize {
+        let n = self.batch * self.steps;
+        2 * n + 2 * d.layers * self.batch * d.hidden
+    }
 }
 
 /// Buffers for one (batch, steps) shape; kept between windows of that shape.
@@ -320,8 +404,9 @@ struct Workspace {
     layers: Vec<LayerBufs>,
     /// `[N, V]`: logits, then their gradient.
     z: Buf,
-    loss: Buf,
-    hit: Buf,
+    /// What the host reads after a window, in one copy: each row's loss `[N]`, whether its
+    /// arg-max hit `[N]`, and per layer the state after the window (`h`, then `c`, `[B, H]`).
+    tail: Buf,
     ones: Buf,
     /// One per parameter, and their element counts.
     grads: Vec<Buf>,
@@ -334,16 +419,17 @@ pub struct Fused {
     ops: Box<dyn Ops>,
     dims: Dims,
     ws: Option<Workspace>,
+    /// The last training window's gradients on the host, when asked for (histograms, tests).
     grads: Vec<Vec<f32>>,
+    grads_fresh: bool,
+    /// The optimizer's two state slots per parameter, kept on the device between steps.
+    opt: Vec<[Buf; 2]>,
+    /// [`NORM_BLOCKS`] partial sums of squares per parameter.
+    partials: Option<Buf>,
 }
 
-/// What a forward pass is for.
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Train,
-    Eval,
-    Logits,
-}
+/// Blocks of `sum_squares` per parameter: enough to fill the device on the largest ones.
+const NORM_BLOCKS: usize = 128;
 
 impl Fused {
     pub fn new(ops: Box<dyn Ops>, dims: Dims) -> Self {
@@ -352,11 +438,109 @@ impl Fused {
             dims,
             ws: None,
             grads: Vec::new(),
+            grads_fresh: true,
+            opt: Vec::new(),
+            partials: None,
         }
     }
 
-    pub fn grads(&self) -> &[Vec<f32>] {
-        &self.grads
+    /// The last training window's gradients, in [`CharRnn::params`] order (copied from the
+    /// device on the first call after the window).
+    pub fn grads(&mut self) -> Result<&[Vec<f32>]> {
+        if !self.grads_fresh {
+            if let Some(ws) = &self.ws {
+                self.grads = (ws.grads.iter().zip(&ws.grad_sizes))
+                    .map(|(buf, &len)| self.ops.download(buf.at(0), len))
+                    .collect::<Result<_>>()?;
+            }
+            self.grads_fresh = true;
+        }
+        Ok(&self.grads)
+    }
+
+    /// The global L2 norm of the last window's gradients, reduced on the device.
+    pub fn grad_norm(&mut self) -> Result<f64> {
+        let Some(ws) = &self.ws else { return Ok(0.0) };
+        let count = ws.grads.len();
+        let partials = match self.partials {
+            Some(p) => p,
+            None => *self.partials.insert(self.ops.alloc(count * NORM_BLOCKS)?),
+        };
+        for (i, (g, &n)) in ws.grads.iter().zip(&ws.grad_sizes).enumerate() {
+            let out = partials.at(i * NORM_BLOCKS);
+            let blocks = NORM_BLOCKS;
+            self.ops.run(&Kernel::SumSquares {
+                x: g.at(0),
+                n,
+                out,
+                blocks,
+            })?;
+        }
+        let sums = self.ops.download(partials.at(0), count * NORM_BLOCKS)?;
+        Ok(sums.iter().map(|&x| x as f64).sum::<f64>().sqrt())
+    }
+
+    /// One optimizer step on the device with the last window's gradients; the optimizer's state
+    /// stays there ([`Optimizer::on_device`]) until [`Fused::sync_optimizer`].
+    pub fn apply(
+        &mut self,
+        opt: &mut Optimizer,
+        model: &CharRnn,
+        lr: f64,
+        scale: f32,
+    ) -> Result<()> {
+        let Some(ws) = &self.ws else { return Ok(()) };
+        if self.opt.is_empty() {
+            for &n in &ws.grad_sizes {
+                self.opt.push([self.ops.alloc(n)?, self.ops.alloc(n)?]);
+            }
+        }
+        if !opt.on_device {
+            for (slots, bufs) in opt.slots_mut().iter().zip(&self.opt) {
+                for (s, buf) in slots.iter().zip(bufs) {
+                    if !s.is_empty() {
+                        self.ops.upload(buf.at(0), s)?;
+                    }
+                }
+            }
+            opt.on_device = true;
+        }
+        let (hyper, k) = (opt.hyper, opt.begin_step(lr, scale));
+        let params = self.ops.bind_params(model)?;
+        for (((p, g), [s0, s1]), &n) in params
+            .iter()
+            .zip(&ws.grads)
+            .zip(&self.opt)
+            .zip(&ws.grad_sizes)
+        {
+            let (p, g, s0, s1) = (p.at(0), g.at(0), s0.at(0), s1.at(0));
+            self.ops.run(&Kernel::OptimUpdate {
+                p,
+                g,
+                s0,
+                s1,
+                n,
+                hyper,
+                k,
+            })?;
+        }
+        self.ops.store_params(model)
+    }
+
+    /// Copies the optimizer's state back from the device (before a checkpoint).
+    pub fn sync_optimizer(&mut self, opt: &mut Optimizer) -> Result<()> {
+        if !opt.on_device {
+            return Ok(());
+        }
+        for (slots, bufs) in opt.slots_mut().iter_mut().zip(&self.opt) {
+            for (s, buf) in slots.iter_mut().zip(bufs) {
+                if !s.is_empty() {
+                    *s = self.ops.download(buf.at(0), s.len())?;
+                }
+            }
+        }
+        opt.on_device = false;
+        Ok(())
     }
 
     /// The workspace for `batch` × `steps`, made anew when the shape changes.
@@ -381,7 +565,6 @@ impl Fused {
                 mask: ops.alloc(n * h)?,
                 h0: ops.alloc(batch * h)?,
                 c0: ops.alloc(batch * h)?,
-                last: ops.alloc(batch * h)?,
                 dc: ops.alloc(batch * h)?,
                 dh: ops.alloc(n * h)?,
             });
@@ -406,8 +589,7 @@ impl Fused {
             dx0: ops.alloc(n * d.embed_dim)?,
             layers,
             z: ops.alloc(n * d.vocab)?,
-            loss: ops.alloc(n)?,
-            hit: ops.alloc(n)?,
+            tail: ops.alloc(2 * n + 2 * d.layers * batch * h)?,
             ones,
             grads,
             grad_sizes,
@@ -424,7 +606,7 @@ impl Fused {
         rng: &mut Rng,
     ) -> Result<Sums> {
         let drop = (dropout > 0.0).then_some((dropout, rng));
-        self.window(model, (x, y, seq), state, drop, Mode::Train)
+        self.window(model, (x, y, seq), state, drop, true)
     }
 
     /// Loss and accuracy sums of a window, without gradients or dropout.
@@ -434,7 +616,7 @@ impl Fused {
         (x, y, seq): (&[u32], &[u32], usize),
         state: &mut State,
     ) -> Result<Sums> {
-        self.window(model, (x, y, seq), state, None, Mode::Eval)
+        self.window(model, (x, y, seq), state, None, false)
     }
 
     /// Feeds `ids` (one stream) from `state` and returns the decoder's logits after the last one.
@@ -444,7 +626,7 @@ impl Fused {
         ids: &[u32],
         state: &mut State,
     ) -> Result<Vec<f32>> {
-        self.window(model, (ids, ids, ids.len()), state, None, Mode::Logits)?;
+        self.window(model, (ids, ids, ids.len()), state, None, false)?;
         let v = self.dims.vocab;
         match &self.ws {
             Some(ws) => self.ops.download(ws.z.at((ids.len() - 1) * v), v),
@@ -458,11 +640,11 @@ impl Fused {
         (x, y, seq): (&[u32], &[u32], usize),
         state: &mut State,
         dropout: Option<(f64, &mut Rng)>,
-        mode: Mode,
+        train: bool,
     ) -> Result<Sums> {
         let ws = self.workspace(model, state.batch, seq)?;
         let params = self.ops.bind_params(model)?;
-        let result = self.pass(&ws, &params, (x, y), state, dropout, mode);
+        let result = self.pass(&ws, &params, (x, y), state, dropout, train);
         self.ws = Some(ws);
         result
     }
@@ -474,7 +656,7 @@ impl Fused {
         (x, y): (&[u32], &[u32]),
         state: &mut State,
         dropout: Option<(f64, &mut Rng)>,
-        mode: Mode,
+        train: bool,
     ) -> Result<Sums> {
         let n = x.len();
         self.ops.upload(ws.ids_x.at(0), &ids_as_floats(x))?;
@@ -497,25 +679,26 @@ impl Fused {
             z: ws.z.at(0),
             bias: p[out + 1].at(0),
             targets: ws.ids_y.at(0),
-            loss: ws.loss.at(0),
-            hit: ws.hit.at(0),
+            loss: ws.tail.at(0),
+            hit: ws.tail.at(n),
             rows: n,
             cols: v,
             scale: 1.0 / n as f32,
-            grad: mode == Mode::Train,
+            grad: train,
         })?;
-        if mode == Mode::Logits {
-            return Ok(Sums {
-                loss: 0.0,
-                hits: 0.0,
-                count: n,
-            });
-        }
-        if mode == Mode::Train {
+        if train {
             self.backward(ws, p, top, dropped)?;
         }
-        let loss = self.ops.download(ws.loss.at(0), n)?;
-        let hits = self.ops.download(ws.hit.at(0), n)?;
+        let tail = self.ops.download(ws.tail.at(0), ws.tail_len(self.dims))?;
+        let (loss, rest) = tail.split_at(n);
+        let (hits, states) = rest.split_at(n);
+        let (h, c) = (&mut state.h, &mut state.c);
+        let mut states = states.chunks(state.batch * self.dims.hidden);
+        for (h, c) in h.iter_mut().zip(c) {
+            for to in [h, c] {
+                to.copy_from_slice(states.next().unwrap_or_default());
+            }
+        }
         Ok(Sums {
             loss: loss.iter().map(|&l| l as f64).sum(),
             hits: hits.iter().map(|&h| h as f64).sum(),
@@ -546,8 +729,8 @@ impl Fused {
             self.ops.upload(l.h0.at(0), &state.h[k])?;
             self.ops.upload(l.c0.at(0), &state.c[k])?;
             self.layer_forward(ws, p, k, (input, width))?;
-            for (from, to) in [(l.h, &mut state.h[k]), (l.c, &mut state.c[k])] {
-                *to = self.last_step(ws, l, from)?;
+            for (j, from) in [l.h, l.c].into_iter().enumerate() {
+                self.last_step(ws, from, 2 * k + j)?;
             }
             (input, width) = (l.h.at(0), d.hidden);
             if let Some((p, rng)) = dropout.as_mut() {
@@ -617,18 +800,18 @@ impl Fused {
         Ok(())
     }
 
-    /// The last step's rows of `from` (`l.h` or `l.c`), `[B, H]`, on the host.
-    fn last_step(&mut self, ws: &Workspace, l: &LayerBufs, from: Buf) -> Result<Vec<f32>> {
+    /// Copies the last step's rows of `from` (a layer's `h` or `c`) into `ws.tail`'s `slot`th
+    /// state, for the one copy to the host after the window.
+    fn last_step(&mut self, ws: &Workspace, from: Buf, slot: usize) -> Result<()> {
         let (b, t, h) = (ws.batch, ws.steps, self.dims.hidden);
         self.ops.run(&Kernel::CopyRows {
             src: from.at((t - 1) * h),
             lds: t * h,
-            dst: l.last.at(0),
+            dst: ws.tail.at(2 * b * t + slot * b * h),
             ldd: h,
             rows: b,
             cols: h,
-        })?;
-        self.ops.download(l.last.at(0), b * h)
+        })
     }
 
     /// The decoder's and every layer's gradients from the logits' gradient in `ws.z`, downloaded
@@ -668,11 +851,7 @@ impl Fused {
             rows: n,
             cols: e,
         })?;
-        self.grads = g
-            .iter()
-            .zip(&ws.grad_sizes)
-            .map(|(buf, &len)| ops.download(buf.at(0), len))
-            .collect::<Result<_>>()?;
+        self.grads_fresh = false;
         Ok(())
     }
 

@@ -303,7 +303,7 @@ fn every_kernel_the_fused_path_launches_is_declared_in_kernels_cu_with_its_argum
     // The CUDA side loads kernels by name and passes arguments by position: a name or an
     // argument count that differs from kernels.cu fails only on a GPU, so it is checked here.
     use charlab::config::OptimizerKind;
-    use charlab::model::fused::{Arg, Buf, Kernel};
+    use charlab::model::fused::{Arg, Buf, ById, Cell, CellBack, Kernel, Xent};
     use charlab::optim::{Hyper, StepScalars};
     let cu = std::fs::read_to_string("src/model/fused/kernels.cu").unwrap();
     let a = Buf(0).at(0);
@@ -328,21 +328,21 @@ fn every_kernel_the_fused_path_launches_is_declared_in_kernels_cu_with_its_argum
             n: 1,
             value: 0.0,
         },
-        Kernel::Gather {
+        Kernel::Gather(ById {
             table: a,
             ids: a,
-            out: a,
+            dense: a,
             rows: 1,
             cols: 1,
-        },
-        Kernel::ScatterAdd {
-            d: a,
+        }),
+        Kernel::ScatterAdd(ById {
+            dense: a,
             ids: a,
-            grad: a,
+            table: a,
             rows: 1,
             cols: 1,
-        },
-        Kernel::LstmStep {
+        }),
+        Kernel::LstmStep(Cell {
             gates: a,
             ldg: 1,
             b_ih: a,
@@ -354,8 +354,8 @@ fn every_kernel_the_fused_path_launches_is_declared_in_kernels_cu_with_its_argum
             ld: 1,
             batch: 1,
             hidden: 1,
-        },
-        Kernel::LstmStepBack {
+        }),
+        Kernel::LstmStepBack(CellBack {
             gates: a,
             ldg: 1,
             c: a,
@@ -365,7 +365,7 @@ fn every_kernel_the_fused_path_launches_is_declared_in_kernels_cu_with_its_argum
             dc: a,
             batch: 1,
             hidden: 1,
-        },
+        }),
         Kernel::Shift {
             src: a,
             first: a,
@@ -388,7 +388,7 @@ fn every_kernel_the_fused_path_launches_is_declared_in_kernels_cu_with_its_argum
             rows: 1,
             cols: 1,
         },
-        Kernel::SoftmaxXent {
+        Kernel::SoftmaxXent(Xent {
             z: a,
             bias: a,
             targets: a,
@@ -398,7 +398,7 @@ fn every_kernel_the_fused_path_launches_is_declared_in_kernels_cu_with_its_argum
             cols: 1,
             scale: 1.0,
             grad: true,
-        },
+        }),
         Kernel::SumSquares {
             x: a,
             n: 1,

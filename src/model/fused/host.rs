@@ -3,7 +3,7 @@
 //! check [`super::Fused`]'s strides, transposes and order through time on any machine. Plain and
 //! slow on purpose: nothing trains on it.
 
-use super::{At, Buf, Gemm, Kernel, Ops};
+use super::{At, Buf, Cell, CellBack, Gemm, Kernel, Ops, Xent};
 use crate::model::CharRnn;
 use crate::Result;
 
@@ -103,35 +103,23 @@ impl Ops for HostOps {
     fn run(&mut self, k: &Kernel) -> Result<()> {
         match *k {
             Kernel::Fill { p, n, value } => (0..n).for_each(|i| self.set(p, i, value)),
-            Kernel::Gather {
-                table,
-                ids,
-                out,
-                rows,
-                cols,
-            } => {
-                for i in 0..rows * cols {
-                    let (r, j) = (i / cols, i % cols);
-                    let v = self.get(table, self.id(ids, r) * cols + j);
-                    self.set(out, i, v);
+            Kernel::Gather(a) => {
+                for i in 0..a.rows * a.cols {
+                    let (r, j) = (i / a.cols, i % a.cols);
+                    let v = self.get(a.table, self.id(a.ids, r) * a.cols + j);
+                    self.set(a.dense, i, v);
                 }
             }
-            Kernel::ScatterAdd {
-                d,
-                ids,
-                grad,
-                rows,
-                cols,
-            } => {
-                for i in 0..rows * cols {
-                    let (r, j) = (i / cols, i % cols);
-                    let at = self.id(ids, r) * cols + j;
-                    let v = self.get(grad, at) + self.get(d, i);
-                    self.set(grad, at, v);
+            Kernel::ScatterAdd(a) => {
+                for i in 0..a.rows * a.cols {
+                    let (r, j) = (i / a.cols, i % a.cols);
+                    let at = self.id(a.ids, r) * a.cols + j;
+                    let v = self.get(a.table, at) + self.get(a.dense, i);
+                    self.set(a.table, at, v);
                 }
             }
-            Kernel::LstmStep { .. } => self.lstm_step(k),
-            Kernel::LstmStepBack { .. } => self.lstm_step_back(k),
+            Kernel::LstmStep(a) => self.lstm_step(&a),
+            Kernel::LstmStepBack(a) => self.lstm_step_back(&a),
             Kernel::Shift {
                 src,
                 first,
@@ -170,7 +158,7 @@ impl Ops for HostOps {
                     self.set(dst, r * ldd + j, v);
                 }
             }
-            Kernel::SoftmaxXent { .. } => self.softmax_xent(k),
+            Kernel::SoftmaxXent(a) => self.softmax_xent(&a),
             Kernel::SumSquares { .. } => self.sum_squares(k),
             Kernel::OptimUpdate { .. } => self.optim_update(k)?,
         }
@@ -179,72 +167,38 @@ impl Ops for HostOps {
 }
 
 impl HostOps {
-    fn lstm_step(&mut self, k: &Kernel) {
-        let Kernel::LstmStep {
-            gates,
-            ldg,
-            b_ih,
-            b_hh,
-            c_prev,
-            ld_prev,
-            h,
-            c,
-            ld,
-            batch,
-            hidden,
-        } = *k
-        else {
-            return;
-        };
-        for i in 0..batch * hidden {
+    fn lstm_step(&mut self, a: &Cell) {
+        let hidden = a.hidden;
+        for i in 0..a.batch * hidden {
             let (b, j) = (i / hidden, i % hidden);
-            let g = At {
-                off: gates.off + b * ldg,
-                ..gates
-            };
+            let g = a.gates.buf.at(a.gates.off + b * a.ldg);
             let pre = |s: &Self, q: usize| {
                 s.get(g, q * hidden + j)
-                    + (s.get(b_ih, q * hidden + j) + s.get(b_hh, q * hidden + j))
+                    + (s.get(a.b_ih, q * hidden + j) + s.get(a.b_hh, q * hidden + j))
             };
             let gi = sigm(pre(self, 0));
             let gf = sigm(pre(self, 1));
             let gg = pre(self, 2).tanh();
             let go = sigm(pre(self, 3));
-            let cn = gf * self.get(c_prev, b * ld_prev + j) + gi * gg;
-            self.set(c, b * ld + j, cn);
-            self.set(h, b * ld + j, go * cn.tanh());
+            let cn = gf * self.get(a.c_prev, b * a.ld_prev + j) + gi * gg;
+            self.set(a.c, b * a.ld + j, cn);
+            self.set(a.h, b * a.ld + j, go * cn.tanh());
             for (q, v) in [gi, gf, gg, go].into_iter().enumerate() {
                 self.set(g, q * hidden + j, v);
             }
         }
     }
 
-    fn lstm_step_back(&mut self, k: &Kernel) {
-        let Kernel::LstmStepBack {
-            gates,
-            ldg,
-            c,
-            c_prev,
-            dh,
-            ld,
-            dc,
-            batch,
-            hidden,
-        } = *k
-        else {
-            return;
-        };
-        for i in 0..batch * hidden {
+    fn lstm_step_back(&mut self, a: &CellBack) {
+        let hidden = a.hidden;
+        for i in 0..a.batch * hidden {
             let (b, j) = (i / hidden, i % hidden);
-            let g = At {
-                off: gates.off + b * ldg,
-                ..gates
-            };
+            let g = a.gates.buf.at(a.gates.off + b * a.ldg);
             let [gi, gf, gg, go] = [0, 1, 2, 3].map(|q| self.get(g, q * hidden + j));
-            let tc = self.get(c, b * ld + j).tanh();
-            let dhv = self.get(dh, b * ld + j);
-            let dcv = self.get(dc, i) + dhv * go * (1.0 - tc * tc);
-            let cp = self.get(c_prev, b * ld + j);
+            let tc = self.get(a.c, b * a.ld + j).tanh();
+            let dhv = self.get(a.dh, b * a.ld + j);
+            let dcv = self.get(a.dc, i) + dhv * go * (1.0 - tc * tc);
+            let cp = self.get(a.c_prev, b * a.ld + j);
             let d = [
                 dcv * gg * gi * (1.0 - gi),
                 dcv * cp * gf * (1.0 - gf),
@@ -254,30 +208,14 @@ impl HostOps {
             for (q, v) in d.into_iter().enumerate() {
                 self.set(g, q * hidden + j, v);
             }
-            self.set(dc, i, dcv * gf);
+            self.set(a.dc, i, dcv * gf);
         }
     }
 
-    fn softmax_xent(&mut self, k: &Kernel) {
-        let Kernel::SoftmaxXent {
-            z,
-            bias,
-            targets,
-            loss,
-            hit,
-            rows,
-            cols,
-            scale,
-            grad,
-        } = *k
-        else {
-            return;
-        };
-        for r in 0..rows {
-            let row = At {
-                off: z.off + r * cols,
-                ..z
-            };
+    fn softmax_xent(&mut self, a: &Xent) {
+        let (bias, cols) = (a.bias, a.cols);
+        for r in 0..a.rows {
+            let row = a.z.buf.at(a.z.off + r * cols);
             let (mut mx, mut best) = (f32::NEG_INFINITY, cols);
             for j in 0..cols {
                 let x = self.get(row, j) + self.get(bias, j);
@@ -287,15 +225,15 @@ impl HostOps {
                 }
             }
             let sum: f32 = (0..cols).map(|j| (self.get(row, j) - mx).exp()).sum();
-            let t = self.id(targets, r);
+            let t = self.id(a.targets, r);
             let l = mx + sum.ln() - self.get(row, t);
-            self.set(loss, r, l);
-            self.set(hit, r, if best == t { 1.0 } else { 0.0 });
-            if grad {
+            self.set(a.loss, r, l);
+            self.set(a.hit, r, if best == t { 1.0 } else { 0.0 });
+            if a.grad {
                 for j in 0..cols {
                     let p = (self.get(row, j) - mx).exp() / sum;
                     let onehot = if j == t { 1.0 } else { 0.0 };
-                    self.set(row, j, (p - onehot) * scale);
+                    self.set(row, j, (p - onehot) * a.scale);
                 }
             }
         }

@@ -64,44 +64,10 @@ pub enum Kernel {
         n: usize,
         value: f32,
     },
-    Gather {
-        table: At,
-        ids: At,
-        out: At,
-        rows: usize,
-        cols: usize,
-    },
-    ScatterAdd {
-        d: At,
-        ids: At,
-        grad: At,
-        rows: usize,
-        cols: usize,
-    },
-    LstmStep {
-        gates: At,
-        ldg: usize,
-        b_ih: At,
-        b_hh: At,
-        c_prev: At,
-        ld_prev: usize,
-        h: At,
-        c: At,
-        ld: usize,
-        batch: usize,
-        hidden: usize,
-    },
-    LstmStepBack {
-        gates: At,
-        ldg: usize,
-        c: At,
-        c_prev: At,
-        dh: At,
-        ld: usize,
-        dc: At,
-        batch: usize,
-        hidden: usize,
-    },
+    Gather(ById),
+    ScatterAdd(ById),
+    LstmStep(Cell),
+    LstmStepBack(CellBack),
     Shift {
         src: At,
         first: At,
@@ -124,17 +90,7 @@ pub enum Kernel {
         rows: usize,
         cols: usize,
     },
-    SoftmaxXent {
-        z: At,
-        bias: At,
-        targets: At,
-        loss: At,
-        hit: At,
-        rows: usize,
-        cols: usize,
-        scale: f32,
-        grad: bool,
-    },
+    SoftmaxXent(Xent),
     /// Partial sums of squares of `x` `[n]`: `blocks` of them into `out`.
     SumSquares {
         x: At,
@@ -152,6 +108,61 @@ pub enum Kernel {
         hyper: Hyper,
         k: StepScalars,
     },
+}
+
+/// `gather`'s and `scatter_add`'s arguments: the rows of `table` that `ids` name, as `dense`
+/// `[rows, cols]` (gathered from the table, or added into it).
+#[derive(Debug, Clone, Copy)]
+pub struct ById {
+    pub table: At,
+    pub ids: At,
+    pub dense: At,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// `lstm_step`'s arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Cell {
+    pub gates: At,
+    pub ldg: usize,
+    pub b_ih: At,
+    pub b_hh: At,
+    pub c_prev: At,
+    pub ld_prev: usize,
+    pub h: At,
+    pub c: At,
+    pub ld: usize,
+    pub batch: usize,
+    pub hidden: usize,
+}
+
+/// `lstm_step_back`'s arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct CellBack {
+    pub gates: At,
+    pub ldg: usize,
+    pub c: At,
+    pub c_prev: At,
+    pub dh: At,
+    pub ld: usize,
+    pub dc: At,
+    pub batch: usize,
+    pub hidden: usize,
+}
+
+/// `softmax_xent`'s arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Xent {
+    pub z: At,
+    pub bias: At,
+    pub targets: At,
+    pub loss: At,
+    pub hit: At,
+    pub rows: usize,
+    pub cols: usize,
+    pub scale: f32,
+    pub grad: bool,
 }
 
 /// A kernel argument, as `kernels.cu` declares it.
@@ -186,159 +197,48 @@ fn optimizer_code(kind: OptimizerKind) -> usize {
 
 impl Kernel {
     /// The kernel's name in `kernels.cu`, its grid, and its arguments in its signature's order
-    /// and types: the one place the Rust side states that interface.
+    /// and types: the one place the Rust side states that interface. (A table: kept one kernel
+    /// to a few lines.)
+    #[rustfmt::skip]
     pub fn signature(&self) -> (&'static str, Grid, Vec<Arg>) {
         use Arg::{Float as F, Ptr as P};
+        use Grid::Elements as E;
         let i = |n: usize| Arg::Int(n as i32);
         match *self {
-            Kernel::Fill { p, n, value } => ("fill", Grid::Elements(n), vec![P(p), i(n), F(value)]),
-            Kernel::Gather {
-                table,
-                ids,
-                out,
-                rows,
-                cols,
-            } => {
-                let args = vec![P(table), P(ids), P(out), i(rows), i(cols)];
-                ("gather", Grid::Elements(rows * cols), args)
+            Kernel::Fill { p, n, value } => ("fill", E(n), vec![P(p), i(n), F(value)]),
+            Kernel::Gather(a) => {
+                ("gather", E(a.rows * a.cols), vec![P(a.table), P(a.ids), P(a.dense), i(a.rows), i(a.cols)])
             }
-            Kernel::ScatterAdd {
-                d,
-                ids,
-                grad,
-                rows,
-                cols,
-            } => {
-                let args = vec![P(d), P(ids), P(grad), i(rows), i(cols)];
-                ("scatter_add", Grid::Elements(rows * cols), args)
+            Kernel::ScatterAdd(a) => {
+                ("scatter_add", E(a.rows * a.cols), vec![P(a.dense), P(a.ids), P(a.table), i(a.rows), i(a.cols)])
             }
-            Kernel::Shift {
-                src,
-                first,
-                dst,
-                batch,
-                steps,
-                cols,
-            } => {
-                let args = vec![P(src), P(first), P(dst), i(batch), i(steps), i(cols)];
-                ("shift", Grid::Elements(batch * steps * cols), args)
+            Kernel::LstmStep(a) => ("lstm_step", E(a.batch * a.hidden), vec![
+                P(a.gates), i(a.ldg), P(a.b_ih), P(a.b_hh), P(a.c_prev), i(a.ld_prev),
+                P(a.h), P(a.c), i(a.ld), i(a.batch), i(a.hidden),
+            ]),
+            Kernel::LstmStepBack(a) => ("lstm_step_back", E(a.batch * a.hidden), vec![
+                P(a.gates), i(a.ldg), P(a.c), P(a.c_prev), P(a.dh), i(a.ld), P(a.dc),
+                i(a.batch), i(a.hidden),
+            ]),
+            Kernel::Shift { src, first, dst, batch, steps, cols } => ("shift", E(batch * steps * cols), vec![
+                P(src), P(first), P(dst), i(batch), i(steps), i(cols),
+            ]),
+            Kernel::Mul { a, b, out, n } => ("mul", E(n), vec![P(a), P(b), P(out), i(n)]),
+            Kernel::CopyRows { src, lds, dst, ldd, rows, cols } => ("copy_rows", E(rows * cols), vec![
+                P(src), i(lds), P(dst), i(ldd), i(rows), i(cols),
+            ]),
+            Kernel::SoftmaxXent(a) => ("softmax_xent", Grid::RowBlocks(a.rows), vec![
+                P(a.z), P(a.bias), P(a.targets), P(a.loss), P(a.hit), i(a.rows), i(a.cols),
+                F(a.scale), i(a.grad as usize),
+            ]),
+            Kernel::SumSquares { x, n, out, blocks } => {
+                ("sum_squares", Grid::Blocks(blocks), vec![P(x), i(n), P(out)])
             }
-            Kernel::Mul { a, b, out, n } => {
-                ("mul", Grid::Elements(n), vec![P(a), P(b), P(out), i(n)])
-            }
-            Kernel::CopyRows {
-                src,
-                lds,
-                dst,
-                ldd,
-                rows,
-                cols,
-            } => {
-                let args = vec![P(src), i(lds), P(dst), i(ldd), i(rows), i(cols)];
-                ("copy_rows", Grid::Elements(rows * cols), args)
-            }
-            _ => self.cell_signature(),
-        }
-    }
-
-    /// [`Kernel::signature`] of the cell's two kernels and the loss's.
-    fn cell_signature(&self) -> (&'static str, Grid, Vec<Arg>) {
-        use Arg::{Float as F, Ptr as P};
-        let i = |n: usize| Arg::Int(n as i32);
-        match *self {
-            Kernel::LstmStep {
-                gates,
-                ldg,
-                b_ih,
-                b_hh,
-                c_prev,
-                ld_prev,
-                h,
-                c,
-                ld,
-                batch,
-                hidden,
-            } => {
-                let args = vec![P(gates), i(ldg), P(b_ih), P(b_hh), P(c_prev), i(ld_prev)];
-                let rest = vec![P(h), P(c), i(ld), i(batch), i(hidden)];
-                (
-                    "lstm_step",
-                    Grid::Elements(batch * hidden),
-                    [args, rest].concat(),
-                )
-            }
-            Kernel::LstmStepBack {
-                gates,
-                ldg,
-                c,
-                c_prev,
-                dh,
-                ld,
-                dc,
-                batch,
-                hidden,
-            } => {
-                let args = vec![P(gates), i(ldg), P(c), P(c_prev), P(dh), i(ld), P(dc)];
-                let args = [args, vec![i(batch), i(hidden)]].concat();
-                ("lstm_step_back", Grid::Elements(batch * hidden), args)
-            }
-            Kernel::SoftmaxXent {
-                z,
-                bias,
-                targets,
-                loss,
-                hit,
-                rows,
-                cols,
-                scale,
-                grad,
-            } => {
-                let args = vec![P(z), P(bias), P(targets), P(loss), P(hit), i(rows), i(cols)];
-                let args = [args, vec![F(scale), i(grad as usize)]].concat();
-                ("softmax_xent", Grid::RowBlocks(rows), args)
-            }
-            _ => self.update_signature(),
-        }
-    }
-
-    /// [`Kernel::signature`] of the clipping norm's and the optimizer's kernels.
-    fn update_signature(&self) -> (&'static str, Grid, Vec<Arg>) {
-        use Arg::{Float as F, Ptr as P};
-        let i = |n: usize| Arg::Int(n as i32);
-        match *self {
-            Kernel::SumSquares { x, n, out, blocks } => (
-                "sum_squares",
-                Grid::Blocks(blocks),
-                vec![P(x), i(n), P(out)],
-            ),
-            Kernel::OptimUpdate {
-                p,
-                g,
-                s0,
-                s1,
-                n,
-                hyper: h,
-                k,
-            } => {
-                let rule = vec![P(p), P(g), P(s0), P(s1), i(n), i(optimizer_code(h.kind))];
-                let step = [
-                    k.lr,
-                    k.grad_scale,
-                    k.bc1,
-                    k.bc2,
-                    h.momentum,
-                    h.beta1,
-                    h.beta2,
-                ];
-                let more = [h.rms_decay, h.eps, h.weight_decay];
-                let floats = step.into_iter().chain(more).map(F);
-                (
-                    "optim_update",
-                    Grid::Elements(n),
-                    rule.into_iter().chain(floats).collect(),
-                )
-            }
-            _ => unreachable!("signature() answers the other kernels"),
+            Kernel::OptimUpdate { p, g, s0, s1, n, hyper: h, k } => ("optim_update", E(n), vec![
+                P(p), P(g), P(s0), P(s1), i(n), i(optimizer_code(h.kind)),
+                F(k.lr), F(k.grad_scale), F(k.bc1), F(k.bc2), F(h.momentum), F(h.beta1),
+                F(h.beta2), F(h.rms_decay), F(h.eps), F(h.weight_decay),
+            ]),
         }
     }
 }
@@ -675,7 +575,7 @@ impl Fused {
             true,
             ws.z.at(0),
         ))?;
-        self.ops.run(&Kernel::SoftmaxXent {
+        self.ops.run(&Kernel::SoftmaxXent(Xent {
             z: ws.z.at(0),
             bias: p[out + 1].at(0),
             targets: ws.ids_y.at(0),
@@ -685,7 +585,7 @@ impl Fused {
             cols: v,
             scale: 1.0 / n as f32,
             grad: train,
-        })?;
+        }))?;
         if train {
             self.backward(ws, p, top, dropped)?;
         }
@@ -717,13 +617,13 @@ impl Fused {
     ) -> Result<At> {
         let d = self.dims;
         let n = ws.batch * ws.steps;
-        self.ops.run(&Kernel::Gather {
+        self.ops.run(&Kernel::Gather(ById {
             table: p[0].at(0),
             ids: ws.ids_x.at(0),
-            out: ws.x0.at(0),
+            dense: ws.x0.at(0),
             rows: n,
             cols: d.embed_dim,
-        })?;
+        }))?;
         let (mut input, mut width) = (ws.x0.at(0), d.embed_dim);
         for (k, l) in ws.layers.iter().enumerate() {
             self.ops.upload(l.h0.at(0), &state.h[k])?;
@@ -783,7 +683,7 @@ impl Fused {
                 ..product(b, 4 * h, h, h_prev, false, w_hh, true, gates)
             })?;
             let (h_out, c_out) = (l.h.at(s * h), l.c.at(s * h));
-            ops.run(&Kernel::LstmStep {
+            ops.run(&Kernel::LstmStep(Cell {
                 gates,
                 ldg,
                 b_ih,
@@ -795,7 +695,7 @@ impl Fused {
                 ld,
                 batch: b,
                 hidden: h,
-            })?;
+            }))?;
         }
         Ok(())
     }
@@ -844,13 +744,13 @@ impl Fused {
             n: d.vocab * e,
             value: 0.0,
         })?;
-        ops.run(&Kernel::ScatterAdd {
-            d: ws.dx0.at(0),
+        ops.run(&Kernel::ScatterAdd(ById {
+            dense: ws.dx0.at(0),
             ids: ws.ids_x.at(0),
-            grad: g[0].at(0),
+            table: g[0].at(0),
             rows: n,
             cols: e,
-        })?;
+        }))?;
         self.grads_fresh = false;
         Ok(())
     }
@@ -868,7 +768,7 @@ impl Fused {
         let (ldg, ld) = (t * 4 * h, t * h);
         for s in (0..t).rev() {
             let gates = l.gates.at(s * 4 * h);
-            ops.run(&Kernel::LstmStepBack {
+            ops.run(&Kernel::LstmStepBack(CellBack {
                 gates,
                 ldg,
                 c: l.c.at(s * h),
@@ -878,7 +778,7 @@ impl Fused {
                 dc: l.dc.at(0),
                 batch: b,
                 hidden: h,
-            })?;
+            }))?;
             if s > 0 {
                 let dh_prev = l.dh.at((s - 1) * h);
                 let into = product(b, h, 4 * h, gates, false, w_hh, false, dh_prev);

@@ -80,6 +80,19 @@ impl Error {
         }
     }
 
+    /// Another charlab process at work where a command would write (a sweep on its experiment,
+    /// a trainer on its run): the command does not fit the state it found, a usage error (exit
+    /// 2), in one shape whatever the command.
+    pub fn busy(path: impl AsRef<Path>, what: &str, pid: Option<u32>) -> Self {
+        let pid = pid.map_or(String::new(), |p| format!(" (pid {p})"));
+        Error::usage(
+            path,
+            format!(
+                "another charlab {what}{pid} is running on it: wait for it to end or stop it first"
+            ),
+        )
+    }
+
     /// A value out of range for `key`.
     pub fn invalid(key: &str, message: impl Into<String>) -> Self {
         Error::Invalid {

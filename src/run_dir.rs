@@ -406,9 +406,10 @@ impl RunDir {
         rc != 0
     }
 
-    /// Takes the run's lock (creating the directory), waiting up to a minute for a holder that
-    /// is stopping; `waiting` is told once if it has to wait.
-    pub fn lock(&self, waiting: &mut dyn FnMut(&str)) -> Result<RunLock> {
+    /// Takes the run's lock (creating the directory), waiting up to `wait` for a holder that is
+    /// stopping (a sweep's rerun for the worker its kill orphaned); `waiting` is told once if it
+    /// has to wait. The holder's pid is in the lock file, for the refusal to name.
+    pub fn lock(&self, wait: Duration, waiting: &mut dyn FnMut(&str)) -> Result<RunLock> {
         std::fs::create_dir_all(&self.path).at(&self.path)?;
         let path = self.path.join(".train.lock");
         let file = std::fs::OpenOptions::new()
@@ -417,7 +418,7 @@ impl RunDir {
             .write(true)
             .open(&path)
             .at(&path)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + wait;
         let mut told = false;
         loop {
             // SAFETY: flock on a descriptor we own; no memory is shared with the call.
@@ -431,17 +432,23 @@ impl RunDir {
                 // Temp files of a killed writer are ours to clear now that we are the writer.
                 crate::atomic::remove_stale_temps(&self.path);
                 crate::atomic::remove_stale_temps(&self.checkpoints());
+                let mut file = file;
+                use std::io::Write;
+                // Best effort: the pid only makes another process's refusal more useful.
+                let _ = file
+                    .set_len(0)
+                    .and_then(|_| write!(file, "{}", std::process::id()));
                 return Ok(RunLock { _file: file });
             }
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::WouldBlock {
                 return Err(Error::io(&path, err));
             }
-            if Instant::now() > deadline {
-                return Err(Error::Run {
-                    path: self.path.clone(),
-                    message: "another process is training this run directory".into(),
-                });
+            if Instant::now() >= deadline {
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                return Err(Error::busy(&self.path, "process training this run", pid));
             }
             if !told {
                 waiting(&format!(

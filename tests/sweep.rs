@@ -357,12 +357,47 @@ fn a_second_sweep_on_the_same_experiment_is_refused() {
     let root = s.root("locked");
     let mut first = s.spawn(&[]);
     common::wait_until(30, "the first sweep's lock", || root.join(".lock").exists());
-    let second = s.run(&[]);
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(!second.status.success());
+    // Every command that finds another at work where it would write is refused at once, exit
+    // 2, in one shape: a second sweep, an --extend, a trainer on a run the sweep is training.
+    let pid = format!("(pid {})", first.id());
+    let root_s = "runs/locked: another";
+    for extra in [&[][..], &["--extend"][..]] {
+        let o = s.run(extra);
+        let needles = [
+            root_s,
+            "another charlab sweep",
+            &pid,
+            "wait for it to end or stop it first",
+        ];
+        common::assert_user_error(&o, &format!("sweep {extra:?}"), &needles);
+    }
+    let mut busy = None;
+    common::wait_until(60, "a trial in training", || {
+        busy = run_dirs(&root)
+            .into_iter()
+            .find(|d| record(d)["status"] == "running" && d.join("config.toml").exists());
+        busy.is_some()
+    });
+    let run = busy.unwrap();
+    let (cfg, out) = (run.join("config.toml"), run.to_str().unwrap().to_string());
+    let started = std::time::Instant::now();
+    let o = s.cmd(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        &out,
+        "--resume",
+    ]);
+    let needles = [
+        &out[..],
+        "another charlab process training this run (pid ",
+        "wait for it to end",
+    ];
+    common::assert_user_error(&o, "train --resume on a run in training", &needles);
     assert!(
-        err.contains("another charlab sweep") && err.contains(&first.id().to_string()),
-        "{err}"
+        started.elapsed().as_secs() < 30,
+        "refused at once, not after a wait"
     );
     // SIGINT: the sweep asks its workers to checkpoint, and exits 130 with them interrupted.
     common::kill("-INT", first.id());

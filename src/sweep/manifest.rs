@@ -473,13 +473,7 @@ impl Lock {
                         .and_then(|s| s.trim().parse().ok());
                     match owner {
                         Some(pid) if pid != me && alive(pid) => {
-                            return Err(Error::Run {
-                                path: root.to_path_buf(),
-                                message: format!(
-                                    "another charlab sweep (pid {pid}) is running on this \
-                                     experiment; wait for it or stop it first"
-                                ),
-                            })
+                            return Err(Error::busy(root, "sweep", Some(pid)))
                         }
                         // Stale (dead owner) or unreadable: take it over.
                         _ => {

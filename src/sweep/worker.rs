@@ -64,6 +64,8 @@ pub fn worker(
             let d = p.decisions.iter().rfind(|d| d.member == index)?;
             Some((d.step, pbt::describe(&manifest, d)?))
         }),
+        // A rerun's worker waits for the one a killed sweep orphaned to checkpoint and stop.
+        lock_wait: std::time::Duration::from_secs(60),
         ..TrainOptions::default()
     };
     match train::train(&cfg, run.path(), &opts) {

@@ -61,6 +61,9 @@ pub struct TrainOptions {
     /// A text event (`pbt/exploit`) to write at the first step trained when this invocation
     /// starts from the given step: what a population-based sweep changed in the run there.
     pub note: Option<(u64, String)>,
+    /// How long to wait for another process to let go of the run (a sweep's worker waits for
+    /// the one its killed predecessor orphaned); none: refuse at once.
+    pub lock_wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for TrainOptions {
@@ -87,6 +90,7 @@ impl Default for TrainOptions {
             pause_every: None,
             trace: Vec::new(),
             note: None,
+            lock_wait: std::time::Duration::ZERO,
         }
     }
 }
@@ -118,7 +122,7 @@ pub fn train(cfg: &RunConfig, out: &Path, opts: &TrainOptions) -> Result<RunResu
         crate::model::memory::check(dims, cfg, data.val.streams())?;
     }
     let run = RunDir::new(out);
-    let _lock = run.lock(&mut say)?;
+    let _lock = run.lock(opts.lock_wait, &mut say)?;
     thread_pool(cfg, out)?.install(|| {
         let ready = setup::start(cfg, opts, run, data, device)?;
         let mut trainer = trainer::Trainer::new(cfg, opts, ready)?;

@@ -24,7 +24,7 @@ STAGES = [
     ["config"],
     ["corpus", "vocab", "batch"],
     ["model", "optim"],
-    ["run_dir", "checkpoint", "train", "sample"],
+    ["run_dir", "checkpoint", "tags", "train", "sample"],
     ["sweep"],
     ["runs", "importance", "compare", "refine", "report"],
 ]

@@ -27,10 +27,12 @@ pub mod vocab;
 pub mod model;
 pub mod optim;
 
-// A run: its directory and record, its checkpoints, training end to end, sampling from it.
+// A run: its directory and record, its checkpoints, its TensorBoard tags, training end to end,
+// sampling from it.
 pub mod checkpoint;
 pub mod run_dir;
 pub mod sample;
+pub mod tags;
 pub mod train;
 
 // Sweeps: a sweep file → many runs (plan, manifest, search, launchers, pruning).

@@ -280,7 +280,7 @@ struct CompareArgs {
     /// A sweep directory (runs/<experiment>), any directory of runs, or one run.
     dir: PathBuf,
     /// val/loss, val/bpc, val/accuracy, final/val/loss, train/loss, time, tokens_per_s, steps, or a swept key.
-    #[arg(long, default_value = "val/loss")]
+    #[arg(long, default_value = charlab::tags::VAL_LOSS)]
     sort: String,
     /// Only the best K rows.
     #[arg(long)]

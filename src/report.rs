@@ -97,7 +97,7 @@ fn curves_chart(rows: &[Row]) -> Chart {
         })
         .collect();
     line_chart(
-        ("validation loss of every run", "val/loss"),
+        ("validation loss of every run", crate::tags::VAL_LOSS),
         (max_x, (lo - pad, hi + pad)),
         series,
     )

@@ -14,6 +14,7 @@
 
 use crate::config::RunConfig;
 use crate::error::{Error, IoContext, Result};
+use crate::tags;
 use crate::vocab::Vocab;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -92,11 +93,11 @@ impl Metric {
     /// The name users write (`--sort`, `[search] metric`).
     pub fn name(self) -> &'static str {
         match self {
-            Metric::ValLoss => "val/loss",
-            Metric::ValBpc => "val/bpc",
-            Metric::ValAccuracy => "val/accuracy",
+            Metric::ValLoss => tags::VAL_LOSS,
+            Metric::ValBpc => tags::VAL_BPC,
+            Metric::ValAccuracy => tags::VAL_ACCURACY,
             Metric::FinalValLoss => "final/val/loss",
-            Metric::TrainLoss => "train/loss",
+            Metric::TrainLoss => tags::TRAIN_LOSS,
             Metric::Time => "time",
             Metric::TokensPerS => "tokens_per_s",
             Metric::Steps => "steps",

@@ -21,6 +21,65 @@ fn write_config(dir: &Path, corpus: &Path, extra: &str) -> std::path::PathBuf {
     p
 }
 
+/// Every tag a run wrote (as TensorBoard reads it) is one `charlab::tags` spells, so the readers
+/// that use those constants (the record rebuilt from events, the HParams metrics, the sweep's
+/// charts, the metric names) know it; and every fixed scalar tag there was written, so the list
+/// is not stale. The readers' own lists are checked against it too.
+fn assert_every_tag_is_known(tb: &serde_json::Value) {
+    use charlab::tags;
+    let keys =
+        |kind: &str| -> Vec<String> { tb[kind].as_object().unwrap().keys().cloned().collect() };
+    let params: Vec<String> = {
+        let m = charlab::model::CharRnn::new(
+            charlab::model::Dims {
+                vocab: 2,
+                embed_dim: 1,
+                hidden: 1,
+                layers: 2,
+            },
+            1,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        m.params().iter().map(|(n, _)| n.clone()).collect()
+    };
+    for tag in keys("scalars") {
+        assert!(
+            tags::SCALARS.contains(&tag.as_str()) || tag.starts_with("hparams/"),
+            "{tag}"
+        );
+    }
+    for tag in tags::SCALARS {
+        assert!(
+            tb["scalars"].get(*tag).is_some(),
+            "{tag} is listed but was not written"
+        );
+    }
+    for tag in keys("histograms") {
+        let known = params
+            .iter()
+            .any(|p| tag == tags::weights(p) || tag == tags::gradients(p));
+        assert!(known, "{tag}");
+    }
+    for tag in keys("text") {
+        assert!(tags::TEXTS.contains(&tag.as_str()), "{tag}");
+    }
+    assert!(tb["text"].get(tags::SAMPLE).is_some());
+    let readers = charlab::train::METRICS
+        .iter()
+        .chain(tags::CHARTS.iter().flat_map(|c| c.1));
+    let metrics = charlab::run_dir::Metric::ALL.iter().map(|m| m.name());
+    for tag in readers
+        .copied()
+        .chain(metrics.filter(|n| n.contains('/') && !n.starts_with("final/")))
+    {
+        assert!(
+            tags::SCALARS.contains(&tag),
+            "a reader expects {tag}, which no run writes"
+        );
+    }
+}
+
 #[test]
 fn tensorboard_reads_every_kind_of_summary_of_a_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,6 +102,7 @@ fn tensorboard_reads_every_kind_of_summary_of_a_run() {
 
     let tb = common::tb_read(&out);
     let scalars = tb["scalars"].as_object().unwrap();
+    assert_every_tag_is_known(&tb);
     for tag in [
         "train/loss",
         "train/accuracy",

@@ -143,16 +143,13 @@ fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest, say: &mut dyn FnMut(&s
     let sample = plan.trials.first().map(|t| &t.config);
     let infos = train::hparam_declarations(&plan.swept, sample);
     events.hparams_experiment(&infos, train::METRICS)?;
-    events.custom_scalars(&[(
-        "charlab",
-        vec![
-            ("loss (train vs val)", vec!["^train/loss$", "^val/loss$"]),
-            (
-                "bits per char (train vs val)",
-                vec!["^train/bpc$", "^val/bpc$"],
-            ),
-        ],
-    )])?;
+    let exact: Vec<Vec<String>> = (crate::tags::CHARTS.iter())
+        .map(|(_, tags)| tags.iter().map(|t| format!("^{t}$")).collect())
+        .collect();
+    let charts = (crate::tags::CHARTS.iter().zip(&exact))
+        .map(|((title, _), re)| (*title, re.iter().map(String::as_str).collect()))
+        .collect();
+    events.custom_scalars(&[("charlab", charts)])?;
     events.sync()
 }
 

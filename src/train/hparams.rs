@@ -4,6 +4,7 @@
 
 use crate::config::RunConfig;
 use crate::summary::{Domain, HParamDecl, HValue};
+use crate::tags;
 use tensorboard_proto::api::DataType as HpType;
 
 /// What the HParams dashboard is told about the hyperparameters: the swept keys first, with
@@ -57,14 +58,14 @@ pub const OBSERVATION_KEYS: &[&str] = &[
 /// (the `best/*` scalars hold the best so far at every evaluation, so their last value is the
 /// run's best: an overfitting run is judged by its best point, not its last).
 pub const METRICS: &[&str] = &[
-    "best/val_loss",
-    "best/val_bpc",
-    "best/val_accuracy",
-    "best/step",
-    "val/loss",
-    "val/accuracy",
-    "val/bpc",
-    "train/loss",
+    tags::BEST_VAL_LOSS,
+    tags::BEST_VAL_BPC,
+    tags::BEST_VAL_ACCURACY,
+    tags::BEST_STEP,
+    tags::VAL_LOSS,
+    tags::VAL_ACCURACY,
+    tags::VAL_BPC,
+    tags::TRAIN_LOSS,
 ];
 
 /// Keys that may differ between a run's saved config and the config it is resumed with: the

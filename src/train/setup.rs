@@ -14,6 +14,7 @@ use crate::optim::{Hyper, Optimizer};
 use crate::rng::Rng;
 use crate::run_dir::{now, CorpusInfo, EvalPoint, Metrics, RunDir, RunRecord, RunStatus};
 use crate::summary::EventWriter;
+use crate::tags;
 use candle_core::Device;
 use std::collections::BTreeMap;
 
@@ -136,10 +137,10 @@ impl History {
             points.iter().filter(|(s, _)| *s <= step).copied().collect()
         };
         let (val, acc, bpc, train) = (
-            upto("val/loss"),
-            upto("val/accuracy"),
-            upto("val/bpc"),
-            upto("train/loss"),
+            upto(tags::VAL_LOSS),
+            upto(tags::VAL_ACCURACY),
+            upto(tags::VAL_BPC),
+            upto(tags::TRAIN_LOSS),
         );
         let at = |points: &[(u64, f64)], s: u64| points.iter().find(|p| p.0 == s).map(|p| p.1);
         let metrics = |&(s, loss): &(u64, f64)| Metrics {
@@ -169,7 +170,7 @@ impl History {
                 .iter()
                 .map(|&(step, val_loss)| EvalPoint { step, val_loss })
                 .collect(),
-            tokens_per_s: upto("throughput/chars_per_s").last().map_or(0.0, |p| p.1),
+            tokens_per_s: upto(tags::CHARS_PER_S).last().map_or(0.0, |p| p.1),
         }
     }
 }

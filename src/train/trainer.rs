@@ -15,6 +15,7 @@ use crate::rng::Rng;
 use crate::run_dir::{now, Checkpoint, EvalPoint, Metrics, RunDir, RunRecord, RunStatus};
 use crate::sample;
 use crate::summary::{EventWriter, SessionStatus};
+use crate::tags;
 use std::time::Instant;
 
 /// Whether a loss says the model has blown up: not finite, or over `times` × ln V, the loss of a
@@ -201,7 +202,7 @@ impl<'a> Trainer<'a> {
         self.advance_window();
         self.cursor.step = next_step;
         if let Some(note) = self.note.take() {
-            self.events.text("pbt/exploit", next_step, &note)?;
+            self.events.text(tags::PBT_EXPLOIT, next_step, &note)?;
         }
         let tokens = (cfg.batch_size * cfg.seq_len) as u64;
         self.cursor.tokens += tokens;
@@ -243,10 +244,9 @@ impl<'a> Trainer<'a> {
             let grads = self.backend.grads()?;
             for ((name, var), g) in self.model.params().iter().zip(grads) {
                 let w = var.flatten_all()?.to_vec1::<f32>()?;
+                self.events.histogram(&tags::weights(name), next_step, &w)?;
                 self.events
-                    .histogram(&format!("weights/{name}"), next_step, &w)?;
-                self.events
-                    .histogram(&format!("gradients/{name}"), next_step, g)?;
+                    .histogram(&tags::gradients(name), next_step, g)?;
             }
         }
         self.backend
@@ -270,18 +270,18 @@ impl<'a> Trainer<'a> {
         let tps = iv.tokens as f64 / iv.start.elapsed().as_secs_f64().max(1e-9);
         let n = iv.steps.max(1) as f64;
         let (loss, acc) = (iv.loss / n, iv.accuracy / n);
-        self.events.scalar("train/loss", step, loss)?;
-        self.events.scalar("train/accuracy", step, acc)?;
+        self.events.scalar(tags::TRAIN_LOSS, step, loss)?;
+        self.events.scalar(tags::TRAIN_ACCURACY, step, acc)?;
         self.events
-            .scalar("train/bpc", step, loss / std::f64::consts::LN_2)?;
-        self.events.scalar("lr", step, lr)?;
-        self.events.scalar("grad_norm", step, norm)?;
+            .scalar(tags::TRAIN_BPC, step, loss / std::f64::consts::LN_2)?;
+        self.events.scalar(tags::LR, step, lr)?;
+        self.events.scalar(tags::GRAD_NORM, step, norm)?;
         for key in &self.trace {
             if let Some(v) = self.now.explorable(key) {
-                self.events.scalar(&format!("hparams/{key}"), step, v)?;
+                self.events.scalar(&tags::hparam(key), step, v)?;
             }
         }
-        self.events.scalar("throughput/chars_per_s", step, tps)?;
+        self.events.scalar(tags::CHARS_PER_S, step, tps)?;
         self.reporter.step(step, self.total_steps, loss, tps);
         self.record.last_train_loss = Some(loss);
         self.record.steps = step;
@@ -306,11 +306,11 @@ impl<'a> Trainer<'a> {
             val_bpc: val_loss / std::f64::consts::LN_2,
             train_loss: self.record.last_train_loss.unwrap_or(f64::NAN),
         };
-        self.events.scalar("val/loss", step, val_loss)?;
-        self.events.scalar("val/accuracy", step, val_acc)?;
-        self.events.scalar("val/bpc", step, metrics.val_bpc)?;
+        self.events.scalar(tags::VAL_LOSS, step, val_loss)?;
+        self.events.scalar(tags::VAL_ACCURACY, step, val_acc)?;
+        self.events.scalar(tags::VAL_BPC, step, metrics.val_bpc)?;
         let text = self.eval_sample(step)?;
-        self.events.text("samples/generated", step, &text)?;
+        self.events.text(tags::SAMPLE, step, &text)?;
         self.reporter.line(&format!(
             "step {step}: val loss {val_loss:.4}, bpc {:.3}, accuracy {val_acc:.3}",
             metrics.val_bpc
@@ -325,11 +325,11 @@ impl<'a> Trainer<'a> {
             self.evals_without_improvement += 1;
         }
         if let Some(b) = self.record.best_metrics {
-            self.events.scalar("best/val_loss", step, b.val_loss)?;
-            self.events.scalar("best/val_bpc", step, b.val_bpc)?;
+            self.events.scalar(tags::BEST_VAL_LOSS, step, b.val_loss)?;
+            self.events.scalar(tags::BEST_VAL_BPC, step, b.val_bpc)?;
             self.events
-                .scalar("best/val_accuracy", step, b.val_accuracy)?;
-            self.events.scalar("best/step", step, b.step as f64)?;
+                .scalar(tags::BEST_VAL_ACCURACY, step, b.val_accuracy)?;
+            self.events.scalar(tags::BEST_STEP, step, b.step as f64)?;
         }
         self.record.final_metrics = Some(metrics);
         self.record.evals.retain(|e| e.step < step);

@@ -174,6 +174,10 @@ struct SweepArgs {
     /// Plain log lines instead of a progress display.
     #[arg(long)]
     plain: bool,
+    /// Also print each population member's pause at every interval (PBT; its decisions are
+    /// always printed, and every pause is in the member's worker.log).
+    #[arg(long)]
+    verbose: bool,
     /// Where trials run: local processes, or a Slurm job array (one task per trial).
     #[arg(long, value_enum, default_value_t = LauncherKind::Local)]
     launcher: LauncherKind,
@@ -207,6 +211,7 @@ impl SweepArgs {
             fail_fast: self.fail_fast,
             jobs: self.jobs,
             progress: progress(self.plain),
+            verbose: self.verbose,
             launcher: if slurm {
                 Launcher::Slurm {
                     flags: self.slurm,

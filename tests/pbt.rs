@@ -65,6 +65,11 @@ fn a_pbt_sweep_with_fewer_jobs_than_members_copies_explores_and_shows_it() {
     let o = common::charlab(d, &["sweep", &file, "--plain"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
+    let said = format!("{}{err}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !said.contains("paused at"),
+        "pauses only with --verbose: {said}"
+    );
     let root = d.join("runs/pop");
     let ds = decisions(&root);
     // Every member decides once at each boundary before its end (20 and 40), all applied.
@@ -227,8 +232,21 @@ fn the_same_pbt_sweep_one_member_at_a_time_decides_the_same_twice() {
     let d = dir.path();
     for name in ["once", "twice"] {
         let file = pbt_file(d, name, 3, "jobs = 1");
-        let o = common::charlab(d, &["sweep", &file, "--plain"]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // The second time with --verbose: each member's pause at each boundary is printed,
+        // and printing it changes nothing the search decides.
+        let verbose = name == "twice";
+        let args = [
+            &["sweep", &file, "--plain"][..],
+            if verbose { &["--verbose"] } else { &[] },
+        ];
+        let o = common::charlab(d, &args.concat());
+        let said = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{said}");
+        let pauses = said
+            .lines()
+            .filter(|l| l.contains("paused at step"))
+            .count();
+        assert_eq!(pauses, if verbose { 6 } else { 0 }, "{said}");
     }
     let (a, b) = (
         decisions(&d.join("runs/once")),

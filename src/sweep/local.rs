@@ -29,6 +29,8 @@ pub struct LocalOptions {
     /// Each trial's relative cost (by index): the costliest start first, so the sweep does not
     /// end with one long trial running alone. Empty: index order.
     pub costs: Vec<f64>,
+    /// Print each population member's pause at every boundary too (the decisions always are).
+    pub verbose: bool,
 }
 
 /// Why the launcher asked a running worker to stop.
@@ -70,6 +72,9 @@ fn fmt_secs(s: f64) -> String {
 
 struct Display {
     console: Console,
+    /// A population-based sweep: progress counts the population's steps, not finished trials
+    /// (its members all finish at the end).
+    by_steps: bool,
     last_plain: Instant,
     /// Updates read every run.json: at most one a second, however many trials.
     last_update: Option<Instant>,
@@ -78,13 +83,19 @@ struct Display {
 }
 
 impl Display {
-    fn new(progress: Progress, total: usize) -> Self {
-        let console = Console::new(progress, total as u64, "{bar:20} {pos}/{len} trials  {msg}");
+    fn new(progress: Progress, total: usize, by_steps: bool) -> Self {
+        let template = if by_steps {
+            "{bar:20} population step {pos}/{len}  {msg}"
+        } else {
+            "{bar:20} {pos}/{len} trials  {msg}"
+        };
+        let console = Console::new(progress, total as u64, template);
         if let Some(bar) = console.bar() {
             bar.enable_steady_tick(Duration::from_millis(500));
         }
         Display {
             console,
+            by_steps,
             last_plain: Instant::now(),
             last_update: None,
             started: Instant::now(),
@@ -162,15 +173,25 @@ impl Display {
             running.len(),
             live.join(" | ")
         );
-        match self.console.bar() {
-            Some(b) => {
-                b.set_position(done as u64);
+        match (self.console.bar(), self.by_steps) {
+            (Some(b), by_steps) => {
+                if by_steps {
+                    b.set_length(est_total);
+                    b.set_position(steps);
+                } else {
+                    b.set_position(done as u64);
+                }
                 b.set_message(msg);
             }
-            None => {
+            (None, by_steps) => {
                 if self.last_plain.elapsed() >= Duration::from_secs(30) {
                     self.last_plain = Instant::now();
-                    self.line(&format!("[{}] {msg}", fmt_secs(elapsed)));
+                    let at = if by_steps {
+                        format!(" population step {steps}/{est_total}")
+                    } else {
+                        String::new()
+                    };
+                    self.line(&format!("[{}]{at} {msg}", fmt_secs(elapsed)));
                 }
             }
         }
@@ -256,7 +277,7 @@ impl<'a> Launcher<'a> {
             attempts: vec![0; manifest.trials.len()],
             running: Vec::new(),
             failed: Vec::new(),
-            display: Display::new(opts.progress, total),
+            display: Display::new(opts.progress, total, population.is_some()),
             stopping_all: None,
             fail_fast_hit: false,
             user_error: None,
@@ -359,8 +380,10 @@ impl<'a> Launcher<'a> {
         {
             // A member at a boundary: it waits its turn, and is decided on before it goes on.
             let step = p.paused(&self.manifest, r.index)?;
-            self.display
-                .line(&format!("member {name} paused at step {step}"));
+            if self.opts.verbose {
+                self.display
+                    .line(&format!("member {name} paused at step {step}"));
+            }
             self.queue.push_back(r.index);
             return Ok(());
         }

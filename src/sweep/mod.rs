@@ -41,6 +41,8 @@ pub struct SweepOptions {
     /// Overrides `[experiment] jobs`.
     pub jobs: Option<usize>,
     pub progress: Progress,
+    /// Also print what the log leaves out by default (each PBT member's pauses).
+    pub verbose: bool,
     pub data_dir: PathBuf,
     /// The binary run as `sweep-worker` (default: this executable).
     pub worker_exe: Option<PathBuf>,
@@ -74,6 +76,7 @@ impl Default for SweepOptions {
             fail_fast: false,
             jobs: None,
             progress: Progress::Auto,
+            verbose: false,
             data_dir: crate::corpus::data_dir(),
             worker_exe: None,
             launcher: Launcher::Local,
@@ -250,6 +253,7 @@ fn launch(
             worker_exe: opts.worker_exe.clone(),
             data_dir: opts.data_dir.clone(),
             costs,
+            verbose: opts.verbose,
         };
         local::run(
             root,

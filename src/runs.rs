@@ -318,17 +318,7 @@ fn lineage(manifest: &Manifest, dir: &Path) -> Option<String> {
     manifest.pbt.as_ref()?;
     let name = dir.file_name()?.to_string_lossy();
     let member = manifest.trials.iter().position(|e| e.dir == name)?;
-    let copies = crate::sweep::pbt::lineage(manifest, member);
-    if copies.is_empty() {
-        return Some("-".into());
-    }
-    Some(
-        copies
-            .iter()
-            .map(|(step, donor)| format!("{step}←{donor:03}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
+    Some(crate::sweep::pbt::lineage_text(manifest, member))
 }
 
 /// A run's name in the table: its path under `root`, or its own name when `root` is the run.

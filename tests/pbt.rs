@@ -107,6 +107,32 @@ fn a_pbt_sweep_with_fewer_jobs_than_members_copies_explores_and_shows_it() {
     }
     assert_members_whole(&root);
 
+    // HPARAMS: each member's session holds the values it ended with (its schedule's last) and
+    // its lineage, and the experiment declares the lineage column.
+    let manifest = Manifest::load(&root).unwrap();
+    for (m, dir) in names.iter().enumerate() {
+        let session = &common::tb_read(dir)["hparams"]["start"]["hparams"];
+        let (_, last) = charlab::sweep::pbt::schedule(&manifest, m).pop().unwrap();
+        for (key, value) in last {
+            let shown = session[&key].as_f64().unwrap();
+            assert!(
+                (shown - value).abs() <= 1e-12 * value.abs(),
+                "{m} {key}: {shown} vs {value}"
+            );
+        }
+        let copied = copies.iter().filter(|c| c.member == m).collect::<Vec<_>>();
+        let lineage = session["lineage"].as_str().unwrap();
+        match copied.last() {
+            Some(c) => assert!(lineage.contains(&format!("{}←{:03}", c.step, c.donor.unwrap().0))),
+            None => assert_eq!(lineage, "-"),
+        }
+    }
+    let declared = &common::tb_read(&root)["hparams"]["experiment"]["hparams"];
+    assert!(
+        declared.as_array().unwrap().iter().any(|h| h == "lineage"),
+        "{declared}"
+    );
+
     // compare shows who copied whom.
     let o = common::charlab(d, &["compare", root.to_str().unwrap()]);
     let table = String::from_utf8_lossy(&o.stdout);

@@ -373,6 +373,10 @@ fn a_second_sweep_on_the_same_experiment_is_refused() {
     }
     let mut busy = None;
     common::wait_until(60, "a trial in training", || {
+        // The lock is taken before the manifest is written.
+        if !root.join("manifest.json").exists() {
+            return false;
+        }
         busy = run_dirs(&root)
             .into_iter()
             .find(|d| record(d)["status"] == "running" && d.join("config.toml").exists());

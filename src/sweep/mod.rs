@@ -144,7 +144,16 @@ fn lay_out(root: &Path, plan: &Plan, manifest: &Manifest, say: &mut dyn FnMut(&s
     }
     let mut events = EventWriter::create(root)?;
     let sample = plan.trials.first().map(|t| &t.config);
-    let infos = train::hparam_declarations(&plan.swept, sample);
+    let mut infos = train::hparam_declarations(&plan.swept, sample);
+    if plan.pbt.is_some() {
+        // Each member's copies, as a column beside the values it ended with.
+        infos.push(crate::summary::HParamDecl {
+            name: train::LINEAGE.into(),
+            domain: None,
+            ty: train::hparam_type(&crate::summary::HValue::Str(String::new())),
+            differs: true,
+        });
+    }
     events.hparams_experiment(&infos, train::METRICS)?;
     let exact: Vec<Vec<String>> = (crate::tags::CHARTS.iter())
         .map(|(_, tags)| tags.iter().map(|t| format!("^{t}$")).collect())

@@ -444,6 +444,20 @@ pub fn lineage(manifest: &Manifest, member: usize) -> Vec<(u64, usize)> {
         .collect()
 }
 
+/// Member `member`'s lineage as text: `200←005 400←001` (copied member 005 at step 200, ...),
+/// `-` when it copied no one (compare's column, the HParams `lineage` value).
+pub fn lineage_text(manifest: &Manifest, member: usize) -> String {
+    let copies = lineage(manifest, member);
+    if copies.is_empty() {
+        return "-".into();
+    }
+    copies
+        .iter()
+        .map(|(step, donor)| format!("{step}←{donor:03}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Member `m`'s schedule: its explored values from step 0 (its draw) and after each of its
 /// decisions, as (step, values).
 pub fn schedule(manifest: &Manifest, m: usize) -> Vec<(u64, Vec<(String, f64)>)> {

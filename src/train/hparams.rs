@@ -42,6 +42,17 @@ pub fn hparam_declarations(
     out
 }
 
+/// The string column a population-based sweep adds to its members' sessions.
+pub const LINEAGE: &str = "lineage";
+
+/// A population member's session values: the explored keys as it ended (its last phase's) and
+/// its lineage.
+pub fn member_values(cfg: &RunConfig, lineage: &str) -> Vec<(String, HValue)> {
+    let mut out = hparam_values(&cfg.at_step(u64::MAX));
+    out.push((LINEAGE.into(), HValue::Str(lineage.into())));
+    out
+}
+
 /// Config keys that are about observing a run, not about the model: left out of HParams, and
 /// free to change when a run is resumed.
 pub const OBSERVATION_KEYS: &[&str] = &[

@@ -14,8 +14,8 @@ mod trainer;
 
 pub use crate::run_dir::{CorpusInfo, EvalPoint, Metrics, RunRecord, RunStatus};
 pub use hparams::{
-    config_values, hparam_declarations, hparam_type, hparam_value, hparam_values, METRICS,
-    OBSERVATION_KEYS,
+    config_values, hparam_declarations, hparam_type, hparam_value, hparam_values, member_values,
+    LINEAGE, METRICS, OBSERVATION_KEYS,
 };
 pub use progress::{log_line, Console, Progress};
 pub use trainer::{blown_up, PAUSED};
@@ -64,6 +64,10 @@ pub struct TrainOptions {
     /// How long to wait for another process to let go of the run (a sweep's worker waits for
     /// the one its killed predecessor orphaned); none: refuse at once.
     pub lock_wait: std::time::Duration,
+    /// A population member's lineage (`200←005 400←001`): its HParams session is written when
+    /// it ends, with the values it ended with and this as the `lineage` column, instead of at
+    /// its start with its first draw (TensorBoard keeps the first session it reads).
+    pub lineage: Option<String>,
 }
 
 impl std::fmt::Debug for TrainOptions {
@@ -91,6 +95,7 @@ impl Default for TrainOptions {
             trace: Vec::new(),
             note: None,
             lock_wait: std::time::Duration::ZERO,
+            lineage: None,
         }
     }
 }

@@ -338,7 +338,10 @@ fn open_events(
     if opts.write_experiment {
         events.hparams_experiment(&hparam_declarations(&[], Some(cfg)), METRICS)?;
     }
-    events.session_start(&hparams, opts.group.as_deref().unwrap_or(""))?;
+    // A population member's session is written when it ends ([`TrainOptions::lineage`]).
+    if opts.lineage.is_none() {
+        events.session_start(&hparams, opts.group.as_deref().unwrap_or(""))?;
+    }
     events.flush()?;
     Ok(events)
 }

@@ -482,7 +482,13 @@ impl<'a> Trainer<'a> {
             self.record.steps = self.cursor.step;
         }
         // TensorBoard keeps the first `session_end_info` it reads for a run, so a run that will be
-        // resumed writes none: its end is written once, by the invocation that ends it.
+        // resumed writes none: its end is written once, by the invocation that ends it. A
+        // population member's start too, with the values it ended with.
+        if let (Some(lineage), true) = (&self.opts.lineage, status.is_final()) {
+            let values = super::hparams::member_values(self.cfg, lineage);
+            let group = self.opts.group.as_deref().unwrap_or("");
+            self.events.session_start(&values, group)?;
+        }
         match status {
             RunStatus::Completed | RunStatus::Pruned => {
                 self.events.session_end(SessionStatus::Success)?

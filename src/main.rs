@@ -178,6 +178,11 @@ struct SweepArgs {
     /// always printed, and every pause is in the member's worker.log).
     #[arg(long)]
     verbose: bool,
+    /// PBT: members advance boundary by boundary and are decided in member order, so the same
+    /// file gives the same decisions whatever `jobs`, timing or interruptions (slots wait at
+    /// each boundary for the slowest member).
+    #[arg(long)]
+    deterministic: bool,
     /// Where trials run: local processes, or a Slurm job array (one task per trial).
     #[arg(long, value_enum, default_value_t = LauncherKind::Local)]
     launcher: LauncherKind,
@@ -202,6 +207,10 @@ impl SweepArgs {
             return Ok(Ended::Done);
         }
         let slurm = self.launcher == LauncherKind::Slurm;
+        if self.deterministic && slurm {
+            let why = "is for the local launcher (on Slurm the watcher decides as pieces end)";
+            return Err(charlab::Error::invalid("--deterministic", why).into());
+        }
         let opts = SweepOptions {
             runs_root: self.runs,
             max_trials: self.max_trials,
@@ -212,6 +221,7 @@ impl SweepArgs {
             jobs: self.jobs,
             progress: progress(self.plain),
             verbose: self.verbose,
+            deterministic: self.deterministic,
             launcher: if slurm {
                 Launcher::Slurm {
                     flags: self.slurm,

@@ -283,6 +283,54 @@ fn the_same_pbt_sweep_one_member_at_a_time_decides_the_same_twice() {
 }
 
 #[test]
+fn a_deterministic_pbt_sweep_decides_the_same_two_at_a_time_as_one_at_a_time() {
+    // Asynchronous PBT ranks a member against whoever has reached its boundary by then (with
+    // members of two speeds and two jobs, not all of them); --deterministic waits for all of
+    // them and decides in member order, so `jobs` changes nothing it decides.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let one = pbt_file(d, "one", 4, "jobs = 1");
+    let two = pbt_file(d, "two", 4, "jobs = 2");
+    // Members of two sizes: the small ones reach a boundary first, as a sweep's do.
+    for f in [&one, &two] {
+        let text = std::fs::read_to_string(d.join(f)).unwrap();
+        std::fs::write(d.join(f), text + "hidden = { choice = [16, 128] }\n").unwrap();
+    }
+    for file in [&one, &two] {
+        let args = ["sweep", file.as_str(), "--plain", "--deterministic"];
+        let o = common::charlab(d, &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // The same decisions: who, where, the ranking's order, the donor, the new values (the val
+    // losses themselves differ in the 8th digit: one job gets 2 threads, two get 1 each).
+    let shape = |root: &str| -> Vec<_> {
+        decisions(&d.join(root))
+            .into_iter()
+            .map(|x| {
+                let order: Vec<usize> = x.ranking.iter().map(|r| r.0).collect();
+                (x.member, x.step, order, x.donor.map(|d| d.0), x.new)
+            })
+            .collect()
+    };
+    let (a, b) = (shape("runs/one"), shape("runs/two"));
+    assert_eq!(a.len(), 8);
+    assert!(
+        b.iter().all(|x| x.2.len() == 4),
+        "every ranking is whole: {b:?}"
+    );
+    assert_eq!(a, b);
+    let o = common::charlab(
+        d,
+        &["sweep", &two, "--deterministic", "--launcher", "slurm"],
+    );
+    common::assert_user_error(
+        &o,
+        "--deterministic on slurm",
+        &["--deterministic", "local"],
+    );
+}
+
+#[test]
 fn a_pbt_sweep_killed_mid_search_keeps_its_decisions_and_writes_no_step_twice() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

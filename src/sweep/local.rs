@@ -31,6 +31,10 @@ pub struct LocalOptions {
     pub costs: Vec<f64>,
     /// Print each population member's pause at every boundary too (the decisions always are).
     pub verbose: bool,
+    /// A population advances boundary by boundary: no member starts a piece from a boundary
+    /// until every member has reached it, and members start (and are decided on) in member
+    /// order, so the decisions do not depend on timing, `jobs` or interruptions.
+    pub deterministic: bool,
 }
 
 /// Why the launcher asked a running worker to stop.
@@ -44,6 +48,8 @@ enum StopCause {
 
 struct Running {
     index: usize,
+    /// The step its piece started from (a population member's boundary; 0 otherwise).
+    from: u64,
     slot: usize,
     child: Child,
     started: Instant,
@@ -488,9 +494,10 @@ impl<'a> Launcher<'a> {
     fn launch(&mut self) -> Result<()> {
         while self.stopping_all.is_none() && !self.fail_fast_hit {
             self.propose()?;
-            let (Some(&slot), Some(&index)) = (self.free.last(), self.queue.front()) else {
+            let (Some(&slot), Some((at, from))) = (self.free.last(), self.next_queued()?) else {
                 break;
             };
+            let index = self.queue[at];
             if let Some(p) = &self.population {
                 if let Some(line) = p.before_piece(&mut self.manifest, index)? {
                     self.display.line(&line);
@@ -498,9 +505,10 @@ impl<'a> Launcher<'a> {
             }
             let child = self.spawn(index, slot)?;
             self.free.pop();
-            self.queue.pop_front();
+            self.queue.remove(at);
             self.running.push(Running {
                 index,
+                from,
                 slot,
                 child,
                 started: Instant::now(),
@@ -508,6 +516,26 @@ impl<'a> Launcher<'a> {
             });
         }
         Ok(())
+    }
+
+    /// The queued trial to start next, as (its place in the queue, the step it starts from):
+    /// the first; or, for a deterministic population, the member standing on the lowest step
+    /// (the lowest index among equals), and none while a running member has not reached that
+    /// step (the barrier).
+    fn next_queued(&self) -> Result<Option<(usize, u64)>> {
+        let Some(p) = self.population.as_ref().filter(|_| self.opts.deterministic) else {
+            return Ok((!self.queue.is_empty()).then_some((0, 0)));
+        };
+        let mut best: Option<(u64, usize, usize)> = None;
+        for (at, &m) in self.queue.iter().enumerate() {
+            let step = p.stands_at(&self.manifest, m)?;
+            if best.is_none_or(|b| (step, m) < (b.0, b.1)) {
+                best = Some((step, m, at));
+            }
+        }
+        Ok(best
+            .filter(|&(step, _, _)| self.running.iter().all(|r| r.from >= step))
+            .map(|(step, _, at)| (at, step)))
     }
 
     /// `charlab sweep-worker --sweep ROOT --index N`, its output appended to the trial's log.

@@ -43,6 +43,8 @@ pub struct SweepOptions {
     pub progress: Progress,
     /// Also print what the log leaves out by default (each PBT member's pauses).
     pub verbose: bool,
+    /// A population advances boundary by boundary ([`local::LocalOptions::deterministic`]).
+    pub deterministic: bool,
     pub data_dir: PathBuf,
     /// The binary run as `sweep-worker` (default: this executable).
     pub worker_exe: Option<PathBuf>,
@@ -77,6 +79,7 @@ impl Default for SweepOptions {
             jobs: None,
             progress: Progress::Auto,
             verbose: false,
+            deterministic: false,
             data_dir: crate::corpus::data_dir(),
             worker_exe: None,
             launcher: Launcher::Local,
@@ -263,6 +266,7 @@ fn launch(
             data_dir: opts.data_dir.clone(),
             costs,
             verbose: opts.verbose,
+            deterministic: opts.deterministic,
         };
         local::run(
             root,

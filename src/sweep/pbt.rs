@@ -196,6 +196,11 @@ impl<'a> Population<'a> {
         manifest.save(&self.root)
     }
 
+    /// The step member `member` stands on: where its next piece starts.
+    pub fn stands_at(&self, manifest: &Manifest, member: usize) -> Result<u64> {
+        self.step_of(&self.run(manifest, member))
+    }
+
     /// A member's step: its last checkpoint's (0 without one).
     fn step_of(&self, run: &RunDir) -> Result<u64> {
         let path = run.checkpoint(Checkpoint::Last);

@@ -253,6 +253,39 @@ fn phases_change_the_values_a_run_trains_with_from_their_step() {
 }
 
 #[test]
+fn on_a_terminal_a_pbt_sweep_counts_population_steps_and_prints_decisions_only() {
+    // `script` (util-linux) gives the sweep a terminal, so it draws its progress bar.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no `script` to give the sweep a terminal");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = pbt_file(d, "tty", 4, "jobs = 2");
+    let exe = env!("CARGO_BIN_EXE_charlab");
+    let o = std::process::Command::new("script")
+        .args(["-qec", &format!("{exe} sweep {file}"), "/dev/null"])
+        .current_dir(d)
+        .env("CHARLAB_DATA", d.join("data"))
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{screen}");
+    // The bar counts the population's steps: 4 members × 60 (this sweep ends before its
+    // once-a-second update moves it; docs/pbt-terminal.txt shows one that does).
+    assert!(screen.contains("population step 0/240"), "{screen}");
+    assert!(screen.contains("step 20: "), "the decisions: {screen}");
+    assert!(
+        !screen.contains("paused at"),
+        "no pauses without --verbose: {screen}"
+    );
+}
+
+#[test]
 fn the_same_pbt_sweep_one_member_at_a_time_decides_the_same_twice() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -182,7 +182,7 @@ impl Display {
         match (self.console.bar(), self.by_steps) {
             (Some(b), by_steps) => {
                 if by_steps {
-                    b.set_length(est_total);
+                    b.set_length(est_total.max(b.length().unwrap_or(0)));
                     b.set_position(steps);
                 } else {
                     b.set_position(done as u64);
@@ -283,7 +283,10 @@ impl<'a> Launcher<'a> {
             attempts: vec![0; manifest.trials.len()],
             running: Vec::new(),
             failed: Vec::new(),
-            display: Display::new(opts.progress, total, population.is_some()),
+            display: match &population {
+                Some(p) => Display::new(opts.progress, p.total_steps() as usize, true),
+                None => Display::new(opts.progress, total, false),
+            },
             stopping_all: None,
             fail_fast_hit: false,
             user_error: None,

@@ -172,6 +172,15 @@ impl<'a> Population<'a> {
         RunDir::new(self.root.join(&manifest.trials[member].dir))
     }
 
+    /// The steps the whole population trains (0 where a member's length is set in epochs).
+    pub fn total_steps(&self) -> u64 {
+        self.plan
+            .trials
+            .iter()
+            .map(|t| t.config.max_steps.unwrap_or(0))
+            .sum()
+    }
+
     /// On (re)start: the decisions must be this sweep file's, and what was decided but not
     /// yet done is done now.
     pub fn catch_up(&self, manifest: &mut Manifest) -> Result<()> {

@@ -315,6 +315,34 @@ fn the_same_pbt_sweep_one_member_at_a_time_decides_the_same_twice() {
     assert_eq!(a, b);
 }
 
+/// A PBT sweep file whose members come in two sizes (the small ones reach a boundary first, as
+/// a real sweep's do), run `jobs` at a time.
+fn two_speed_file(d: &Path, name: &str, jobs: usize) -> String {
+    let file = pbt_file(d, name, 4, &format!("jobs = {jobs}"));
+    let text = std::fs::read_to_string(d.join(&file)).unwrap();
+    std::fs::write(d.join(&file), text + "hidden = { choice = [16, 128] }\n").unwrap();
+    file
+}
+
+/// A sweep's decisions as who, where, the ranking's order, the donor and the new values.
+fn shape(root: &Path) -> Vec<DecisionShape> {
+    decisions(root)
+        .into_iter()
+        .map(|x| {
+            let order: Vec<usize> = x.ranking.iter().map(|r| r.0).collect();
+            (x.member, x.step, order, x.donor.map(|d| d.0), x.new)
+        })
+        .collect()
+}
+
+type DecisionShape = (
+    usize,
+    u64,
+    Vec<usize>,
+    Option<usize>,
+    Vec<(String, serde_json::Value)>,
+);
+
 #[test]
 fn a_deterministic_pbt_sweep_decides_the_same_two_at_a_time_as_one_at_a_time() {
     // Asynchronous PBT ranks a member against whoever has reached its boundary by then (with
@@ -322,30 +350,15 @@ fn a_deterministic_pbt_sweep_decides_the_same_two_at_a_time_as_one_at_a_time() {
     // them and decides in member order, so `jobs` changes nothing it decides.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let one = pbt_file(d, "one", 4, "jobs = 1");
-    let two = pbt_file(d, "two", 4, "jobs = 2");
-    // Members of two sizes: the small ones reach a boundary first, as a sweep's do.
-    for f in [&one, &two] {
-        let text = std::fs::read_to_string(d.join(f)).unwrap();
-        std::fs::write(d.join(f), text + "hidden = { choice = [16, 128] }\n").unwrap();
-    }
+    let (one, two) = (two_speed_file(d, "one", 1), two_speed_file(d, "two", 2));
     for file in [&one, &two] {
         let args = ["sweep", file.as_str(), "--plain", "--deterministic"];
         let o = common::charlab(d, &args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    // The same decisions: who, where, the ranking's order, the donor, the new values (the val
-    // losses themselves differ in the 8th digit: one job gets 2 threads, two get 1 each).
-    let shape = |root: &str| -> Vec<_> {
-        decisions(&d.join(root))
-            .into_iter()
-            .map(|x| {
-                let order: Vec<usize> = x.ranking.iter().map(|r| r.0).collect();
-                (x.member, x.step, order, x.donor.map(|d| d.0), x.new)
-            })
-            .collect()
-    };
-    let (a, b) = (shape("runs/one"), shape("runs/two"));
+    // The same decisions (the val losses themselves differ in the 8th digit: one job gets 2
+    // threads, two get 1 each).
+    let (a, b) = (shape(&d.join("runs/one")), shape(&d.join("runs/two")));
     assert_eq!(a.len(), 8);
     assert!(
         b.iter().all(|x| x.2.len() == 4),
@@ -361,6 +374,43 @@ fn a_deterministic_pbt_sweep_decides_the_same_two_at_a_time_as_one_at_a_time() {
         "--deterministic on slurm",
         &["--deterministic", "local"],
     );
+}
+
+#[test]
+fn a_deterministic_pbt_sweep_killed_and_rerun_decides_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (calm, killed) = (two_speed_file(d, "calm", 2), two_speed_file(d, "killed", 2));
+    let args = |f: &str| {
+        vec![
+            "sweep".to_string(),
+            f.into(),
+            "--plain".into(),
+            "--deterministic".into(),
+        ]
+    };
+    let o = common::charlab(
+        d,
+        &args(&calm).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let root = d.join("runs/killed");
+    let killed_args = args(&killed);
+    let killed_args: Vec<&str> = killed_args.iter().map(String::as_str).collect();
+    let mut child = common::spawn_quiet(d, &killed_args);
+    common::wait_until(180, "five decisions", || {
+        Manifest::load(&root).is_ok_and(|m| m.pbt.is_some_and(|p| p.decisions.len() >= 5))
+    });
+    common::kill("KILL", child.id());
+    let _ = child.wait();
+    common::wait_until(60, "the workers to stop", || {
+        members(&root)
+            .iter()
+            .all(|m| !charlab::run_dir::RunDir::new(m).is_training())
+    });
+    let o = common::charlab(d, &killed_args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(shape(&root), shape(&d.join("runs/calm")));
 }
 
 #[test]

@@ -511,13 +511,13 @@ impl CpuModel {
         s.masks.resize_with(layers, Vec::new);
         match pass {
             Pass::Train { dropout, rng } if dropout > 0.0 => {
-                let scale = (1.0 / (1.0 - dropout)) as f32;
-                let p = dropout as f32;
                 for m in &mut s.masks {
                     m.clear();
-                    m.extend(
-                        (0..batch * seq * h).map(|_| if rng.uniform() < p { 0.0 } else { scale }),
-                    );
+                    m.extend(super::reference::dropout_draws(
+                        batch * seq * h,
+                        dropout,
+                        rng,
+                    ));
                 }
             }
             _ => s.masks.iter_mut().for_each(Vec::clear),

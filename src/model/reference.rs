@@ -36,14 +36,17 @@ pub fn lstm_layer(
     Ok((Tensor::stack(&hs, 1)?, h.detach(), c.detach()))
 }
 
-/// Inverted dropout's mask for `n` units, one draw from `rng` per element in row-major order
-/// (the CPU path and the CUDA path draw the same masks in the same order).
-pub fn dropout_mask(n: usize, p: f64, rng: &mut Rng) -> Vec<f32> {
+/// Inverted dropout's mask for `n` units, one draw from `rng` per element in row-major order:
+/// the one rule, so the CPU path and the CUDA path draw the same masks in the same order.
+pub fn dropout_draws(n: usize, p: f64, rng: &mut Rng) -> impl Iterator<Item = f32> + '_ {
     let scale = (1.0 / (1.0 - p)) as f32;
     let p = p as f32;
-    (0..n)
-        .map(|_| if rng.uniform() < p { 0.0 } else { scale })
-        .collect()
+    (0..n).map(move |_| if rng.uniform() < p { 0.0 } else { scale })
+}
+
+/// [`dropout_draws`] as a vector.
+pub fn dropout_mask(n: usize, p: f64, rng: &mut Rng) -> Vec<f32> {
+    dropout_draws(n, p, rng).collect()
 }
 
 /// Inverted dropout with a mask drawn from `rng` ([`dropout_mask`]).

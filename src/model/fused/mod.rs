@@ -42,11 +42,10 @@ struct LayerBufs {
     dh: Buf,
 }
 
-impl Workspace {
-    fn tail_len(&self, d: Dims) -> usize {
-        let n = self.batch * self.steps;
-        2 * n + 2 * d.layers * self.batch * d.hidden
-    }
+/// The length of [`Workspace::tail`] for `batch` × `steps`: losses and hits `[N]` each, then `h`
+/// and `c` `[B, H]` per layer.
+fn tail_len(d: Dims, batch: usize, steps: usize) -> usize {
+    2 * batch * steps + 2 * d.layers * batch * d.hidden
 }
 
 /// Buffers for one (batch, steps) shape; kept between windows of that shape.
@@ -246,7 +245,7 @@ impl Fused {
             dx0: ops.alloc(n * d.embed_dim)?,
             layers,
             z: ops.alloc(n * d.vocab)?,
-            tail: ops.alloc(2 * n + 2 * d.layers * batch * h)?,
+            tail: ops.alloc(tail_len(d, batch, steps))?,
             ones,
             grads,
             grad_sizes,
@@ -346,7 +345,9 @@ impl Fused {
         if train {
             self.backward(ws, p, top, dropped)?;
         }
-        let tail = self.ops.download(ws.tail.at(0), ws.tail_len(self.dims))?;
+        let tail = self
+            .ops
+            .download(ws.tail.at(0), tail_len(self.dims, ws.batch, ws.steps))?;
         let (loss, rest) = tail.split_at(n);
         let (hits, states) = rest.split_at(n);
         let (h, c) = (&mut state.h, &mut state.c);

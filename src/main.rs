@@ -281,9 +281,8 @@ impl WorkerArgs {
             Progress::Lines,
         )?;
         // A worker that stopped for good (diverged, pruned), or that paused its member at a
-        // population-based sweep's boundary (interrupted without a signal), did its job.
-        let paused = status == RunStatus::Interrupted && charlab::signals::requested().is_none();
-        if status.is_final() || paused {
+        // population-based sweep's boundary, did its job.
+        if status.is_final() || status == RunStatus::Paused {
             return Ok(Ended::Done);
         }
         Ok(Ended::of_run(status, SIGTERM))
@@ -503,7 +502,7 @@ impl Ended {
     /// `assumed` when none was seen here.
     fn of_run(status: RunStatus, assumed: i32) -> Ended {
         match status {
-            RunStatus::Completed | RunStatus::Pruned => Ended::Done,
+            RunStatus::Completed | RunStatus::Pruned | RunStatus::Paused => Ended::Done,
             RunStatus::Interrupted => {
                 Ended::Signalled(charlab::signals::requested().unwrap_or(assumed))
             }

@@ -29,6 +29,9 @@ pub enum RunStatus {
     /// The loss became NaN or infinite.
     Diverged,
     Interrupted,
+    /// Checkpointed at a population-based sweep's boundary, waiting for the sweep's decision
+    /// there ([`crate::train::is_boundary`]); resumed like an interrupted run.
+    Paused,
     Failed,
     /// Stopped by a sweep's pruning rule (worse than its siblings at the same step).
     Pruned,

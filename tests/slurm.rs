@@ -164,8 +164,10 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
     );
 
     // The cancelled trial was resubmitted once, then requeued itself (no third submission).
+    let victim_name = victim_dir.file_name().unwrap().to_string_lossy();
     assert!(
-        watch_log.contains(&format!("trial {victim} (")) && watch_log.contains("resubmitting"),
+        watch_log.contains(&format!("trial {victim_name} ended without finishing"))
+            && watch_log.contains("retry 1/"),
         "{watch_log}"
     );
     let jobs = json(&root.join("slurm/jobs.json"));

@@ -4,6 +4,7 @@
 //! same worker contract (`--sweep DIR --index N`) serves a cluster scheduler's job arrays.
 
 mod dry_run;
+pub mod engine;
 pub mod fidelity;
 pub mod local;
 pub mod manifest;
@@ -13,6 +14,7 @@ mod preflight;
 pub mod pruning;
 pub mod search;
 pub mod slurm;
+pub mod strategy;
 pub mod tpe;
 mod worker;
 
@@ -228,8 +230,15 @@ fn launch(
     opts: &SweepOptions,
 ) -> Result<(Option<i32>, Manifest)> {
     let exp = &plan.experiment;
-    let retries = opts.retries.unwrap_or(exp.retries);
-    let proposer = search::Proposer::new(plan, root);
+    let rules = engine::Rules {
+        retries: opts.retries.unwrap_or(exp.retries),
+        fail_fast: opts.fail_fast,
+        deterministic: opts.deterministic,
+        verbose: opts.verbose,
+    };
+    let strategy = strategy::Strategy::of(plan, root);
+    let engine = engine::Engine::new(root, manifest, strategy, rules, &costs)?;
+    let jobs = opts.jobs.unwrap_or(exp.jobs).max(1);
     if let Launcher::Slurm {
         flags,
         detach,
@@ -238,42 +247,25 @@ fn launch(
     {
         let so = slurm::SlurmOptions {
             settings: flags.over(&plan.slurm),
-            retries,
-            fail_fast: opts.fail_fast,
             detach: *detach,
             progress: opts.progress,
             worker_exe: opts.worker_exe.clone(),
             data_dir: std::path::absolute(&opts.data_dir).at(&opts.data_dir)?,
             poll: *poll,
-            concurrent: opts.jobs.unwrap_or(exp.jobs).max(1),
+            concurrent: jobs,
         };
-        slurm::run(
-            root,
-            manifest,
-            &so,
-            (proposer, pbt::Population::new(plan, root)),
-        )
+        slurm::run(root, engine, &so)
     } else {
         let local = local::LocalOptions {
-            jobs: opts.jobs.unwrap_or(exp.jobs).max(1),
+            jobs,
             devices: exp.devices.clone(),
             trials_per_device: exp.trials_per_device.max(1),
-            retries,
-            fail_fast: opts.fail_fast,
             timeout: exp.timeout.map(std::time::Duration::from_secs_f64),
             progress: opts.progress,
             worker_exe: opts.worker_exe.clone(),
             data_dir: opts.data_dir.clone(),
-            costs,
-            verbose: opts.verbose,
-            deterministic: opts.deterministic,
         };
-        local::run(
-            root,
-            manifest,
-            &local,
-            (proposer, pbt::Population::new(plan, root)),
-        )
+        local::run(root, engine, &local)
     }
 }
 

@@ -7,9 +7,8 @@
 //! resumes from its checkpoint. Before a time limit Slurm sends SIGUSR1 (`--signal`): the worker
 //! checkpoints and requeues its own task (`scontrol requeue`), which resumes the same way.
 
-use super::manifest::{self, Entry, Manifest, TrialState};
-use super::pbt::{self, Population};
-use super::search::Proposer;
+use super::engine::{Engine, Exit};
+use super::manifest::Manifest;
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::train::{log_line, Progress, RunStatus};
@@ -23,8 +22,6 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Default)]
 pub struct SlurmOptions {
     pub settings: super::plan::SlurmSettings,
-    pub retries: u32,
-    pub fail_fast: bool,
     /// Return after submitting.
     pub detach: bool,
     pub progress: Progress,
@@ -156,10 +153,6 @@ fn alive(task: Option<&Task>) -> bool {
     task.is_some_and(|t| !TERMINAL.contains(&t.state.trim_end_matches('+')))
 }
 
-fn state_name(task: Option<&Task>) -> &str {
-    task.map_or("gone", |t| t.state.as_str())
-}
-
 /// `0-3,7,9-10`: the `--array` spec of sorted indices.
 pub fn array_spec(indices: &[usize]) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -255,25 +248,18 @@ fn submit(
     Ok(id)
 }
 
-/// The watcher's state across polls.
+/// The watcher's state across polls: the tasks; the engine decides.
 struct Watcher<'a> {
     root: PathBuf,
-    manifest: Manifest,
+    engine: Engine<'a>,
     opts: &'a SlurmOptions,
-    proposer: Option<Proposer<'a>>,
-    /// A population-based sweep's members, decided on between their pieces.
-    population: Option<Population<'a>>,
-    /// The search has no more trials to propose.
-    exhausted: bool,
     script: PathBuf,
     jobs: Jobs,
-    /// Submissions per trial in this invocation: a rerun gives every unfinished trial its
-    /// `retries` again.
-    tries_here: BTreeMap<usize, u32>,
-    given_up: BTreeSet<usize>,
+    /// Trials submitted (or found alive) and not yet seen to end.
+    outstanding: BTreeSet<usize>,
 }
 
-/// What one poll found: trials done, queued or running, failed, and the ones to submit.
+/// What one poll found: trials done, queued or running, failed.
 #[derive(Default, PartialEq)]
 struct Counts {
     done: usize,
@@ -281,168 +267,108 @@ struct Counts {
     failed: usize,
 }
 
-/// How a poll ended the watch.
-enum Verdict {
-    Continue(Counts),
-    /// --fail-fast cancelled the sweep.
-    Cancelled,
-}
-
 impl Watcher<'_> {
+    fn show(&mut self) {
+        for line in self.engine.said() {
+            log_line(self.opts.progress, &line);
+        }
+    }
+
     /// A requeued task that Slurm holds back two minutes (reason BeginTime) after it
     /// checkpointed on SIGUSR1: let it go now.
-    fn release(&self, index: usize, task: &Task, state: TrialState) {
+    fn release(&self, index: usize, task: &Task) {
         if task.state == "PENDING"
             && task.reason == "BeginTime"
-            && state == TrialState::Run(RunStatus::Interrupted)
+            && self.engine.run_dir(index).status() == Some(RunStatus::Interrupted)
         {
             let id = format!("JobId={}_{index}", task.job);
             let _ = tool("scontrol", &["update".into(), id, "StartTime=now".into()]);
         }
     }
 
-    /// A trial whose task is gone without finishing it: resubmit it, or give up on it.
-    /// Returns true when it is to be submitted.
-    fn retry_or_fail(&mut self, e: &Entry, task: Option<&Task>, state: TrialState) -> bool {
-        let tries = self.tries_here.get(&e.index).copied().unwrap_or(0);
-        if tries <= self.opts.retries {
-            if tries > 0 {
-                log_line(
-                    self.opts.progress,
-                    &format!(
-                        "trial {} ({}): task ended ({}) without finishing; resubmitting",
-                        e.index,
-                        e.dir,
-                        state_name(task)
-                    ),
-                );
-            }
-            return true;
-        }
-        self.given_up.insert(e.index);
-        if state != TrialState::Run(RunStatus::Failed) {
-            let why = format!(
-                "slurm task ended ({}) without finishing, after {tries} submissions",
-                state_name(task)
-            );
-            let _ = RunDir::new(self.root.join(&e.dir)).mark_failed(&why);
-        }
-        log_line(
-            self.opts.progress,
-            &format!("trial {} ({}): failed", e.index, e.dir),
-        );
-        false
-    }
-
-    /// A population member whose task ended at a boundary: its checkpoint there is kept for
-    /// the others (before any of them is decided on).
-    fn paused(&mut self, index: usize) -> Result<bool> {
-        let Some(p) = &self.population else {
-            return Ok(false);
-        };
-        let run = RunDir::new(self.root.join(&self.manifest.trials[index].dir));
-        if !run.record().as_ref().is_some_and(pbt::is_paused) {
-            return Ok(false);
-        }
-        p.paused(&self.manifest, index)?;
-        Ok(true)
-    }
-
-    /// A population whose members have all finished: its replay config, said on the console.
-    fn finish_population(&self) -> Result<()> {
-        if let Some(path) = self.population.as_ref().map(|p| p.finish(&self.manifest)) {
-            if let Some(path) = path? {
-                log_line(
-                    self.opts.progress,
-                    &format!("the best member's schedule, as one run: {}", path.display()),
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// A search's new trials, up to its concurrency, as results come in.
-    fn propose(&mut self, outstanding: usize, to_submit: &mut Vec<usize>) -> Result<()> {
-        let Some(p) = &self.proposer else {
-            return Ok(());
-        };
-        let limit = self
-            .opts
-            .settings
-            .array_parallelism
-            .unwrap_or(self.opts.concurrent);
-        while !self.exhausted && outstanding + to_submit.len() < limit.max(1) {
-            match p.propose(&mut self.manifest)? {
-                Some(i) => {
-                    log_line(self.opts.progress, &p.describe(&self.manifest, i));
-                    to_submit.push(i);
-                }
-                None => self.exhausted = true,
-            }
-        }
-        Ok(())
-    }
-
-    /// One look at the run records and the queue: counts, resubmissions, fail-fast.
-    fn poll(&mut self, tasks: &BTreeMap<usize, Task>) -> Result<Verdict> {
-        if let Some(p) = &self.proposer {
-            p.catch_up(&mut self.manifest)?;
-        }
-        let mut to_submit = Vec::new();
-        let mut paused = Vec::new();
-        let mut c = Counts::default();
-        for e in self.manifest.trials.clone() {
-            let e = &e;
-            let state = manifest::state(&RunDir::new(self.root.join(&e.dir)));
-            let task = tasks.get(&e.index);
-            if matches!(state, TrialState::Run(s) if s.is_final()) {
-                c.done += 1;
-            } else if alive(task) {
-                c.running += 1;
+    /// How trial `index`'s task ended it, once it has (`None` while it runs).
+    fn exit_of(&self, index: usize, task: Option<&Task>) -> Option<Exit> {
+        let status = self.engine.run_dir(index).status();
+        match status {
+            Some(s) if s.is_final() => Some(Exit::Final),
+            _ if alive(task) => {
                 if let Some(t) = task {
-                    self.release(e.index, t, state);
+                    self.release(index, t);
                 }
-            } else if self.given_up.contains(&e.index) {
-                c.failed += 1;
-            } else if self.paused(e.index)? {
-                // A member at a boundary: decided on below, once every paused one is seen.
-                paused.push(e.index);
-            } else if self.retry_or_fail(e, task, state) {
-                to_submit.push(e.index);
-            } else {
-                c.failed += 1;
-                if let Some(p) = &self.proposer {
-                    p.finished(&mut self.manifest, e.index)?;
-                }
-                if self.opts.fail_fast {
-                    cancel(&self.jobs);
-                    return Ok(Verdict::Cancelled);
-                }
+                None
+            }
+            Some(RunStatus::Paused) => Some(Exit::Paused),
+            _ => Some(Exit::Crashed {
+                how: task.map_or("slurm task gone from the queue".into(), |t| {
+                    format!("slurm task {}", t.state)
+                }),
+                bad_input: false,
+                log: self.root.join("slurm"),
+            }),
+        }
+    }
+
+    /// One look at the run records and the queue: what ended, what starts, the counts.
+    /// `None` when --fail-fast cancelled the sweep.
+    fn poll(&mut self, tasks: &BTreeMap<usize, Task>) -> Result<Option<Counts>> {
+        // Results in the order they ended, before any is reported one by one below.
+        self.engine.catch_up()?;
+        for index in self.outstanding.clone() {
+            let Some(exit) = self.exit_of(index, tasks.get(&index)) else {
+                continue;
+            };
+            self.outstanding.remove(&index);
+            let stopped = self.engine.ended(index, exit)?;
+            self.show();
+            if stopped {
+                cancel(&self.jobs);
+                return Ok(None);
             }
         }
-        for index in paused {
-            if let Some(p) = &self.population {
-                if let Some(line) = p.before_piece(&mut self.manifest, index)? {
-                    log_line(self.opts.progress, &line);
-                }
+        // Queued trials all go at once (`array_parallelism` paces them); a search's proposals
+        // only up to its concurrency.
+        let limit = (self.opts.settings.array_parallelism)
+            .unwrap_or(self.opts.concurrent)
+            .max(1);
+        let mut batch = Vec::new();
+        loop {
+            let room = self.outstanding.len() + batch.len() < limit;
+            let next = self.engine.next(&[], room)?;
+            self.show();
+            match next {
+                Some((index, _)) => batch.push(index),
+                None => break,
             }
-            // A pause is not a failure: the member's retries start again.
-            self.tries_here.remove(&index);
-            to_submit.push(index);
         }
-        self.propose(c.running, &mut to_submit)?;
-        if !to_submit.is_empty() {
-            self.submit(&to_submit)?;
-            c.running += to_submit.len();
+        if !batch.is_empty() {
+            // Cost order means nothing to an array: its spec is written in index order.
+            batch.sort_unstable();
+            self.submit(&batch)?;
         }
-        Ok(Verdict::Continue(c))
+        Ok(Some(self.counts()))
+    }
+
+    fn counts(&self) -> Counts {
+        let done = (0..self.engine.manifest.trials.len())
+            .filter(|&i| {
+                self.engine
+                    .run_dir(i)
+                    .status()
+                    .is_some_and(RunStatus::is_final)
+            })
+            .count();
+        Counts {
+            done,
+            running: self.outstanding.len(),
+            failed: self.engine.failed(),
+        }
     }
 
     fn submit(&mut self, trials: &[usize]) -> Result<()> {
         let id = submit(&self.root, &self.script, trials, self.opts)?;
         for &i in trials {
             *self.jobs.attempts.entry(i).or_insert(0) += 1;
-            *self.tries_here.entry(i).or_insert(0) += 1;
+            self.outstanding.insert(i);
         }
         self.jobs.submissions.push((id.clone(), trials.to_vec()));
         self.jobs.save(&self.root)?;
@@ -460,15 +386,7 @@ impl Watcher<'_> {
 
 /// Submits the sweep's unfinished, unqueued trials and (unless detached) watches them to the end.
 /// Returns the signal that stopped the watcher, if any (the tasks keep running on the cluster).
-pub fn run(
-    root: &Path,
-    mut manifest: Manifest,
-    opts: &SlurmOptions,
-    (proposer, population): (Option<Proposer>, Option<Population>),
-) -> Result<(Option<i32>, Manifest)> {
-    population
-        .as_ref()
-        .map_or(Ok(()), |p| p.catch_up(&mut manifest))?;
+pub fn run(root: &Path, engine: Engine, opts: &SlurmOptions) -> Result<(Option<i32>, Manifest)> {
     let root = std::path::absolute(root).at(root)?;
     let exe = super::worker_exe(&opts.worker_exe)?;
     let name = root
@@ -480,26 +398,23 @@ pub fn run(
     let mut w = Watcher {
         jobs: Jobs::load(&root),
         root,
-        manifest,
+        engine,
         opts,
-        proposer,
-        population,
-        exhausted: false,
         script: script_path,
-        tries_here: BTreeMap::new(),
-        given_up: BTreeSet::new(),
+        outstanding: BTreeSet::new(),
     };
     let poll = opts.poll.unwrap_or(Duration::from_secs(2));
     let started = Instant::now();
     let mut last_counts = None;
     let mut unreadable = 0;
+    let mut first = true;
     loop {
         if let Some(sig) = crate::signals::requested() {
             log_line(
                 opts.progress,
                 "watcher stopped; the tasks keep running: `--status` shows them, the same command resumes watching",
             );
-            return Ok((Some(sig), w.manifest));
+            return Ok((Some(sig), w.engine.manifest));
         }
         let Some(tasks) = task_states(&w.jobs)? else {
             unreadable += 1;
@@ -512,9 +427,16 @@ pub fn run(
             continue;
         };
         unreadable = 0;
-        let c = match w.poll(&tasks)? {
-            Verdict::Cancelled => return Ok((None, w.manifest)),
-            Verdict::Continue(c) => c,
+        if std::mem::take(&mut first) {
+            // Tasks a killed watcher submitted are watched, not submitted again.
+            let queued: Vec<usize> = w.engine.queued().collect();
+            for i in queued.into_iter().filter(|i| alive(tasks.get(i))) {
+                w.engine.running_already(i);
+                w.outstanding.insert(i);
+            }
+        }
+        let Some(c) = w.poll(&tasks)? else {
+            return Ok((None, w.engine.manifest));
         };
         if last_counts.as_ref() != Some(&c) {
             log_line(
@@ -523,7 +445,7 @@ pub fn run(
                     "[{:>5.0}s] {}/{} done, {} queued or running, {} failed",
                     started.elapsed().as_secs_f64(),
                     c.done,
-                    w.manifest.trials.len(),
+                    w.engine.manifest.trials.len(),
                     c.running,
                     c.failed
                 ),
@@ -532,10 +454,11 @@ pub fn run(
         let idle = c.running == 0;
         last_counts = Some(c);
         if idle {
-            w.finish_population()?;
+            w.engine.finish()?;
+            w.show();
         }
         if opts.detach || idle {
-            return Ok((None, w.manifest));
+            return Ok((None, w.engine.manifest));
         }
         std::thread::sleep(poll);
     }

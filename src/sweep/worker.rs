@@ -92,7 +92,7 @@ fn awaits_decision(manifest: &Manifest, index: usize, rec: &crate::run_dir::RunR
     let Some(state) = &manifest.pbt else {
         return false;
     };
-    pbt::is_paused(rec)
+    rec.status == RunStatus::Paused
         && !state
             .decisions
             .iter()

@@ -18,7 +18,7 @@ pub use hparams::{
     LINEAGE, METRICS, OBSERVATION_KEYS,
 };
 pub use progress::{log_line, Console, Progress};
-pub use trainer::{blown_up, PAUSED};
+pub use trainer::blown_up;
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
@@ -52,8 +52,8 @@ pub struct TrainOptions {
     /// HParams group name (a sweep gives the seeds of one configuration the same group).
     pub group: Option<String>,
     pub prune: Option<PruneHook>,
-    /// Checkpoint and stop (status `interrupted`, message [`PAUSED`]) at each multiple of this
-    /// many steps after the start: a population-based sweep decides between the pieces.
+    /// Checkpoint and stop (status `paused`) at each boundary ([`is_boundary`]) after the
+    /// start: a population-based sweep decides between the pieces.
     pub pause_every: Option<u64>,
     /// Explorable keys written as `hparams/<key>` scalars at every logging step, so their
     /// schedules show in TensorBoard.
@@ -98,6 +98,12 @@ impl Default for TrainOptions {
             lineage: None,
         }
     }
+}
+
+/// True when a run of `total` steps with pieces of `every` steps stops at `step` for its
+/// population: the one rule behind the trainer's pause and the sweep's decision there.
+pub fn is_boundary(step: u64, every: u64, total: u64) -> bool {
+    step > 0 && step.is_multiple_of(every.max(1)) && step < total
 }
 
 /// The run's threads: a pool of its own (the config's count, or all cores), so that runs in one

@@ -36,9 +36,6 @@ fn traced_keys(cfg: &RunConfig, opts: &TrainOptions) -> Vec<String> {
     keys
 }
 
-/// The message of a run paused at an interval boundary (`pause_every`), before its step.
-pub const PAUSED: &str = "paused for the population at step";
-
 /// Why the loop stopped before its last step.
 enum Stop {
     /// The loss became non-finite or absurd.
@@ -49,6 +46,8 @@ enum Stop {
     Pruned(String),
     /// A signal or the invocation's step budget: it checkpointed and will resume.
     Interrupted(String),
+    /// A population's boundary (`pause_every`): it checkpointed and waits for the sweep.
+    Paused(String),
 }
 
 impl Stop {
@@ -58,12 +57,17 @@ impl Stop {
             Stop::Patience(_) => RunStatus::Completed,
             Stop::Pruned(_) => RunStatus::Pruned,
             Stop::Interrupted(_) => RunStatus::Interrupted,
+            Stop::Paused(_) => RunStatus::Paused,
         }
     }
 
     fn message(&self) -> &str {
         match self {
-            Stop::Diverged(m) | Stop::Patience(m) | Stop::Pruned(m) | Stop::Interrupted(m) => m,
+            Stop::Diverged(m)
+            | Stop::Patience(m)
+            | Stop::Pruned(m)
+            | Stop::Interrupted(m)
+            | Stop::Paused(m) => m,
         }
     }
 }
@@ -420,11 +424,13 @@ impl<'a> Trainer<'a> {
         let signal = crate::signals::requested();
         let step = self.cursor.step;
         if signal.is_none()
-            && self.opts.pause_every.is_some_and(|n| {
-                step > started_step && step.is_multiple_of(n.max(1)) && step < self.total_steps
-            })
+            && step > started_step
+            && (self.opts.pause_every)
+                .is_some_and(|n| super::is_boundary(step, n, self.total_steps))
         {
-            return Some(Stop::Interrupted(format!("{PAUSED} {step}")));
+            return Some(Stop::Paused(format!(
+                "paused for the population at step {step}"
+            )));
         }
         let budget_done = self
             .opts
@@ -452,7 +458,7 @@ impl<'a> Trainer<'a> {
                 ));
                 self.checkpoint(false)?;
                 self.record.message = Some(stop.message().to_string());
-                return Ok(RunStatus::Interrupted);
+                return Ok(stop.status());
             }
             let stop = match self.step()? {
                 Some(stop) => Some(stop),
@@ -478,7 +484,7 @@ impl<'a> Trainer<'a> {
         self.record.elapsed_secs += self.train_secs;
         self.record.status = status;
         self.record.ended = Some(now());
-        if status != RunStatus::Interrupted {
+        if !matches!(status, RunStatus::Interrupted | RunStatus::Paused) {
             self.record.steps = self.cursor.step;
         }
         // TensorBoard keeps the first `session_end_info` it reads for a run, so a run that will be
@@ -496,7 +502,7 @@ impl<'a> Trainer<'a> {
             RunStatus::Diverged | RunStatus::Failed => {
                 self.events.session_end(SessionStatus::Failure)?
             }
-            RunStatus::Interrupted | RunStatus::Running => {}
+            RunStatus::Interrupted | RunStatus::Paused | RunStatus::Running => {}
         }
         self.events.sync()?;
         self.run.write_record(&self.record)?;

@@ -86,17 +86,35 @@ pub struct Comparison {
 /// Renders the comparison of the runs under `root`.
 pub fn compare(root: &Path, opts: &CompareOptions) -> Result<Comparison> {
     let found = runs::collect(root)?;
-    let text = if opts.importance {
+    let mut text = if opts.importance {
         let metric = importance_metric(&opts.sort);
         let imp = importance::of_runs(&found.rows, metric);
         render_importance(metric, &imp, &found.groups, opts.format)
     } else {
         render_runs(found.rows, &found.groups, opts)?
     };
+    if matches!(opts.format, Format::Table | Format::Markdown) {
+        for line in sweep_notes(root) {
+            text.push_str(&format!("\n{line}\n"));
+        }
+    }
     Ok(Comparison {
         text,
         skipped: found.warnings,
     })
+}
+
+/// What a sweep's manifest says about the sweep as a whole (compare's and the report's closing
+/// lines): why it stopped early, when its `stop` rule stopped it.
+pub fn sweep_notes(root: &Path) -> Vec<String> {
+    let Ok(m) = crate::sweep::manifest::Manifest::load(root) else {
+        return Vec::new();
+    };
+    let mut notes = Vec::new();
+    if let Some(why) = &m.stopped {
+        notes.push(format!("the sweep stopped early: {why}"));
+    }
+    notes
 }
 
 /// The validation metric importance is computed for: `sort` when it is one, else val/loss.

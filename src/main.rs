@@ -249,6 +249,10 @@ impl SweepArgs {
             eprintln!("sweep interrupted: run the same command again to resume");
             return Ok(Ended::Signalled(sig));
         }
+        if outcome.stopped.is_some() {
+            // Stopped by its own rule: done, its unfinished trials resumable.
+            return Ok(Ended::unless(outcome.failed() != 0));
+        }
         Ok(Ended::unless(outcome.unfinished() != 0))
     }
 }
@@ -502,7 +506,10 @@ impl Ended {
     /// `assumed` when none was seen here.
     fn of_run(status: RunStatus, assumed: i32) -> Ended {
         match status {
-            RunStatus::Completed | RunStatus::Pruned | RunStatus::Paused => Ended::Done,
+            RunStatus::Completed
+            | RunStatus::Pruned
+            | RunStatus::Paused
+            | RunStatus::Infeasible => Ended::Done,
             RunStatus::Interrupted => {
                 Ended::Signalled(charlab::signals::requested().unwrap_or(assumed))
             }

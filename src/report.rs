@@ -505,6 +505,9 @@ pub fn report(dir: &Path, out: &Path) -> Result<Written> {
         crate::run_dir::now(),
         env!("CARGO_PKG_VERSION")
     );
+    for note in compare::sweep_notes(dir) {
+        html.push_str(&format!("<p class=\"note\">{}</p>", esc(&note)));
+    }
     html.push_str(&sections(
         &rows,
         &groups,

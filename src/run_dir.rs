@@ -35,6 +35,9 @@ pub enum RunStatus {
     Failed,
     /// Stopped by a sweep's pruning rule (worse than its siblings at the same step).
     Pruned,
+    /// Over one of its sweep's constraints (`max_params` before its first step,
+    /// `max_trial_seconds` when crossed): not trained on, not retried.
+    Infeasible,
 }
 
 impl RunStatus {
@@ -42,7 +45,7 @@ impl RunStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RunStatus::Completed | RunStatus::Diverged | RunStatus::Pruned
+            RunStatus::Completed | RunStatus::Diverged | RunStatus::Pruned | RunStatus::Infeasible
         )
     }
 }
@@ -471,4 +474,44 @@ impl RunDir {
 /// flock, so the kernel releases it when its holder dies, however it dies.
 pub struct RunLock {
     _file: std::fs::File,
+}
+
+/// A record of a run that has not trained yet, for unit tests of what reads records.
+#[cfg(test)]
+pub(crate) fn test_record() -> RunRecord {
+    RunRecord {
+        status: RunStatus::Running,
+        started: now(),
+        ended: None,
+        charlab_version: String::new(),
+        candle_version: String::new(),
+        git_commit: None,
+        device: "cpu".into(),
+        precision: None,
+        host: String::new(),
+        pid: 0,
+        command: Vec::new(),
+        corpus: CorpusInfo {
+            spec: String::new(),
+            source: PathBuf::new(),
+            key: String::new(),
+            chars: 0,
+            vocab: 0,
+            train_chars: 0,
+            val_chars: 0,
+        },
+        params: 0,
+        steps: 0,
+        total_steps: 0,
+        epoch: 0.0,
+        first_loss: None,
+        ln_vocab: 0.0,
+        last_train_loss: None,
+        final_metrics: None,
+        best_metrics: None,
+        evals: Vec::new(),
+        tokens_per_s: 0.0,
+        elapsed_secs: 0.0,
+        message: None,
+    }
 }

@@ -23,6 +23,9 @@ pub const BEST_STEP: &str = "best/step";
 pub const SAMPLE: &str = "samples/generated";
 pub const PBT_EXPLOIT: &str = "pbt/exploit";
 
+/// Text at a sweep's root: why its `stop` rule stopped it.
+pub const SWEEP_STOPPED: &str = "sweep/stopped";
+
 /// Every fixed scalar tag a run writes (besides [`hparam`]'s).
 pub const SCALARS: &[&str] = &[
     TRAIN_LOSS,

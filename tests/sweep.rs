@@ -118,6 +118,44 @@ fn every_bad_input_names_the_file_line_and_key() {
 }
 
 #[test]
+fn stop_and_constraints_refuse_bad_input_naming_the_line_and_key() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "stop = { targt = 1.5 }",
+            &["line 4", "targt", "did you mean `target`"],
+        ),
+        ("stop = {}", &["line 4", "needs target, patience_trials or"]),
+        ("stop = 1.5", &["line 4", "`stop` must be a table"]),
+        (
+            "stop = { patience_trials = 0 }",
+            &["patience_trials", "≥ 1"],
+        ),
+        (
+            "stop = { patience_minutes = -2 }",
+            &["patience_minutes", "> 0"],
+        ),
+        (
+            "stop = { target = \"low\" }",
+            &["target", "must be a number"],
+        ),
+        (
+            "constraints = { max_params = 0 }",
+            &["line 4", "max_params"],
+        ),
+        (
+            "constraints = { max_seconds = 5 }",
+            &["max_seconds", "max_trial_seconds"],
+        ),
+    ];
+    for (line, needles) in cases {
+        let e = err_of(&format!("{HEAD}{line}\n[grid]\nlr = [1e-3]\n"));
+        for n in *needles {
+            assert!(e.contains(n), "{line:?}: `{n}` not in: {e}");
+        }
+    }
+}
+
+#[test]
 fn experiment_names_cannot_escape_runs() {
     for name in ["../up", "/abs", "a/b", "..", "tab\tname", ""] {
         let e = err_of(&format!("[experiment]\nname = {name:?}\n"));
@@ -747,4 +785,135 @@ fn every_shipped_experiment_file_is_valid() {
         seen += 1;
     }
     assert!(seen >= 5, "the experiments folder holds the shipped files");
+}
+
+#[test]
+fn a_stop_target_ends_the_sweep_early_and_a_looser_rule_resumes_it() {
+    // The first trial long enough to be under way when the rule is looked at.
+    let s = Sweep::new(
+        "stop",
+        "max_steps = [8000, 100, 100]",
+        "eval_every = 10\nlog_every = 10",
+    );
+    let text = std::fs::read_to_string(&s.file).unwrap();
+    // Any val loss reaches 100: the first evaluation stops the sweep.
+    let strict = text.replace("jobs = 2", "jobs = 1\nstop = { target = 100.0 }");
+    std::fs::write(&s.file, &strict).unwrap();
+    let root = s.root("stop");
+    let o = s.run(&[]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success(),
+        "stopped by its rule is a success: {said}"
+    );
+    assert!(
+        said.contains("stopping the sweep: target reached"),
+        "{said}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["stopped"]
+        .as_str()
+        .is_some_and(|w| w.contains("target reached")));
+    let dirs = run_dirs(&root);
+    let first = record(&dirs[0]);
+    assert_eq!(first["status"], "interrupted", "checkpointed, resumable");
+    let at = first["steps"].as_u64().unwrap();
+    assert!(at < 8000, "stopped early, at {at}");
+    assert!(
+        dirs[1..].iter().all(|d| !d.join("run.json").exists()),
+        "nothing else started"
+    );
+    // TensorBoard's reader shows why at the sweep's root.
+    let tb = common::tb_read(&root);
+    let why = tb["text"]["sweep/stopped"][0][1].as_str().unwrap_or("");
+    assert!(why.contains("target reached"), "{tb}");
+    let cmp = s.cmd(&["compare", root.to_str().unwrap()]);
+    let cmp = String::from_utf8_lossy(&cmp.stdout);
+    assert!(
+        cmp.contains("the sweep stopped early: target reached"),
+        "{cmp}"
+    );
+
+    // The same rule again: stopped at once, nothing trained.
+    let o = s.run(&[]);
+    assert!(o.status.success());
+    assert_eq!(record(&dirs[0])["steps"].as_u64(), Some(at));
+
+    // A looser rule: the stopped trial resumes and the sweep ends.
+    std::fs::write(
+        &s.file,
+        strict.replace("target = 100.0", "patience_trials = 5"),
+    )
+    .unwrap();
+    let o = s.run(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for d in &dirs {
+        assert_eq!(record(d)["status"], "completed");
+    }
+    let tb = common::tb_read(&dirs[0]);
+    assert_eq!(
+        common::tb_steps(&tb, "val/loss"),
+        (1..=800).map(|k| 10 * k).collect::<Vec<_>>(),
+        "each evaluation once across the stop"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest.get("stopped").is_none());
+}
+
+#[test]
+fn constraints_make_a_trial_infeasible_before_it_starts_or_when_crossed() {
+    let s = Sweep::new(
+        "limits",
+        "hidden = [16, 128]\n[[trial]]\nhidden = 16\nmax_steps = 1000000",
+        "max_steps = 40",
+    );
+    let text = std::fs::read_to_string(&s.file).unwrap().replace(
+        "jobs = 2",
+        "jobs = 2\nconstraints = { max_params = 50_000, max_trial_seconds = 2 }",
+    );
+    std::fs::write(&s.file, text).unwrap();
+    let o = s.run(&[]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success(),
+        "infeasible is an answer, not a failure: {said}"
+    );
+    let dirs = run_dirs(&s.root("limits"));
+    let rec: Vec<_> = dirs.iter().map(|d| record(d)).collect();
+    assert_eq!(rec[0]["status"], "completed", "{said}");
+    // Too big: said before it starts, refused before its first step.
+    assert!(
+        said.contains("over max_params = 50000: infeasible"),
+        "{said}"
+    );
+    assert_eq!(rec[1]["status"], "infeasible");
+    assert_eq!(rec[1]["steps"], 0);
+    assert!(rec[1]["message"].as_str().unwrap().contains("max_params"));
+    // Too slow: stopped where it crossed the limit, its evaluations kept.
+    assert_eq!(rec[2]["status"], "infeasible");
+    let msg = rec[2]["message"].as_str().unwrap();
+    assert!(msg.contains("past max_trial_seconds = 2"), "{msg}");
+    assert!(rec[2]["steps"].as_u64().unwrap() > 10);
+    assert!(
+        said.contains("1 completed, 0 pruned, 0 diverged, 2 infeasible"),
+        "{said}"
+    );
+    let tb = common::tb_read(&dirs[1]);
+    assert_eq!(tb["hparams"]["end"]["status"], "STATUS_FAILURE", "{tb}");
+    let cmp = s.cmd(&["compare", s.root("limits").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&cmp.stdout).contains("infeasible"));
+    // A rerun trains nothing again.
+    let o = s.run(&[]);
+    assert!(o.status.success());
+    assert_eq!(record(&dirs[2])["steps"], rec[2]["steps"]);
 }

@@ -7,14 +7,17 @@
 //! same moment under both.
 
 use super::manifest::{self, Manifest};
+use super::plan::StopRule;
+use super::stop_rule::{Seen, Watch};
 use super::strategy::Strategy;
 use crate::error::Result;
-use crate::run_dir::{RunDir, RunStatus};
+use crate::run_dir::{Metric, RunDir, RunStatus};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The rules a sweep's trials run under.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Rules {
     /// Reruns of a trial whose process ended without finishing it.
     pub retries: u32,
@@ -26,6 +29,9 @@ pub struct Rules {
     pub deterministic: bool,
     /// Say each member's pause too (the decisions are always said).
     pub verbose: bool,
+    /// When the whole sweep stops early, judged on `metric`.
+    pub stop: Option<StopRule>,
+    pub metric: Metric,
 }
 
 /// How a trial's run ended, as its launcher saw it.
@@ -48,13 +54,28 @@ pub enum Exit {
     },
 }
 
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            retries: 0,
+            fail_fast: false,
+            deterministic: false,
+            verbose: false,
+            stop: None,
+            metric: Metric::ValLoss,
+        }
+    }
+}
+
 /// Why a sweep stops before its last trial.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
     /// SIGINT or SIGTERM: the trials checkpoint and the same command resumes them.
     Signal(i32),
     /// `--fail-fast`, or the same bad input twice: the other trials are stopped.
     Failure,
+    /// The sweep's `stop` rule, with why: the trials checkpoint (interrupted).
+    Rule(String),
 }
 
 /// The state of a sweep while it runs.
@@ -76,6 +97,8 @@ pub struct Engine<'a> {
     bad_input: Option<(String, String)>,
     /// Lines for the launcher's display, oldest first.
     said: Vec<String>,
+    /// The `stop` rule, and when it last looked.
+    watch: Option<(Watch, Option<Instant>)>,
 }
 
 impl<'a> Engine<'a> {
@@ -96,7 +119,13 @@ impl<'a> Engine<'a> {
             .collect();
         let cost = |i: &usize| costs.get(*i).copied().unwrap_or(0.0);
         queue.sort_by(|a, b| cost(b).total_cmp(&cost(a)));
+        // A stopped sweep run again is judged anew (its rule may have been loosened).
+        if manifest.stopped.take().is_some() {
+            manifest.save(root)?;
+        }
+        let watch = (rules.stop.clone()).map(|r| (Watch::new(r, rules.metric), None));
         let engine = Engine {
+            watch,
             root: root.to_path_buf(),
             manifest,
             strategy,
@@ -162,8 +191,49 @@ impl<'a> Engine<'a> {
         !self.queue.is_empty() || (!self.exhausted && self.strategy.remaining(&self.manifest) > 0)
     }
 
-    pub fn stopping(&self) -> Option<Stop> {
-        self.stop
+    pub fn stopping(&self) -> Option<&Stop> {
+        self.stop.as_ref()
+    }
+
+    /// The signal that is stopping the sweep, if one is.
+    pub fn signal(&self) -> Option<i32> {
+        match self.stop {
+            Some(Stop::Signal(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Looks (at most twice a second) whether the `stop` rule holds; when it does, stops the
+    /// sweep, records why in the manifest and the sweep's event file, and returns true: the
+    /// launcher then asks the running trials to checkpoint and stop.
+    pub fn check_stop(&mut self) -> Result<bool> {
+        let Some((watch, looked)) = &mut self.watch else {
+            return Ok(false);
+        };
+        if self.stop.is_some() || looked.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            return Ok(false);
+        }
+        *looked = Some(Instant::now());
+        let seen: Vec<Seen> = (self.manifest.trials.iter())
+            .map(|e| Seen {
+                name: &e.dir,
+                record: RunDir::new(self.root.join(&e.dir)).record(),
+            })
+            .collect();
+        let Some(why) = watch.verdict(&seen) else {
+            return Ok(false);
+        };
+        self.stop = Some(Stop::Rule(why.clone()));
+        self.manifest.stopped = Some(why.clone());
+        self.manifest.save(&self.root)?;
+        let mut events = crate::summary::EventWriter::create(&self.root)?;
+        events.text(crate::tags::SWEEP_STOPPED, 0, &why)?;
+        events.sync()?;
+        self.say(format!(
+            "stopping the sweep: {why}; the running trials checkpoint and stop (interrupted: \
+             the sweep run again with a looser `stop` resumes them)"
+        ));
+        Ok(true)
     }
 
     /// Stops the sweep. Returns true when this call stopped it: the launcher then stops the
@@ -245,10 +315,15 @@ impl<'a> Engine<'a> {
             Exit::Final => {
                 let rec = self.run_dir(index).record();
                 let status = rec.as_ref().map_or(RunStatus::Completed, |r| r.status);
-                let detail = (rec.as_ref().and_then(|r| r.best_metrics))
-                    .map_or(String::new(), |m| {
+                let detail = match &rec {
+                    Some(r) if status == RunStatus::Infeasible => {
+                        format!(": {}", r.message.as_deref().unwrap_or(""))
+                    }
+                    Some(r) => (r.best_metrics).map_or(String::new(), |m| {
                         format!(", best val loss {:.4}", m.val_loss)
-                    });
+                    }),
+                    None => String::new(),
+                };
                 self.say(format!("trial {name} {status}{detail}"));
                 self.strategy.ended(&mut self.manifest, index)?;
                 Ok(false)
@@ -344,13 +419,17 @@ impl<'a> Engine<'a> {
             .collect();
         let count = |f: &dyn Fn(RunStatus) -> bool| statuses.iter().filter(|&&x| f(x)).count();
         let line = format!(
-            "sweep {}: {}/{} finished ({} completed, {} pruned, {} diverged), {} failed",
+            "sweep {}: {}/{} finished ({} completed, {} pruned, {} diverged{}), {} failed",
             self.root.display(),
             count(&|s| s.is_final()),
             self.manifest.trials.len(),
             count(&|s| s == RunStatus::Completed),
             count(&|s| s == RunStatus::Pruned),
             count(&|s| s == RunStatus::Diverged),
+            match count(&|s| s == RunStatus::Infeasible) {
+                0 => String::new(),
+                n => format!(", {n} infeasible"),
+            },
             self.failed.len()
         );
         self.say(line);
@@ -387,6 +466,8 @@ mod tests {
             trials,
             search: None,
             pbt: None,
+            limits: crate::train::Limits::default(),
+            stopped: None,
         }
     }
 
@@ -438,7 +519,7 @@ mod tests {
         assert!(e
             .ended(0, Exit::TimedOut("timed out after 2s".into()))
             .unwrap());
-        assert_eq!(e.stopping(), Some(Stop::Failure));
+        assert_eq!(e.stopping(), Some(&Stop::Failure));
         assert_eq!(
             e.next(&[], true).unwrap(),
             None,
@@ -457,7 +538,7 @@ mod tests {
         assert!(e.said().last().unwrap().contains("same bad input"));
         // A signal after a failure is what the sweep reports.
         assert!(!e.stop(Stop::Signal(2)));
-        assert_eq!(e.stopping(), Some(Stop::Signal(2)));
+        assert_eq!(e.signal(), Some(2));
     }
 
     #[test]

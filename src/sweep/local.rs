@@ -437,6 +437,10 @@ pub fn run(root: &Path, engine: Engine, opts: &LocalOptions) -> Result<(Option<i
     loop {
         l.check_signal();
         l.reap()?;
+        if l.engine.check_stop()? {
+            l.show();
+            l.stop_all();
+        }
         l.launch()?;
         if l.done() {
             break;
@@ -448,9 +452,5 @@ pub fn run(root: &Path, engine: Engine, opts: &LocalOptions) -> Result<(Option<i
     l.display.finish();
     l.engine.finish()?;
     l.show();
-    let signal = match l.engine.stopping() {
-        Some(Stop::Signal(s)) => Some(s),
-        _ => None,
-    };
-    Ok((signal, l.engine.manifest))
+    Ok((l.engine.signal(), l.engine.manifest))
 }

@@ -34,6 +34,12 @@ pub struct Manifest {
     /// A population-based sweep's decisions (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pbt: Option<PbtState>,
+    /// What each trial may not exceed (its worker enforces it).
+    #[serde(default, skip_serializing_if = "crate::train::Limits::is_empty")]
+    pub limits: crate::train::Limits,
+    /// Why the sweep's `stop` rule stopped it, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 /// What a population-based sweep has decided, each decision written before it is acted on.
@@ -194,6 +200,7 @@ pub fn reconcile(
     let mut manifest = existing(root, plan, say)?;
     manifest.swept = plan.swept.iter().map(|(k, _)| k.clone()).collect();
     manifest.pruning = plan.experiment.pruning.clone();
+    manifest.limits = plan.experiment.constraints;
     if let Some(tpe) = &plan.search {
         reconcile_search(root, plan, tpe, &mut manifest, extend)?;
         return Ok(manifest);
@@ -284,6 +291,8 @@ fn empty_manifest(plan: &Plan) -> Manifest {
         trials: Vec::new(),
         search: None,
         pbt: None,
+        limits: crate::train::Limits::default(),
+        stopped: None,
     }
 }
 

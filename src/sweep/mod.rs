@@ -14,6 +14,7 @@ mod preflight;
 pub mod pruning;
 pub mod search;
 pub mod slurm;
+mod stop_rule;
 pub mod strategy;
 pub mod tpe;
 mod worker;
@@ -22,7 +23,7 @@ pub use dry_run::dry_run_table;
 pub use worker::worker;
 
 use crate::error::{IoContext, Result};
-use crate::run_dir::RunDir;
+use crate::run_dir::{Metric, RunDir};
 use crate::summary::EventWriter;
 use crate::train::{self, Progress};
 use manifest::{Manifest, TrialState};
@@ -98,6 +99,8 @@ pub struct SweepOutcome {
     pub states: Vec<TrialState>,
     /// Set when a signal stopped the sweep.
     pub signal: Option<i32>,
+    /// Why the sweep's `stop` rule stopped it, when it did.
+    pub stopped: Option<String>,
 }
 
 impl SweepOutcome {
@@ -106,6 +109,13 @@ impl SweepOutcome {
         self.states
             .iter()
             .filter(|s| !matches!(s, TrialState::Run(r) if r.is_final()))
+            .count()
+    }
+
+    /// Trials that failed (or were infeasible).
+    pub fn failed(&self) -> usize {
+        (self.states.iter())
+            .filter(|s| matches!(s, TrialState::Run(crate::run_dir::RunStatus::Failed)))
             .count()
     }
 }
@@ -214,6 +224,7 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
         .collect();
     Ok(SweepOutcome {
         root,
+        stopped: manifest.stopped.clone(),
         manifest,
         states,
         signal,
@@ -235,6 +246,8 @@ fn launch(
         fail_fast: opts.fail_fast,
         deterministic: opts.deterministic,
         verbose: opts.verbose,
+        stop: exp.stop.clone(),
+        metric: plan.search.as_ref().map_or(Metric::ValLoss, |s| s.metric),
     };
     let strategy = strategy::Strategy::of(plan, root);
     let engine = engine::Engine::new(root, manifest, strategy, rules, &costs)?;

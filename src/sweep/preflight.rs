@@ -80,6 +80,15 @@ pub(super) fn check_trials(
         let dims = Dims::of(c, p.vocab.len());
         let on_gpu = matches!(device::parse(&c.device), Ok(DeviceSpec::Cuda(_)));
         let Some(e) = e else { continue };
+        let params = crate::model::memory::params(dims);
+        if let Some(max) = (plan.experiment.constraints.max_params).filter(|&m| params > m) {
+            // Its worker ends it `infeasible` before its first step; it needs no memory.
+            say(&format!(
+                "trial {}: {params} parameters, over max_params = {max}: infeasible, not trained",
+                e.dir
+            ));
+            continue;
+        }
         if plan.experiment.devices.is_empty() && !on_gpu {
             crate::model::memory::check(dims, c, val.streams())
                 .map_err(|err| crate::Error::Resources(format!("trial {}: {err}", e.dir)))?;

@@ -331,6 +331,20 @@ impl<'a> Proposer<'a> {
             .collect()
     }
 
+    /// Whether a config is over `max_params`, with the vocabulary a trial already measured
+    /// (before one has, nothing is: its worker still refuses it).
+    fn too_big(&self, manifest: &Manifest) -> impl Fn(&RunConfig) -> bool {
+        let max = self.plan.experiment.constraints.max_params;
+        let vocab = (manifest.trials.iter())
+            .filter(|_| max.is_some())
+            .find_map(|e| RunDir::new(self.root.join(&e.dir)).record())
+            .map(|r| r.corpus.vocab);
+        move |c: &RunConfig| match (max, vocab) {
+            (Some(m), Some(v)) => crate::model::memory::params(Dims::of(c, v)) > m,
+            _ => false,
+        }
+    }
+
     /// Proposes the next trial from every trial heard of so far, writes its config and the
     /// manifest, and returns its index; `None` when the budget is spent or every candidate (and
     /// a few random draws) is a trial already.
@@ -340,7 +354,18 @@ impl<'a> Proposer<'a> {
         }
         let index = manifest.trials.len();
         let seen = manifest.search.as_ref().map_or(0, |s| s.completed.len());
-        for overrides in self.candidates(manifest, index, seen) {
+        let candidates = self.candidates(manifest, index, seen);
+        let too_big = self.too_big(manifest);
+        // The best feasible candidate; the best one when none is (its worker then ends it
+        // infeasible, which the search learns as a bad result).
+        let feasible = (candidates.iter()).filter(|o| {
+            !self
+                .plan
+                .trial(o.to_vec())
+                .is_ok_and(|t| too_big(&t.config))
+        });
+        let first = candidates.first().into_iter();
+        for overrides in feasible.chain(first).cloned() {
             let trial = self.plan.trial(overrides)?;
             if manifest.trials.iter().any(|e| e.hash == trial.hash) {
                 continue;

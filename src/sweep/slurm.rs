@@ -325,6 +325,12 @@ impl Watcher<'_> {
                 return Ok(None);
             }
         }
+        if self.engine.check_stop()? {
+            self.show();
+            // The tasks get SIGTERM: they checkpoint (interrupted) and resume on a rerun.
+            cancel(&self.jobs);
+            return Ok(None);
+        }
         // Queued trials all go at once (`array_parallelism` paces them); a search's proposals
         // only up to its concurrency.
         let limit = (self.opts.settings.array_parallelism)

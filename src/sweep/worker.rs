@@ -67,6 +67,7 @@ pub fn worker(
         // A rerun's worker waits for the one a killed sweep orphaned to checkpoint and stop.
         lock_wait: std::time::Duration::from_secs(60),
         lineage: pbt.map(|_| pbt::lineage_text(&manifest, index)),
+        limits: manifest.limits,
         ..TrainOptions::default()
     };
     match train::train(&cfg, run.path(), &opts) {

@@ -68,6 +68,25 @@ pub struct TrainOptions {
     /// it ends, with the values it ended with and this as the `lineage` column, instead of at
     /// its start with its first draw (TensorBoard keeps the first session it reads).
     pub lineage: Option<String>,
+    /// A sweep's constraints: over one, the run ends `infeasible`.
+    pub limits: Limits,
+}
+
+/// What a sweep's trial may not exceed (`[experiment] constraints`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// More parameters than this: infeasible before its first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_params: Option<u64>,
+    /// Training time over all its invocations past this: infeasible when crossed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_trial_seconds: Option<f64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
 }
 
 impl std::fmt::Debug for TrainOptions {
@@ -96,6 +115,7 @@ impl Default for TrainOptions {
             note: None,
             lock_wait: std::time::Duration::ZERO,
             lineage: None,
+            limits: Limits::default(),
         }
     }
 }

@@ -48,6 +48,8 @@ enum Stop {
     Interrupted(String),
     /// A population's boundary (`pause_every`): it checkpointed and waits for the sweep.
     Paused(String),
+    /// Over one of the sweep's constraints.
+    Infeasible(String),
 }
 
 impl Stop {
@@ -58,6 +60,7 @@ impl Stop {
             Stop::Pruned(_) => RunStatus::Pruned,
             Stop::Interrupted(_) => RunStatus::Interrupted,
             Stop::Paused(_) => RunStatus::Paused,
+            Stop::Infeasible(_) => RunStatus::Infeasible,
         }
     }
 
@@ -67,7 +70,8 @@ impl Stop {
             | Stop::Patience(m)
             | Stop::Pruned(m)
             | Stop::Interrupted(m)
-            | Stop::Paused(m) => m,
+            | Stop::Paused(m)
+            | Stop::Infeasible(m) => m,
         }
     }
 }
@@ -446,10 +450,33 @@ impl<'a> Trainer<'a> {
         ))
     }
 
+    /// The sweep's constraint this run is over, if any: its size (before any step), or its
+    /// training time over all its invocations.
+    fn over_limit(&self) -> Option<Stop> {
+        let limits = &self.opts.limits;
+        if let Some(max) = limits.max_params.filter(|&m| self.record.params as u64 > m) {
+            return Some(Stop::Infeasible(format!(
+                "{} parameters, over max_params = {max}: not trained",
+                self.record.params
+            )));
+        }
+        let secs = self.record.elapsed_secs + self.train_secs;
+        let max = limits.max_trial_seconds.filter(|&m| secs > m)?;
+        Some(Stop::Infeasible(format!(
+            "trained {secs:.1} s at step {}, past max_trial_seconds = {max}",
+            self.cursor.step
+        )))
+    }
+
     /// Steps until the run ends or stops; returns the status to record.
     pub fn run(&mut self) -> Result<RunStatus> {
         let started_step = self.cursor.step;
         while self.cursor.step < self.total_steps {
+            if let Some(stop) = self.over_limit() {
+                self.reporter.line(stop.message());
+                self.record.message = Some(stop.message().to_string());
+                return Ok(stop.status());
+            }
             if let Some(stop) = self.interruption(started_step) {
                 self.reporter.line(&format!(
                     "{}: checkpointing at step {}",
@@ -499,7 +526,7 @@ impl<'a> Trainer<'a> {
             RunStatus::Completed | RunStatus::Pruned => {
                 self.events.session_end(SessionStatus::Success)?
             }
-            RunStatus::Diverged | RunStatus::Failed => {
+            RunStatus::Diverged | RunStatus::Failed | RunStatus::Infeasible => {
                 self.events.session_end(SessionStatus::Failure)?
             }
             RunStatus::Interrupted | RunStatus::Paused | RunStatus::Running => {}

@@ -123,22 +123,31 @@ pub(super) struct Reader<'a> {
     pub file: &'a SweepFile<'a>,
     pub section: &'a str,
     pub t: &'a Table,
+    /// The key whose line errors name, for a table written inline (`stop = { … }`).
+    inline: Option<&'a str>,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(file: &'a SweepFile<'a>, section: &'a str, t: &'a Table) -> Self {
-        Reader { file, section, t }
+        Reader {
+            file,
+            section,
+            t,
+            inline: None,
+        }
+    }
+
+    /// An error about key `k` of this table, naming its line.
+    pub fn err(&self, k: &str, message: String) -> Error {
+        self.file
+            .err(self.section, self.inline.unwrap_or(k), message)
     }
 
     pub fn string(&self, k: &str) -> Result<Option<String>> {
         match self.t.get(k) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(self.file.err(
-                self.section,
-                k,
-                format!("`{k}` must be a string, not {}", type_name(v)),
-            )),
+            Some(v) => Err(self.err(k, format!("`{k}` must be a string, not {}", type_name(v)))),
         }
     }
 
@@ -146,12 +155,54 @@ impl<'a> Reader<'a> {
         match self.t.get(k) {
             None => Ok(None),
             Some(Value::Boolean(b)) => Ok(Some(*b)),
-            Some(v) => Err(self.file.err(
-                self.section,
-                k,
-                format!("`{k}` must be true or false, not {v}"),
-            )),
+            Some(v) => Err(self.err(k, format!("`{k}` must be true or false, not {v}"))),
         }
+    }
+
+    /// A finite number (an integer or a float) above 0.
+    pub fn positive(&self, k: &str) -> Result<Option<f64>> {
+        let x = match self.t.get(k) {
+            None => return Ok(None),
+            Some(Value::Integer(i)) => *i as f64,
+            Some(Value::Float(f)) => *f,
+            Some(v) => {
+                let m = format!("`{k}` must be a number, not {}", type_name(v));
+                return Err(self.err(k, m));
+            }
+        };
+        if x > 0.0 && x.is_finite() {
+            Ok(Some(x))
+        } else {
+            let m = format!("`{k}` must be a number > 0, not {x}");
+            Err(self.err(k, m))
+        }
+    }
+
+    /// The table under `k` (`k = { … }`), its keys checked against `keys`.
+    pub fn table(&self, k: &'a str, keys: &[&str]) -> Result<Option<Reader<'a>>> {
+        let t = match self.t.get(k) {
+            None => return Ok(None),
+            Some(Value::Table(t)) => t,
+            Some(v) => {
+                let m = format!(
+                    "`{k}` must be a table ({k} = {{ … }}), not {}",
+                    type_name(v)
+                );
+                return Err(self.err(k, m));
+            }
+        };
+        if let Some(bad) = t.keys().find(|x| !keys.contains(&x.as_str())) {
+            let mut hint = nearest(bad, keys.iter().copied());
+            if hint.is_empty() {
+                hint = format!(" (it takes {})", keys.join(", "));
+            }
+            let m = format!("unknown key `{bad}` in `{k}`{hint}");
+            return Err(self.err(k, m));
+        }
+        Ok(Some(Reader {
+            inline: Some(self.inline.unwrap_or(k)),
+            ..Reader::new(self.file, self.section, t)
+        }))
     }
 
     /// An integer of at least `min`.
@@ -159,11 +210,7 @@ impl<'a> Reader<'a> {
         match self.t.get(k) {
             None => Ok(None),
             Some(Value::Integer(i)) if *i >= min => Ok(Some(*i)),
-            Some(v) => Err(self.file.err(
-                self.section,
-                k,
-                format!("`{k}` must be an integer ≥ {min}, not {v}"),
-            )),
+            Some(v) => Err(self.err(k, format!("`{k}` must be an integer ≥ {min}, not {v}"))),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::check::{type_name, Reader, SweepFile};
 use crate::error::{Error, Result};
+use crate::train::Limits;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
@@ -48,6 +49,22 @@ pub struct Experiment {
     pub retries: u32,
     pub max_trials: Option<usize>,
     pub pruning: Option<Pruning>,
+    /// When the whole sweep stops early.
+    pub stop: Option<StopRule>,
+    /// What a trial may not exceed.
+    pub constraints: Limits,
+}
+
+/// `[experiment] stop = { … }`: the sweep stops (its running trials checkpoint, `interrupted`)
+/// when any one holds. The objective is the search's `metric` (best val/loss by default).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StopRule {
+    /// A trial reached this value of the objective.
+    pub target: Option<f64>,
+    /// This many trials ended since the one that set the best.
+    pub patience_trials: Option<usize>,
+    /// The best has not improved for this many minutes of this invocation.
+    pub patience_minutes: Option<f64>,
 }
 
 /// The `[slurm]` table of a sweep file, and the same settings as `charlab sweep` flags (a flag
@@ -116,10 +133,51 @@ const EXPERIMENT_KEYS: &[&str] = &[
     "retries",
     "max_trials",
     "pruning",
+    "stop",
+    "constraints",
 ];
+const STOP_KEYS: &[&str] = &["target", "patience_trials", "patience_minutes"];
+const CONSTRAINT_KEYS: &[&str] = &["max_params", "max_trial_seconds"];
 const PRUNING_KEYS: &[&str] = &["rule", "warmup_evals", "min_trials", "eta"];
 
 impl Reader<'_> {
+    fn stop(&self) -> Result<Option<StopRule>> {
+        let Some(t) = self.table("stop", STOP_KEYS)? else {
+            return Ok(None);
+        };
+        let target = match t.t.get("target") {
+            None => None,
+            Some(Value::Integer(i)) => Some(*i as f64),
+            Some(Value::Float(f)) if f.is_finite() => Some(*f),
+            Some(v) => {
+                let m = format!("`target` must be a number, not {v}");
+                return Err(t.err("target", m));
+            }
+        };
+        let rule = StopRule {
+            target,
+            patience_trials: t.uint("patience_trials", 1)?.map(|n| n as usize),
+            patience_minutes: t.positive("patience_minutes")?,
+        };
+        if rule == StopRule::default() {
+            let m = "`stop` needs target, patience_trials or patience_minutes".to_string();
+            return Err(self.err("stop", m));
+        }
+        Ok(Some(rule))
+    }
+
+    /// `constraints = { … }`: a trial over one is `infeasible` (final, not retried; a search
+    /// counts it as a bad result).
+    fn constraints(&self) -> Result<Limits> {
+        let Some(t) = self.table("constraints", CONSTRAINT_KEYS)? else {
+            return Ok(Limits::default());
+        };
+        Ok(Limits {
+            max_params: t.uint("max_params", 1)?.map(|n| n as u64),
+            max_trial_seconds: t.positive("max_trial_seconds")?,
+        })
+    }
+
     fn devices(&self) -> Result<Vec<String>> {
         let bad = |m: String| self.file.err(self.section, "devices", m);
         match self.t.get("devices") {
@@ -218,6 +276,8 @@ pub(super) fn parse_experiment(file: &SweepFile, t: &Table) -> Result<(Experimen
         retries: r.uint("retries", 0)?.unwrap_or(0) as u32,
         max_trials: r.uint("max_trials", 1)?.map(|v| v as usize),
         pruning: r.pruning()?,
+        stop: r.stop()?,
+        constraints: r.constraints()?,
     };
     Ok((experiment, base))
 }

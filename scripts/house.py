@@ -19,7 +19,7 @@ import sys
 
 # The pipeline, lowest floor first (each name a top-level module of src/).
 STAGES = [
-    ["error", "atomic", "digest", "rng", "json_float", "signals", "table", "device", "host",
+    ["error", "atomic", "digest", "rng", "json_float", "pareto", "signals", "table", "device", "host",
      "summary"],
     ["config"],
     ["corpus", "vocab", "batch"],

@@ -22,6 +22,9 @@ pub struct CompareOptions {
     /// Instead of the runs: how much of the metric (`sort`, when it is a validation metric;
     /// else best val/loss) each swept key explains.
     pub importance: bool,
+    /// Only the runs on the Pareto front of the sweep's two objectives (best val/loss and time
+    /// when its file names none).
+    pub pareto: bool,
 }
 
 /// A run as `--format json` writes it.
@@ -42,6 +45,8 @@ struct RowJson<'a> {
     group: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     lineage: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pareto: Option<bool>,
 }
 
 impl<'a> From<&'a Row> for RowJson<'a> {
@@ -62,6 +67,7 @@ impl<'a> From<&'a Row> for RowJson<'a> {
             tokens_per_s: rec.tokens_per_s,
             group: &r.group,
             lineage: r.lineage.as_deref(),
+            pareto: r.pareto,
         }
     }
 }
@@ -85,7 +91,13 @@ pub struct Comparison {
 
 /// Renders the comparison of the runs under `root`.
 pub fn compare(root: &Path, opts: &CompareOptions) -> Result<Comparison> {
-    let found = runs::collect(root)?;
+    let mut found = runs::collect(root)?;
+    if opts.pareto {
+        if found.rows.iter().all(|r| r.pareto.is_none()) {
+            runs::mark_pareto(&mut found.rows, (Metric::ValLoss, Metric::Time));
+        }
+        found.rows.retain(|r| r.pareto == Some(true));
+    }
     let mut text = if opts.importance {
         let metric = importance_metric(&opts.sort);
         let imp = importance::of_runs(&found.rows, metric);
@@ -113,6 +125,32 @@ pub fn sweep_notes(root: &Path) -> Vec<String> {
     let mut notes = Vec::new();
     if let Some(why) = &m.stopped {
         notes.push(format!("the sweep stopped early: {why}"));
+    }
+    if let [a, b] = &m.objectives[..] {
+        notes.push(format!(
+            "objectives: {a} and {b}; `*` marks the Pareto front (completed runs no other \
+             beats on both; `--pareto` shows only them)"
+        ));
+    }
+    let warm = m.search.as_ref().and_then(|s| s.warm.as_ref());
+    if let Some(warm) = warm.filter(|w| !w.is_empty()) {
+        let scored: Vec<&crate::sweep::manifest::WarmTrial> =
+            warm.iter().filter(|w| w.score.is_some()).collect();
+        let best = scored.iter().min_by(|a, b| {
+            a.score
+                .unwrap_or(f64::MAX)
+                .total_cmp(&b.score.unwrap_or(f64::MAX))
+        });
+        notes.push(format!(
+            "warm start: {} finished trials of earlier sweeps told to the search before its \
+             first proposal (not run here, not in this table){}",
+            warm.len(),
+            best.map_or(String::new(), |b| format!(
+                "; the best of them {} ({:.4})",
+                b.run,
+                b.score.unwrap_or(f64::NAN)
+            ))
+        ));
     }
     notes
 }
@@ -199,6 +237,11 @@ pub fn run_cells(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
     if lineage {
         headers.push("lineage (step←member)".into());
     }
+    // A sweep with two objectives: which runs are on their Pareto front.
+    let pareto = rows.iter().any(|r| r.pareto.is_some());
+    if pareto {
+        headers.push("pareto".into());
+    }
     let lines: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -217,6 +260,9 @@ pub fn run_cells(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
             ]);
             if lineage {
                 l.push(r.lineage.clone().unwrap_or_else(|| "-".into()));
+            }
+            if pareto {
+                l.push(if r.pareto == Some(true) { "*" } else { "" }.into());
             }
             l
         })

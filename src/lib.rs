@@ -2,14 +2,15 @@
 //! TensorBoard. The modules are grouped by the pipeline's stages, in its order; a module imports
 //! only from its own stage and the ones above it (`scripts/house.py` checks).
 
-// Foundations: errors, atomic files, hashing, randomness, the machine, signals, the TensorBoard
-// writer (which knows nothing of models) and plain-text tables.
+// Foundations: errors, atomic files, hashing, randomness, Pareto fronts, the machine, signals,
+// the TensorBoard writer (which knows nothing of models) and plain-text tables.
 pub mod atomic;
 pub mod device;
 pub mod digest;
 pub mod error;
 pub mod host;
 pub mod json_float;
+pub mod pareto;
 pub mod rng;
 pub mod signals;
 pub mod summary;

@@ -309,6 +309,10 @@ struct CompareArgs {
     /// forest), with their rank correlation and best value, instead of listing the runs.
     #[arg(long)]
     importance: bool,
+    /// Only the runs on the Pareto front of the sweep's two objectives ([search] objectives;
+    /// best val/loss and time when it names none): those no other run beats on both.
+    #[arg(long)]
+    pareto: bool,
 }
 
 impl CompareArgs {
@@ -318,6 +322,7 @@ impl CompareArgs {
             top: self.top,
             format: self.format,
             importance: self.importance,
+            pareto: self.pareto,
         };
         let out = charlab::compare::compare(&self.dir, &opts)?;
         warn(&out.skipped);

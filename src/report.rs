@@ -103,6 +103,68 @@ fn curves_chart(rows: &[Row]) -> Chart {
     )
 }
 
+/// The sweep's two objectives, every completed run a dot (its cost across, its metric up), the
+/// Pareto front ringed and joined by a step line: the trade-off a researcher picks from.
+fn pareto_chart(rows: &[Row], (a, b): (Metric, Metric)) -> Chart {
+    let shown = |m: Metric, v: f64| if m == Metric::ValAccuracy { -v } else { v };
+    let dots: Vec<(f64, f64, bool, &str)> = (rows.iter())
+        .filter_map(|r| {
+            let (y, x) = (r.metric(a)?, r.metric(b)?);
+            let on = r.pareto?;
+            (x.is_finite() && y.is_finite()).then(|| (x, shown(a, y), on, r.run.as_str()))
+        })
+        .collect();
+    if dots.is_empty() {
+        return Err("no completed run has both objectives yet".into());
+    }
+    let span = |f: fn(&(f64, f64, bool, &str)) -> f64| {
+        let (lo, hi) =
+            (dots.iter().map(f)).fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(v), h.max(v)));
+        let pad = ((hi - lo) * 0.08).max(1e-3 * (1.0 + hi.abs()));
+        (lo - pad)..(hi + pad)
+    };
+    let (xs, ys) = (span(|d| d.0), span(|d| d.1));
+    let mut front: Vec<(f64, f64)> = (dots.iter().filter(|d| d.2)).map(|d| (d.0, d.1)).collect();
+    front.sort_by(|p, q| p.0.total_cmp(&q.0));
+    let steps: Vec<(f64, f64)> = (front.windows(2))
+        .flat_map(|w| [w[0], (w[1].0, w[0].1)])
+        .chain(front.last().copied())
+        .collect();
+    let caption = format!("{} against {}: the Pareto front", a.name(), b.name());
+    svg((900, 420), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(xs, ys)?;
+        let x_desc = if b == Metric::Time {
+            "time (s)"
+        } else {
+            b.name()
+        };
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(a.name())
+            .draw()?;
+        chart.draw_series(LineSeries::new(
+            steps,
+            RGBColor(214, 39, 40).stroke_width(2),
+        ))?;
+        let grey = RGBColor(150, 150, 150);
+        chart.draw_series(dots.iter().map(|d| {
+            let style = if d.2 {
+                RGBColor(214, 39, 40).filled()
+            } else {
+                grey.filled()
+            };
+            Circle::new((d.0, d.1), if d.2 { 5 } else { 3 }, style)
+        }))?;
+        Ok(())
+    })
+}
+
 /// One line of a [`line_chart`].
 struct Series {
     label: String,
@@ -490,6 +552,9 @@ pub fn report(dir: &Path, out: &Path) -> Result<Written> {
         if m.pbt.is_some() {
             charts.push(("schedules", schedules_chart(&m)));
         }
+        if let Some(pair) = runs::objectives(&m) {
+            charts.push(("pareto", pareto_chart(&rows, pair)));
+        }
     }
     let name = runs::base_name(dir);
     let settings = std::fs::read_to_string(crate::sweep::manifest::sweep_file(dir)).ok();
@@ -561,6 +626,7 @@ fn sections(
             "curves" => "Validation curves",
             "parallel" => "Swept keys against the metric",
             "schedules" => "Population-based training: each member's schedule",
+            "pareto" => "Two objectives: the Pareto front",
             _ => "Which keys matter",
         };
         h.push_str(&format!("<h2>{title}</h2>{}", figure(id, chart)));

@@ -73,11 +73,13 @@ pub enum Metric {
     Time,
     TokensPerS,
     Steps,
+    /// The model's parameter count (a cost a second objective may weigh).
+    Params,
 }
 
 impl Metric {
     /// Every metric, in the order error messages list them.
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 9] = [
         Metric::ValLoss,
         Metric::ValBpc,
         Metric::ValAccuracy,
@@ -86,7 +88,11 @@ impl Metric {
         Metric::Time,
         Metric::TokensPerS,
         Metric::Steps,
+        Metric::Params,
     ];
+
+    /// What a sweep's second objective may be: a cost, lower is better.
+    pub const COSTS: [Metric; 2] = [Metric::Time, Metric::Params];
 
     /// The validation metrics: what a search may minimise and importance explains.
     pub const VALIDATION: [Metric; 4] = [
@@ -107,6 +113,7 @@ impl Metric {
             Metric::Time => "time",
             Metric::TokensPerS => "tokens_per_s",
             Metric::Steps => "steps",
+            Metric::Params => "params",
         }
     }
 
@@ -136,6 +143,7 @@ impl Metric {
             Metric::Time => Some(record.elapsed_secs),
             Metric::TokensPerS => Some(-record.tokens_per_s),
             Metric::Steps => Some(-(record.steps as f64)),
+            Metric::Params => Some(record.params as f64),
         }
     }
 }

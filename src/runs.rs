@@ -30,6 +30,9 @@ pub struct Row {
     /// A population-based sweep's member: whom it copied, at which step (`400←003`), oldest
     /// first; `None` outside such a sweep.
     pub lineage: Option<String>,
+    /// On the Pareto front of the sweep's two objectives (see [`mark_pareto`]); `None` when
+    /// they are not being compared.
+    pub pareto: Option<bool>,
 }
 
 impl Row {
@@ -162,6 +165,38 @@ pub fn budget(rows: &[Row]) -> (Vec<Spent>, Vec<(u64, usize)>) {
     (spent, stops)
 }
 
+/// A sweep's two objectives, when its file names two.
+pub fn objectives(m: &Manifest) -> Option<(Metric, Metric)> {
+    match &m.objectives[..] {
+        [a, b] => Some((
+            Metric::parse(a, &Metric::ALL)?,
+            Metric::parse(b, &Metric::ALL)?,
+        )),
+        _ => None,
+    }
+}
+
+/// Marks each run on (or off) the Pareto front of `objectives` among the completed runs (a
+/// pruned, infeasible or unfinished one is off it: it is not a model one would pick).
+pub fn mark_pareto(rows: &mut [Row], (a, b): (Metric, Metric)) {
+    let both: Vec<(usize, (f64, f64))> = (rows.iter().enumerate())
+        .filter(|(_, r)| r.status() == RunStatus::Completed)
+        .filter_map(|(i, r)| Some((i, (r.metric(a)?, r.metric(b)?))))
+        .filter(|(_, (x, y))| x.is_finite() && y.is_finite())
+        .collect();
+    let points: Vec<(f64, f64)> = both.iter().map(|(_, p)| *p).collect();
+    let front = crate::pareto::fronts(&points)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    for r in rows.iter_mut() {
+        r.pareto = Some(false);
+    }
+    for k in front {
+        rows[both[k].0].pareto = Some(true);
+    }
+}
+
 /// Reads every run under `root` (four levels deep) and groups the seeds.
 pub fn collect(root: &Path) -> Result<Runs> {
     if !root.is_dir() {
@@ -170,7 +205,7 @@ pub fn collect(root: &Path) -> Result<Runs> {
     let (found, warnings) = find_runs(root);
     let manifest = Manifest::load(root).ok();
     let swept = swept_keys(manifest.as_ref(), &found);
-    let rows: Vec<Row> = found
+    let mut rows: Vec<Row> = found
         .into_iter()
         .map(|f| {
             let mut r = row(root, &swept, f);
@@ -178,6 +213,9 @@ pub fn collect(root: &Path) -> Result<Runs> {
             r
         })
         .collect();
+    if let Some(pair) = manifest.as_ref().and_then(objectives) {
+        mark_pareto(&mut rows, pair);
+    }
     let groups = seed_groups(&rows);
     Ok(Runs {
         rows,
@@ -310,6 +348,7 @@ fn row(root: &Path, swept: &[String], found: Found) -> Row {
         path: found.dir,
         record: found.record,
         lineage: None,
+        pareto: None,
     }
 }
 

@@ -255,3 +255,116 @@ fn refine_writes_a_valid_sweep_file_whose_domains_hold_the_best_trials() {
     let o = common::charlab(d, &["sweep", "fine.toml", "--dry-run"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `[search] extra` lines added to a TPE sweep file.
+fn with_search(d: &Path, file: &str, extra: &str) {
+    let path = d.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace(
+        "startup_trials = 3\n",
+        &format!("startup_trials = 3\n{extra}\n"),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+fn said(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn a_warm_started_search_proposes_from_an_earlier_sweeps_trials_at_once_and_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = tpe_file(d, "earlier", 5, "");
+    assert!(common::charlab(d, &["sweep", &a, "--plain"])
+        .status
+        .success());
+
+    // Three startup draws, all covered by the five told: the first proposal is TPE's.
+    let b = tpe_file(d, "warm", 2, "");
+    with_search(d, &b, "warm_start = [\"runs/earlier\"]");
+    let o = common::charlab(d, &["sweep", &b, "--plain"]);
+    let out = said(&o);
+    assert!(o.status.success(), "{out}");
+    let first = out.lines().find(|l| l.contains("proposed trial")).unwrap();
+    assert!(
+        first.contains("TPE fitted") && first.contains("5 of them from the warm start"),
+        "{out}"
+    );
+    let warm = manifest(d, "warm").search.unwrap().warm.unwrap();
+    assert_eq!(warm.len(), 5);
+    assert!(warm
+        .iter()
+        .all(|w| w.score.is_some() && w.run.contains("earlier")));
+    let cmp = common::charlab(d, &["compare", "runs/warm"]);
+    let cmp = String::from_utf8_lossy(&cmp.stdout);
+    assert!(cmp.contains("warm start: 5 finished trials"), "{cmp}");
+    common::assert_proposals_replay(d, &b, "warm");
+
+    // The history is the manifest's: the earlier sweep may go, the search grows the same way.
+    std::fs::rename(d.join("runs/earlier"), d.join("gone")).unwrap();
+    let text = std::fs::read_to_string(d.join(&b)).unwrap();
+    std::fs::write(d.join(&b), text.replace("trials = 2\n", "trials = 3\n")).unwrap();
+    let o = common::charlab(d, &["sweep", &b, "--plain", "--extend"]);
+    assert!(o.status.success(), "{}", said(&o));
+    assert_eq!(manifest(d, "warm").trials.len(), 3);
+    common::assert_proposals_replay(d, &b, "warm");
+
+    // Another sweep's keys are refused in one line naming it.
+    std::fs::rename(d.join("gone"), d.join("runs/earlier")).unwrap();
+    let c = tpe_file(d, "other", 2, "");
+    let text = std::fs::read_to_string(d.join(&c)).unwrap();
+    let text = text.replace("dropout = { uniform = [0.0, 0.4] }\n", "");
+    std::fs::write(d.join(&c), text).unwrap();
+    with_search(d, &c, "warm_start = [\"runs/earlier\"]");
+    let o = common::charlab(d, &["sweep", &c, "--plain"]);
+    common::assert_user_error(&o, "different keys", &["runs/earlier", "same keys"]);
+}
+
+#[test]
+fn two_objectives_mark_the_pareto_front_in_compare_and_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = tpe_file(d, "two", 6, "");
+    with_search(d, &f, "objectives = [\"val/loss\", \"params\"]");
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    let out = said(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("along the Pareto front of val/loss and params"),
+        "{out}"
+    );
+    let json = common::charlab(d, &["compare", "runs/two", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    let point = |r: &serde_json::Value| {
+        let rec = common::record(&d.join("runs/two").join(r["run"].as_str().unwrap()));
+        (
+            r["best_val_loss"].as_f64().unwrap(),
+            rec["params"].as_f64().unwrap(),
+        )
+    };
+    // On the front exactly when no other completed run is at least as good on both and
+    // better on one.
+    for r in runs {
+        let (l, p) = point(r);
+        let beaten = runs
+            .iter()
+            .map(point)
+            .any(|(l2, p2)| l2 <= l && p2 <= p && (l2 < l || p2 < p));
+        assert_eq!(r["pareto"].as_bool(), Some(!beaten), "{r}");
+    }
+    let front = common::charlab(d, &["compare", "runs/two", "--pareto", "--format", "csv"]);
+    let front = String::from_utf8_lossy(&front.stdout);
+    let on = runs.iter().filter(|r| r["pareto"] == true).count();
+    assert_eq!(front.lines().count(), 1 + on, "{front}");
+    let table = common::charlab(d, &["compare", "runs/two"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("objectives: val/loss and params"));
+    let report = common::report(d, &d.join("runs/two"));
+    let html = std::fs::read_to_string(report).unwrap();
+    assert!(html.contains("Two objectives: the Pareto front") && html.contains("<svg"));
+}

@@ -153,6 +153,37 @@ fn stop_and_constraints_refuse_bad_input_naming_the_line_and_key() {
             assert!(e.contains(n), "{line:?}: `{n}` not in: {e}");
         }
     }
+    let tpe =
+        "[random]\nlr = { log_uniform = [1e-4, 1e-2] }\n[search]\nmethod = \"tpe\"\ntrials = 4\n";
+    let searches: &[(&str, &[&str])] = &[
+        (
+            "objectives = [\"val/loss\", \"speed\"]",
+            &["objectives", "time, params"],
+        ),
+        ("objectives = [\"time\"]", &["objectives", "[METRIC, COST]"]),
+        (
+            "objectives = \"val/loss\"",
+            &["objectives", "must be a list"],
+        ),
+        (
+            "metric = \"val/bpc\"\nobjectives = [\"val/loss\", \"time\"]",
+            &["metric", "give one of them"],
+        ),
+        (
+            "warm_start = \"runs/a\"",
+            &["warm_start", "list of sweep directories"],
+        ),
+    ];
+    for (line, needles) in searches {
+        let e = err_of(&format!("{HEAD}{tpe}{line}\n"));
+        for n in *needles {
+            assert!(e.contains(n), "{line:?}: `{n}` not in: {e}");
+        }
+    }
+    let e = err_of(&format!(
+        "{HEAD}[grid]\nlr = [1e-3]\n[search]\nwarm_start = [\"runs/a\"]\n"
+    ));
+    assert!(e.contains("warm_start") && e.contains("TPE setting"), "{e}");
 }
 
 #[test]

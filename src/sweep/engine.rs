@@ -466,6 +466,7 @@ mod tests {
             trials,
             search: None,
             pbt: None,
+            objectives: Vec::new(),
             limits: crate::train::Limits::default(),
             stopped: None,
         }

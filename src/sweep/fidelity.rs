@@ -9,6 +9,7 @@
 //! crowd around a point already being tried. Pure: the same trials give the same level.
 
 use super::tpe::Observation;
+use serde::{Deserialize, Serialize};
 
 /// How a trial the search has heard of ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +29,26 @@ pub struct Told {
     /// Val loss at each evaluation it reached, by step (empty for a running trial).
     pub curve: Vec<(u64, f64)>,
     pub end: End,
+    /// Its second objective, for a search with two.
+    pub second: Option<Second>,
+}
+
+/// A trial's second objective (a cost), read at any level: a size is the same at every step;
+/// time is its seconds per step times the level's step (the whole time at the full budget).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Second {
+    Fixed(f64),
+    Time { per_step: f64, total: f64 },
+}
+
+impl Second {
+    pub fn at(self, level: Level) -> f64 {
+        match (self, level) {
+            (Second::Fixed(v), _) => v,
+            (Second::Time { total, .. }, Level::Final) => total,
+            (Second::Time { per_step, .. }, Level::Step(s)) => per_step * s as f64,
+        }
+    }
 }
 
 /// The level the search's model was fitted at.
@@ -67,6 +88,7 @@ fn at(told: &[Told], level: Level) -> Vec<Observation> {
             Some(Observation {
                 x: t.x.clone(),
                 score,
+                second: t.second.map(|s| s.at(level)),
             })
         })
         .collect()
@@ -107,6 +129,7 @@ mod tests {
             x: vec![x],
             curve: curve.to_vec(),
             end,
+            second: None,
         }
     }
 
@@ -188,6 +211,7 @@ mod tests {
             let keep = better < (at_100.len() + 1).div_ceil(3);
             at_100.push(l100);
             all.push(Told {
+                second: None,
                 curve: if keep {
                     vec![(100, l100), (300, l300)]
                 } else {

@@ -34,6 +34,10 @@ pub struct Manifest {
     /// A population-based sweep's decisions (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pbt: Option<PbtState>,
+    /// The sweep's two objectives (metric, cost), when it has two: compare and the report
+    /// mark the Pareto front.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objectives: Vec<String>,
     /// What each trial may not exceed (its worker enforces it).
     #[serde(default, skip_serializing_if = "crate::train::Limits::is_empty")]
     pub limits: crate::train::Limits,
@@ -88,6 +92,26 @@ pub struct SearchState {
     pub completed: Vec<usize>,
     /// Per proposed trial: how many of `completed` its proposal saw.
     pub seen: Vec<usize>,
+    /// Earlier sweeps' finished trials, told to the search before its first proposal
+    /// (`warm_start`), as they were then; `None` until read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<Vec<WarmTrial>>,
+}
+
+/// A finished trial of an earlier sweep, as a warm-started search was told it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmTrial {
+    /// Its run directory.
+    pub run: String,
+    /// Its swept values.
+    pub overrides: Vec<(String, serde_json::Value)>,
+    /// Val loss at each evaluation.
+    pub curve: Vec<(u64, f64)>,
+    /// Its score on the search's metric; `None` when it ended early or badly.
+    pub score: Option<f64>,
+    /// Its second objective, for a search with two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second: Option<crate::sweep::fidelity::Second>,
 }
 
 /// The copy of the sweep file a sweep directory keeps.
@@ -201,6 +225,14 @@ pub fn reconcile(
     manifest.swept = plan.swept.iter().map(|(k, _)| k.clone()).collect();
     manifest.pruning = plan.experiment.pruning.clone();
     manifest.limits = plan.experiment.constraints;
+    manifest.objectives = match plan.objectives.len() {
+        2 => plan
+            .objectives
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect(),
+        _ => Vec::new(),
+    };
     if let Some(tpe) = &plan.search {
         reconcile_search(root, plan, tpe, &mut manifest, extend)?;
         return Ok(manifest);
@@ -291,6 +323,7 @@ fn empty_manifest(plan: &Plan) -> Manifest {
         trials: Vec::new(),
         search: None,
         pbt: None,
+        objectives: Vec::new(),
         limits: crate::train::Limits::default(),
         stopped: None,
     }

@@ -247,7 +247,7 @@ fn launch(
         deterministic: opts.deterministic,
         verbose: opts.verbose,
         stop: exp.stop.clone(),
-        metric: plan.search.as_ref().map_or(Metric::ValLoss, |s| s.metric),
+        metric: plan.objectives.first().copied().unwrap_or(Metric::ValLoss),
     };
     let strategy = strategy::Strategy::of(plan, root);
     let engine = engine::Engine::new(root, manifest, strategy, rules, &costs)?;

@@ -12,12 +12,12 @@
 //! and run again continues the same search: no trial is lost or run twice, and given the same
 //! completion order it proposes what an uninterrupted run would have.
 
-use super::fidelity::{self, End, Level, Told};
-use super::manifest::{Entry, Manifest, SearchState};
+use super::fidelity::{self, End, Level, Second, Told};
+use super::manifest::{Entry, Manifest, SearchState, WarmTrial};
 use super::plan::{Plan, Sampler, TpeSearch};
 use super::tpe::{self, Dim, Observation};
 use crate::config::RunConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Dims;
 use crate::run_dir::{Metric, RunDir, RunRecord, RunStatus};
 use std::path::{Path, PathBuf};
@@ -149,6 +149,11 @@ impl<'a> Proposer<'a> {
     /// Records the trials that ended while no one was watching (a killed sweep), oldest end
     /// first: their order is their run records' end times.
     pub fn catch_up(&self, manifest: &mut Manifest) -> Result<()> {
+        if !self.tpe.warm_start.is_empty() && Self::state(manifest).warm.is_none() {
+            // Read once, before the first proposal, and kept: the earlier sweeps may change or
+            // go, the history the proposals were made from does not.
+            Self::state(manifest).warm = Some(self.read_warm()?);
+        }
         let known = manifest
             .search
             .as_ref()
@@ -172,23 +177,108 @@ impl<'a> Proposer<'a> {
         manifest.save(&self.root)
     }
 
-    /// A trial's point in the sampler's terms, from its swept values.
-    fn point(&self, e: &Entry) -> Option<Vec<f64>> {
+    /// A trial's point in the sampler's terms, from its swept values; `None` when one is
+    /// missing or outside its domain.
+    fn point(&self, overrides: &[(String, serde_json::Value)]) -> Option<Vec<f64>> {
         self.plan
             .space
             .random
             .iter()
             .map(|(k, s)| {
-                let (_, v) = e.overrides.iter().find(|(n, _)| n == k)?;
+                let (_, v) = overrides.iter().find(|(n, _)| n == k)?;
                 match s {
                     Sampler::Choice(c) => {
                         let v = Value::try_from(v).ok()?;
                         c.iter().position(|x| *x == v).map(|i| i as f64)
                     }
-                    _ => v.as_f64(),
+                    _ => {
+                        let (lo, hi) = super::plan::sampler_bounds(s)?;
+                        v.as_f64().filter(|x| (lo..=hi).contains(x))
+                    }
                 }
             })
             .collect()
+    }
+
+    /// A trial's second objective from its record, for a search with two.
+    fn second(&self, r: &RunRecord) -> Option<Second> {
+        match self.tpe.second? {
+            Metric::Time => Some(Second::Time {
+                per_step: r.elapsed_secs / r.steps.max(1) as f64,
+                total: r.elapsed_secs,
+            }),
+            m => m.of(r).map(Second::Fixed),
+        }
+    }
+
+    /// The finished trials of the `warm_start` sweeps, as this search sees them: each must
+    /// sweep this search's keys; a trial with a value outside a domain is left out.
+    fn read_warm(&self) -> Result<Vec<WarmTrial>> {
+        let mut out = Vec::new();
+        let mut keys: Vec<&str> = self
+            .plan
+            .space
+            .random
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        keys.sort_unstable();
+        for dir in &self.tpe.warm_start {
+            super::manifest::existing_sweep(dir)?;
+            let m = Manifest::load(dir)?;
+            for e in &m.trials {
+                let mut theirs: Vec<&str> = e.overrides.iter().map(|(k, _)| k.as_str()).collect();
+                theirs.retain(|k| *k != "seed");
+                theirs.sort_unstable();
+                if theirs != keys {
+                    return Err(Error::usage(
+                        dir,
+                        format!(
+                            "warm_start: its trials sweep {}, this search sweeps {}: a warm \
+                             start needs the same keys",
+                            theirs.join(", "),
+                            keys.join(", ")
+                        ),
+                    ));
+                }
+                let run = RunDir::new(dir.join(&e.dir));
+                let Some(r) = run.record().filter(|r| r.status.is_final()) else {
+                    continue;
+                };
+                if self.point(&e.overrides).is_none() {
+                    continue;
+                }
+                out.push(WarmTrial {
+                    run: run.path().display().to_string(),
+                    overrides: e.overrides.clone(),
+                    curve: r.evals.iter().map(|p| (p.step, p.val_loss)).collect(),
+                    score: score(&r, self.tpe.metric),
+                    second: self.second(&r),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the warm start told the search, as the sampler sees it.
+    fn warm(&self, manifest: &Manifest) -> Vec<Told> {
+        let warm = manifest.search.as_ref().and_then(|s| s.warm.as_deref());
+        (warm.unwrap_or_default().iter())
+            .filter_map(|w| {
+                Some(Told {
+                    x: self.point(&w.overrides)?,
+                    curve: w.curve.clone(),
+                    end: w.score.map_or(End::Stopped, End::Scored),
+                    second: w.second,
+                })
+            })
+            .collect()
+    }
+
+    /// Random draws before the model takes over: the warm start's trials count among them.
+    fn startup(&self, manifest: &Manifest) -> usize {
+        let warm = manifest.search.as_ref().and_then(|s| s.warm.as_ref());
+        self.tpe.startup.saturating_sub(warm.map_or(0, Vec::len))
     }
 
     /// Every trial proposal `index` knew of: the first `seen` completions, in completion order,
@@ -218,20 +308,22 @@ impl<'a> Proposer<'a> {
                     r.evals.iter().map(|p| (p.step, p.val_loss)).collect()
                 });
                 let told = Told {
-                    x: self.point(e)?,
+                    x: self.point(&e.overrides)?,
                     curve,
                     end,
+                    second: record.as_ref().and_then(|r| self.second(r)),
                 };
                 Some(Heard { told, record, e })
             })
             .collect()
     }
 
-    /// What the sampler fits at proposal `index`: the level (see [`super::fidelity`]) and the
-    /// observations there.
-    fn history(heard: &[Heard], keys: usize) -> (Level, Vec<Observation>) {
-        let told: Vec<Told> = heard.iter().map(|h| h.told.clone()).collect();
-        fidelity::observations(&told, keys + 1)
+    /// What the sampler fits at a proposal: the level (see [`super::fidelity`]) and the
+    /// observations there, of the warm start's trials and those `heard` of.
+    fn history(&self, manifest: &Manifest, heard: &[Heard]) -> (Level, Vec<Observation>) {
+        let mut told = self.warm(manifest);
+        told.extend(heard.iter().map(|h| h.told.clone()));
+        fidelity::observations(&told, self.plan.space.random.len() + 1)
     }
 
     /// The log's line for proposed trial `index`: what its proposal was based on.
@@ -245,18 +337,31 @@ impl<'a> Proposer<'a> {
             .and_then(|s| s.seen.get(index).copied())
             .unwrap_or(0);
         let heard = self.heard(manifest, index, seen);
-        let (level, history) = Self::history(&heard, self.plan.space.random.len());
+        let (level, history) = self.history(manifest, &heard);
         let scored = history.iter().filter(|o| o.score.is_some()).count();
-        if index < self.tpe.startup || scored == 0 {
+        if index < self.startup(manifest) || scored == 0 {
             return format!("proposed trial {} (random draw)", e.dir);
         }
+        let warm = self.warm(manifest).len();
+        let warm = match warm {
+            0 => String::new(),
+            n => format!(", {n} of them from the warm start"),
+        };
+        let rule = match self.tpe.second {
+            Some(m) => format!(
+                ", along the Pareto front of {} and {}",
+                self.tpe.metric.name(),
+                m.name()
+            ),
+            None => String::new(),
+        };
         let cost = if self.cost_model(&heard).is_some() {
             format!(", cost weight {:.2}", cost_weight(index, self.tpe.trials))
         } else {
             String::new()
         };
         format!(
-            "proposed trial {} (TPE fitted at {}: {scored} of {} trials scored there{cost})",
+            "proposed trial {} (TPE fitted at {}: {scored} of {} trials scored there{warm}{rule}{cost})",
             e.dir,
             level.name(),
             history.len()
@@ -307,12 +412,12 @@ impl<'a> Proposer<'a> {
     ) -> Vec<Vec<(String, Value)>> {
         let dims: Vec<Dim> = self.plan.space.random.iter().map(|(_, s)| dim(s)).collect();
         let settings = tpe::Settings {
-            startup: self.tpe.startup,
+            startup: self.startup(manifest),
             candidates: self.tpe.candidates,
             seed: self.plan.experiment.seed,
         };
         let heard = self.heard(manifest, index, seen);
-        let (_, history) = Self::history(&heard, dims.len());
+        let (_, history) = self.history(manifest, &heard);
         let model = self.cost_model(&heard);
         let of = |x: &[f64]| {
             let c = self.plan.trial(self.overrides(x)).map(|t| t.config);

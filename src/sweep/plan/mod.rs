@@ -20,6 +20,7 @@ pub use space::Sampler;
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::run_dir::Metric;
 use crate::summary::Domain;
 use check::{check_run_value, flatten, nearest, set_path, type_name, SweepFile};
 use std::path::{Path, PathBuf};
@@ -65,6 +66,8 @@ pub struct Plan {
     pub search: Option<TpeSearch>,
     /// `[search] method = "pbt"`: `trials` are the population's initial members.
     pub pbt: Option<PbtSearch>,
+    /// What the sweep is judged by: its metric, and a cost when it has two objectives.
+    pub objectives: Vec<Metric>,
     /// The grid and the random samplers.
     pub space: space::Space,
     /// The defaults every trial starts from.
@@ -121,10 +124,18 @@ impl Plan {
             self.experiment.seed
         );
         // Said only when on, so that a search begun before the key existed keeps its key.
-        let text = match &self.search {
+        let mut text = match &self.search {
             Some(s) if s.cost_aware => format!("{text}|cost aware"),
             _ => text,
         };
+        if let Some(s) = &self.search {
+            if let Some(m) = s.second {
+                text.push_str(&format!("|second {}", m.name()));
+            }
+            if !s.warm_start.is_empty() {
+                text.push_str(&format!("|warm {:?}", s.warm_start));
+            }
+        }
         crate::digest::sha256_hex(text.as_bytes())[..16].to_string()
     }
 }
@@ -363,7 +374,11 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
         &section(&file, &doc, "random")?,
     )?;
     let explicit = explicit_tables(&file, &doc)?;
-    let (search, pbt) = search::parse(&file, &section(&file, &doc, "search")?, &space)?;
+    let search::Parsed {
+        tpe: search,
+        pbt,
+        objectives,
+    } = search::parse(&file, &section(&file, &doc, "search")?, &space)?;
     let limit = experiment.max_trials.unwrap_or(max_trials);
     if let Some(p) = &pbt {
         check_pbt_experiment(&file, &experiment, explicit.len())?;
@@ -414,6 +429,7 @@ pub fn plan(path: &Path, text: &str, max_trials: usize, force: bool) -> Result<P
         slurm,
         search,
         pbt,
+        objectives,
         space,
         base,
     })

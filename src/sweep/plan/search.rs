@@ -29,6 +29,11 @@ pub struct TpeSearch {
     /// small models are as good as large ones and costs where large ones win, as they do for a
     /// char-LSTM at a fixed step budget (the tests in `tpe.rs`; BENCHMARKS.md's race).
     pub cost_aware: bool,
+    /// A second objective (`objectives = [metric, "time" | "params"]`): proposals follow the
+    /// Pareto front (MOTPE's split) instead of the metric alone.
+    pub second: Option<Metric>,
+    /// Earlier sweeps whose finished trials start the history (`warm_start`).
+    pub warm_start: Vec<std::path::PathBuf>,
 }
 
 /// Random trials before TPE proposes from results, when `startup_trials` is not given.
@@ -66,17 +71,77 @@ const TPE_KEYS: &[&str] = &[
     "candidates",
     "metric",
     "cost_aware",
+    "warm_start",
 ];
+/// Keys of every method.
+const COMMON_KEYS: &[&str] = &["method", "objectives"];
 const PBT_KEYS: &[&str] = &["population", "interval", "quantile", "resample", "factors"];
 
-/// The `[search]` table: the TPE settings for `method = "tpe"`, the PBT ones for `"pbt"`,
-/// neither for the default.
-pub(super) fn parse(
+/// What a `[search]` table says: the TPE settings for `method = "tpe"`, the PBT ones for
+/// `"pbt"`, neither for the default; and the sweep's objectives (one or two) for every method.
+pub(super) struct Parsed {
+    pub tpe: Option<TpeSearch>,
+    pub pbt: Option<PbtSearch>,
+    pub objectives: Vec<Metric>,
+}
+
+/// The `[search]` table.
+pub(super) fn parse(file: &SweepFile, t: &Table, space: &space::Space) -> Result<Parsed> {
+    let objectives = parse_objectives(file, t)?;
+    let (mut tpe, pbt) = parse_method(file, t, space)?;
+    if let Some(s) = tpe.as_mut() {
+        if t.contains_key("objectives") && t.contains_key("metric") && s.metric != objectives[0] {
+            let m = format!(
+                "`metric` is {} but `objectives` starts with {}: give one of them",
+                s.metric.name(),
+                objectives[0].name()
+            );
+            return Err(file.err("search", "metric", m));
+        }
+        s.metric = objectives[0];
+        s.second = objectives.get(1).copied();
+    }
+    Ok(Parsed {
+        tpe,
+        pbt,
+        objectives,
+    })
+}
+
+/// `objectives = [metric]` or `[metric, cost]`: a validation metric, then `time` or `params`;
+/// `[metric]` (or best val/loss) when absent.
+fn parse_objectives(file: &SweepFile, t: &Table) -> Result<Vec<Metric>> {
+    let Some(v) = t.get("objectives") else {
+        return Ok(vec![parse_metric(file, t)?]);
+    };
+    let bad = |m: String| file.err("search", "objectives", m);
+    let names: Vec<&str> = match v.as_array() {
+        Some(a) => a.iter().map(|x| x.as_str().unwrap_or("?")).collect(),
+        None => return Err(bad(format!("`objectives` must be a list, not {v}"))),
+    };
+    let first = names
+        .first()
+        .and_then(|n| Metric::parse(n, &Metric::VALIDATION));
+    let second = names.get(1).map(|n| Metric::parse(n, &Metric::COSTS));
+    match (first, second, names.len()) {
+        (Some(a), None, 1) => Ok(vec![a]),
+        (Some(a), Some(Some(b)), 2) => Ok(vec![a, b]),
+        _ => Err(bad(format!(
+            "`objectives` must be [METRIC] or [METRIC, COST] with METRIC one of {} and COST \
+             one of {}, not {v}",
+            Metric::names(&Metric::VALIDATION),
+            Metric::names(&Metric::COSTS)
+        ))),
+    }
+}
+
+/// `method` and its settings.
+fn parse_method(
     file: &SweepFile,
     t: &Table,
     space: &space::Space,
 ) -> Result<(Option<TpeSearch>, Option<PbtSearch>)> {
-    let all: Vec<&str> = ["method"]
+    let all: Vec<&str> = COMMON_KEYS
         .iter()
         .chain(TPE_KEYS)
         .chain(PBT_KEYS)
@@ -384,7 +449,9 @@ fn parse_tpe(file: &SweepFile, t: &Table, space: &space::Space) -> Result<TpeSea
     }
     // The default does not depend on `trials`, so `--extend` (more trials) is the same search.
     let startup = int("startup_trials", 0)?.unwrap_or(DEFAULT_STARTUP);
-    if t.contains_key("startup_trials") && startup > trials {
+    let warm_start = parse_warm_start(file, t)?;
+    // With a warm start the earlier trials count among the startup draws.
+    if t.contains_key("startup_trials") && startup > trials && warm_start.is_empty() {
         return Err(file.err(
             "search",
             "startup_trials",
@@ -400,5 +467,23 @@ fn parse_tpe(file: &SweepFile, t: &Table, space: &space::Space) -> Result<TpeSea
         candidates: int("candidates", 1)?.unwrap_or(24),
         metric,
         cost_aware: r.bool("cost_aware")?.unwrap_or(false),
+        second: None,
+        warm_start,
     })
+}
+
+/// `warm_start = ["runs/<earlier sweep>", …]`: sweep directories whose finished trials join
+/// the search's history before its first proposal.
+fn parse_warm_start(file: &SweepFile, t: &Table) -> Result<Vec<std::path::PathBuf>> {
+    let Some(v) = t.get("warm_start") else {
+        return Ok(Vec::new());
+    };
+    let bad = || {
+        let m = format!("`warm_start` must be a list of sweep directories, not {v}");
+        file.err("search", "warm_start", m)
+    };
+    let list = v.as_array().ok_or_else(bad)?;
+    list.iter()
+        .map(|x| x.as_str().map(std::path::PathBuf::from).ok_or_else(bad))
+        .collect()
 }

@@ -123,7 +123,9 @@ fn pareto_chart(rows: &[Row], (a, b): (Metric, Metric)) -> Chart {
         let pad = ((hi - lo) * 0.08).max(1e-3 * (1.0 + hi.abs()));
         (lo - pad)..(hi + pad)
     };
-    let (xs, ys) = (span(|d| d.0), span(|d| d.1));
+    let (mut xs, ys) = (span(|d| d.0), span(|d| d.1));
+    // Room on the right for the front's labels.
+    xs.end += 0.35 * (xs.end - xs.start);
     let mut front: Vec<(f64, f64)> = (dots.iter().filter(|d| d.2)).map(|d| (d.0, d.1)).collect();
     front.sort_by(|p, q| p.0.total_cmp(&q.0));
     let steps: Vec<(f64, f64)> = (front.windows(2))
@@ -147,6 +149,7 @@ fn pareto_chart(rows: &[Row], (a, b): (Metric, Metric)) -> Chart {
             .configure_mesh()
             .x_desc(x_desc)
             .y_desc(a.name())
+            .x_label_formatter(&|x| fmt_num(*x))
             .draw()?;
         chart.draw_series(LineSeries::new(
             steps,
@@ -160,6 +163,11 @@ fn pareto_chart(rows: &[Row], (a, b): (Metric, Metric)) -> Chart {
                 grey.filled()
             };
             Circle::new((d.0, d.1), if d.2 { 5 } else { 3 }, style)
+        }))?;
+        // The front's runs by name, so a reader can find them in the table.
+        chart.draw_series(dots.iter().filter(|d| d.2).map(|d| {
+            let name: String = d.3.chars().take(28).collect();
+            Text::new(format!("  {name}"), (d.0, d.1), ("sans-serif", 12))
         }))?;
         Ok(())
     })
@@ -272,7 +280,15 @@ fn axis(name: &str, values: &[String]) -> Axis {
 }
 
 fn fmt_num(x: f64) -> String {
-    if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e5) {
+    if x.abs() >= 1e5 && x.abs() < 1e9 {
+        // Sizes: 796k, 1.49M.
+        let (v, unit) = if x.abs() >= 1e6 {
+            (x / 1e6, "M")
+        } else {
+            (x / 1e3, "k")
+        };
+        format!("{}{unit}", (v * 100.0).round() / 100.0)
+    } else if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e5) {
         format!("{x:.1e}")
     } else {
         format!("{}", (x * 1e4).round() / 1e4)

@@ -211,6 +211,38 @@ fn a_sweep_runs_as_a_slurm_job_array_with_retry_and_requeue() {
 
     tpe_search_on_slurm(d);
     pbt_on_slurm(d);
+    controls_on_slurm(d);
+}
+
+/// `stop` and `constraints` on the job array: a trial over max_params ends infeasible in its
+/// task, and the watcher stops the sweep at its target (the running task checkpoints).
+fn controls_on_slurm(d: &Path) {
+    std::fs::write(
+        d.join("controls.toml"),
+        "[experiment]\nname = \"controls\"\ncorpus = \"novel.txt\"\n\
+         stop = { target = 100.0 }\nconstraints = { max_params = 20000 }\n[defaults]\n\
+         batch_size = 4\nseq_len = 16\nembed_dim = 16\nmax_steps = 100000\neval_every = 10\n\
+         log_every = 10\nhistogram_every = 0\nval_fraction = 0.1\ndevice = \"cpu\"\n[grid]\n\
+         hidden = [128, 16]\n[slurm]\ncpus_per_task = 1\n",
+    )
+    .unwrap();
+    let args = ["sweep", "controls.toml", "--launcher", "slurm", "--plain"];
+    let o = common::charlab(d, &args);
+    let said = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{said}");
+    assert!(
+        said.contains("stopping the sweep: target reached"),
+        "{said}"
+    );
+    let root = d.join("runs/controls");
+    let m = charlab::sweep::manifest::Manifest::load(&root).unwrap();
+    assert!(m.stopped.is_some_and(|w| w.contains("target reached")));
+    let dirs: Vec<_> = m.trials.iter().map(|e| root.join(&e.dir)).collect();
+    assert_eq!(common::record(&dirs[0])["status"], "infeasible");
+    common::wait_until(60, "the stopped task to checkpoint", || {
+        common::record(&dirs[1])["status"] == "interrupted"
+    });
+    assert!(common::record(&dirs[1])["steps"].as_u64().unwrap() < 100000);
 }
 
 /// A TPE search on the job array: proposals are submitted as results come in; a watcher that

@@ -49,6 +49,28 @@ fn svg(size: (u32, u32), draw: impl FnOnce(&Canvas) -> Drawn) -> Chart {
     Ok(out)
 }
 
+/// Axes against each other on `root`, captioned, with room for their labels: the frame of the
+/// line charts.
+fn frame<'a, 'b>(
+    root: &'a Canvas<'b>,
+    caption: &str,
+    (xs, ys): (std::ops::Range<f64>, std::ops::Range<f64>),
+) -> std::result::Result<
+    ChartContext<
+        'a,
+        SVGBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    Box<dyn std::error::Error>,
+> {
+    Ok(ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(xs, ys)?)
+}
+
 /// A color for rank `i` of `n` (best blue → worst red).
 fn ramp(i: usize, n: usize) -> RGBColor {
     let t = if n > 1 {
@@ -134,12 +156,7 @@ fn pareto_chart(rows: &[Row], (a, b): (Metric, Metric)) -> Chart {
         .collect();
     let caption = format!("{} against {}: the Pareto front", a.name(), b.name());
     svg((900, 420), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(caption, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(xs, ys)?;
+        let mut chart = frame(root, &caption, (xs, ys))?;
         let x_desc = if b == Metric::Time {
             "time (s)"
         } else {
@@ -188,12 +205,7 @@ fn line_chart(
     series: Vec<Series>,
 ) -> Chart {
     svg((900, 420), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(caption, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..max_x, y_lo..y_hi)?;
+        let mut chart = frame(root, caption, (0f64..max_x, y_lo..y_hi))?;
         chart
             .configure_mesh()
             .x_desc("step")

@@ -6,7 +6,7 @@ mod common;
 
 use charlab::sweep::manifest::Manifest;
 use charlab::sweep::plan;
-use common::tpe_file;
+use common::{said, tpe_file};
 use std::path::Path;
 
 fn manifest(d: &Path, name: &str) -> Manifest {
@@ -265,14 +265,6 @@ fn with_search(d: &Path, file: &str, extra: &str) {
         &format!("startup_trials = 3\n{extra}\n"),
     );
     std::fs::write(path, text).unwrap();
-}
-
-fn said(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -117,6 +117,16 @@ fn every_bad_input_names_the_file_line_and_key() {
     );
 }
 
+/// Each of `cases` (a line, between `before` and `after`) is refused with every needle said.
+fn assert_errors(before: &str, after: &str, cases: &[(&str, &[&str])]) {
+    for (line, needles) in cases {
+        let e = err_of(&format!("{before}{line}{after}"));
+        for n in *needles {
+            assert!(e.contains(n), "{line:?}: `{n}` not in: {e}");
+        }
+    }
+}
+
 #[test]
 fn stop_and_constraints_refuse_bad_input_naming_the_line_and_key() {
     let cases: &[(&str, &[&str])] = &[
@@ -147,12 +157,7 @@ fn stop_and_constraints_refuse_bad_input_naming_the_line_and_key() {
             &["max_seconds", "max_trial_seconds"],
         ),
     ];
-    for (line, needles) in cases {
-        let e = err_of(&format!("{HEAD}{line}\n[grid]\nlr = [1e-3]\n"));
-        for n in *needles {
-            assert!(e.contains(n), "{line:?}: `{n}` not in: {e}");
-        }
-    }
+    assert_errors(HEAD, "\n[grid]\nlr = [1e-3]\n", cases);
     let tpe =
         "[random]\nlr = { log_uniform = [1e-4, 1e-2] }\n[search]\nmethod = \"tpe\"\ntrials = 4\n";
     let searches: &[(&str, &[&str])] = &[
@@ -174,12 +179,7 @@ fn stop_and_constraints_refuse_bad_input_naming_the_line_and_key() {
             &["warm_start", "list of sweep directories"],
         ),
     ];
-    for (line, needles) in searches {
-        let e = err_of(&format!("{HEAD}{tpe}{line}\n"));
-        for n in *needles {
-            assert!(e.contains(n), "{line:?}: `{n}` not in: {e}");
-        }
-    }
+    assert_errors(&format!("{HEAD}{tpe}"), "\n", searches);
     let e = err_of(&format!(
         "{HEAD}[grid]\nlr = [1e-3]\n[search]\nwarm_start = [\"runs/a\"]\n"
     ));
@@ -632,11 +632,9 @@ fn successive_halving_keeps_the_best_third_at_each_rung() {
         "lr = [1e-2, 9e-3, 8e-3, 1e-5, 2e-5]",
         "max_steps = 90",
     );
-    let text = std::fs::read_to_string(&s.file).unwrap().replace(
-        "jobs = 2",
+    s.experiment(
         "jobs = 1\npruning = { rule = \"halving\", eta = 3, warmup_evals = 1, min_trials = 3 }",
     );
-    std::fs::write(&s.file, text).unwrap();
     let o = s.run(&[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let dirs = run_dirs(&s.root("halving"));
@@ -826,17 +824,11 @@ fn a_stop_target_ends_the_sweep_early_and_a_looser_rule_resumes_it() {
         "max_steps = [8000, 100, 100]",
         "eval_every = 10\nlog_every = 10",
     );
-    let text = std::fs::read_to_string(&s.file).unwrap();
     // Any val loss reaches 100: the first evaluation stops the sweep.
-    let strict = text.replace("jobs = 2", "jobs = 1\nstop = { target = 100.0 }");
-    std::fs::write(&s.file, &strict).unwrap();
+    let strict = s.experiment("jobs = 1\nstop = { target = 100.0 }");
     let root = s.root("stop");
     let o = s.run(&[]);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let said = common::said(&o);
     assert!(
         o.status.success(),
         "stopped by its rule is a success: {said}"
@@ -904,17 +896,9 @@ fn constraints_make_a_trial_infeasible_before_it_starts_or_when_crossed() {
         "hidden = [16, 128]\n[[trial]]\nhidden = 16\nmax_steps = 1000000",
         "max_steps = 40",
     );
-    let text = std::fs::read_to_string(&s.file).unwrap().replace(
-        "jobs = 2",
-        "jobs = 2\nconstraints = { max_params = 50_000, max_trial_seconds = 2 }",
-    );
-    std::fs::write(&s.file, text).unwrap();
+    s.experiment("jobs = 2\nconstraints = { max_params = 50_000, max_trial_seconds = 2 }");
     let o = s.run(&[]);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let said = common::said(&o);
     assert!(
         o.status.success(),
         "infeasible is an answer, not a failure: {said}"

@@ -340,6 +340,23 @@ impl Sweep {
     pub fn root(&self, name: &str) -> PathBuf {
         self.dir.path().join("runs").join(name)
     }
+
+    /// Replaces the file's `jobs = 2` line of [experiment] with `lines`; returns the new text.
+    pub fn experiment(&self, lines: &str) -> String {
+        let text = std::fs::read_to_string(&self.file).unwrap();
+        let text = text.replace("jobs = 2", lines);
+        std::fs::write(&self.file, &text).unwrap();
+        text
+    }
+}
+
+/// What a command printed, stdout then stderr.
+pub fn said(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// The run directories of a sweep's manifest, in trial order.

@@ -489,3 +489,49 @@ fn pbt_refuses_what_makes_no_sense_in_one_line() {
         assert!(!d.join("runs/bad").exists(), "{what}: nothing created");
     }
 }
+
+#[test]
+fn a_pbt_sweep_stops_at_its_target_and_a_looser_rule_resumes_every_member_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = pbt_file(d, "stop", 4, "jobs = 2\nstop = { target = 100.0 }");
+    let text = std::fs::read_to_string(d.join(&f)).unwrap();
+    let long = text
+        .replace("max_steps = 60", "max_steps = 3000")
+        .replace("interval = 20", "interval = 500");
+    std::fs::write(d.join(&f), &long).unwrap();
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    let said = common::said(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(
+        said.contains("stopping the sweep: target reached"),
+        "{said}"
+    );
+    let root = d.join("runs/stop");
+    let status = |m: &PathBuf| {
+        common::record(m)["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        members(&root).iter().any(|m| status(m) != "completed"),
+        "stopped before the population ended"
+    );
+    std::fs::write(
+        d.join(&f),
+        long.replace("target = 100.0", "patience_minutes = 60"),
+    )
+    .unwrap();
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    assert!(o.status.success(), "{}", common::said(&o));
+    for m in members(&root) {
+        assert_eq!(status(&m), "completed", "{}", m.display());
+        let steps = common::tb_steps(&common::tb_read(&m), "val/loss");
+        assert_eq!(steps, (1..=300).map(|k| 10 * k).collect::<Vec<_>>());
+    }
+    assert!(
+        !decisions(&root).is_empty(),
+        "the population decided across the stop"
+    );
+}

@@ -249,7 +249,7 @@ impl SweepArgs {
             eprintln!("sweep interrupted: run the same command again to resume");
             return Ok(Ended::Signalled(sig));
         }
-        if outcome.stopped.is_some() {
+        if outcome.stopped().is_some() {
             // Stopped by its own rule: done, its unfinished trials resumable.
             return Ok(Ended::unless(outcome.failed() != 0));
         }

@@ -99,8 +99,6 @@ pub struct SweepOutcome {
     pub states: Vec<TrialState>,
     /// Set when a signal stopped the sweep.
     pub signal: Option<i32>,
-    /// Why the sweep's `stop` rule stopped it, when it did.
-    pub stopped: Option<String>,
 }
 
 impl SweepOutcome {
@@ -112,7 +110,12 @@ impl SweepOutcome {
             .count()
     }
 
-    /// Trials that failed (or were infeasible).
+    /// Why the sweep's `stop` rule stopped it, when it did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.manifest.stopped.as_deref()
+    }
+
+    /// Trials that failed.
     pub fn failed(&self) -> usize {
         (self.states.iter())
             .filter(|s| matches!(s, TrialState::Run(crate::run_dir::RunStatus::Failed)))
@@ -224,7 +227,6 @@ pub fn sweep(path: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
         .collect();
     Ok(SweepOutcome {
         root,
-        stopped: manifest.stopped.clone(),
         manifest,
         states,
         signal,

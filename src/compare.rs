@@ -105,8 +105,8 @@ pub fn compare(root: &Path, opts: &CompareOptions) -> Result<Comparison> {
     } else {
         render_runs(found.rows, &found.groups, opts)?
     };
-    if matches!(opts.format, Format::Table | Format::Markdown) {
-        for line in sweep_notes(root) {
+    if let (Some(m), Format::Table | Format::Markdown) = (&found.manifest, opts.format) {
+        for line in sweep_notes(m) {
             text.push_str(&format!("\n{line}\n"));
         }
     }
@@ -118,10 +118,7 @@ pub fn compare(root: &Path, opts: &CompareOptions) -> Result<Comparison> {
 
 /// What a sweep's manifest says about the sweep as a whole (compare's and the report's closing
 /// lines): why it stopped early, when its `stop` rule stopped it.
-pub fn sweep_notes(root: &Path) -> Vec<String> {
-    let Ok(m) = crate::sweep::manifest::Manifest::load(root) else {
-        return Vec::new();
-    };
+pub fn sweep_notes(m: &crate::sweep::manifest::Manifest) -> Vec<String> {
     let mut notes = Vec::new();
     if let Some(why) = &m.stopped {
         notes.push(format!("the sweep stopped early: {why}"));

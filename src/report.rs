@@ -563,6 +563,7 @@ pub fn report(dir: &Path, out: &Path) -> Result<Written> {
         mut rows,
         groups,
         warnings,
+        manifest,
     } = runs::collect(dir)?;
     if rows.is_empty() {
         return Err(Error::usage(dir, "holds no runs to report on"));
@@ -576,11 +577,11 @@ pub fn report(dir: &Path, out: &Path) -> Result<Written> {
         ("parallel", parallel_chart(&rows, &keys, metric)),
         ("importance", importance_chart(&imp, metric)),
     ];
-    if let Ok(m) = Manifest::load(dir) {
+    if let Some(m) = &manifest {
         if m.pbt.is_some() {
-            charts.push(("schedules", schedules_chart(&m)));
+            charts.push(("schedules", schedules_chart(m)));
         }
-        if let Some(pair) = runs::objectives(&m) {
+        if let Some(pair) = runs::objectives(m) {
             charts.push(("pareto", pareto_chart(&rows, pair)));
         }
     }
@@ -598,7 +599,7 @@ pub fn report(dir: &Path, out: &Path) -> Result<Written> {
         crate::run_dir::now(),
         env!("CARGO_PKG_VERSION")
     );
-    for note in compare::sweep_notes(dir) {
+    for note in manifest.iter().flat_map(compare::sweep_notes) {
         html.push_str(&format!("<p class=\"note\">{}</p>", esc(&note)));
     }
     html.push_str(&sections(

@@ -80,6 +80,8 @@ pub struct Runs {
     /// One line per file that could not be read (a run left out, a config whose values are
     /// left blank), naming the file; for stderr.
     pub warnings: Vec<String>,
+    /// The sweep's manifest, when the directory is a sweep's.
+    pub manifest: Option<Manifest>,
 }
 
 /// How a sweep spent its steps on one value of a swept key with few values (a choice such as
@@ -221,6 +223,7 @@ pub fn collect(root: &Path) -> Result<Runs> {
         rows,
         groups,
         warnings,
+        manifest,
     })
 }
 

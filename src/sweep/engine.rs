@@ -11,10 +11,9 @@ use super::plan::StopRule;
 use super::stop_rule::{Seen, Watch};
 use super::strategy::Strategy;
 use crate::error::Result;
-use crate::run_dir::{Metric, RunDir, RunStatus};
+use crate::run_dir::{Metric, RunDir, RunRecord, RunStatus};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// The rules a sweep's trials run under.
 #[derive(Debug, Clone)]
@@ -97,8 +96,8 @@ pub struct Engine<'a> {
     bad_input: Option<(String, String)>,
     /// Lines for the launcher's display, oldest first.
     said: Vec<String>,
-    /// The `stop` rule, and when it last looked.
-    watch: Option<(Watch, Option<Instant>)>,
+    /// The `stop` rule.
+    watch: Option<Watch>,
 }
 
 impl<'a> Engine<'a> {
@@ -123,7 +122,7 @@ impl<'a> Engine<'a> {
         if manifest.stopped.take().is_some() {
             manifest.save(root)?;
         }
-        let watch = (rules.stop.clone()).map(|r| (Watch::new(r, rules.metric), None));
+        let watch = (rules.stop.clone()).map(|r| Watch::new(r, rules.metric));
         let engine = Engine {
             watch,
             root: root.to_path_buf(),
@@ -203,21 +202,29 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Looks (at most twice a second) whether the `stop` rule holds; when it does, stops the
-    /// sweep, records why in the manifest and the sweep's event file, and returns true: the
-    /// launcher then asks the running trials to checkpoint and stop.
-    pub fn check_stop(&mut self) -> Result<bool> {
-        let Some((watch, looked)) = &mut self.watch else {
+    /// Every trial's record now, by index (`None` before it has one): one read per look, which
+    /// the launcher's display and [`Engine::check_stop`] share.
+    pub fn records(&self) -> Vec<Option<RunRecord>> {
+        (0..self.manifest.trials.len())
+            .map(|i| self.run_dir(i).record())
+            .collect()
+    }
+
+    /// Whether the `stop` rule holds on `records` ([`Engine::records`]; the launcher looks
+    /// about once a second); when it does, stops the sweep, records why in the manifest and the
+    /// sweep's event file, and returns true: the launcher then asks the running trials to
+    /// checkpoint and stop.
+    pub fn check_stop(&mut self, records: &[Option<RunRecord>]) -> Result<bool> {
+        let Some(watch) = &mut self.watch else {
             return Ok(false);
         };
-        if self.stop.is_some() || looked.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+        if self.stop.is_some() {
             return Ok(false);
         }
-        *looked = Some(Instant::now());
-        let seen: Vec<Seen> = (self.manifest.trials.iter())
-            .map(|e| Seen {
+        let seen: Vec<Seen> = (self.manifest.trials.iter().zip(records))
+            .map(|(e, r)| Seen {
                 name: &e.dir,
-                record: RunDir::new(self.root.join(&e.dir)).record(),
+                record: r.as_ref(),
             })
             .collect();
         let Some(why) = watch.verdict(&seen) else {

@@ -5,7 +5,7 @@
 
 use super::engine::{Engine, Exit, Stop};
 use crate::error::{IoContext, Result};
-use crate::run_dir::{RunDir, RunStatus};
+use crate::run_dir::{RunRecord, RunStatus};
 use crate::sweep::manifest::Manifest;
 use crate::train::{Console, Progress};
 use std::path::{Path, PathBuf};
@@ -76,7 +76,7 @@ struct Tally {
 impl Tally {
     /// A trial whose worker has written its final status but not exited yet counts as done,
     /// not running.
-    fn of(records: &[Option<crate::train::RunRecord>], running: &[Running]) -> Tally {
+    fn of(records: &[Option<RunRecord>], running: &[Running]) -> Tally {
         let mut t = Tally {
             done: 0,
             pending: 0,
@@ -112,7 +112,7 @@ struct Display {
     /// (its members all finish at the end).
     by_steps: bool,
     last_plain: Instant,
-    /// Updates read every run.json: at most one a second, however many trials.
+    /// When the records were last read ([`Display::due`]).
     last_update: Option<Instant>,
     started: Instant,
     steps_at_start: Option<u64>,
@@ -143,33 +143,31 @@ impl Display {
         self.console.line(msg)
     }
 
-    fn update(&mut self, root: &Path, manifest: &Manifest, running: &[Running], failed: usize) {
-        if self
+    /// True at most once a second: updates read every run.json, however many trials.
+    fn due(&mut self) -> bool {
+        let due = self
             .last_update
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return;
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            self.last_update = Some(Instant::now());
         }
-        self.last_update = Some(Instant::now());
-        // One read of every run.json per update.
-        let records: Vec<Option<crate::train::RunRecord>> = manifest
-            .trials
-            .iter()
-            .map(|e| RunDir::new(root.join(&e.dir)).record())
-            .collect();
+        due
+    }
+
+    fn update(&mut self, records: &[Option<RunRecord>], running: &[Running], failed: usize) {
         let Tally {
             done,
             pending,
             known,
             steps,
             total,
-        } = Tally::of(&records, running);
+        } = Tally::of(records, running);
         let base = *self.steps_at_start.get_or_insert(steps);
         let elapsed = self.started.elapsed().as_secs_f64();
         let rate = (steps.saturating_sub(base)) as f64 / elapsed.max(1e-9);
         // Trials not started yet count with the mean length of those that have.
         let known = known.max(1);
-        let unknown = manifest.trials.len().saturating_sub(known) as u64;
+        let unknown = records.len().saturating_sub(known) as u64;
         let est_total = total + (total / known as u64) * unknown;
         let eta = if rate > 0.0 {
             fmt_secs(est_total.saturating_sub(steps) as f64 / rate)
@@ -437,16 +435,19 @@ pub fn run(root: &Path, engine: Engine, opts: &LocalOptions) -> Result<(Option<i
     loop {
         l.check_signal();
         l.reap()?;
-        if l.engine.check_stop()? {
-            l.show();
-            l.stop_all();
+        if l.display.due() {
+            // One read of every record serves the stop rule and the display.
+            let records = l.engine.records();
+            if l.engine.check_stop(&records)? {
+                l.show();
+                l.stop_all();
+            }
+            l.display.update(&records, &l.running, l.engine.failed());
         }
         l.launch()?;
         if l.done() {
             break;
         }
-        l.display
-            .update(root, &l.engine.manifest, &l.running, l.engine.failed());
         std::thread::sleep(Duration::from_millis(100));
     }
     l.display.finish();

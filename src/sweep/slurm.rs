@@ -11,7 +11,7 @@ use super::engine::{Engine, Exit};
 use super::manifest::Manifest;
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
-use crate::train::{log_line, Progress, RunStatus};
+use crate::train::{log_line, Progress, RunRecord, RunStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -325,7 +325,9 @@ impl Watcher<'_> {
                 return Ok(None);
             }
         }
-        if self.engine.check_stop()? {
+        // One read of every record serves the stop rule and the counts.
+        let records = self.engine.records();
+        if self.engine.check_stop(&records)? {
             self.show();
             // The tasks get SIGTERM: they checkpoint (interrupted) and resume on a rerun.
             cancel(&self.jobs);
@@ -351,17 +353,13 @@ impl Watcher<'_> {
             batch.sort_unstable();
             self.submit(&batch)?;
         }
-        Ok(Some(self.counts()))
+        Ok(Some(self.counts(&records)))
     }
 
-    fn counts(&self) -> Counts {
-        let done = (0..self.engine.manifest.trials.len())
-            .filter(|&i| {
-                self.engine
-                    .run_dir(i)
-                    .status()
-                    .is_some_and(RunStatus::is_final)
-            })
+    /// The counts, from the records read at this poll (a trial proposed since has none yet).
+    fn counts(&self, records: &[Option<RunRecord>]) -> Counts {
+        let done = (records.iter().flatten())
+            .filter(|r| r.status.is_final())
             .count();
         Counts {
             done,

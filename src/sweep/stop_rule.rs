@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// One trial as the rule sees it: its name and record (`None` before it has one).
 pub struct Seen<'a> {
     pub name: &'a str,
-    pub record: Option<RunRecord>,
+    pub record: Option<&'a RunRecord>,
 }
 
 /// The rule, with what it remembers between looks (when the best last improved).
@@ -48,7 +48,7 @@ impl Watch {
 
     fn verdict_at(&mut self, trials: &[Seen], now: Instant) -> Option<String> {
         let value = |s: &Seen| {
-            let v = self.metric.of(s.record.as_ref()?)?;
+            let v = self.metric.of(s.record?)?;
             v.is_finite().then_some(v)
         };
         // The best so far, a running trial's best evaluation included.
@@ -95,7 +95,7 @@ impl Watch {
 fn ended_since_best(trials: &[Seen], value: &dyn Fn(&Seen) -> Option<f64>) -> Option<usize> {
     let mut ended: Vec<(&str, usize, Option<f64>)> = (trials.iter().enumerate())
         .filter_map(|(i, s)| {
-            let r = s.record.as_ref()?;
+            let r = s.record?;
             let done = r.status.is_final() || r.status == RunStatus::Failed;
             done.then(|| (r.ended.as_deref().unwrap_or(""), i, value(s)))
         })
@@ -130,8 +130,14 @@ mod tests {
         r
     }
 
-    fn seen(name: &'static str, r: Option<RunRecord>) -> Seen<'static> {
-        Seen { name, record: r }
+    /// The rule's view of `trials` (name, record).
+    fn seen<'a>(trials: &'a [(&'a str, Option<RunRecord>)]) -> Vec<Seen<'a>> {
+        (trials.iter())
+            .map(|(name, r)| Seen {
+                name,
+                record: r.as_ref(),
+            })
+            .collect()
     }
 
     fn rule(target: Option<f64>, trials: Option<usize>, minutes: Option<f64>) -> Watch {
@@ -146,11 +152,12 @@ mod tests {
     #[test]
     fn a_target_stops_as_soon_as_any_trial_reaches_it_running_or_not() {
         let c = RunStatus::Completed;
-        let trials = vec![
-            seen("a", Some(record(c, "t1", Some(2.0)))),
-            seen("b", Some(record(RunStatus::Running, "", Some(1.7)))),
-            seen("c", None),
+        let recs_trials = vec![
+            ("a", Some(record(c, "t1", Some(2.0)))),
+            ("b", Some(record(RunStatus::Running, "", Some(1.7)))),
+            ("c", None),
         ];
+        let trials = seen(&recs_trials);
         assert_eq!(rule(Some(1.6), None, None).verdict(&trials), None);
         let why = rule(Some(1.7), None, None).verdict(&trials).unwrap();
         assert!(
@@ -175,14 +182,15 @@ mod tests {
     fn patience_counts_the_trials_that_ended_after_the_best_in_end_order() {
         let c = RunStatus::Completed;
         // In end order: 2.0, 1.5 (best), 1.8, failed, 1.6: three ended after the best.
-        let trials = vec![
-            seen("e", Some(record(c, "t5", Some(1.6)))),
-            seen("a", Some(record(c, "t1", Some(2.0)))),
-            seen("b", Some(record(c, "t2", Some(1.5)))),
-            seen("c", Some(record(c, "t3", Some(1.8)))),
-            seen("d", Some(record(RunStatus::Failed, "t4", None))),
-            seen("r", Some(record(RunStatus::Running, "", Some(1.9)))),
+        let recs_trials = vec![
+            ("e", Some(record(c, "t5", Some(1.6)))),
+            ("a", Some(record(c, "t1", Some(2.0)))),
+            ("b", Some(record(c, "t2", Some(1.5)))),
+            ("c", Some(record(c, "t3", Some(1.8)))),
+            ("d", Some(record(RunStatus::Failed, "t4", None))),
+            ("r", Some(record(RunStatus::Running, "", Some(1.9)))),
         ];
+        let trials = seen(&recs_trials);
         assert_eq!(rule(None, Some(4), None).verdict(&trials), None);
         let why = rule(None, Some(3), None).verdict(&trials).unwrap();
         assert!(why.contains("last 3") && why.contains("by b"), "{why}");
@@ -195,12 +203,14 @@ mod tests {
         let c = RunStatus::Completed;
         let mut w = rule(None, None, Some(10.0));
         let t0 = Instant::now();
-        let first = vec![seen("a", Some(record(c, "t1", Some(2.0))))];
+        let recs_first = vec![("a", Some(record(c, "t1", Some(2.0))))];
+        let first = seen(&recs_first);
         assert_eq!(w.verdict_at(&first, t0), None);
-        let better = vec![
-            seen("a", Some(record(c, "t1", Some(2.0)))),
-            seen("b", Some(record(c, "t2", Some(1.9)))),
+        let recs_better = vec![
+            ("a", Some(record(c, "t1", Some(2.0)))),
+            ("b", Some(record(c, "t2", Some(1.9)))),
         ];
+        let better = seen(&recs_better);
         let at = |m: u64| t0 + Duration::from_secs(m * 60);
         assert_eq!(w.verdict_at(&better, at(9)), None, "improved at minute 9");
         assert_eq!(w.verdict_at(&better, at(18)), None);

@@ -41,8 +41,10 @@ def sweep_file(a, name, grid, seed=1):
     if a.prune and not grid:
         lines.append('pruning = { rule = "halving" }')
     lines += ["", "[defaults]"]
+    # The race's seed draws the initial weights too, as Optuna's side passes it to every trial
+    # (`--seed`): without it every charlab race would train from seed 1's draw.
     fixed = dict(FIXED, max_steps=a.steps, eval_every=a.eval_every or a.steps, log_every=10,
-                 histogram_every=0, sample_length=20, precision=a.precision)
+                 histogram_every=0, sample_length=20, precision=a.precision, seed=seed)
     if grid:
         fixed["dropout"] = a.dropout
     else:

@@ -837,8 +837,7 @@ fn a_stop_target_ends_the_sweep_early_and_a_looser_rule_resumes_it() {
         said.contains("stopping the sweep: target reached"),
         "{said}"
     );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
+    let manifest = common::manifest_json(&root);
     assert!(manifest["stopped"]
         .as_str()
         .is_some_and(|w| w.contains("target reached")));
@@ -884,8 +883,7 @@ fn a_stop_target_ends_the_sweep_early_and_a_looser_rule_resumes_it() {
         (1..=800).map(|k| 10 * k).collect::<Vec<_>>(),
         "each evaluation once across the stop"
     );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
+    let manifest = common::manifest_json(&root);
     assert!(manifest.get("stopped").is_none());
 }
 

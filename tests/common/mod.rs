@@ -359,11 +359,14 @@ pub fn said(o: &Output) -> String {
     )
 }
 
+/// A sweep's `manifest.json` as written, as JSON.
+pub fn manifest_json(root: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap()
+}
+
 /// The run directories of a sweep's manifest, in trial order.
 pub fn run_dirs(root: &Path) -> Vec<PathBuf> {
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
-    m["trials"]
+    manifest_json(root)["trials"]
         .as_array()
         .unwrap()
         .iter()

@@ -134,7 +134,13 @@ fn stop_and_constraints_refuse_bad_input_naming_the_line_and_key() {
             "stop = { targt = 1.5 }",
             &["line 4", "targt", "did you mean `target`"],
         ),
-        ("stop = {}", &["line 4", "needs target, patience_trials or"]),
+        (
+            "stop = {}",
+            &[
+                "line 4",
+                "needs target, patience_trials, patience_minutes or minutes",
+            ],
+        ),
         ("stop = 1.5", &["line 4", "`stop` must be a table"]),
         (
             "stop = { patience_trials = 0 }",
@@ -144,6 +150,7 @@ fn stop_and_constraints_refuse_bad_input_naming_the_line_and_key() {
             "stop = { patience_minutes = -2 }",
             &["patience_minutes", "> 0"],
         ),
+        ("stop = { minutes = 0 }", &["minutes", "> 0"]),
         (
             "stop = { target = \"low\" }",
             &["target", "must be a number"],
@@ -885,6 +892,40 @@ fn a_stop_target_ends_the_sweep_early_and_a_looser_rule_resumes_it() {
     );
     let manifest = common::manifest_json(&root);
     assert!(manifest.get("stopped").is_none());
+}
+
+#[test]
+fn a_time_budget_stops_the_sweep_and_a_rerun_gets_it_anew() {
+    let s = Sweep::new(
+        "budget",
+        "max_steps = [1000000, 100]",
+        "eval_every = 50\nlog_every = 10",
+    );
+    s.experiment("jobs = 1\nstop = { minutes = 0.05 }");
+    let root = s.root("budget");
+    let o = s.run(&[]);
+    let said = common::said(&o);
+    assert!(o.status.success(), "a spent budget is a success: {said}");
+    assert!(
+        said.contains("stopping the sweep: the 0.05-minute budget is spent"),
+        "{said}"
+    );
+    let manifest = common::manifest_json(&root);
+    assert!(manifest["stopped"]
+        .as_str()
+        .is_some_and(|w| w.contains("budget is spent")));
+    let dirs = run_dirs(&root);
+    let first = record(&dirs[0]);
+    assert_eq!(first["status"], "interrupted", "checkpointed, resumable");
+    let at = first["steps"].as_u64().unwrap();
+    assert!(!dirs[1].join("run.json").exists(), "nothing else started");
+    // Run again: the budget counts this invocation, so the trial trains on from its checkpoint.
+    let o = s.run(&[]);
+    assert!(o.status.success(), "{}", common::said(&o));
+    let again = record(&dirs[0]);
+    assert_eq!(again["status"], "interrupted");
+    let later = again["steps"].as_u64().unwrap();
+    assert!(later > at, "resumed and trained on: {at} then {later}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
-//! When a whole sweep stops early (`[experiment] stop`): a target reached, or no improvement for
-//! N trials or M minutes. Judged from the run records alone (the same records, the same verdict)
-//! except the minutes, which count this invocation's time: a sweep run again after a long pause
-//! is not stopped for the pause.
+//! When a whole sweep stops early (`[experiment] stop`): a target reached, no improvement for
+//! N trials or M minutes, or a time budget spent. Judged from the run records alone (the same
+//! records, the same verdict) except the minutes, which count this invocation's time: a sweep
+//! run again after a long pause is not stopped for the pause, and gets its budget anew.
 
 use super::plan::StopRule;
 use crate::run_dir::{Metric, RunRecord, RunStatus};
@@ -19,6 +19,7 @@ pub struct Watch {
     metric: Metric,
     best: Option<f64>,
     improved_at: Instant,
+    started: Instant,
 }
 
 impl Watch {
@@ -28,6 +29,7 @@ impl Watch {
             metric,
             best: None,
             improved_at: Instant::now(),
+            started: Instant::now(),
         }
     }
 
@@ -84,6 +86,12 @@ impl Watch {
             if waited >= Duration::from_secs_f64(m * 60.0) {
                 let best = best.map_or(String::new(), |b| format!(" ({})", said(b)));
                 return Some(format!("no improvement for {m} minutes{best}"));
+            }
+        }
+        if let Some(m) = self.rule.minutes {
+            if now.saturating_duration_since(self.started) >= Duration::from_secs_f64(m * 60.0) {
+                let best = best.map_or(String::new(), |b| format!(" ({})", said(b)));
+                return Some(format!("the {m}-minute budget is spent{best}"));
             }
         }
         None
@@ -145,6 +153,7 @@ mod tests {
             target,
             patience_trials: trials,
             patience_minutes: minutes,
+            minutes: None,
         };
         Watch::new(rule, Metric::ValLoss)
     }
@@ -216,5 +225,31 @@ mod tests {
         assert_eq!(w.verdict_at(&better, at(18)), None);
         let why = w.verdict_at(&better, at(19)).unwrap();
         assert!(why.contains("no improvement for 10 minutes"), "{why}");
+    }
+
+    #[test]
+    fn a_budget_counts_from_the_start_whatever_the_trials_do() {
+        let c = RunStatus::Completed;
+        let budget = StopRule {
+            minutes: Some(5.0),
+            ..StopRule::default()
+        };
+        let mut w = Watch::new(budget, Metric::ValLoss);
+        let t0 = w.started;
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(
+            w.verdict_at(&[], at(299)),
+            None,
+            "nothing ran yet, in budget"
+        );
+        let recs = vec![("a", Some(record(c, "t1", Some(2.0))))];
+        let trials = seen(&recs);
+        assert_eq!(w.verdict_at(&trials, at(200)), None);
+        // Improving does not extend a budget (as it does patience).
+        let recs = vec![("a", Some(record(c, "t1", Some(1.5))))];
+        let better = seen(&recs);
+        let why = w.verdict_at(&better, at(300)).unwrap();
+        assert!(why.contains("the 5-minute budget is spent"), "{why}");
+        assert!(why.contains("best val/loss 1.5000 by a"), "{why}");
     }
 }

@@ -65,6 +65,8 @@ pub struct StopRule {
     pub patience_trials: Option<usize>,
     /// The best has not improved for this many minutes of this invocation.
     pub patience_minutes: Option<f64>,
+    /// This invocation has run this many minutes: a time budget, as Optuna's `timeout`.
+    pub minutes: Option<f64>,
 }
 
 /// The `[slurm]` table of a sweep file, and the same settings as `charlab sweep` flags (a flag
@@ -136,7 +138,7 @@ const EXPERIMENT_KEYS: &[&str] = &[
     "stop",
     "constraints",
 ];
-const STOP_KEYS: &[&str] = &["target", "patience_trials", "patience_minutes"];
+const STOP_KEYS: &[&str] = &["target", "patience_trials", "patience_minutes", "minutes"];
 const CONSTRAINT_KEYS: &[&str] = &["max_params", "max_trial_seconds"];
 const PRUNING_KEYS: &[&str] = &["rule", "warmup_evals", "min_trials", "eta"];
 
@@ -158,9 +160,10 @@ impl Reader<'_> {
             target,
             patience_trials: t.uint("patience_trials", 1)?.map(|n| n as usize),
             patience_minutes: t.positive("patience_minutes")?,
+            minutes: t.positive("minutes")?,
         };
         if rule == StopRule::default() {
-            let m = "`stop` needs target, patience_trials or patience_minutes".to_string();
+            let m = "`stop` needs target, patience_trials, patience_minutes or minutes".to_string();
             return Err(self.err("stop", m));
         }
         Ok(Some(rule))

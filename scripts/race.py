@@ -8,7 +8,9 @@ table. tpe: charlab's `[search] method = "tpe"` against Optuna's TPESampler over
 each side holds at every minute and after every k-th trial (mean ± std over seeds), the area
 under the best-so-far curve, when charlab reaches Optuna's final best, and an SVG chart.
 `--prune` adds charlab's halving rule and Optuna's HyperbandPruner (val loss every 100 steps);
-`--bf16` runs PyTorch under autocast-bf16.
+`--bf16` runs PyTorch under autocast-bf16. `--minutes M` gives both sides M minutes instead of
+a trial count (charlab's `stop = { minutes = M }`, Optuna's `timeout`; `--trials` is then only a
+cap): the tables stop at M minutes, and a trial counts only if it ended by then.
 """
 import argparse
 import glob
@@ -40,6 +42,8 @@ def sweep_file(a, name, grid, seed=1):
              "jobs = 2", f"seed = {seed}"]
     if a.prune and not grid:
         lines.append('pruning = { rule = "halving" }')
+    if a.minutes and not grid:
+        lines.append(f"stop = {{ minutes = {a.minutes} }}")
     lines += ["", "[defaults]"]
     # The race's seed draws the initial weights too, as Optuna's side passes it to every trial
     # (`--seed`): without it every charlab race would train from seed 1's draw.
@@ -82,6 +86,7 @@ def run_charlab(a, grid, rep, seed=1):
         end = os.path.getmtime(rj) - t0
         done = r["status"] == "completed"
         trials.append(dict(params={k: cfg[k] for k in SWEPT}, completed=done, end=end,
+                           pruned=r["status"] == "pruned",
                            val_loss=r["final_metrics"]["val_loss"] if done else None))
     return wall, trials
 
@@ -101,7 +106,8 @@ def run_optuna(a, data, grid, rep, seed=1):
     cmd = [sys.executable, "scripts/race_optuna.py", "--journal", os.path.join(tmp, "j.log"),
            "--study", f"race{rep}", "--space", json.dumps(space), "--sampler",
            "grid" if grid else "tpe", "--trials", str(trials), "--startup", str(a.startup),
-           "--fixed", fixed] + (["--prune"] if a.prune and not grid else [])
+           "--fixed", fixed] + (["--prune"] if a.prune and not grid else []) + (
+               ["--timeout", str(a.minutes * 60)] if a.minutes and not grid else [])
     env = dict(os.environ, PYTHONPATH="scripts")
     t0 = time.time()
     # Each worker its own sampler seed: two with one seed would draw the same startup trials.
@@ -115,6 +121,7 @@ def run_optuna(a, data, grid, rep, seed=1):
     for t in found:
         t["end"] -= t0
         t.setdefault("completed", True)
+        t["pruned"] = not t["completed"]
         if not t["completed"]:
             t["val_loss"] = None
     return wall, found
@@ -157,6 +164,7 @@ def main():
     ap.add_argument("--only", choices=["charlab"],
                     help="tpe mode: run charlab's side alone (to compare its own variants)")
     ap.add_argument("--save", help="tpe mode: write every trial's end and loss here (JSON)")
+    ap.add_argument("--minutes", type=float, help="tpe mode: a time budget per side, not trials")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="charlab's precision key")
@@ -253,16 +261,22 @@ def area(trials, start, end, floor):
 
 def report_tpe(races, a):
     N[0] = len(races)
-    print(f"{a.trials} trials, {a.startup} random first, {len(races)} seeds; Optuna TPESampler"
+    if a.minutes:
+        # A time budget: what ended after it does not count, and each side's end is the budget.
+        end = a.minutes * 60
+        races = [((end, [x for x in mt if x["end"] <= end]), (end, [x for x in tt if x["end"] <= end]))
+                 for (_, mt), (_, tt) in races]
+    budget = f"{a.minutes:g} minutes a side (trials ended by then)" if a.minutes else f"{a.trials} trials"
+    print(f"{budget}, {a.startup} random first, {len(races)} seeds; Optuna TPESampler"
           f"{' + HyperbandPruner' if a.prune else ''}, 2 workers; charlab TPE"
           f"{' + halving' if a.prune else ''}{', cost-aware' if a.cost_aware else ''}"
           f"{f'; val loss every {a.eval_every} steps' if a.prune else ''}\n")
     print("| seed | charlab wall s | Optuna wall s | charlab best | Optuna best | "
-          "charlab trials pruned | Optuna trials pruned |")
+          "charlab trials (pruned) | Optuna trials (pruned) |")
     print("|---|---|---|---|---|---|---|")
     for i, ((mw, mt), (tw, tt)) in enumerate(races):
         f = lambda ts: f"{min((x['val_loss'] for x in ts if x['completed']), default=math.nan):.3f}"
-        p = lambda ts: sum(not x["completed"] for x in ts)
+        p = lambda ts: f"{len(ts)} ({sum(x['pruned'] for x in ts)})"
         print(f"| {i + 1} | {mw:.0f} | {tw:.0f} | {f(mt)} | {f(tt)} | {p(mt)} | {p(tt)} |")
     horizon = max(max(mw, tw) for (mw, _), (tw, _) in races)
     print("\n| minute | charlab best-so-far | Optuna best-so-far | charlab ≤ Optuna |")
@@ -279,7 +293,8 @@ def report_tpe(races, a):
         print(f"| {m} | {mean_std(ours)} | {mean_std(theirs)} | {lead} |")
     print("\n| trials ended | charlab best | Optuna best |")
     print("|---|---|---|")
-    for k in range(min(8, a.trials), a.trials + 1):
+    last = min(a.trials, min(len(ts) for (_, mt), (_, tt) in races for ts in (mt, tt) if ts))
+    for k in range(min(8, last), last + 1):
         print(f"| {k} | {mean_std([best_after(mt, k) for (_, mt), _ in races])} | "
               f"{mean_std([best_after(tt, k) for _, (_, tt) in races])} |")
     if a.only:

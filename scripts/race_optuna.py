@@ -26,6 +26,8 @@ def main():
     ap.add_argument("--startup", type=int, default=8, help="TPE's random trials")
     ap.add_argument("--fixed", required=True, help="torch_ref.py arguments every trial shares")
     ap.add_argument("--seed", type=int, default=None, help="the sampler's seed")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds: start no trial after this (Optuna's own time budget)")
     ap.add_argument("--prune", action="store_true",
                     help="Optuna's HyperbandPruner on the val loss at each --eval-at step")
     a = ap.parse_args()
@@ -69,7 +71,7 @@ def main():
         return r["val_loss"]
 
     callbacks = [optuna.study.MaxTrialsCallback(a.trials, states=None)]
-    study.optimize(objective, n_trials=a.trials, callbacks=callbacks)
+    study.optimize(objective, n_trials=a.trials, callbacks=callbacks, timeout=a.timeout)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,13 @@ pub struct Watch {
 
 impl Watch {
     pub fn new(rule: StopRule, metric: Metric) -> Watch {
+        let now = Instant::now();
         Watch {
             rule,
             metric,
             best: None,
-            improved_at: Instant::now(),
-            started: Instant::now(),
+            improved_at: now,
+            started: now,
         }
     }
 
@@ -63,7 +64,15 @@ impl Watch {
                 self.improved_at = now;
             }
         }
-        let said = |(v, name): (f64, &str)| format!("best {} by {name}", self.shown(v));
+        // What every rule but the target adds to its reason: the best so far, if any.
+        let said = || {
+            best.map_or(String::new(), |(v, name)| {
+                format!(" (best {} by {name})", self.shown(v))
+            })
+        };
+        let past = |since: Instant, m: f64| {
+            now.saturating_duration_since(since) >= Duration::from_secs_f64(m * 60.0)
+        };
         if let (Some(target), Some((v, name))) = (self.rule.target, best) {
             let goal = if self.metric == Metric::ValAccuracy {
                 -target
@@ -77,22 +86,21 @@ impl Watch {
         if let Some(n) = self.rule.patience_trials {
             let since = ended_since_best(trials, &value);
             if since.is_some_and(|k| k >= n) {
-                let best = best.map_or(String::new(), |b| format!(" ({})", said(b)));
-                return Some(format!("no better trial in the last {n} that ended{best}"));
+                return Some(format!(
+                    "no better trial in the last {n} that ended{}",
+                    said()
+                ));
             }
         }
-        if let Some(m) = self.rule.patience_minutes {
-            let waited = now.saturating_duration_since(self.improved_at);
-            if waited >= Duration::from_secs_f64(m * 60.0) {
-                let best = best.map_or(String::new(), |b| format!(" ({})", said(b)));
-                return Some(format!("no improvement for {m} minutes{best}"));
-            }
+        if let Some(m) = self
+            .rule
+            .patience_minutes
+            .filter(|&m| past(self.improved_at, m))
+        {
+            return Some(format!("no improvement for {m} minutes{}", said()));
         }
-        if let Some(m) = self.rule.minutes {
-            if now.saturating_duration_since(self.started) >= Duration::from_secs_f64(m * 60.0) {
-                let best = best.map_or(String::new(), |b| format!(" ({})", said(b)));
-                return Some(format!("the {m}-minute budget is spent{best}"));
-            }
+        if let Some(m) = self.rule.minutes.filter(|&m| past(self.started, m)) {
+            return Some(format!("the {m}-minute budget is spent{}", said()));
         }
         None
     }

@@ -195,6 +195,32 @@ fn a_cost_aware_search_says_its_cost_weight_and_replays() {
 }
 
 #[test]
+fn a_key_by_key_search_says_so_replays_and_is_another_search_than_the_joint_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = tpe_file(d, "perkey", 5, "");
+    let joint = std::fs::read_to_string(d.join(&f)).unwrap();
+    let per_key = joint.replace("[search]\n", "[search]\nmultivariate = false\n");
+    std::fs::write(d.join(&f), &per_key).unwrap();
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    let fitted: Vec<&str> = log.lines().filter(|l| l.contains("TPE fitted")).collect();
+    assert_eq!(fitted.len(), 2, "{log}");
+    assert!(fitted.iter().all(|l| l.ends_with(", key by key)")), "{log}");
+    common::assert_proposals_replay(d, &f, "perkey");
+    // The same directory under the default (joint) model is refused, saying how to go on.
+    std::fs::write(d.join(&f), joint.replace("trials = 5", "trials = 6")).unwrap();
+    let o = common::charlab(d, &["sweep", &f, "--plain", "--extend"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&f) && err.contains("`multivariate = false`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn refine_writes_a_valid_sweep_file_whose_domains_hold_the_best_trials() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -195,6 +195,7 @@ mod tests {
             startup: 4,
             candidates: 24,
             seed,
+            joint: false,
         };
         let mut all: Vec<Told> = Vec::new();
         let mut at_100: Vec<f64> = Vec::new();

@@ -437,7 +437,9 @@ fn reconcile_search(
     if state.key != key {
         return Err(refuse(format!(
             "the sweep file changed the search of {} (its domains, defaults or [search] \
-             settings); only `trials` may grow (with --extend): use a new experiment name",
+             settings); only `trials` may grow (with --extend): use a new experiment name \
+             (a search begun before TPE modelled its keys jointly by default resumes with \
+             `multivariate = false`)",
             root.display()
         )));
     }

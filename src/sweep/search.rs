@@ -360,8 +360,13 @@ impl<'a> Proposer<'a> {
         } else {
             String::new()
         };
+        let keys = if self.tpe.multivariate {
+            ""
+        } else {
+            ", key by key"
+        };
         format!(
-            "proposed trial {} (TPE fitted at {}: {scored} of {} trials scored there{warm}{rule}{cost})",
+            "proposed trial {} (TPE fitted at {}: {scored} of {} trials scored there{warm}{rule}{cost}{keys})",
             e.dir,
             level.name(),
             history.len()
@@ -415,6 +420,7 @@ impl<'a> Proposer<'a> {
             startup: self.startup(manifest),
             candidates: self.tpe.candidates,
             seed: self.plan.experiment.seed,
+            joint: self.tpe.multivariate,
         };
         let heard = self.heard(manifest, index, seen);
         let (_, history) = self.history(manifest, &heard);

@@ -135,6 +135,9 @@ impl Plan {
             if !s.warm_start.is_empty() {
                 text.push_str(&format!("|warm {:?}", s.warm_start));
             }
+            if s.multivariate {
+                text.push_str("|joint");
+            }
         }
         crate::digest::sha256_hex(text.as_bytes())[..16].to_string()
     }

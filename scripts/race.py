@@ -62,6 +62,8 @@ def sweep_file(a, name, grid, seed=1):
                   f"startup_trials = {a.startup}"]
         if a.cost_aware:
             lines.append("cost_aware = true")
+        if a.multivariate:
+            lines.append("multivariate = true")
         lines += ["", "[random]", "lr = { log_uniform = [1e-4, 2e-2] }",
                   "hidden = { choice = [64, 128, 256] }", "dropout = { uniform = [0.0, 0.5] }",
                   "layers = { choice = [1, 2] }"]
@@ -160,6 +162,7 @@ def main():
                     help="tpe mode: charlab's halving rule, Optuna's HyperbandPruner")
     ap.add_argument("--eval-every", type=int, default=100, help="tpe mode with --prune")
     ap.add_argument("--cost-aware", action="store_true", help="charlab's cost_aware = true")
+    ap.add_argument("--multivariate", action="store_true", help="charlab's multivariate = true")
     ap.add_argument("--svg", help="tpe mode: write the best-so-far chart here")
     ap.add_argument("--only", choices=["charlab"],
                     help="tpe mode: run charlab's side alone (to compare its own variants)")
@@ -170,6 +173,8 @@ def main():
                     help="charlab's precision key")
     ap.add_argument("--autocast", "--bf16", action="store_true",
                     help="PyTorch under autocast-bf16 (the expert's setup)")
+    ap.add_argument("--opponent", help="tpe mode: the Optuna side from this --save file of a race "
+                    "with the same settings, not run again (to measure a charlab variant)")
     ap.add_argument("--optuna-first", action="store_true",
                     help="start with the Optuna side (then alternate)")
     a = ap.parse_args()
@@ -180,11 +185,12 @@ def main():
     a.eval_every = a.eval_every if a.prune and not grid else 0
     data = prepared_data(a)
     races = []
+    saved = saved_opponent(a) if a.opponent else None
     for rep in range(a.repeat if grid else a.seeds):
         seed = 1 if grid else rep + 1
         # Alternate which side goes first, so drift in the machine's speed hits both.
-        if a.only:
-            mine, theirs = run_charlab(a, grid, rep, seed), (0.0, [])
+        if a.only or saved:
+            mine, theirs = run_charlab(a, grid, rep, seed), (saved[rep] if saved else (0.0, []))
         elif (rep + a.optuna_first) % 2 == 0:
             mine, theirs = run_charlab(a, grid, rep, seed), run_optuna(a, data, grid, rep, seed)
         else:
@@ -201,6 +207,18 @@ def main():
         with open(a.save, "w") as f:
             json.dump({"args": vars(a), "races": races}, f)
     (report_grid if grid else report_tpe)(races, a)
+
+
+def saved_opponent(a):
+    """The Optuna side of each seed from an earlier race's --save file, refused unless that race
+    had the settings that shape Optuna's side and at least as many seeds."""
+    old = json.load(open(a.opponent))
+    keys = ["mode", "corpus", "steps", "trials", "startup", "prune", "eval_every", "minutes",
+            "autocast"]
+    differ = [k for k in keys if old["args"].get(k) != getattr(a, k)]
+    if differ or old["args"].get("only") or len(old["races"]) < a.seeds:
+        sys.exit(f"{a.opponent}: not a race with these settings (differs in {differ or 'seeds'})")
+    return [tuple(theirs) for _, theirs in old["races"][:a.seeds]]
 
 
 def report_grid(races, a):

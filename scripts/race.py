@@ -11,6 +11,9 @@ under the best-so-far curve, when charlab reaches Optuna's final best, and an SV
 `--bf16` runs PyTorch under autocast-bf16. `--minutes M` gives both sides M minutes instead of
 a trial count (charlab's `stop = { minutes = M }`, Optuna's `timeout`; `--trials` is then only a
 cap): the tables stop at M minutes, and a trial counts only if it ended by then.
+`--key-by-key` runs charlab's TPE with `multivariate = false`; `--opponent FILE` takes Optuna's
+side from an earlier race's `--save` file instead of running it again; `--first-seed S` numbers
+the seeds from S (to add seeds to a race).
 """
 import argparse
 import glob
@@ -62,8 +65,8 @@ def sweep_file(a, name, grid, seed=1):
                   f"startup_trials = {a.startup}"]
         if a.cost_aware:
             lines.append("cost_aware = true")
-        if a.multivariate:
-            lines.append("multivariate = true")
+        if a.key_by_key:
+            lines.append("multivariate = false")
         lines += ["", "[random]", "lr = { log_uniform = [1e-4, 2e-2] }",
                   "hidden = { choice = [64, 128, 256] }", "dropout = { uniform = [0.0, 0.5] }",
                   "layers = { choice = [1, 2] }"]
@@ -158,11 +161,14 @@ def main():
     ap.add_argument("--trials", type=int, default=12, help="tpe mode's trial count")
     ap.add_argument("--startup", type=int, default=4, help="tpe mode's random trials")
     ap.add_argument("--seeds", type=int, default=1, help="tpe mode: races, seeds 1..N")
+    ap.add_argument("--first-seed", type=int, default=1,
+                    help="tpe mode: number the seeds from here (to add seeds to a race)")
     ap.add_argument("--prune", action="store_true",
                     help="tpe mode: charlab's halving rule, Optuna's HyperbandPruner")
     ap.add_argument("--eval-every", type=int, default=100, help="tpe mode with --prune")
     ap.add_argument("--cost-aware", action="store_true", help="charlab's cost_aware = true")
-    ap.add_argument("--multivariate", action="store_true", help="charlab's multivariate = true")
+    ap.add_argument("--key-by-key", action="store_true",
+                    help="charlab's multivariate = false (TPE's keys modelled one by one)")
     ap.add_argument("--svg", help="tpe mode: write the best-so-far chart here")
     ap.add_argument("--only", choices=["charlab"],
                     help="tpe mode: run charlab's side alone (to compare its own variants)")
@@ -187,7 +193,7 @@ def main():
     races = []
     saved = saved_opponent(a) if a.opponent else None
     for rep in range(a.repeat if grid else a.seeds):
-        seed = 1 if grid else rep + 1
+        seed = 1 if grid else rep + a.first_seed
         # Alternate which side goes first, so drift in the machine's speed hits both.
         if a.only or saved:
             mine, theirs = run_charlab(a, grid, rep, seed), (saved[rep] if saved else (0.0, []))
@@ -216,6 +222,7 @@ def saved_opponent(a):
     keys = ["mode", "corpus", "steps", "trials", "startup", "prune", "eval_every", "minutes",
             "autocast"]
     differ = [k for k in keys if old["args"].get(k) != getattr(a, k)]
+    differ += ["first_seed"] if old["args"].get("first_seed", 1) != a.first_seed else []
     if differ or old["args"].get("only") or len(old["races"]) < a.seeds:
         sys.exit(f"{a.opponent}: not a race with these settings (differs in {differ or 'seeds'})")
     return [tuple(theirs) for _, theirs in old["races"][:a.seeds]]
@@ -295,7 +302,8 @@ def report_tpe(races, a):
     for i, ((mw, mt), (tw, tt)) in enumerate(races):
         f = lambda ts: f"{min((x['val_loss'] for x in ts if x['completed']), default=math.nan):.3f}"
         p = lambda ts: f"{len(ts)} ({sum(x['pruned'] for x in ts)})"
-        print(f"| {i + 1} | {mw:.0f} | {tw:.0f} | {f(mt)} | {f(tt)} | {p(mt)} | {p(tt)} |")
+        print(f"| {i + a.first_seed} | {mw:.0f} | {tw:.0f} | {f(mt)} | {f(tt)} | {p(mt)} | "
+              f"{p(tt)} |")
     horizon = max(max(mw, tw) for (mw, _), (tw, _) in races)
     print("\n| minute | charlab best-so-far | Optuna best-so-far | charlab ≤ Optuna |")
     print("|---|---|---|---|")

@@ -1,11 +1,12 @@
-//! The Tree-structured Parzen Estimator (Bergstra et al. 2011), univariate, as Optuna's
-//! `TPESampler` does it by default: split the finished trials into a good group (the best
-//! `γ(n) = min(⌈n/10⌉, 25)`) and a bad one (the rest, and every pruned or failed trial), fit a
-//! Parzen density to each group per key (truncated Gaussians around the observations plus a wide
-//! prior; category counts plus one for every category, as the `tpe` crate, for choices), draw
-//! candidates from the good density and keep the one that maximises `l(x)/g(x)`, divided by
-//! `cost(x)^weight` when the caller weighs cost ([`Cost`]). Keys are modelled independently; the
-//! first `startup` proposals are uniform random draws.
+//! The Tree-structured Parzen Estimator (Bergstra et al. 2011), as Optuna's `TPESampler`: split
+//! the finished trials into a good group (the best `γ(n) = min(⌈n/10⌉, 25)`) and a bad one (the
+//! rest, and every pruned or failed trial), fit a Parzen density to each group, draw candidates
+//! from the good density and keep the one that maximises `l(x)/g(x)`, divided by
+//! `cost(x)^weight` when the caller weighs cost ([`Cost`]). The density is either joint over
+//! the keys ([`Joint`], Optuna's `multivariate=True`: a trial's values stay together, the
+//! sweep's default) or one per key ([`Parzen`] for numbers, truncated Gaussians around the
+//! observations plus a wide prior; category counts plus one for every category, as the `tpe`
+//! crate, for choices). The first `startup` proposals are uniform random draws.
 //!
 //! A proposal is a pure function of (seed, proposal index, the history it sees): the same
 //! history gives the same proposal, which is what makes a search resumable.

@@ -197,7 +197,7 @@ enum Kernel {
 /// the product of a kernel per key around its values, plus a prior component (centred and as
 /// wide as each interval; every category alike). A numeric key's bandwidth is Scott's rule as
 /// Optuna's (`0.2 · n^(−1/(d+4))` of the interval, clipped as [`Parzen`]'s); a category
-/// kernel puts 1 + 1/k of weight on its own category and 1/k on each.
+/// kernel puts 1 + 1/k of weight on its own category and 1/k on each of the others.
 struct Joint {
     kernels: Vec<Kernel>,
     /// Components, the prior last.

@@ -129,7 +129,7 @@ impl Parzen {
         let mut order: Vec<usize> = (0..mus.len()).collect();
         order.sort_by(|&a, &b| mus[a].total_cmp(&mus[b]));
         let mut sigmas = vec![range; mus.len()];
-        let min_sigma = range / (100f64.min(mus.len() as f64 + 1.0));
+        let min_sigma = smallest_sigma(range, mus.len());
         // The outermost points use their one neighbour, not the bound (Optuna's default).
         for (r, &i) in order.iter().enumerate() {
             let left = (r > 0).then(|| mus[i] - mus[order[r - 1]]);
@@ -162,6 +162,12 @@ impl Parzen {
         let i = (rng.next_u64() % self.mus.len() as u64) as usize;
         truncated_sample(self.mus[i], self.sigmas[i], self.lo, self.hi, rng)
     }
+}
+
+/// The narrowest bandwidth either density gives a component: `range / min(100, components + 1)`
+/// (Optuna's "magic clip"), so that a few close observations do not make needle-thin peaks.
+fn smallest_sigma(range: f64, components: usize) -> f64 {
+    range / 100f64.min(components as f64 + 1.0)
 }
 
 /// Log density at `u` of a Gaussian (`m`, `s`) truncated to `[lo, hi]`.
@@ -227,10 +233,9 @@ impl Joint {
                 _ => {
                     let (lo, hi) = dim.bounds();
                     let range = (hi - lo).max(1e-12);
-                    let min_sigma = range / 100f64.min(n as f64 + 2.0);
                     let mut mus: Vec<f64> = points.iter().map(|p| dim.internal(p[d])).collect();
                     mus.push(0.5 * (lo + hi));
-                    let sigma = (scott * range).clamp(min_sigma, range);
+                    let sigma = (scott * range).clamp(smallest_sigma(range, mus.len()), range);
                     Kernel::Numeric { mus, sigma, lo, hi }
                 }
             })

@@ -12,8 +12,12 @@ under the best-so-far curve, when charlab reaches Optuna's final best, and an SV
 a trial count (charlab's `stop = { minutes = M }`, Optuna's `timeout`; `--trials` is then only a
 cap): the tables stop at M minutes, and a trial counts only if it ended by then.
 `--key-by-key` runs charlab's TPE with `multivariate = false`; `--opponent FILE` takes Optuna's
-side from an earlier race's `--save` file instead of running it again; `--first-seed S` numbers
-the seeds from S (to add seeds to a race).
+side from an earlier race's `--save` file instead of running it again, `--mine FILE` charlab's
+(to race one side's variant against the other side's saved runs: each side runs alone on the
+machine in any case); `--first-seed S` numbers the seeds from S (to add seeds to a race; in
+grid mode, the one seed of every repeat).
+`--optuna-unpruned` keeps charlab's halving but runs Optuna without its pruner (and without the
+mid-trial evaluations only the pruner reads): the expert's setup without Hyperband.
 """
 import argparse
 import glob
@@ -103,7 +107,8 @@ def run_optuna(a, data, grid, rep, seed=1):
              f"--clip {FIXED['grad_clip']} --seed {seed}"
              + (f" --layers {FIXED['layers']} --dropout {a.dropout}" if grid else "")
              + (" --autocast" if a.autocast else ""))
-    if a.prune and not grid:
+    pruned = a.prune and not grid and not a.optuna_unpruned
+    if pruned:
         fixed += " --eval-at " + ",".join(str(s) for s in range(a.eval_every, a.steps,
                                                                  a.eval_every))
     space = {"grid": grid} if grid else {"random": TPE_SPACE}
@@ -111,7 +116,7 @@ def run_optuna(a, data, grid, rep, seed=1):
     cmd = [sys.executable, "scripts/race_optuna.py", "--journal", os.path.join(tmp, "j.log"),
            "--study", f"race{rep}", "--space", json.dumps(space), "--sampler",
            "grid" if grid else "tpe", "--trials", str(trials), "--startup", str(a.startup),
-           "--fixed", fixed] + (["--prune"] if a.prune and not grid else []) + (
+           "--fixed", fixed] + (["--prune"] if pruned else []) + (
                ["--timeout", str(a.minutes * 60)] if a.minutes and not grid else [])
     env = dict(os.environ, PYTHONPATH="scripts")
     t0 = time.time()
@@ -162,7 +167,8 @@ def main():
     ap.add_argument("--startup", type=int, default=4, help="tpe mode's random trials")
     ap.add_argument("--seeds", type=int, default=1, help="tpe mode: races, seeds 1..N")
     ap.add_argument("--first-seed", type=int, default=1,
-                    help="tpe mode: number the seeds from here (to add seeds to a race)")
+                    help="tpe mode: number the seeds from here (to add seeds to a race); grid "
+                    "mode: every repeat's seed (initial weights; the grid itself is fixed)")
     ap.add_argument("--prune", action="store_true",
                     help="tpe mode: charlab's halving rule, Optuna's HyperbandPruner")
     ap.add_argument("--eval-every", type=int, default=100, help="tpe mode with --prune")
@@ -181,6 +187,10 @@ def main():
                     help="PyTorch under autocast-bf16 (the expert's setup)")
     ap.add_argument("--opponent", help="tpe mode: the Optuna side from this --save file of a race "
                     "with the same settings, not run again (to measure a charlab variant)")
+    ap.add_argument("--mine", help="tpe mode: charlab's side from this --save file of a race with "
+                    "the same settings, not run again (to measure an Optuna variant)")
+    ap.add_argument("--optuna-unpruned", action="store_true",
+                    help="tpe mode with --prune: Optuna without its HyperbandPruner")
     ap.add_argument("--optuna-first", action="store_true",
                     help="start with the Optuna side (then alternate)")
     a = ap.parse_args()
@@ -191,12 +201,15 @@ def main():
     a.eval_every = a.eval_every if a.prune and not grid else 0
     data = prepared_data(a)
     races = []
-    saved = saved_opponent(a) if a.opponent else None
+    mine_saved = saved_side(a, a.mine, 0) if a.mine else None
+    theirs_saved = saved_side(a, a.opponent, 1) if a.opponent else None
     for rep in range(a.repeat if grid else a.seeds):
-        seed = 1 if grid else rep + a.first_seed
+        seed = a.first_seed if grid else rep + a.first_seed
         # Alternate which side goes first, so drift in the machine's speed hits both.
-        if a.only or saved:
-            mine, theirs = run_charlab(a, grid, rep, seed), (saved[rep] if saved else (0.0, []))
+        if a.only or mine_saved or theirs_saved:
+            mine = mine_saved[rep] if mine_saved else run_charlab(a, grid, rep, seed)
+            theirs = (theirs_saved[rep] if theirs_saved else
+                      (0.0, []) if a.only else run_optuna(a, data, grid, rep, seed))
         elif (rep + a.optuna_first) % 2 == 0:
             mine, theirs = run_charlab(a, grid, rep, seed), run_optuna(a, data, grid, rep, seed)
         else:
@@ -215,21 +228,39 @@ def main():
     (report_grid if grid else report_tpe)(races, a)
 
 
-def saved_opponent(a):
-    """The Optuna side of each seed from an earlier race's --save file, refused unless that race
-    had the settings that shape Optuna's side and at least as many seeds."""
-    old = json.load(open(a.opponent))
-    keys = ["mode", "corpus", "steps", "trials", "startup", "prune", "eval_every", "minutes",
-            "autocast"]
-    differ = [k for k in keys if old["args"].get(k) != getattr(a, k)]
-    differ += ["first_seed"] if old["args"].get("first_seed", 1) != a.first_seed else []
-    if differ or old["args"].get("only") or len(old["races"]) < a.seeds:
-        sys.exit(f"{a.opponent}: not a race with these settings (differs in {differ or 'seeds'})")
-    return [tuple(theirs) for _, theirs in old["races"][:a.seeds]]
+# What shapes each side's runs: a saved side is reused only under the same values.
+SHAPES = ({"charlab": ["precision", "cost_aware", "joint"], "Optuna": ["autocast", "optuna_unpruned"]},
+          ["mode", "corpus", "steps", "trials", "startup", "prune", "eval_every", "minutes",
+           "first_seed"])
+
+
+def shape(args, side):
+    """The settings of `side` in a race's arguments, reading files from before a flag existed:
+    `multivariate` (joint on request) preceded `key_by_key` (joint by default)."""
+    args = dict(args, first_seed=args.get("first_seed", 1),
+                optuna_unpruned=args.get("optuna_unpruned", False),
+                joint=(not args["key_by_key"]) if "key_by_key" in args
+                else bool(args.get("multivariate", False)))
+    return {k: args.get(k) for k in SHAPES[0][side] + SHAPES[1]}
+
+
+def saved_side(a, path, index):
+    """Side `index` (0 charlab, 1 Optuna) of each seed from an earlier race's --save file,
+    refused unless that race ran the side with the settings that shape it, and enough seeds."""
+    side = ["charlab", "Optuna"][index]
+    old = json.load(open(path))
+    ours, theirs = shape(old["args"], side), shape(vars(a), side)
+    differ = [k for k in ours if ours[k] != theirs[k]]
+    ran = old["args"].get("only") in (None, side.lower()) or (index == 1 and old["args"].get("opponent"))
+    if differ or not ran or len(old["races"]) < a.seeds:
+        sys.exit(f"{path}: not a race that ran {side}'s side with these settings "
+                 f"(differs in {differ or 'seeds'})")
+    return [tuple(r[index]) for r in old["races"][:a.seeds]]
 
 
 def report_grid(races, a):
-    print(f"dropout {a.dropout}; Optuna GridSampler, 2 workers, journal storage\n")
+    print(f"dropout {a.dropout}; seed {a.first_seed}; Optuna GridSampler, 2 workers, journal "
+          "storage\n")
     print("| repeat | charlab wall s | Optuna + PyTorch wall s | speed-up | charlab best val | "
           "PyTorch best val |")
     print("|---|---|---|---|---|---|")
@@ -293,7 +324,7 @@ def report_tpe(races, a):
                  for (_, mt), (_, tt) in races]
     budget = f"{a.minutes:g} minutes a side (trials ended by then)" if a.minutes else f"{a.trials} trials"
     print(f"{budget}, {a.startup} random first, {len(races)} seeds; Optuna TPESampler"
-          f"{' + HyperbandPruner' if a.prune else ''}, 2 workers; charlab TPE"
+          f"{' + HyperbandPruner' if a.prune and not a.optuna_unpruned else ''}, 2 workers; charlab TPE"
           f"{' + halving' if a.prune else ''}{', cost-aware' if a.cost_aware else ''}"
           f"{f'; val loss every {a.eval_every} steps' if a.prune else ''}\n")
     print("| seed | charlab wall s | Optuna wall s | charlab best | Optuna best | "
@@ -323,7 +354,7 @@ def report_tpe(races, a):
     for k in range(min(8, last), last + 1):
         print(f"| {k} | {mean_std([best_after(mt, k) for (_, mt), _ in races])} | "
               f"{mean_std([best_after(tt, k) for _, (_, tt) in races])} |")
-    if a.only:
+    if a.only and not (a.mine or a.opponent):
         if a.svg:
             write_svg(a.svg, curve, a)
         return

@@ -142,7 +142,7 @@ fn rounded<'b>(v: View, buf: &'b mut Vec<f32>) -> View<'b> {
 
 #[cfg(target_arch = "x86_64")]
 mod native {
-    use super::{to_bits, View, ViewMut, SCRATCH};
+    use super::{View, ViewMut, SCRATCH};
     use std::arch::x86_64::*;
 
     /// Rows and 16-lane column vectors of the register tile: 12 × 2 accumulators, two B vectors
@@ -153,32 +153,110 @@ mod native {
     /// of A streams past it.
     const KC: usize = 192;
 
-    /// The pair `(x[2p], x[2p+1])` of a row as one 32-bit lane, the even element low.
-    #[inline(always)]
-    fn pair(lo: f32, hi: f32) -> u32 {
-        to_bits(lo) as u32 | (to_bits(hi) as u32) << 16
+    /// `v` (`[rows, K]`) as panels of `width` rows: `[panel][pair][width]`, rows past the
+    /// end zero. A is packed in panels of `MR` rows, B as Bᵀ in panels of `NR` columns.
+    /// Converted 16 pairs at a time by the unit's own conversion (the rounding of [`to_bits`](super::to_bits):
+    /// nearest even, denormals to zero, NaN quiet), reading along memory: a row's run of K
+    /// when `v`'s rows are contiguous, two runs of rows (K = 2p and 2p + 1) when its columns
+    /// are. Scalar packing cost a third of a large-K product's time on Zen 4.
+    /// Index arithmetic runs once per row or per 16 lanes: a division per element cost more
+    /// than the conversion.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512-BF16 (and AVX512F).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn pack(v: View, width: usize, k2: usize, out: &mut Vec<u32>) {
+        let (rows, k) = (v.row_count(), v.t().row_count());
+        // Every lane of a real row is written below; only the last panel's padding rows need
+        // zeros, so the buffer is not cleared (zeroing it all cost 2 % of a step).
+        let panel = k2 * width;
+        out.resize(rows.div_ceil(width) * panel, 0);
+        if rows % width != 0 {
+            let last = &mut out[(rows / width) * panel..];
+            last.chunks_exact_mut(width)
+                .for_each(|p| p[rows % width..].fill(0));
+        }
+        let (data, rs, cs) = v.raw();
+        if cs == 1 {
+            // A panel's rows converted 16 pairs at a time, then written pair by pair: each
+            // pair's `width` lanes are contiguous in the packed panel.
+            let mut lanes = [[0u32; 16]; 32];
+            assert!(width <= lanes.len(), "bf16 pack: panel wider than 32");
+            for i0 in (0..rows).step_by(width) {
+                let h = width.min(rows - i0);
+                for p0 in (0..k2).step_by(16) {
+                    let len = (k - 2 * p0).min(32);
+                    for (r, l) in lanes[..h].iter_mut().enumerate() {
+                        row_pairs(&data[(i0 + r) * rs + 2 * p0..][..len], l);
+                    }
+                    let dst = &mut out[(i0 / width) * panel + p0 * width..];
+                    for (j, d) in dst
+                        .chunks_exact_mut(width)
+                        .take(len.div_ceil(2))
+                        .enumerate()
+                    {
+                        d[..h]
+                            .iter_mut()
+                            .zip(&lanes[..h])
+                            .for_each(|(d, l)| *d = l[j]);
+                    }
+                }
+            }
+        } else {
+            // A view is a row-major buffer or its transpose: one of the strides is 1.
+            assert_eq!(rs, 1, "bf16 pack: a view strided both ways");
+            let mut lanes = [0u32; 16];
+            for p in 0..k2 {
+                let lo = &data[2 * p * cs..][..rows];
+                let hi = (2 * p + 1 < k).then(|| &data[(2 * p + 1) * cs..][..rows]);
+                for i0 in (0..rows).step_by(16) {
+                    let n = (rows - i0).min(16);
+                    column_pairs(&lo[i0..][..n], hi.map(|h| &h[i0..][..n]), &mut lanes);
+                    // The 16 lanes are consecutive rows: at most three runs across panels.
+                    let (mut pn, mut r, mut j) = (i0 / width, i0 % width, 0);
+                    while j < n {
+                        let run = (width - r).min(n - j);
+                        out[pn * panel + p * width + r..][..run]
+                            .copy_from_slice(&lanes[j..][..run]);
+                        (pn, r, j) = (pn + 1, 0, j + run);
+                    }
+                }
+            }
+        }
     }
 
-    /// `v` (`[rows, K]`) as panels of `width` rows: `[panel][pair][width]`, rows past the
-    /// end zero. A is packed in panels of `MR` rows, B as Bᵀ in panels of `NR` columns. Read
-    /// along memory: row by row when `v`'s rows are contiguous, pair by pair when they are not.
-    fn pack(v: View, width: usize, k2: usize, out: &mut Vec<u32>) {
-        let (rows, k) = (v.row_count(), v.t().row_count());
-        out.clear();
-        out.resize(rows.div_ceil(width) * k2 * width, 0);
-        let mut put = |i: usize, p: usize| {
-            let hi = if 2 * p + 1 < k {
-                v.at(i, 2 * p + 1)
-            } else {
-                0.0
-            };
-            out[(i / width) * k2 * width + p * width + i % width] = pair(v.at(i, 2 * p), hi);
+    /// The first `n` of 16 lanes.
+    fn mask(n: usize) -> u16 {
+        ((1u32 << n.min(16)) - 1) as u16
+    }
+
+    /// Up to 32 consecutive values of a row as 16 pairs `x[2j] | x[2j + 1] << 16` (zero past
+    /// the end): bf16 of consecutive values lie in memory exactly as the pairs do.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn row_pairs(x: &[f32], out: &mut [u32; 16]) {
+        let n = x.len();
+        // Masked-off lanes are not read, so the second load may start past the end.
+        let lo = _mm512_maskz_loadu_ps(mask(n), x.as_ptr());
+        let hi = _mm512_maskz_loadu_ps(mask(n.saturating_sub(16)), x.as_ptr().wrapping_add(16));
+        let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), pairs);
+    }
+
+    /// Up to 16 lanes of two rows as pairs `lo[j] | hi[j] << 16` (`hi` absent: zero).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn column_pairs(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32; 16]) {
+        let m = mask(lo.len());
+        let widen = |x: __m512| -> __m512i {
+            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+                _mm512_cvtneps_pbh(x),
+            ))
         };
-        if v.raw().2 == 1 {
-            (0..rows).for_each(|i| (0..k2).for_each(|p| put(i, p)));
-        } else {
-            (0..k2).for_each(|p| (0..rows).for_each(|i| put(i, p)));
-        }
+        let l = widen(_mm512_maskz_loadu_ps(m, lo.as_ptr()));
+        let h = widen(hi.map_or(_mm512_setzero_ps(), |h| {
+            _mm512_maskz_loadu_ps(m, h.as_ptr())
+        }));
+        let pairs = _mm512_or_si512(l, _mm512_slli_epi32::<16>(h));
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), pairs);
     }
 
     pub(super) fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool) {
@@ -202,8 +280,11 @@ mod native {
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
             let k2 = k.div_ceil(2);
-            pack(a, MR, k2, &mut s.pack_a);
-            pack(b.t(), NR, k2, &mut s.pack_b);
+            // SAFETY: the caller checked the CPU has AVX512-BF16.
+            unsafe {
+                pack(a, MR, k2, &mut s.pack_a);
+                pack(b.t(), NR, k2, &mut s.pack_b);
+            }
             for p0 in (0..k2).step_by(KC) {
                 let kc = KC.min(k2 - p0);
                 let load = accumulate || p0 > 0;

@@ -155,12 +155,11 @@ mod native {
 
     /// `v` (`[rows, K]`) as panels of `width` rows: `[panel][pair][width]`, rows past the
     /// end zero. A is packed in panels of `MR` rows, B as Bᵀ in panels of `NR` columns.
-    /// Converted 16 pairs at a time by the unit's own conversion (the rounding of [`to_bits`](super::to_bits):
-    /// nearest even, denormals to zero, NaN quiet), reading along memory: a row's run of K
-    /// when `v`'s rows are contiguous, two runs of rows (K = 2p and 2p + 1) when its columns
-    /// are. Scalar packing cost a third of a large-K product's time on Zen 4.
-    /// Index arithmetic runs once per row or per 16 lanes: a division per element cost more
-    /// than the conversion.
+    /// Converted 16 pairs at a time by the unit's own conversion (the rounding of
+    /// [`to_bits`](super::to_bits): nearest even, denormals to zero, NaN quiet), reading along
+    /// memory: a row's run of K when `v`'s rows are contiguous, two runs of rows (K = 2p and
+    /// 2p + 1) when its columns are; index arithmetic once per run, not per element. Packing
+    /// one scalar at a time cost a third of a large-K product's time on Zen 4.
     ///
     /// # Safety
     /// The CPU must have AVX512-BF16 (and AVX512F).

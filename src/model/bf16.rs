@@ -320,18 +320,7 @@ mod native {
     /// `C[tile] = (load ? C[tile] : 0) + Σ_p A[p] · B[p]` over `kc` pairs, in registers.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn kernel(ap: &[u32], bp: &[u32], kc: usize, c: &mut [f32], t: Tile, load: bool) {
-        let lo = if t.cols >= 16 {
-            0xffff
-        } else {
-            (1u32 << t.cols) as u16 - 1
-        };
-        let hi = if t.cols >= NR {
-            0xffff
-        } else if t.cols > 16 {
-            (1u32 << (t.cols - 16)) as u16 - 1
-        } else {
-            0
-        };
+        let (lo, hi) = (mask(t.cols), mask(t.cols.saturating_sub(16)));
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let cp = c.as_mut_ptr().add(t.at);
         if load {

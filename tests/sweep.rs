@@ -428,7 +428,7 @@ fn a_second_sweep_on_the_same_experiment_is_refused() {
     let s = Sweep::new(
         "locked",
         "lr = [1e-3, 2e-3]",
-        "max_steps = 3000\nhidden = 64",
+        "max_steps = 30000\nhidden = 64",
     );
     let root = s.root("locked");
     let mut first = s.spawn(&[]);
@@ -490,6 +490,31 @@ fn a_second_sweep_on_the_same_experiment_is_refused() {
         }
     }
     assert!(!root.join(".lock").exists(), "the lock is released");
+}
+
+#[test]
+fn sweeps_started_together_run_once() {
+    // The lock must be whole the moment it exists: a second sweep that read it half-written took
+    // it over and ran the same trials beside the first.
+    let s = Sweep::new("together", "lr = [1e-3]", "max_steps = 30000\nhidden = 64");
+    let mut children: Vec<_> = (0..6).map(|_| s.spawn(&[])).collect();
+    let mut refused = 0;
+    common::wait_until(60, "all but one sweep refused", || {
+        children.retain_mut(|c| match c.try_wait().expect("wait for charlab") {
+            Some(st) => {
+                assert_eq!(st.code(), Some(2), "a sweep started together exits refused");
+                refused += 1;
+                false
+            }
+            None => true,
+        });
+        refused == 5
+    });
+    assert_eq!(children.len(), 1, "one sweep runs");
+    let mut first = children.pop().unwrap();
+    common::kill("-INT", first.id());
+    let status = common::wait_exit(&mut first, 120, "the interrupted sweep");
+    assert_eq!(status.code(), Some(130));
 }
 
 #[test]

@@ -486,7 +486,9 @@ pub fn finished(run: &RunDir) -> bool {
 }
 
 /// The sweep lock: a file holding the owner's pid. A lock whose pid is gone is stale and taken
-/// over; a live one refuses.
+/// over; a live one refuses. The file appears with its pid already in it (written beside it, then
+/// hard-linked into place, which fails if the lock exists): a file created empty and filled after
+/// would be read as unreadable by a second sweep in between, and taken over while its owner runs.
 pub struct Lock {
     path: PathBuf,
 }
@@ -500,19 +502,20 @@ impl Lock {
         std::fs::create_dir_all(root).at(root)?;
         let path = root.join(".lock");
         let me = std::process::id();
+        let mine = root.join(format!(".lock.{me}"));
+        std::fs::write(&mine, me.to_string()).at(&mine)?;
+        let taken = Self::link(root, &path, &mine, me);
+        let _ = std::fs::remove_file(&mine);
+        taken?;
+        Ok(Lock { path })
+    }
+
+    fn link(root: &Path, path: &Path, mine: &Path, me: u32) -> Result<()> {
         for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(me.to_string().as_bytes()).at(&path)?;
-                    return Ok(Lock { path });
-                }
+            match std::fs::hard_link(mine, path) {
+                Ok(()) => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let owner: Option<u32> = std::fs::read_to_string(&path)
+                    let owner: Option<u32> = std::fs::read_to_string(path)
                         .ok()
                         .and_then(|s| s.trim().parse().ok());
                     match owner {
@@ -521,11 +524,11 @@ impl Lock {
                         }
                         // Stale (dead owner) or unreadable: take it over.
                         _ => {
-                            let _ = std::fs::remove_file(&path);
+                            let _ = std::fs::remove_file(path);
                         }
                     }
                 }
-                Err(e) => return Err(Error::io(&path, e)),
+                Err(e) => return Err(Error::io(path, e)),
             }
         }
         Err(Error::Run {

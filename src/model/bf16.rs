@@ -141,7 +141,7 @@ fn rounded<'b>(v: View, buf: &'b mut Vec<f32>) -> View<'b> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod native {
+pub(in crate::model) mod native {
     use super::{View, ViewMut, SCRATCH};
     use std::arch::x86_64::*;
 
@@ -169,9 +169,14 @@ mod native {
         // Every lane of a real row is written below; only the last panel's padding rows need
         // zeros, so the buffer is not cleared (zeroing it all cost 2 % of a step).
         let panel = k2 * width;
-        out.resize(rows.div_ceil(width) * panel, 0);
+        // Grown, never shrunk: a step's products alternate between shapes, and resizing down
+        // and up again zero-filled the difference each time (2 % of a step).
+        let need = rows.div_ceil(width) * panel;
+        if out.len() < need {
+            out.resize(need, 0);
+        }
         if rows % width != 0 {
-            let last = &mut out[(rows / width) * panel..];
+            let last = &mut out[(rows / width) * panel..need];
             last.chunks_exact_mut(width)
                 .for_each(|p| p[rows % width..].fill(0));
         }
@@ -215,8 +220,12 @@ mod native {
                     let (mut pn, mut r, mut j) = (i0 / width, i0 % width, 0);
                     while j < n {
                         let run = (width - r).min(n - j);
-                        out[pn * panel + p * width + r..][..run]
-                            .copy_from_slice(&lanes[j..][..run]);
+                        // A masked move, not `copy_from_slice`: a call to memcpy per run of
+                        // at most 16 lanes was 2 % of a step.
+                        let dst = &mut out[pn * panel + p * width + r..][..run];
+                        let m = mask(run);
+                        let v = _mm512_maskz_loadu_epi32(m, lanes[j..].as_ptr().cast());
+                        _mm512_mask_storeu_epi32(dst.as_mut_ptr().cast(), m, v);
                         (pn, r, j) = (pn + 1, 0, j + run);
                     }
                 }
@@ -232,7 +241,7 @@ mod native {
     /// Up to 32 consecutive values of a row as 16 pairs `x[2j] | x[2j + 1] << 16` (zero past
     /// the end): bf16 of consecutive values lie in memory exactly as the pairs do.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn row_pairs(x: &[f32], out: &mut [u32; 16]) {
+    pub(in crate::model) unsafe fn row_pairs(x: &[f32], out: &mut [u32; 16]) {
         let n = x.len();
         // Masked-off lanes are not read, so the second load may start past the end.
         let lo = _mm512_maskz_loadu_ps(mask(n), x.as_ptr());

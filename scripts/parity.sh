@@ -3,7 +3,7 @@
 # long cells) over lr × hidden × dropout × seeds on 红楼梦 and Shakespeare, charlab beside
 # PyTorch, one table naming the processor. Flags go to scripts/parity.py (--seeds, --steps,
 # --lrs, --hiddens, --dropouts, --corpora, --jobs, --json, and --bf16: charlab bf16
-# against charlab fp32 with PyTorch autocast beside them). Not part of CI; about 40 minutes on
+# against charlab fp32 with PyTorch autocast beside them; --no-torch leaves PyTorch out). Not part of CI; about 40 minutes on
 # 2 cores with the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."

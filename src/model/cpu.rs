@@ -194,8 +194,8 @@ pub struct CpuModel {
 struct Shared {
     /// How the large products are computed (the run's precision).
     products: Products,
-    packed_fwd: Vec<Vec<f32>>,
-    packed_bwd: Vec<Vec<f32>>,
+    packed_fwd: Vec<recurrence::Packed>,
+    packed_bwd: Vec<recurrence::Packed>,
     /// Per layer `[4·Hp]`.
     bias: Vec<Vec<f32>>,
     /// The window's distinct ids, ascending (`U` of them).
@@ -242,6 +242,8 @@ struct Group {
     dh_next: Vec<f32>,
     dc_next: Vec<f32>,
     dbias: Vec<f32>,
+    /// The recurrence's per-step operand in bf16 (rounded or as pairs).
+    recur: recurrence::Scratch,
     /// This group's share of every parameter gradient (group 0's become the total).
     grads: Grads,
     /// `[min(V, T·nb·groups), 4·Hp]`: the table's gradient (its first U rows).
@@ -476,11 +478,11 @@ impl CpuModel {
         pass: Pass,
     ) {
         let train = matches!(pass, Pass::Train { .. });
-        let (h, hp, lanes) = (self.dims.hidden, self.hp, self.level.lanes());
+        let (h, hp, level) = (self.dims.hidden, self.hp, self.level);
         let s = &mut self.shared;
         let layers = w.layers.len();
-        s.packed_fwd.resize_with(layers, Vec::new);
-        s.packed_bwd.resize_with(layers, Vec::new);
+        s.packed_fwd.resize_with(layers, Default::default);
+        s.packed_bwd.resize_with(layers, Default::default);
         // The kernels add one bias per gate row: the sum of the layer's two.
         s.bias = w
             .layers
@@ -494,11 +496,15 @@ impl CpuModel {
             use rayon::prelude::*;
             let fwd = s.packed_fwd.par_iter_mut().zip(&w.layers);
             let bwd = s.packed_bwd.par_iter_mut().zip(&w.layers);
+            let products = s.products;
+            let pack = |p: &mut recurrence::Packed, w_hh: &[f32], backward: bool| {
+                p.pack(w_hh, (h, hp), level, products, backward)
+            };
             rayon::join(
-                || fwd.for_each(|(p, l)| recurrence::pack_forward(l.w_hh, h, hp, lanes, p)),
+                || fwd.for_each(|(p, l)| pack(p, l.w_hh, false)),
                 || {
                     if train {
-                        bwd.for_each(|(p, l)| recurrence::pack_backward(l.w_hh, h, hp, lanes, p))
+                        bwd.for_each(|(p, l)| pack(p, l.w_hh, true))
                     }
                 },
             );
@@ -580,6 +586,7 @@ impl Group {
             dh_next: vec![0.0; nb * hp],
             dc_next: vec![0.0; nb * hp],
             dbias: vec![0.0; 4 * hp],
+            recur: recurrence::Scratch::default(),
             grads: Grads::default(),
             dtable: Vec::new(),
             sums: Sums::default(),
@@ -672,6 +679,7 @@ impl Group {
                 input,
                 bias: &s.bias[k],
                 packed: &s.packed_fwd[k],
+                scratch: &mut self.recur,
                 c0: &l.c0,
                 hs: &mut l.hs,
                 acts: &mut l.acts,
@@ -797,6 +805,7 @@ impl Group {
                 nb,
                 hp,
                 packed: &s.packed_bwd[k],
+                scratch: &mut self.recur,
                 acts: &l.acts,
                 c0: &l.c0,
                 dh_above: &self.dy,

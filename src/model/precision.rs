@@ -1,9 +1,10 @@
 //! The run key `precision` turned into how the CPU path computes its large products, and why.
 //!
 //! `bf16` rounds the operands of the GEMMs (input projections of layers above the first, layer
-//! 0's table, the decoder, and every weight and input gradient made of them) to bfloat16 and
-//! accumulates in fp32; the recurrent product, cell state, gate nonlinearities, softmax, loss,
-//! master weights and optimizer state stay fp32. `auto` picks bf16 where it is faster: the
+//! 0's table, the decoder, and every weight and input gradient made of them) and of the
+//! recurrent product (`h_{t-1} · W_hhᵀ` forward, `da_t · W_hh` backward) to bfloat16 and
+//! accumulates in fp32; the cell state, gate nonlinearities, softmax, loss, master weights and
+//! optimizer state stay fp32. `auto` picks bf16 where it is faster: the
 //! instruction exists and this core runs it ≥ 1.3× its fp32 FMA rate. That bf16 learns as fp32
 //! does is measured, not checked per run: over the parity grid (both corpora, lr × hidden ×
 //! dropout, 3 seeds; 8 in the two chaotic cells) bf16's mean val loss is within one fp32 seed

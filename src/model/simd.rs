@@ -202,6 +202,12 @@ impl Level {
         false
     }
 
+    /// Whether kernels at this level may also use AVX512-BF16 (the recurrence's bf16 tiles run
+    /// on the AVX-512 set).
+    pub fn has_bf16(self) -> bool {
+        self.0 == Set::Avx512 && Level::detect_bf16()
+    }
+
     /// Every set this CPU has, widest first.
     pub fn all() -> Vec<Level> {
         let mut out = Vec::new();

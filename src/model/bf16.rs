@@ -380,15 +380,7 @@ mod tests {
 
     /// Deterministic values of mixed sign and magnitude, none denormal.
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * 3.0
-            })
-            .collect()
+        crate::model::test_values(n, seed, 3.0)
     }
 
     /// Shapes that hit every edge of the tiles: a partial row panel and column panel, an odd K,

@@ -322,3 +322,18 @@ impl CharRnn {
         Ok(f(&Weights::from_slices(&slices)))
     }
 }
+
+/// Deterministic test values in `[-scale, scale)`, of mixed sign and magnitude (xorshift), for
+/// the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale
+        })
+        .collect()
+}

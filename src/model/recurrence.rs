@@ -833,17 +833,7 @@ mod native {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale
-            })
-            .collect()
-    }
+    use crate::model::test_values as values;
 
     /// `values` with every padded unit (index `% hp ≥ h`) zero, as the model keeps them.
     fn padded(n: usize, seed: u64, (h, hp): (usize, usize)) -> Vec<f32> {

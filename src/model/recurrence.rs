@@ -72,13 +72,6 @@ impl Packed {
             }
             _ => {
                 let round = p != Products::Fp32;
-                let rounded: Vec<f32>;
-                let w_hh = if round {
-                    rounded = w_hh.iter().map(|&x| bf16::round(x)).collect();
-                    &rounded[..]
-                } else {
-                    w_hh
-                };
                 let mut w = match std::mem::take(self) {
                     Packed::F32 { w, .. } => w,
                     Packed::Pairs(_) => Vec::new(),
@@ -87,6 +80,11 @@ impl Packed {
                     pack_backward(w_hh, h, hp, level.lanes(), &mut w)
                 } else {
                     pack_forward(w_hh, h, hp, level.lanes(), &mut w)
+                }
+                // Packing only moves values (and pads with zeros, which round to themselves), so
+                // rounding the packed copy in place is rounding `W_hh`, without a second copy.
+                if round {
+                    w.iter_mut().for_each(|x| *x = bf16::round(*x));
                 }
                 *self = Packed::F32 { w, round };
             }

@@ -136,7 +136,7 @@ fn a_tpe_search_with_halving_reads_pruned_curves_and_says_how_it_spent_its_budge
     common::assert_proposals_replay(d, &f, "prune");
     // The log says what each proposal was fitted on.
     let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-    assert_eq!(log.matches("(random draw)").count(), 3, "{log}");
+    assert_eq!(log.matches("(startup design)").count(), 3, "{log}");
     assert_eq!(log.matches("(TPE fitted at ").count(), 5, "{log}");
 
     // compare: steps per hidden value sum to the sweep's steps; pruned trials by step.

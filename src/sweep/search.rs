@@ -340,7 +340,7 @@ impl<'a> Proposer<'a> {
         let (level, history) = self.history(manifest, &heard);
         let scored = history.iter().filter(|o| o.score.is_some()).count();
         if index < self.startup(manifest) || scored == 0 {
-            return format!("proposed trial {} (random draw)", e.dir);
+            return format!("proposed trial {} (startup design)", e.dir);
         }
         let warm = self.warm(manifest).len();
         let warm = match warm {

@@ -6,7 +6,7 @@
 //! the keys ([`Joint`], Optuna's `multivariate=True`: a trial's values stay together, the
 //! sweep's default) or one per key ([`Parzen`] for numbers, truncated Gaussians around the
 //! observations plus a wide prior; category counts plus one for every category, as the `tpe`
-//! crate, for choices). The first `startup` proposals are uniform random draws.
+//! crate, for choices). The first `startup` proposals are a Latin hypercube ([`stratified`]).
 //!
 //! A proposal is a pure function of (seed, proposal index, the history it sees): the same
 //! history gives the same proposal, which is what makes a search resumable.
@@ -354,8 +354,8 @@ pub struct Cost<'a> {
 }
 
 /// Candidates for the next trial, best first (by `log l − log g` summed over keys, less the
-/// cost's term); the caller takes the first that is not a trial already. During startup: random
-/// draws.
+/// cost's term); the caller takes the first that is not a trial already. During startup: the
+/// design's row for this proposal ([`stratified`]), then random draws.
 pub fn propose(
     dims: &[Dim],
     history: &[Observation],
@@ -367,9 +367,9 @@ pub fn propose(
     let n = s.candidates.max(1);
     let complete = history.iter().filter(|o| o.score.is_some()).count();
     if (index as usize) < s.startup || complete == 0 {
-        return (0..n)
-            .map(|_| dims.iter().map(|d| d.uniform(&mut rng)).collect())
-            .collect();
+        let row = ((index as usize) < s.startup).then(|| stratified(dims, s, index as usize));
+        let draws = (0..n).map(|_| dims.iter().map(|d| d.uniform(&mut rng)).collect());
+        return row.into_iter().chain(draws).take(n).collect();
     }
     let (good, bad) = groups(history);
     let (mut cands, mut score) = if s.joint {
@@ -387,6 +387,44 @@ pub fn propose(
     order
         .into_iter()
         .map(|i| std::mem::take(&mut cands[i]))
+        .collect()
+}
+
+/// Row `row` of the startup's design, a Latin hypercube of `s.startup` rows: each key's interval
+/// is cut into that many equal strata and each stratum goes to one row (a permutation per key,
+/// drawn from the seed alone, so every startup proposal reads the same design); a choice's rows
+/// are spread over its categories as evenly as the count allows, every category appearing once
+/// there are as many rows as categories. Independent uniform draws leave whole regions out by
+/// chance (four of them gave one race's sweep its smallest hidden size four times, and the
+/// search never learned what the largest could do), which a model fitted to them cannot see.
+fn stratified(dims: &[Dim], s: &Settings, row: usize) -> Vec<f64> {
+    let rows = s.startup.max(row + 1);
+    (dims.iter().enumerate())
+        .map(|(d, dim)| {
+            let mut rng = Rng::new(
+                s.seed ^ (d as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+                29,
+            );
+            let mut strata: Vec<usize> = (0..rows).collect();
+            for i in (1..rows).rev() {
+                strata.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+            }
+            let offset = rng.uniform_f64();
+            let jitter = (0..=row).map(|_| rng.uniform_f64()).last().unwrap_or(0.5);
+            let stratum = strata[row] as f64;
+            match *dim {
+                // One offset for all rows: category ⌊(stratum + offset)·k / rows⌋ mod k, so rows
+                // fewer than categories still give every category the same chance.
+                Dim::Choice(k) => {
+                    let k = k.max(1);
+                    (((stratum + offset) * k as f64 / rows as f64) as usize % k) as f64
+                }
+                _ => {
+                    let (lo, hi) = dim.bounds();
+                    dim.external(lo + (hi - lo) * (stratum + jitter) / rows as f64)
+                }
+            }
+        })
         .collect()
 }
 
@@ -622,6 +660,77 @@ mod tests {
             assert!((1e-4..=1e-1).contains(&x[0]) && x[1] < 3.0 && (1.0..=4.0).contains(&x[2]));
             assert_eq!(x[2], x[2].round());
         }
+    }
+
+    #[test]
+    fn the_startup_design_fills_every_stratum_and_category() {
+        let dims = vec![
+            Dim::LogUniform(1e-4, 1e-1),
+            Dim::Uniform(0.0, 0.5),
+            Dim::Choice(3),
+            Dim::Choice(2),
+            Dim::Int(1, 8),
+        ];
+        for (startup, seed) in [(4, 1), (4, 5), (10, 2), (2, 3)] {
+            let s = Settings {
+                startup,
+                candidates: 24,
+                seed,
+                joint: true,
+            };
+            let rows: Vec<Vec<f64>> = (0..startup as u64)
+                .map(|i| propose(&dims, &[], &s, i, None).remove(0))
+                .collect();
+            // Numeric keys: one row in each of `startup` equal strata of the internal interval.
+            for d in [0, 1] {
+                let (lo, hi) = dims[d].bounds();
+                let mut strata: Vec<usize> = (rows.iter())
+                    .map(|r| {
+                        let u = (dims[d].internal(r[d]) - lo) / (hi - lo);
+                        ((u * startup as f64) as usize).min(startup - 1)
+                    })
+                    .collect();
+                strata.sort_unstable();
+                assert_eq!(
+                    strata,
+                    (0..startup).collect::<Vec<_>>(),
+                    "key {d}: {rows:?}"
+                );
+            }
+            // Choices: each category ⌊rows/k⌋ or ⌈rows/k⌉ times.
+            for (d, k) in [(2, 3usize), (3, 2)] {
+                let mut count = vec![0usize; k];
+                rows.iter().for_each(|r| count[r[d] as usize] += 1);
+                let (few, many) = (startup / k, startup.div_ceil(k));
+                assert!(
+                    count.iter().all(|&c| c >= few && c <= many),
+                    "key {d}: {count:?}"
+                );
+            }
+            // The same design from a proposal made again, and another from another seed.
+            assert_eq!(rows[1], propose(&dims, &[], &s, 1, None)[0]);
+            assert_ne!(
+                rows[1],
+                propose(&dims, &[], &Settings { seed: 99, ..s }, 1, None)[0]
+            );
+        }
+        // Fewer rows than categories: over many seeds every category comes up alike.
+        let mut count = [0usize; 3];
+        for seed in 0..3000 {
+            let s = Settings {
+                startup: 2,
+                candidates: 1,
+                seed,
+                joint: false,
+            };
+            for i in 0..2 {
+                count[propose(&dims[2..3], &[], &s, i, None)[0][0] as usize] += 1;
+            }
+        }
+        assert!(
+            count.iter().all(|&c| (1800..2200).contains(&c)),
+            "{count:?}"
+        );
     }
 
     /// BENCHMARKS.md's table: median (over 40 seeds) best value after 10, 20, 40 and 80

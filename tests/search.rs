@@ -31,6 +31,30 @@ fn a_tpe_sweep_killed_mid_search_continues_with_the_same_proposals_and_each_tria
         "each saw every trial before it"
     );
     common::assert_proposals_replay(d, &a, "whole");
+    // The three startup trials are a Latin hypercube: one lr in each third of the log range,
+    // one dropout in each third of its interval, both hidden sizes among them.
+    let value = |i: usize, k: &str| {
+        let (_, v) = whole.trials[i]
+            .overrides
+            .iter()
+            .find(|(n, _)| n == k)
+            .unwrap();
+        v.clone()
+    };
+    let thirds = |k: &str, f: &dyn Fn(f64) -> f64| {
+        let mut t: Vec<usize> = (0..3)
+            .map(|i| (3.0 * f(value(i, k).as_f64().unwrap())) as usize)
+            .collect();
+        t.sort_unstable();
+        t
+    };
+    let lr = |v: f64| (v / 1e-4).ln() / (3e-2f64 / 1e-4).ln();
+    assert_eq!(thirds("lr", &lr), [0, 1, 2]);
+    assert_eq!(thirds("dropout", &|v| v / 0.4), [0, 1, 2]);
+    let hidden: std::collections::BTreeSet<i64> = (0..3)
+        .map(|i| value(i, "hidden").as_i64().unwrap())
+        .collect();
+    assert_eq!(hidden.len(), 2, "{hidden:?}");
 
     // The same search, SIGKILLed once the model has proposed, then run again.
     let b = tpe_file(d, "killed", 7, "");

@@ -109,6 +109,9 @@ def main():
                     "are not run again), appended as each run ends, so a long grid can resume")
     ap.add_argument("--bf16", action="store_true",
                     help="charlab bf16 against charlab fp32, PyTorch autocast-bf16 beside them")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                    help="without --bf16: charlab's precision against PyTorch fp32 (bf16: issue "
+                    "27's time to quality)")
     ap.add_argument("--no-torch", action="store_true",
                     help="with --bf16: only the two charlab sides (a check of charlab's own "
                     "precision after a kernel change, without the hour PyTorch's column takes)")
@@ -124,7 +127,8 @@ def main():
     results = {}
     # (side, how it runs): the checked side first, its reference second, then the extra column.
     sides = ([("charlab bf16", "bf16"), ("charlab fp32", "fp32"), ("PyTorch autocast", True)]
-             if a.bf16 else [("charlab", "fp32"), ("PyTorch", False)])
+             if a.bf16 else [("charlab" if a.precision == "fp32" else f"charlab {a.precision}", a.precision),
+                ("PyTorch", False)])
     if a.no_torch:
         sides = [side for side in sides if isinstance(side[1], str)]
     cache = load_cache(a.cache)

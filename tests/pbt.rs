@@ -403,7 +403,7 @@ fn a_deterministic_pbt_sweep_killed_and_rerun_decides_as_an_uninterrupted_one() 
     common::wait_until(180, "five decisions", || {
         Manifest::load(&root).is_ok_and(|m| m.pbt.is_some_and(|p| p.decisions.len() >= 5))
     });
-    common::kill("KILL", child.id());
+    common::kill("-KILL", child.id());
     let _ = child.wait();
     common::wait_until(60, "the workers to stop", || {
         members(&root)
@@ -425,7 +425,7 @@ fn a_pbt_sweep_killed_mid_search_keeps_its_decisions_and_writes_no_step_twice() 
     common::wait_until(180, "three decisions", || {
         Manifest::load(&root).is_ok_and(|m| m.pbt.is_some_and(|p| p.decisions.len() >= 3))
     });
-    common::kill("KILL", child.id());
+    common::kill("-KILL", child.id());
     let _ = child.wait();
     let before = decisions(&root);
     // The workers follow their parent down (they checkpoint and stop on SIGTERM).

@@ -225,12 +225,14 @@ pub fn wait_exit(
     status.expect("exited")
 }
 
-/// Sends `sig` (`-INT`, `-KILL`, …) to `pid`.
+/// Sends `sig` (`-INT`, `-KILL`, …) to `pid`, and fails the test when `kill` did not: a
+/// misspelt signal would otherwise leave a kill-and-rerun test running an uninterrupted sweep.
 pub fn kill(sig: &str, pid: u32) {
-    std::process::Command::new("kill")
+    let status = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
         .status()
         .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid} failed: {status}");
 }
 
 /// A run directory's `run.json` as JSON (`null` when it has none yet).

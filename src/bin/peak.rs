@@ -1,5 +1,5 @@
 //! The machine's arithmetic ceiling, so that benchmark tables can say how close to it a run is:
-//! fp32 FMAs (`vfmadd231ps`) and bf16 pair products with fp32 accumulation (`vdpbf16ps`), each
+//! fp32 FMAs (`vfmadd231ps`, on zmm registers or, without AVX-512, ymm) and bf16 pair products with fp32 accumulation (`vdpbf16ps`), each
 //! in a loop of independent accumulators that never touches memory (the loops `auto` precision
 //! measures too, run longer here), on 1 thread and on every core at once. Then each large
 //! product of a training step of config H (one thread's group: 2,048 rows), timed in fp32, in
@@ -150,7 +150,7 @@ fn products() {
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (kind, name, needs) in [
-        (Peak::Fp32, "fp32", "AVX512F"),
+        (Peak::Fp32, "fp32", "AVX512F or AVX2 with FMA"),
         (Peak::Bf16, "bf16", "AVX512-BF16"),
     ] {
         match (measure(kind, 1), measure(kind, cores)) {

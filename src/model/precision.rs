@@ -137,7 +137,8 @@ pub fn bf16_speedup() -> Option<f64> {
 /// The instruction a throughput loop runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peak {
-    /// `vfmadd231ps` on 16 fp32 lanes: 32 FLOPs.
+    /// `vfmadd231ps` on 16 fp32 lanes (32 FLOPs), or on 8 (16 FLOPs) on a CPU with AVX2 and
+    /// FMA but no AVX-512: the widest FMA the fp32 kernels dispatch to on that CPU.
     Fp32,
     /// `vdpbf16ps`: 32 bf16 products added in pairs into 16 fp32 lanes: 64 FLOPs.
     Bf16,
@@ -154,6 +155,13 @@ pub fn peak_gflops(kind: Peak, iters: u64) -> Option<f64> {
             Peak::Fp32 if std::is_x86_feature_detected!("avx512f") => {
                 // SAFETY: the CPU has AVX512F (checked on this line's guard).
                 unsafe { loops::fp32(iters) }
+            }
+            Peak::Fp32
+                if std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma") =>
+            {
+                // SAFETY: the CPU has AVX2 and FMA (checked on this line's guard).
+                unsafe { loops::fp32_avx2(iters) }
             }
             Peak::Bf16 if std::is_x86_feature_detected!("avx512bf16") => {
                 // SAFETY: the CPU has AVX512-BF16 (checked on this line's guard).
@@ -191,6 +199,20 @@ mod loops {
         (iters * ACCS as u64 * 32) as f64
     }
 
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fp32_avx2(iters: u64) -> f64 {
+        let x = _mm256_set1_ps(black_box(0.999_999));
+        let y = _mm256_set1_ps(1e-7);
+        let mut acc = [_mm256_set1_ps(1.0); ACCS];
+        for _ in 0..black_box(iters) {
+            for a in acc.iter_mut() {
+                *a = _mm256_fmadd_ps(*a, x, y);
+            }
+        }
+        black_box(acc);
+        (iters * ACCS as u64 * 16) as f64
+    }
+
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn bf16(iters: u64) -> f64 {
         let a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(black_box(1e-3)), _mm512_set1_ps(-1e-3));
@@ -221,6 +243,16 @@ mod tests {
         let (p, why) = choose(Precision::Auto, true, Some(2.0));
         assert_eq!(p, Products::Bf16(Unit::Native));
         assert!(why.contains("2.00×"), "{why}");
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_fp32_peak_is_measured_on_any_cpu_with_vector_fmas() {
+        let fma = std::is_x86_feature_detected!("avx512f")
+            || (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
+        let gflops = peak_gflops(Peak::Fp32, 100_000);
+        assert_eq!(gflops.is_some(), fma, "{gflops:?}");
+        assert!(gflops.is_none_or(|g| g > 0.1), "{gflops:?}");
     }
 
     #[test]

@@ -100,6 +100,19 @@ def run_charlab(a, grid, rep, seed=1):
     return wall, trials
 
 
+def autocast_runs_here(data):
+    """Stops the race, saying why, where PyTorch's autocast cannot train the LSTM (oneDNN has no
+    bf16 LSTM on a CPU without AVX-512: an AMD Zen 1 refuses it), instead of a race whose every
+    Optuna trial fails."""
+    p = subprocess.run([".venv-torch/bin/python", "scripts/torch_ref.py", "--data", data,
+                        "--steps", "1", "--threads", "1", "--autocast"],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        why = [l for l in p.stderr.splitlines() if "Error" in l][-1:] or [p.stderr[-500:]]
+        sys.exit(f"--autocast: PyTorch's autocast cannot train this model on this CPU "
+                 f"({why[0].strip()}); race PyTorch fp32 instead (leave out --autocast)")
+
+
 def run_optuna(a, data, grid, rep, seed=1):
     tmp = tempfile.mkdtemp()
     fixed = (f"--data {data} --steps {a.steps} --threads 1 --embed {FIXED['embed_dim']} "
@@ -200,6 +213,8 @@ def main():
                 "hidden": [int(x) for x in a.hiddens.split(",")]}
     a.eval_every = a.eval_every if a.prune and not grid else 0
     data = prepared_data(a)
+    if a.autocast and not a.only and not a.opponent:
+        autocast_runs_here(data)
     races = []
     mine_saved = saved_side(a, a.mine, 0) if a.mine else None
     theirs_saved = saved_side(a, a.opponent, 1) if a.opponent else None

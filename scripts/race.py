@@ -31,7 +31,7 @@ import tempfile
 import time
 import tomllib
 
-from bench import cpu_model
+from bench import autocast_refusal, cpu_model
 
 MAX_CHARS = {"hongloumeng": 300_000, "shakespeare": 1_000_000}
 FIXED = dict(embed_dim=64, layers=2, batch_size=32, seq_len=64, grad_clip=5.0)
@@ -98,19 +98,6 @@ def run_charlab(a, grid, rep, seed=1):
                            pruned=r["status"] == "pruned",
                            val_loss=r["final_metrics"]["val_loss"] if done else None))
     return wall, trials
-
-
-def autocast_runs_here(data):
-    """Stops the race, saying why, where PyTorch's autocast cannot train the LSTM (oneDNN has no
-    bf16 LSTM on a CPU without AVX-512: an AMD Zen 1 refuses it), instead of a race whose every
-    Optuna trial fails."""
-    p = subprocess.run([".venv-torch/bin/python", "scripts/torch_ref.py", "--data", data,
-                        "--steps", "1", "--threads", "1", "--autocast"],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        why = [l for l in p.stderr.splitlines() if "Error" in l][-1:] or [p.stderr[-500:]]
-        sys.exit(f"--autocast: PyTorch's autocast cannot train this model on this CPU "
-                 f"({why[0].strip()}); race PyTorch fp32 instead (leave out --autocast)")
 
 
 def run_optuna(a, data, grid, rep, seed=1):
@@ -213,8 +200,10 @@ def main():
                 "hidden": [int(x) for x in a.hiddens.split(",")]}
     a.eval_every = a.eval_every if a.prune and not grid else 0
     data = prepared_data(a)
-    if a.autocast and not a.only and not a.opponent:
-        autocast_runs_here(data)
+    refused = a.autocast and not a.only and not a.opponent and autocast_refusal(data)
+    if refused:
+        sys.exit(f"--autocast: PyTorch's autocast cannot train this model on this CPU "
+                 f"({refused}); race PyTorch fp32 instead (leave out --autocast)")
     races = []
     mine_saved = saved_side(a, a.mine, 0) if a.mine else None
     theirs_saved = saved_side(a, a.opponent, 1) if a.opponent else None

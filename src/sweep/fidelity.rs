@@ -5,8 +5,11 @@
 //! of them have a result: the full budget (the search's metric) when enough finished, else the
 //! val loss at the highest evaluation step that enough reached. At a level, a trial that ended
 //! before reaching it (pruned, diverged, failed) is in the bad group, and so is one still
-//! running: a "constant liar" (Optuna's `constant_liar`), so that parallel proposals do not
-//! crowd around a point already being tried. Pure: the same trials give the same level.
+//! running that has not reached it: a "constant liar" (Optuna's `constant_liar`), so that
+//! parallel proposals do not crowd around a point already being tried. A running trial that has
+//! passed the level's step is scored there, as a finished one: counting it bad would hold the
+//! search away from the trials that survived the pruner, the best it knows of at that step,
+//! for as long as they run. Pure: the same trials give the same level.
 
 use super::tpe::Observation;
 use serde::{Deserialize, Serialize};
@@ -26,7 +29,8 @@ pub enum End {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Told {
     pub x: Vec<f64>,
-    /// Val loss at each evaluation it reached, by step (empty for a running trial).
+    /// Val loss at each evaluation it reached, by step (for a running trial, those it had
+    /// reached when the proposal read it).
     pub curve: Vec<(u64, f64)>,
     pub end: End,
     /// Its second objective, for a search with two.
@@ -76,13 +80,12 @@ fn at(told: &[Told], level: Level) -> Vec<Observation> {
     told.iter()
         .filter_map(|t| {
             let score = match (level, t.end) {
-                (_, End::Running) => None,
                 (Level::Final, End::Scored(s)) => Some(s).filter(|s| s.is_finite()),
-                (Level::Final, End::Stopped) => None,
+                (Level::Final, _) => None,
                 (Level::Step(step), end) => match t.curve.iter().find(|(s, _)| *s == step) {
                     Some(&(_, loss)) => Some(loss).filter(|l| l.is_finite()),
-                    None if end == End::Stopped => None,
-                    None => return None,
+                    None if matches!(end, End::Scored(_)) => return None,
+                    None => None,
                 },
             };
             Some(Observation {
@@ -175,6 +178,29 @@ mod tests {
         assert_eq!(at_100.len(), 2);
     }
 
+    #[test]
+    fn a_running_trial_is_scored_at_the_steps_it_has_passed_and_bad_beyond() {
+        let trials = vec![
+            told(0.0, &[(100, 3.0), (300, 2.0)], End::Scored(2.0)),
+            told(1.0, &[(100, 3.5)], End::Stopped),
+            told(2.0, &[(100, 2.9), (200, 2.4)], End::Running),
+            told(3.0, &[], End::Running),
+        ];
+        let scores =
+            |level| -> Vec<Option<f64>> { at(&trials, level).iter().map(|o| o.score).collect() };
+        // Step 100: the running survivor is the best there, not a liar's bad point.
+        assert_eq!(
+            scores(Level::Step(100)),
+            [Some(3.0), Some(3.5), Some(2.9), None]
+        );
+        // Step 200: the finished trial has no evaluation there and is left out.
+        assert_eq!(scores(Level::Step(200)), [None, Some(2.4), None]);
+        // Where it has not been yet, and at the full budget, a running trial is bad.
+        assert_eq!(scores(Level::Step(300)), [Some(2.0), None, None, None]);
+        assert_eq!(scores(Level::Final), [Some(2.0), None, None, None]);
+        assert_eq!(observations(&trials, 3).0, Level::Step(100));
+    }
+
     /// A synthetic successive-halving search (no training) over three keys, a bowl in log lr
     /// and dropout plus a cost per category, whose loss at step 100 is the full budget's plus a
     /// term that shrinks with the steps and does not depend on the point (so each level ranks
@@ -251,5 +277,142 @@ mod tests {
                 "{n} trials: multi-fidelity {multi:.4} vs finished only {plain:.4}"
             );
         }
+    }
+
+    /// Two workers on a virtual clock (no training): the halving search above, asynchronous.
+    /// The costly choice is the best (as hidden 256 is for a char-LSTM at a fixed step budget)
+    /// and takes 1, 2 or 4 time units per 100 steps; a trial is pruned at step 100 unless its
+    /// loss there is among the best third of those known, else it runs to step 300. A proposal
+    /// is made whenever a worker frees, from the ended trials and the running one: read as far
+    /// as it has got when `read_running`, else as nothing but a bad point (the liar alone).
+    /// Returns the best finished loss at each of `horizons`.
+    fn async_halving_search(seed: u64, read_running: bool, horizons: &[f64]) -> Vec<f64> {
+        let dims = [
+            Dim::LogUniform(1e-5, 1e-1),
+            Dim::Uniform(0.0, 0.5),
+            Dim::Choice(3),
+        ];
+        let full = |x: &[f64]| {
+            (x[0].log10() + 3.0).powi(2)
+                + 4.0 * (x[1] - 0.2).powi(2)
+                + [0.5, 0.2, 0.0][x[2] as usize]
+        };
+        let cost = |x: &[f64]| [1.0, 2.0, 4.0][x[2] as usize];
+        let s = Settings {
+            startup: 4,
+            candidates: 24,
+            seed,
+            joint: true,
+        };
+        // Per trial: its point, start time, and (once known) its step-100 loss and whether it
+        // was kept; `ended` in order.
+        struct Trial {
+            x: Vec<f64>,
+            start: f64,
+            l100: Option<f64>,
+            kept: bool,
+        }
+        let end_time = |t: &Trial| t.start + cost(&t.x) * if t.kept { 3.0 } else { 1.0 };
+        let mut trials: Vec<Trial> = Vec::new();
+        let mut ended: Vec<usize> = Vec::new();
+        let mut done: Vec<(f64, f64)> = Vec::new(); // (end time, full loss) of finished trials
+        let mut now = 0.0;
+        let last = horizons.iter().cloned().fold(0.0, f64::max);
+        while now <= last {
+            // Fill the free workers.
+            while trials.len() - ended.len() < 2 {
+                let told: Vec<Told> = (0..trials.len())
+                    .map(|i| {
+                        let t = &trials[i];
+                        let is_ended = ended.contains(&i);
+                        let mut curve = Vec::new();
+                        if let Some(l) = t.l100.filter(|_| is_ended || read_running) {
+                            curve.push((100, l));
+                            if t.kept && is_ended {
+                                curve.push((300, full(&t.x)));
+                            }
+                        }
+                        let end = match (is_ended, t.kept) {
+                            (false, _) => End::Running,
+                            (true, true) => End::Scored(full(&t.x)),
+                            (true, false) => End::Stopped,
+                        };
+                        Told {
+                            x: t.x.clone(),
+                            curve,
+                            end,
+                            second: None,
+                        }
+                    })
+                    .collect();
+                let history = observations(&told, dims.len() + 1).1;
+                let x = tpe::propose(&dims, &history, &s, trials.len() as u64, None).remove(0);
+                trials.push(Trial {
+                    x,
+                    start: now,
+                    l100: None,
+                    kept: true,
+                });
+            }
+            // The next event: a running trial's step-100 evaluation or its end.
+            let running: Vec<usize> = (0..trials.len()).filter(|i| !ended.contains(i)).collect();
+            let next = |i: usize| {
+                let t = &trials[i];
+                match t.l100 {
+                    None => t.start + cost(&t.x),
+                    Some(_) => end_time(t),
+                }
+            };
+            let i = *running
+                .iter()
+                .min_by(|&&a, &&b| next(a).total_cmp(&next(b)))
+                .unwrap();
+            now = next(i);
+            if trials[i].l100.is_none() {
+                let l100 = full(&trials[i].x) + 1.0;
+                let known: Vec<f64> = trials.iter().filter_map(|t| t.l100).collect();
+                let better = known.iter().filter(|&&o| o < l100).count();
+                trials[i].kept = better < (known.len() + 1).div_ceil(3);
+                trials[i].l100 = Some(l100);
+                if trials[i].kept {
+                    continue;
+                }
+            }
+            ended.push(i);
+            if trials[i].kept {
+                done.push((now, full(&trials[i].x)));
+            }
+        }
+        (horizons.iter())
+            .map(|&h| {
+                (done.iter())
+                    .filter(|(t, _)| *t <= h)
+                    .map(|(_, l)| *l)
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reading_running_trials_as_far_as_they_got_is_no_worse_over_the_budget() {
+        // Mean best over 400 seeds at each horizon (time units; a trial of the costly choice
+        // takes 12), measured: reading the running trials 1.193 / 0.436 / 0.336 / 0.252 /
+        // 0.207 / 0.153 / 0.095 against the liar alone 1.162 / 0.432 / 0.346 / 0.287 / 0.217 /
+        // 0.154 / 0.096: up to 12 % lower from 20 units on, up to 3 % higher before (the
+        // survivor it reads is the costly choice, which draws the next proposals there before
+        // anything has finished). The test pins the sum over the horizons (the area under the
+        // best-so-far curve), strictly lower: both arms would be equal if the reading were
+        // lost on the way to the sampler.
+        let horizons = [10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 60.0];
+        let (mut read, mut liar) = (0.0, 0.0);
+        for seed in 0..400 {
+            let capped = |v: Vec<f64>| v.iter().map(|b| b.min(5.0)).sum::<f64>() / 400.0;
+            read += capped(async_halving_search(seed, true, &horizons));
+            liar += capped(async_halving_search(seed, false, &horizons));
+        }
+        assert!(
+            read < liar,
+            "area {read:.4} reading running trials, {liar:.4} without"
+        );
     }
 }

@@ -92,10 +92,26 @@ pub struct SearchState {
     pub completed: Vec<usize>,
     /// Per proposed trial: how many of `completed` its proposal saw.
     pub seen: Vec<usize>,
+    /// Per proposed trial: what its proposal read of the trials then running (their val losses
+    /// so far), so that a replay reads the same; empty for a proposal made before any was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub glimpsed: Vec<Vec<Glimpse>>,
     /// Earlier sweeps' finished trials, told to the search before its first proposal
     /// (`warm_start`), as they were then; `None` until read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<Vec<WarmTrial>>,
+}
+
+/// A trial still running when a proposal was made, as that proposal read its record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Glimpse {
+    /// Its index in the manifest.
+    pub trial: usize,
+    /// Val loss at each evaluation it had reached (finite ones only).
+    pub curve: Vec<(u64, f64)>,
+    /// Its second objective so far, for a search with two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second: Option<crate::sweep::fidelity::Second>,
 }
 
 /// A finished trial of an earlier sweep, as a warm-started search was told it.

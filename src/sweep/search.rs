@@ -1,19 +1,20 @@
 //! A search that learns: with `[search] method = "tpe"` the trials are not listed up front; the
 //! launcher asks for the next one whenever a slot frees, and it is proposed by the TPE sampler
 //! ([`super::tpe`]) from every trial heard of so far: the finished ones (read at the level
-//! [`super::fidelity`] chooses, so pruned curves count) and the running ones (as bad), each
-//! candidate's gain optionally weighed by its cost ([`CostModel`]).
+//! [`super::fidelity`] chooses, so pruned curves count) and the running ones (as far as they
+//! have got), each candidate's gain optionally weighed by its cost ([`CostModel`]).
 //!
 //! Everything the search knows is in the manifest, written before a proposed trial starts: the
 //! trials proposed (ordinary manifest entries), the order in which results became known, and for
-//! each proposal how many of them it saw. A proposal is a pure function of the sweep's seed, its
-//! index and that history (the running trials are those proposed before it and not among the
-//! results it saw; the finished trials' records do not change), so a sweep killed at any point
-//! and run again continues the same search: no trial is lost or run twice, and given the same
-//! completion order it proposes what an uninterrupted run would have.
+//! each proposal how many of them it saw and what it read of the running trials' curves. A
+//! proposal is a pure function of the sweep's seed, its index and that history (the running
+//! trials are those proposed before it and not among the results it saw; the finished trials'
+//! records do not change), so a sweep killed at any point and run again continues the same
+//! search: no trial is lost or run twice, and given the same completion order (and the same
+//! reads of running trials) it proposes what an uninterrupted run would have.
 
 use super::fidelity::{self, End, Level, Second, Told};
-use super::manifest::{Entry, Manifest, SearchState, WarmTrial};
+use super::manifest::{Entry, Glimpse, Manifest, SearchState, WarmTrial};
 use super::plan::{Plan, Sampler, TpeSearch};
 use super::tpe::{self, Dim, Observation};
 use crate::config::RunConfig;
@@ -281,26 +282,69 @@ impl<'a> Proposer<'a> {
         self.tpe.startup.saturating_sub(warm.map_or(0, Vec::len))
     }
 
-    /// Every trial proposal `index` knew of: the first `seen` completions, in completion order,
-    /// with their run records, then the trials proposed before it that were not among them
-    /// (running then, as far as it knew).
-    fn heard<'m>(&self, manifest: &'m Manifest, index: usize, seen: usize) -> Vec<Heard<'m>> {
+    /// The trials proposal `index` counts as running: proposed before it and not among the
+    /// first `seen` completions.
+    fn running(manifest: &Manifest, index: usize, seen: usize) -> Vec<usize> {
         let completed = manifest
             .search
             .as_ref()
             .map_or(&[][..], |s| &s.completed[..]);
         let completed = &completed[..seen.min(completed.len())];
-        let running = (0..index.min(manifest.trials.len())).filter(|i| !completed.contains(i));
+        (0..index.min(manifest.trials.len()))
+            .filter(|i| !completed.contains(i))
+            .collect()
+    }
+
+    /// What a proposal made now reads of the running trials: each one's evaluations so far
+    /// (from its record, which its trainer rewrites at every evaluation).
+    fn glimpse(&self, manifest: &Manifest, running: &[usize]) -> Vec<Glimpse> {
+        (running.iter())
+            .filter_map(|&i| {
+                let r = RunDir::new(self.root.join(&manifest.trials.get(i)?.dir)).record()?;
+                let curve: Vec<(u64, f64)> = (r.evals.iter())
+                    .filter(|p| p.val_loss.is_finite())
+                    .map(|p| (p.step, p.val_loss))
+                    .collect();
+                (!curve.is_empty()).then(|| Glimpse {
+                    trial: i,
+                    curve,
+                    second: self.second(&r),
+                })
+            })
+            .collect()
+    }
+
+    /// Every trial proposal `index` knew of: the first `seen` completions, in completion order,
+    /// with their run records, then the trials proposed before it that were not among them
+    /// (running then, as far as it knew), with what it read of their curves.
+    fn heard<'m>(&self, manifest: &'m Manifest, index: usize, seen: usize) -> Vec<Heard<'m>> {
+        let state = manifest.search.as_ref();
+        let completed = state.map_or(&[][..], |s| &s.completed[..]);
+        let completed = &completed[..seen.min(completed.len())];
+        let glimpsed = state.and_then(|s| s.glimpsed.get(index));
+        let running = Self::running(manifest, index, seen);
         let ended = completed.iter().map(|&i| (i, true));
         ended
-            .chain(running.map(|i| (i, false)))
+            .chain(running.into_iter().map(|i| (i, false)))
             .filter_map(|(i, ended)| {
                 let e = manifest.trials.get(i)?;
-                let record = ended
-                    .then(|| RunDir::new(self.root.join(&e.dir)).record())
-                    .flatten();
+                let x = self.point(&e.overrides)?;
+                if !ended {
+                    let g = glimpsed.and_then(|g| g.iter().find(|g| g.trial == i));
+                    let told = Told {
+                        x,
+                        curve: g.map_or_else(Vec::new, |g| g.curve.clone()),
+                        end: End::Running,
+                        second: g.and_then(|g| g.second),
+                    };
+                    return Some(Heard {
+                        told,
+                        record: None,
+                        e,
+                    });
+                }
+                let record = RunDir::new(self.root.join(&e.dir)).record();
                 let end = match &record {
-                    _ if !ended => End::Running,
                     Some(r) => score(r, self.tpe.metric).map_or(End::Stopped, End::Scored),
                     None => End::Stopped,
                 };
@@ -308,7 +352,7 @@ impl<'a> Proposer<'a> {
                     r.evals.iter().map(|p| (p.step, p.val_loss)).collect()
                 });
                 let told = Told {
-                    x: self.point(&e.overrides)?,
+                    x,
                     curve,
                     end,
                     second: record.as_ref().and_then(|r| self.second(r)),
@@ -465,6 +509,13 @@ impl<'a> Proposer<'a> {
         }
         let index = manifest.trials.len();
         let seen = manifest.search.as_ref().map_or(0, |s| s.completed.len());
+        // What this proposal reads of the running trials is kept with it (written with the
+        // trial below), so that a replay reads the same; a proposal that finds no trial goes
+        // without it.
+        let glimpse = self.glimpse(manifest, &Self::running(manifest, index, seen));
+        let glimpsed = &mut Self::state(manifest).glimpsed;
+        glimpsed.resize(index, Vec::new());
+        glimpsed.push(glimpse);
         let candidates = self.candidates(manifest, index, seen);
         let too_big = self.too_big(manifest);
         // The best feasible candidate; the best one when none is (its worker then ends it
@@ -487,6 +538,7 @@ impl<'a> Proposer<'a> {
             manifest.save(&self.root)?;
             return Ok(Some(index));
         }
+        Self::state(manifest).glimpsed.truncate(index);
         Ok(None)
     }
 }

@@ -21,6 +21,9 @@ CONFIGS = {
     "M": dict(corpus="hongloumeng", max_chars=95000, embed=128, hidden=256, layers=2),
     "S": dict(corpus="shakespeare", max_chars=None, embed=64, hidden=128, layers=2),
     "H": dict(corpus="hongloumeng", max_chars=None, embed=128, hidden=256, layers=2),
+    # The TPE race's costliest trial (scripts/race.py): where a small vocabulary leaves the
+    # recurrence nearly all of the step.
+    "R": dict(corpus="shakespeare", max_chars=1_000_000, embed=64, hidden=256, layers=2),
 }
 
 

@@ -201,22 +201,26 @@ mod tests {
         assert_eq!(observations(&trials, 3).0, Level::Step(100));
     }
 
+    /// The synthetic searches' space: log lr, dropout, a choice of three.
+    const BOWL: [Dim; 3] = [
+        Dim::LogUniform(1e-5, 1e-1),
+        Dim::Uniform(0.0, 0.5),
+        Dim::Choice(3),
+    ];
+
+    /// Their loss: a bowl in log lr and dropout plus an offset per choice.
+    fn bowl(x: &[f64], offsets: [f64; 3]) -> f64 {
+        (x[0].log10() + 3.0).powi(2) + 4.0 * (x[1] - 0.2).powi(2) + offsets[x[2] as usize]
+    }
+
     /// A synthetic successive-halving search (no training) over three keys, a bowl in log lr
     /// and dropout plus a cost per category, whose loss at step 100 is the full budget's plus a
     /// term that shrinks with the steps and does not depend on the point (so each level ranks
     /// points as the full budget does). A trial runs to step 300 only if its loss at step 100 is
     /// among the best third so far, else it is pruned there. Returns the best finished loss.
     fn halving_search(seed: u64, multi_fidelity: bool, trials: usize) -> f64 {
-        let dims = [
-            Dim::LogUniform(1e-5, 1e-1),
-            Dim::Uniform(0.0, 0.5),
-            Dim::Choice(3),
-        ];
-        let full = |x: &[f64]| {
-            (x[0].log10() + 3.0).powi(2)
-                + 4.0 * (x[1] - 0.2).powi(2)
-                + [0.5, 0.0, 0.3][x[2] as usize]
-        };
+        let dims = BOWL;
+        let full = |x: &[f64]| bowl(x, [0.5, 0.0, 0.3]);
         let s = Settings {
             startup: 4,
             candidates: 24,
@@ -287,16 +291,8 @@ mod tests {
     /// as it has got when `read_running`, else as nothing but a bad point (the liar alone).
     /// Returns the best finished loss at each of `horizons`.
     fn async_halving_search(seed: u64, read_running: bool, horizons: &[f64]) -> Vec<f64> {
-        let dims = [
-            Dim::LogUniform(1e-5, 1e-1),
-            Dim::Uniform(0.0, 0.5),
-            Dim::Choice(3),
-        ];
-        let full = |x: &[f64]| {
-            (x[0].log10() + 3.0).powi(2)
-                + 4.0 * (x[1] - 0.2).powi(2)
-                + [0.5, 0.2, 0.0][x[2] as usize]
-        };
+        let dims = BOWL;
+        let full = |x: &[f64]| bowl(x, [0.5, 0.2, 0.0]);
         let cost = |x: &[f64]| [1.0, 2.0, 4.0][x[2] as usize];
         let s = Settings {
             startup: 4,

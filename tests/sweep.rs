@@ -163,6 +163,10 @@ fn stop_and_constraints_refuse_bad_input_naming_the_line_and_key() {
             "constraints = { max_seconds = 5 }",
             &["max_seconds", "max_trial_seconds"],
         ),
+        (
+            "pruning = { rule = \"hyperbnd\" }",
+            &["line 4", "rule", "\"hyperband\"", "hyperbnd"],
+        ),
     ];
     assert_errors(HEAD, "\n[grid]\nlr = [1e-3]\n", cases);
     let tpe =
@@ -657,27 +661,67 @@ fn fail_fast_stops_at_the_first_failed_trial() {
     assert_eq!((started, outcome.unfinished()), (3, 3));
 }
 
-#[test]
-fn successive_halving_keeps_the_best_third_at_each_rung() {
-    let s = Sweep::new(
-        "halving",
-        "lr = [1e-2, 9e-3, 8e-3, 1e-5, 2e-5]",
-        "max_steps = 90",
-    );
-    s.experiment(
-        "jobs = 1\npruning = { rule = \"halving\", eta = 3, warmup_evals = 1, min_trials = 3 }",
-    );
+/// A sweep of one trial at a time over `lrs`, `max_steps` each, under pruning `rule` (eta 3,
+/// warm-up 1, `min_trials`), run to its end: each trial's status and steps, in trial order.
+fn pruned_sweep(rule: &str, min_trials: usize, lrs: &str, max_steps: u64) -> Vec<(String, u64)> {
+    let s = Sweep::new(rule, lrs, &format!("max_steps = {max_steps}"));
+    s.experiment(&format!(
+        "jobs = 1\npruning = {{ rule = {rule:?}, eta = 3, warmup_evals = 1, min_trials = {min_trials} }}"
+    ));
     let o = s.run(&[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let dirs = run_dirs(&s.root("halving"));
-    for d in &dirs[..3] {
-        assert_eq!(record(d)["status"], "completed");
-    }
-    for d in &dirs[3..] {
-        let r = record(d);
-        assert_eq!(r["status"], "pruned", "{r}");
-        assert_eq!(r["steps"], 10, "pruned at the first rung");
-    }
+    (run_dirs(&s.root(rule)).iter())
+        .map(|d| {
+            let r = record(d);
+            (
+                r["status"].as_str().unwrap().to_string(),
+                r["steps"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Status and steps, as [`pruned_sweep`] gives them.
+fn ended(said: &[(&str, u64)]) -> Vec<(String, u64)> {
+    said.iter().map(|&(s, n)| (s.to_string(), n)).collect()
+}
+
+#[test]
+fn successive_halving_keeps_the_best_third_at_each_rung() {
+    // The last two are pruned at the first rung.
+    assert_eq!(
+        pruned_sweep("halving", 3, "lr = [1e-2, 9e-3, 8e-3, 1e-5, 2e-5]", 90),
+        ended(&[
+            ("completed", 90),
+            ("completed", 90),
+            ("completed", 90),
+            ("pruned", 10),
+            ("pruned", 10)
+        ])
+    );
+}
+
+#[test]
+fn hyperband_runs_its_last_brackets_trials_to_the_end_and_halves_the_first() {
+    // 30 steps evaluated every 10: two brackets, dealt 0, 1, 0, 1, 0. Bracket 1's trials (the
+    // second and fourth) never meet a rung before the end: their poor lrs run to the end.
+    // Bracket 0's last trial meets the two before it in its bracket at step 10 and is pruned.
+    let lrs = "lr = [1e-2, 1e-5, 9e-3, 2e-5, 1.5e-5]";
+    assert_eq!(
+        pruned_sweep("hyperband", 2, lrs, 30),
+        ended(&[
+            ("completed", 30),
+            ("completed", 30),
+            ("completed", 30),
+            ("completed", 30),
+            ("pruned", 10)
+        ])
+    );
+    // Halving prunes the fourth there: two better trials among its three siblings.
+    assert_eq!(
+        pruned_sweep("halving", 2, lrs, 30)[3],
+        ("pruned".to_string(), 10)
+    );
 }
 
 /// The worker processes of a sweep (children of its pid).

@@ -2,8 +2,10 @@
 //! same step, once `min_trials` of them have reached it. `median` prunes a trial worse than
 //! their median (from the evaluation after the warm-up on); `halving` (successive halving, as
 //! ASHA) decides only at rung evaluations, warm-up × eta^k, and keeps a trial only among the
-//! best 1/eta of all trials at that step. The rule itself is [`decide`], a pure function; the
-//! trainer's hook ([`hook`]) only reads the siblings' records.
+//! best 1/eta of all trials at that step; `hyperband` deals the trials into brackets, each a
+//! halving of its own among its own trials, bracket b's rungs starting at warm-up × eta^b (the
+//! last bracket never prunes). The rule itself is [`decide`], a pure function; the trainer's
+//! hook ([`hook`]) only reads the siblings' records.
 
 use super::manifest::Manifest;
 use super::plan::{PruneRule, Pruning};
@@ -12,31 +14,79 @@ use crate::train::PruneHook;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Whether the rule may prune at evaluation number `eval` (step / eval_every) at all.
-pub fn is_decision_point(rule: &Pruning, eval: u64) -> bool {
+/// How many brackets a trial of `evals` evaluations has: under `hyperband`, one per rung the
+/// first bracket has before the end and one that never prunes (Hyperband's `s_max + 1` where
+/// `evals` is a power of eta, as Optuna's `HyperbandPruner` counts them; Optuna's last bracket
+/// prunes at its one rung otherwise); one under the other rules.
+pub fn brackets(rule: &Pruning, evals: u64) -> usize {
+    if rule.rule != PruneRule::Hyperband {
+        return 1;
+    }
+    let mut rung = rule.warmup_evals.max(1) as u64;
+    let mut n = 1;
+    while rung < evals {
+        n += 1;
+        rung = rung.saturating_mul(rule.eta.max(2) as u64);
+    }
+    n
+}
+
+/// The bracket of trial `index` (of trials of `evals` evaluations). Bracket b of B gets
+/// Hyperband's share of the trials, `⌈B · eta^s / (s + 1)⌉` with `s = B − 1 − b` (Optuna's
+/// allocation: most to the bracket that prunes soonest, as each of its trials costs least),
+/// dealt in a smooth round robin so that the first few trials already meet every bracket:
+/// a pure function of the index, so a resumed or Slurm sweep deals the same way.
+pub fn bracket(rule: &Pruning, index: usize, evals: u64) -> usize {
+    let n = brackets(rule, evals);
+    if n == 1 {
+        return 0;
+    }
+    let eta = rule.eta.max(2) as f64;
+    let weights: Vec<i64> = (0..n)
+        .map(|b| {
+            let s = (n - 1 - b) as f64;
+            (n as f64 * eta.powf(s) / (s + 1.0)).ceil().min(1e6) as i64
+        })
+        .collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; n];
+    let mut chosen = 0;
+    for _ in 0..=(index as i64 % total) {
+        current.iter_mut().zip(&weights).for_each(|(c, w)| *c += w);
+        chosen = (0..n).max_by_key(|&b| (current[b], n - b)).unwrap_or(0);
+        current[chosen] -= total;
+    }
+    chosen
+}
+
+/// Whether the rule may prune a trial of `bracket` at evaluation number `eval` (step /
+/// eval_every) at all.
+pub fn is_decision_point(rule: &Pruning, eval: u64, bracket: usize) -> bool {
     let warmup = rule.warmup_evals.max(1) as u64;
+    let eta = rule.eta.max(2) as u64;
     match rule.rule {
         PruneRule::Median => eval > warmup,
-        PruneRule::Halving => {
-            let mut rung = warmup;
+        PruneRule::Halving | PruneRule::Hyperband => {
+            let mut rung = (0..bracket).fold(warmup, |r, _| r.saturating_mul(eta));
             while rung < eval {
-                rung *= rule.eta.max(2) as u64;
+                rung = rung.saturating_mul(eta);
             }
             rung == eval
         }
     }
 }
 
-/// True when a trial with val loss `loss` at evaluation `eval` is pruned, given the siblings'
-/// val losses at the same step (`others`, in any order).
-pub fn decide(rule: &Pruning, eval: u64, loss: f64, others: &[f64]) -> bool {
-    if !is_decision_point(rule, eval) || others.len() < rule.min_trials {
+/// True when a trial of `bracket` with val loss `loss` at evaluation `eval` is pruned, given
+/// the val losses at the same step of the siblings it is compared with (`others`, in any
+/// order: under `hyperband`, those of its own bracket).
+pub fn decide(rule: &Pruning, eval: u64, bracket: usize, loss: f64, others: &[f64]) -> bool {
+    if !is_decision_point(rule, eval, bracket) || others.len() < rule.min_trials {
         return false;
     }
     let mut others = others.to_vec();
     others.sort_by(f64::total_cmp);
     match rule.rule {
-        PruneRule::Halving => {
+        PruneRule::Halving | PruneRule::Hyperband => {
             let keep = (others.len() + 1).div_ceil(rule.eta);
             let better = others.iter().filter(|&&o| o < loss).count();
             better >= keep
@@ -54,7 +104,9 @@ pub fn decide(rule: &Pruning, eval: u64, loss: f64, others: &[f64]) -> bool {
 }
 
 /// The rule as trial `me`'s hook: its siblings' losses come from their run records, read only
-/// at decision points.
+/// at decision points. Under `hyperband` the siblings are dealt into brackets by the trial's
+/// own number of evaluations (a sweep that varies `max_steps` compares trials of other
+/// lengths by that count too).
 pub fn hook(
     root: &Path,
     manifest: &Manifest,
@@ -62,23 +114,26 @@ pub fn hook(
     eval_every: u64,
     rule: Pruning,
 ) -> PruneHook {
-    let siblings: Vec<RunDir> = manifest
+    let siblings: Vec<(usize, RunDir)> = manifest
         .trials
         .iter()
         .filter(|e| e.index != me)
-        .map(|e| RunDir::new(root.join(&e.dir)))
+        .map(|e| (e.index, RunDir::new(root.join(&e.dir))))
         .collect();
-    Arc::new(move |step, loss| {
-        let eval = step / eval_every.max(1);
-        if !is_decision_point(&rule, eval) {
+    let every = eval_every.max(1);
+    Arc::new(move |step, total_steps, loss| {
+        let (eval, evals) = (step / every, total_steps / every);
+        let mine = bracket(&rule, me, evals);
+        if !is_decision_point(&rule, eval, mine) {
             return false;
         }
         let others: Vec<f64> = siblings
             .iter()
-            .filter_map(RunDir::record)
+            .filter(|(i, _)| bracket(&rule, *i, evals) == mine)
+            .filter_map(|(_, d)| d.record())
             .filter_map(|r| r.evals.iter().find(|e| e.step == step).map(|e| e.val_loss))
             .collect();
-        decide(&rule, eval, loss, &others)
+        decide(&rule, eval, mine, loss, &others)
     })
 }
 
@@ -100,36 +155,85 @@ mod tests {
         let r = rule(PruneRule::Median, 2, 3, 3);
         let others = [1.0, 2.0, 3.0, 4.0];
         // The median of four is 2.5.
-        assert!(decide(&r, 3, 2.6, &others));
-        assert!(!decide(&r, 3, 2.5, &others));
-        assert!(!decide(&r, 3, 1.0, &others));
+        assert!(decide(&r, 3, 0, 2.6, &others));
+        assert!(!decide(&r, 3, 0, 2.5, &others));
+        assert!(!decide(&r, 3, 0, 1.0, &others));
         // At or before the warm-up, never.
-        assert!(!decide(&r, 2, 100.0, &others));
-        assert!(!decide(&r, 1, 100.0, &others));
+        assert!(!decide(&r, 2, 0, 100.0, &others));
+        assert!(!decide(&r, 1, 0, 100.0, &others));
         // Too few siblings at that step yet.
-        assert!(!decide(&r, 3, 100.0, &others[..2]));
+        assert!(!decide(&r, 3, 0, 100.0, &others[..2]));
         // The order the records came in does not matter.
-        assert!(decide(&r, 3, 2.6, &[4.0, 1.0, 3.0, 2.0]));
+        assert!(decide(&r, 3, 0, 2.6, &[4.0, 1.0, 3.0, 2.0]));
     }
 
     #[test]
     fn halving_decides_at_rungs_and_keeps_the_best_third() {
         let r = rule(PruneRule::Halving, 1, 2, 3);
         // Rungs at 1, 3, 9, 27 evaluations.
-        let rungs: Vec<u64> = (0..30).filter(|&e| is_decision_point(&r, e)).collect();
+        let rungs: Vec<u64> = (0..30).filter(|&e| is_decision_point(&r, e, 0)).collect();
         assert_eq!(rungs, vec![1, 3, 9, 27]);
         // Five siblings and this trial: keep ceil(6 / 3) = 2.
         let others = [1.0, 2.0, 3.0, 4.0, 5.0];
-        assert!(!decide(&r, 3, 0.5, &others), "the best is kept");
-        assert!(!decide(&r, 3, 1.5, &others), "second best is kept");
-        assert!(decide(&r, 3, 2.5, &others), "third is pruned");
-        assert!(!decide(&r, 4, 9.0, &others), "no rung at 4 evaluations");
+        assert!(!decide(&r, 3, 0, 0.5, &others), "the best is kept");
+        assert!(!decide(&r, 3, 0, 1.5, &others), "second best is kept");
+        assert!(decide(&r, 3, 0, 2.5, &others), "third is pruned");
+        assert!(!decide(&r, 4, 0, 9.0, &others), "no rung at 4 evaluations");
     }
 
     #[test]
     fn halving_rungs_start_at_the_warmup() {
         let r = rule(PruneRule::Halving, 2, 1, 2);
-        let rungs: Vec<u64> = (0..20).filter(|&e| is_decision_point(&r, e)).collect();
+        let rungs: Vec<u64> = (0..20).filter(|&e| is_decision_point(&r, e, 0)).collect();
         assert_eq!(rungs, vec![2, 4, 8, 16]);
+    }
+
+    #[test]
+    fn hyperband_counts_brackets_as_optuna_and_deals_trials_by_its_shares() {
+        let r = rule(PruneRule::Hyperband, 1, 1, 3);
+        // 3 evaluations (step 100 of 300): a bracket pruning at the first, one never.
+        assert_eq!(
+            [1, 2, 3, 9, 10].map(|e| brackets(&r, e)),
+            [1, 2, 2, 3, 4],
+            "one per rung below the last evaluation, and one more"
+        );
+        assert_eq!(brackets(&rule(PruneRule::Halving, 1, 1, 3), 9), 1);
+        // Shares ⌈B·eta^s/(s+1)⌉: 3 and 2 of every 5 trials; 9, 5 and 3 of every 17.
+        for (evals, shares) in [(3u64, vec![3usize, 2]), (9, vec![9, 5, 3])] {
+            let total: usize = shares.iter().sum();
+            for start in [0, total, 7 * total] {
+                let mut count = vec![0; shares.len()];
+                (start..start + total).for_each(|i| count[bracket(&r, i, evals)] += 1);
+                assert_eq!(count, shares, "{evals} evaluations from trial {start}");
+            }
+            // Dealt, not in blocks: every bracket among the first few trials.
+            let first: Vec<usize> = (0..4).map(|i| bracket(&r, i, evals)).collect();
+            assert!((0..shares.len()).all(|b| first.contains(&b)), "{first:?}");
+        }
+        assert_eq!(bracket(&rule(PruneRule::Halving, 1, 1, 3), 4, 9), 0);
+    }
+
+    #[test]
+    fn a_later_bracket_starts_pruning_a_rung_later_and_the_last_never_does() {
+        let r = rule(PruneRule::Hyperband, 1, 1, 3);
+        let rungs = |b| -> Vec<u64> { (0..30).filter(|&e| is_decision_point(&r, e, b)).collect() };
+        assert_eq!(rungs(0), vec![1, 3, 9, 27]);
+        assert_eq!(rungs(1), vec![3, 9, 27]);
+        // Of 9 evaluations, bracket 2's first rung is the last evaluation: the run has ended
+        // there, so it is never pruned.
+        assert_eq!(rungs(2), vec![9, 27]);
+        let others = [1.0, 2.0, 3.0];
+        assert!(
+            decide(&r, 1, 0, 9.0, &others),
+            "bracket 0 prunes at its rung"
+        );
+        assert!(
+            !decide(&r, 1, 1, 9.0, &others),
+            "bracket 1 has no rung there"
+        );
+        assert!(
+            decide(&r, 3, 1, 9.0, &others),
+            "bracket 1 prunes at its first rung"
+        );
     }
 }

@@ -34,8 +34,9 @@ pub struct RunResult {
     pub out: PathBuf,
 }
 
-/// Asked at each evaluation with (step, val loss): true prunes the run (status `pruned`).
-pub type PruneHook = Arc<dyn Fn(u64, f64) -> bool + Send + Sync>;
+/// Asked at each evaluation with (step, the run's total steps, val loss): true prunes the run
+/// (status `pruned`). The total is known only once the corpus is read (`epochs`).
+pub type PruneHook = Arc<dyn Fn(u64, u64, f64) -> bool + Send + Sync>;
 
 /// Options that are about this invocation, not the run's hyperparameters.
 #[derive(Clone)]

@@ -364,7 +364,7 @@ impl<'a> Trainer<'a> {
             }
         }
         let prune = self.opts.prune.as_ref()?;
-        (step < self.total_steps && prune(step, val_loss))
+        (step < self.total_steps && prune(step, self.total_steps, val_loss))
             .then(|| Stop::Pruned(format!("pruned at step {step} (val/loss {val_loss:.4})")))
     }
 

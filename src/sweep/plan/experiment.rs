@@ -17,13 +17,19 @@ pub enum PruneRule {
     /// Asynchronous successive halving: at rung evaluations (warm-up × eta^k), keep only the
     /// best 1/eta of the trials that reached it.
     Halving,
+    /// Hyperband (Li et al. 2018, as Optuna's `HyperbandPruner`): the trials are dealt into
+    /// brackets, each an asynchronous successive halving of its own that starts pruning one
+    /// rung later than the one before; the last bracket never prunes. One bracket's rule alone
+    /// cannot tell a slow starter (a larger model behind at step 100, ahead at the end) from a
+    /// poor trial; the later brackets let some finish.
+    Hyperband,
 }
 
 /// The sweep-level pruning rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pruning {
     pub rule: PruneRule,
-    /// Reduction factor of `halving`.
+    /// Reduction factor of `halving` and `hyperband`.
     pub eta: usize,
     /// Evaluations a trial always gets before it can be pruned.
     pub warmup_evals: usize,
@@ -203,35 +209,21 @@ impl Reader<'_> {
     }
 
     fn pruning(&self) -> Result<Option<Pruning>> {
-        let p = match self.t.get("pruning") {
-            None => return Ok(None),
-            Some(Value::Table(p)) => p,
-            Some(v) => {
-                return Err(self.file.err(
-                    self.section,
-                    "pruning",
-                    format!("`pruning` must be a table, not {}", type_name(v)),
-                ))
-            }
+        let Some(within) = self.table("pruning", PRUNING_KEYS)? else {
+            return Ok(None);
         };
-        for k in p.keys() {
-            if !PRUNING_KEYS.contains(&k.as_str()) {
-                return Err(self.file.unknown("experiment.pruning", k, PRUNING_KEYS));
-            }
-        }
-        let rule = match p.get("rule") {
+        let rule = match within.t.get("rule") {
             None => PruneRule::Median,
             Some(Value::String(s)) if s == "median" => PruneRule::Median,
             Some(Value::String(s)) if s == "halving" => PruneRule::Halving,
+            Some(Value::String(s)) if s == "hyperband" => PruneRule::Hyperband,
             Some(v) => {
-                return Err(self.file.err(
-                    self.section,
-                    "rule",
-                    format!("pruning rule must be \"median\" or \"halving\", not {v}"),
-                ))
+                let m = format!(
+                    "pruning `rule` must be \"median\", \"halving\" or \"hyperband\", not {v}"
+                );
+                return Err(within.err("rule", m));
             }
         };
-        let within = Reader::new(self.file, self.section, p);
         let int = |k: &str, d: usize| -> Result<usize> {
             Ok(within.uint(k, 0)?.map_or(d, |v| v as usize))
         };

@@ -7,7 +7,8 @@ table. tpe: charlab's `[search] method = "tpe"` against Optuna's TPESampler over
 (lr, hidden, dropout, layers) and trial count, `--seeds N` races: the best finished val loss
 each side holds at every minute and after every k-th trial (mean ± std over seeds), the area
 under the best-so-far curve, when charlab reaches Optuna's final best, and an SVG chart.
-`--prune` adds charlab's halving rule and Optuna's HyperbandPruner (val loss every 100 steps);
+`--prune` adds charlab's pruning rule (`--rule`: hyperband, the default, as Optuna's, or halving)
+and Optuna's HyperbandPruner (val loss every 100 steps);
 `--bf16` runs PyTorch under autocast-bf16. `--minutes M` gives both sides M minutes instead of
 a trial count (charlab's `stop = { minutes = M }`, Optuna's `timeout`; `--trials` is then only a
 cap): the tables stop at M minutes, and a trial counts only if it ended by then.
@@ -16,7 +17,7 @@ side from an earlier race's `--save` file instead of running it again, `--mine F
 (to race one side's variant against the other side's saved runs: each side runs alone on the
 machine in any case); `--first-seed S` numbers the seeds from S (to add seeds to a race; in
 grid mode, the one seed of every repeat).
-`--optuna-unpruned` keeps charlab's halving but runs Optuna without its pruner (and without the
+`--optuna-unpruned` keeps charlab's pruning but runs Optuna without its pruner (and without the
 mid-trial evaluations only the pruner reads): the expert's setup without Hyperband.
 """
 import argparse
@@ -48,7 +49,7 @@ def sweep_file(a, name, grid, seed=1):
     lines = ["[experiment]", f'name = "{name}"', f'corpus = "{a.corpus}"', 'device = "cpu"',
              "jobs = 2", f"seed = {seed}"]
     if a.prune and not grid:
-        lines.append('pruning = { rule = "halving" }')
+        lines.append(f'pruning = {{ rule = "{a.rule}" }}')
     if a.minutes and not grid:
         lines.append(f"stop = {{ minutes = {a.minutes} }}")
     lines += ["", "[defaults]"]
@@ -172,6 +173,8 @@ def main():
     ap.add_argument("--prune", action="store_true",
                     help="tpe mode: charlab's halving rule, Optuna's HyperbandPruner")
     ap.add_argument("--eval-every", type=int, default=100, help="tpe mode with --prune")
+    ap.add_argument("--rule", default="hyperband", choices=["hyperband", "halving"],
+                    help="tpe mode with --prune: charlab's pruning rule")
     ap.add_argument("--cost-aware", action="store_true", help="charlab's cost_aware = true")
     ap.add_argument("--key-by-key", action="store_true",
                     help="charlab's multivariate = false (TPE's keys modelled one by one)")
@@ -233,7 +236,7 @@ def main():
 
 
 # What shapes each side's runs: a saved side is reused only under the same values.
-SHAPES = ({"charlab": ["precision", "cost_aware", "joint"], "Optuna": ["autocast", "optuna_unpruned"]},
+SHAPES = ({"charlab": ["precision", "cost_aware", "joint", "rule"], "Optuna": ["autocast", "optuna_unpruned"]},
           ["mode", "corpus", "steps", "trials", "startup", "prune", "eval_every", "minutes",
            "first_seed"])
 
@@ -241,7 +244,7 @@ SHAPES = ({"charlab": ["precision", "cost_aware", "joint"], "Optuna": ["autocast
 def shape(args, side):
     """The settings of `side` in a race's arguments, reading files from before a flag existed:
     `multivariate` (joint on request) preceded `key_by_key` (joint by default)."""
-    args = dict(args, first_seed=args.get("first_seed", 1),
+    args = dict(args, first_seed=args.get("first_seed", 1), rule=args.get("rule", "halving"),
                 optuna_unpruned=args.get("optuna_unpruned", False),
                 joint=(not args["key_by_key"]) if "key_by_key" in args
                 else bool(args.get("multivariate", False)))
@@ -329,7 +332,7 @@ def report_tpe(races, a):
     budget = f"{a.minutes:g} minutes a side (trials ended by then)" if a.minutes else f"{a.trials} trials"
     print(f"{budget}, {a.startup} random first, {len(races)} seeds; Optuna TPESampler"
           f"{' + HyperbandPruner' if a.prune and not a.optuna_unpruned else ''}, 2 workers; charlab TPE"
-          f"{' + halving' if a.prune else ''}{', cost-aware' if a.cost_aware else ''}"
+          f"{f' + {a.rule}' if a.prune else ''}{', cost-aware' if a.cost_aware else ''}"
           f"{f'; val loss every {a.eval_every} steps' if a.prune else ''}\n")
     print("| seed | charlab wall s | Optuna wall s | charlab best | Optuna best | "
           "charlab trials (pruned) | Optuna trials (pruned) |")

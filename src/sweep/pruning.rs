@@ -42,11 +42,18 @@ pub fn bracket(rule: &Pruning, index: usize, evals: u64) -> usize {
         return 0;
     }
     let eta = rule.eta.max(2) as f64;
-    let weights: Vec<i64> = (0..n)
+    let shares: Vec<f64> = (0..n)
         .map(|b| {
             let s = (n - 1 - b) as f64;
-            (n as f64 * eta.powf(s) / (s + 1.0)).ceil().min(1e6) as i64
+            (n as f64 * eta.powf(s) / (s + 1.0)).ceil()
         })
+        .collect();
+    // Many brackets (an evaluation every step) make shares in the millions: scaled to a deal of
+    // at most 1,000 trials, as the deal walks up to a whole round per call.
+    let scale = (1000.0 / shares.iter().sum::<f64>()).min(1.0);
+    let weights: Vec<i64> = shares
+        .iter()
+        .map(|w| (w * scale).round().max(1.0) as i64)
         .collect();
     let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; n];
@@ -211,6 +218,13 @@ mod tests {
             assert!((0..shares.len()).all(|b| first.contains(&b)), "{first:?}");
         }
         assert_eq!(bracket(&rule(PruneRule::Halving, 1, 1, 3), 4, 9), 0);
+        // An evaluation every step of 100,000, eta 2: 18 brackets, shares scaled to a deal of
+        // about 1,000 trials, each bracket dealt in it.
+        let every_step = rule(PruneRule::Hyperband, 1, 1, 2);
+        assert_eq!(brackets(&every_step, 100_000), 18);
+        let mut seen = [false; 18];
+        (0..1100).for_each(|i| seen[bracket(&every_step, i, 100_000)] = true);
+        assert!(seen.iter().all(|&s| s), "{seen:?}");
     }
 
     #[test]

@@ -22,13 +22,19 @@ pub fn brackets(rule: &Pruning, evals: u64) -> usize {
     if rule.rule != PruneRule::Hyperband {
         return 1;
     }
-    let mut rung = rule.warmup_evals.max(1) as u64;
-    let mut n = 1;
-    while rung < evals {
-        n += 1;
-        rung = rung.saturating_mul(rule.eta.max(2) as u64);
-    }
-    n
+    1 + rungs(rule, 0).take_while(|&r| r < evals).count()
+}
+
+/// The rung evaluations of `bracket` under `halving` or `hyperband`: warm-up × eta^(bracket + k)
+/// for k = 0, 1, … (ending at u64's limit).
+fn rungs(rule: &Pruning, bracket: usize) -> impl Iterator<Item = u64> {
+    let eta = rule.eta.max(2) as u64;
+    let first = (0..bracket).fold(rule.warmup_evals.max(1) as u64, |r, _| {
+        r.saturating_mul(eta)
+    });
+    std::iter::successors(Some(first), move |&r| {
+        (r < u64::MAX).then(|| r.saturating_mul(eta))
+    })
 }
 
 /// The bracket of trial `index` (of trials of `evals` evaluations). Bracket b of B gets
@@ -69,16 +75,10 @@ pub fn bracket(rule: &Pruning, index: usize, evals: u64) -> usize {
 /// Whether the rule may prune a trial of `bracket` at evaluation number `eval` (step /
 /// eval_every) at all.
 pub fn is_decision_point(rule: &Pruning, eval: u64, bracket: usize) -> bool {
-    let warmup = rule.warmup_evals.max(1) as u64;
-    let eta = rule.eta.max(2) as u64;
     match rule.rule {
-        PruneRule::Median => eval > warmup,
+        PruneRule::Median => eval > rule.warmup_evals.max(1) as u64,
         PruneRule::Halving | PruneRule::Hyperband => {
-            let mut rung = (0..bracket).fold(warmup, |r, _| r.saturating_mul(eta));
-            while rung < eval {
-                rung = rung.saturating_mul(eta);
-            }
-            rung == eval
+            rungs(rule, bracket).find(|&r| r >= eval) == Some(eval)
         }
     }
 }

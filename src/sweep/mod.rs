@@ -13,6 +13,7 @@ pub mod plan;
 mod preflight;
 pub mod pruning;
 pub mod search;
+pub mod simulate;
 pub mod slurm;
 mod stop_rule;
 pub mod strategy;

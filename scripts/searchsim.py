@@ -117,7 +117,9 @@ def optuna_side(surface, seed, a):
             "dropout": optuna.distributions.FloatDistribution(*SPACE["dropout"]),
             "layers": optuna.distributions.CategoricalDistribution(SPACE["layers"])}
     pruner = optuna.pruners.HyperbandPruner() if a.optuna_rule != "none" else optuna.pruners.NopPruner()
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(n_startup_trials=a.startup, seed=seed),
+    # A named study: HyperbandPruner deals trials to brackets by a hash of the study name.
+    study = optuna.create_study(study_name=f"searchsim-{seed}",
+                                sampler=optuna.samplers.TPESampler(n_startup_trials=a.startup, seed=seed),
                                 pruner=pruner)
     evals = len(surface["cells"][0]["gaps"]) + 1
     rng = random.Random(seed * 7919 + 1)

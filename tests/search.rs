@@ -274,6 +274,35 @@ fn a_key_by_key_search_says_so_replays_and_is_another_search_than_the_joint_defa
 }
 
 #[test]
+fn an_ordered_choices_search_says_so_replays_and_is_another_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = tpe_file(d, "ordered", 5, "");
+    let plain = std::fs::read_to_string(d.join(&f)).unwrap();
+    let ordered = plain.replace("[search]\n", "[search]\nordered_choices = true\n");
+    std::fs::write(d.join(&f), &ordered).unwrap();
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    let fitted: Vec<&str> = log.lines().filter(|l| l.contains("TPE fitted")).collect();
+    assert_eq!(fitted.len(), 2, "{log}");
+    assert!(
+        fitted.iter().all(|l| l.ends_with(", ordered choices)")),
+        "{log}"
+    );
+    common::assert_proposals_replay(d, &f, "ordered");
+    // Without the flag it is another search: refused, naming the file.
+    std::fs::write(d.join(&f), plain.replace("trials = 5", "trials = 6")).unwrap();
+    let o = common::charlab(d, &["sweep", &f, "--plain", "--extend"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&f) && err.contains("changed the search"),
+        "{err}"
+    );
+}
+
+#[test]
 fn refine_writes_a_valid_sweep_file_whose_domains_hold_the_best_trials() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -11,12 +11,14 @@
 
 use anyhow::Context;
 use charlab::rng::Rng;
-use charlab::sweep::plan::{PruneRule, Pruning};
+use charlab::sweep::plan::{PruneRule, Pruning, Sampler};
+use charlab::sweep::search;
 use charlab::sweep::simulate::{self, Setup, Surface};
 use charlab::sweep::tpe::{Dim, Settings};
 use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
+use toml::Value;
 
 #[derive(Parser)]
 struct Args {
@@ -35,6 +37,9 @@ struct Args {
     /// Model the keys one by one (`multivariate = false`).
     #[arg(long)]
     key_by_key: bool,
+    /// Model the sizes as ordered keys (`ordered_choices = true`).
+    #[arg(long)]
+    ordered: bool,
     #[arg(long, default_value_t = 4)]
     startup: usize,
     #[arg(long, default_value_t = 24)]
@@ -128,12 +133,17 @@ fn main() -> anyhow::Result<()> {
         "hyperband" => Some(PruneRule::Hyperband),
         other => anyhow::bail!("--rule {other}: expected none, halving or hyperband"),
     };
-    let dims = vec![
-        Dim::LogUniform(f.lr[0], f.lr[1]),
-        Dim::Choice(f.hidden.len()),
-        Dim::Uniform(f.dropout[0], f.dropout[1]),
-        Dim::Choice(f.layers.len()),
-    ];
+    // As a sweep file would give the race's space, modelled as the sweep models it.
+    let choice = |v: &[u64]| Sampler::Choice(v.iter().map(|&x| Value::Integer(x as i64)).collect());
+    let dims: Vec<Dim> = [
+        Sampler::LogUniform(f.lr[0], f.lr[1]),
+        choice(&f.hidden),
+        Sampler::Uniform(f.dropout[0], f.dropout[1]),
+        choice(&f.layers),
+    ]
+    .iter()
+    .map(|s| search::dim(s, a.ordered))
+    .collect();
     let evals = f
         .cells
         .iter()

@@ -138,6 +138,9 @@ impl Plan {
             if s.multivariate {
                 text.push_str("|joint");
             }
+            if s.ordered_choices {
+                text.push_str("|ordered");
+            }
         }
         crate::digest::sha256_hex(text.as_bytes())[..16].to_string()
     }

@@ -34,6 +34,11 @@ pub struct TpeSearch {
     /// Optuna it reached a given loss in fewer trials and minutes than the key-by-key model
     /// (BENCHMARKS.md, "Search III").
     pub multivariate: bool,
+    /// Numbers listed in order in a choice (`hidden = { choice = [64, 128, 256] }`) modelled as
+    /// an ordered key ([`crate::sweep::search::dim`]). Off unless `ordered_choices = true`: on
+    /// surfaces fitted to real races it pays where the largest size is best and costs where a
+    /// middle one is (BENCHMARKS.md, "Search quality alone, simulated").
+    pub ordered_choices: bool,
     /// A second objective (`objectives = [metric, "time" | "params"]`): proposals follow the
     /// Pareto front (MOTPE's split) instead of the metric alone.
     pub second: Option<Metric>,
@@ -77,6 +82,7 @@ const TPE_KEYS: &[&str] = &[
     "metric",
     "cost_aware",
     "multivariate",
+    "ordered_choices",
     "warm_start",
 ];
 /// Keys of every method.
@@ -474,6 +480,7 @@ fn parse_tpe(file: &SweepFile, t: &Table, space: &space::Space) -> Result<TpeSea
         metric,
         cost_aware: r.bool("cost_aware")?.unwrap_or(false),
         multivariate: r.bool("multivariate")?.unwrap_or(true),
+        ordered_choices: r.bool("ordered_choices")?.unwrap_or(false),
         second: None,
         warm_start,
     })

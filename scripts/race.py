@@ -12,7 +12,8 @@ and Optuna's HyperbandPruner (val loss every 100 steps);
 `--bf16` runs PyTorch under autocast-bf16. `--minutes M` gives both sides M minutes instead of
 a trial count (charlab's `stop = { minutes = M }`, Optuna's `timeout`; `--trials` is then only a
 cap): the tables stop at M minutes, and a trial counts only if it ended by then.
-`--key-by-key` runs charlab's TPE with `multivariate = false`; `--opponent FILE` takes Optuna's
+`--key-by-key` runs charlab's TPE with `multivariate = false`, `--ordered` with
+`ordered_choices = true` (hidden sizes and layer counts as ordered keys); `--opponent FILE` takes Optuna's
 side from an earlier race's `--save` file instead of running it again, `--mine FILE` charlab's
 (to race one side's variant against the other side's saved runs: each side runs alone on the
 machine in any case); `--first-seed S` numbers the seeds from S (to add seeds to a race; in
@@ -70,6 +71,8 @@ def sweep_file(a, name, grid, seed=1):
                   f"startup_trials = {a.startup}"]
         if a.cost_aware:
             lines.append("cost_aware = true")
+        if a.ordered:
+            lines.append("ordered_choices = true")
         if a.key_by_key:
             lines.append("multivariate = false")
         lines += ["", "[random]", "lr = { log_uniform = [1e-4, 2e-2] }",
@@ -176,6 +179,8 @@ def main():
     ap.add_argument("--rule", default="hyperband", choices=["hyperband", "halving"],
                     help="tpe mode with --prune: charlab's pruning rule")
     ap.add_argument("--cost-aware", action="store_true", help="charlab's cost_aware = true")
+    ap.add_argument("--ordered", action="store_true",
+                    help="charlab's ordered_choices = true (sizes as ordered keys)")
     ap.add_argument("--key-by-key", action="store_true",
                     help="charlab's multivariate = false (TPE's keys modelled one by one)")
     ap.add_argument("--svg", help="tpe mode: write the best-so-far chart here")
@@ -236,7 +241,7 @@ def main():
 
 
 # What shapes each side's runs: a saved side is reused only under the same values.
-SHAPES = ({"charlab": ["precision", "cost_aware", "joint", "rule"], "Optuna": ["autocast", "optuna_unpruned"]},
+SHAPES = ({"charlab": ["precision", "cost_aware", "joint", "rule", "ordered"], "Optuna": ["autocast", "optuna_unpruned"]},
           ["mode", "corpus", "steps", "trials", "startup", "prune", "eval_every", "minutes",
            "first_seed"])
 
@@ -245,6 +250,7 @@ def shape(args, side):
     """The settings of `side` in a race's arguments, reading files from before a flag existed:
     `multivariate` (joint on request) preceded `key_by_key` (joint by default)."""
     args = dict(args, first_seed=args.get("first_seed", 1), rule=args.get("rule", "halving"),
+                ordered=args.get("ordered", False),
                 optuna_unpruned=args.get("optuna_unpruned", False),
                 joint=(not args["key_by_key"]) if "key_by_key" in args
                 else bool(args.get("multivariate", False)))
@@ -333,6 +339,7 @@ def report_tpe(races, a):
     print(f"{budget}, {a.startup} random first, {len(races)} seeds; Optuna TPESampler"
           f"{' + HyperbandPruner' if a.prune and not a.optuna_unpruned else ''}, 2 workers; charlab TPE"
           f"{f' + {a.rule}' if a.prune else ''}{', cost-aware' if a.cost_aware else ''}"
+          f"{', ordered choices' if getattr(a, 'ordered', False) else ''}"
           f"{f'; val loss every {a.eval_every} steps' if a.prune else ''}\n")
     print("| seed | charlab wall s | Optuna wall s | charlab best | Optuna best | "
           "charlab trials (pruned) | Optuna trials (pruned) |")

@@ -147,9 +147,10 @@ def optuna_side(surface, seed, a):
 
 def race_on(a):
     surface = json.load(open(a.surface))
-    cmd = ["target/release/searchsim", a.surface, "--seeds", str(a.seeds), "--first-seed",
+    cmd = (["target/release/searchsim", a.surface, "--seeds", str(a.seeds), "--first-seed",
            str(a.first_seed), "--minutes", str(a.minutes), "--rule", a.rule,
-           "--startup", str(a.startup), "--shared", str(a.shared)] + (["--key-by-key"] if a.key_by_key else [])
+           "--startup", str(a.startup), "--shared", str(a.shared), "--speed", str(a.speed)]
+           + (["--key-by-key"] if a.key_by_key else []) + (["--ordered"] if a.ordered else []))
     mine = [json.loads(line)["trials"] for line in
             subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()]
     if a.opponent:
@@ -163,9 +164,10 @@ def race_on(a):
     ns = argparse.Namespace(minutes=a.minutes, startup=a.startup, prune=a.optuna_rule != "none",
                             optuna_unpruned=False, rule=a.rule, cost_aware=False, eval_every=100,
                             trials=10_000, seeds=a.seeds, first_seed=a.first_seed, svg=None,
-                            only=None, mine=None, opponent=None)
+                            only=None, mine=None, opponent=None, ordered=a.ordered)
     print(f"Simulated on {a.surface}: charlab TPE{' key by key' if a.key_by_key else ' (joint)'}"
-          f" against Optuna, the same surface and costs\n")
+          f" against Optuna, the same surface, costs{f' / {a.speed:g} for charlab' if a.speed != 1 else ''}"
+          f"{f', {a.shared:g} of the noise shared per sweep and size' if a.shared else ''}\n")
     race.report_tpe(races, ns)
 
 
@@ -186,6 +188,9 @@ def main():
     r.add_argument("--rule", choices=["none", "halving", "hyperband"], default="hyperband")
     r.add_argument("--startup", type=int, default=4)
     r.add_argument("--key-by-key", action="store_true")
+    r.add_argument("--ordered", action="store_true", help="charlab's ordered_choices = true")
+    r.add_argument("--speed", type=float, default=1.0,
+                   help="charlab's per-step speed relative to the surface's (its trials take 1/speed)")
     r.add_argument("--shared", type=float, default=0.0,
                    help="share of the noise variance that is a sweep's luck with a cell (its seed)")
     r.add_argument("--save", help="write the simulated races (race.py's --save format)")

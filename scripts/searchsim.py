@@ -42,7 +42,7 @@ def features(lr, p):
 
 def measured(runs, races):
     """Per trial: hidden, layers, lr, dropout, curve {eval: loss} (final = last), secs per eval."""
-    rows = []
+    rows, ran = [], set()
     for d in runs:
         for rj in glob.glob(os.path.join(d, "*", "run.json")):
             try:
@@ -50,6 +50,12 @@ def measured(runs, races):
                 c = tomllib.load(open(os.path.join(os.path.dirname(rj), "config.toml"), "rb"))
             except (OSError, ValueError):
                 continue
+            # Races of one seed share their startup design: the same config and seed train
+            # the same curve, which would weigh the fit towards those points.
+            key = json.dumps(c, sort_keys=True, default=str)
+            if key in ran:
+                continue
+            ran.add(key)
             every, steps = c.get("eval_every", 100), c.get("max_steps", 300)
             curve = {e["step"] // every: e["val_loss"] for e in r["evals"]
                      if e["val_loss"] is not None and math.isfinite(e["val_loss"])}

@@ -88,6 +88,17 @@ fn a_bad_rule_or_surface_is_refused_by_name() {
     let s = surface(dir.path());
     let (ok, _, err) = searchsim(&[s.to_str().unwrap(), "--rule", "median"]);
     assert!(!ok && err.contains("--rule median"), "{err}");
+    let empty = dir.path().join("empty.json");
+    let text = std::fs::read_to_string(&s).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let mut v = v.as_object().unwrap().clone();
+    v.insert("cells".into(), Value::Array(vec![]));
+    std::fs::write(&empty, Value::Object(v).to_string()).unwrap();
+    let (ok, _, err) = searchsim(&[empty.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("empty.json") && err.contains("cells"),
+        "{err}"
+    );
     let missing = dir.path().join("none.json");
     let (ok, _, err) = searchsim(&[missing.to_str().unwrap()]);
     assert!(!ok && err.contains("none.json"), "{err}");

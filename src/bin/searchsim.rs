@@ -14,7 +14,7 @@ use charlab::rng::Rng;
 use charlab::sweep::plan::{PruneRule, Pruning, Sampler};
 use charlab::sweep::search;
 use charlab::sweep::simulate::{self, Setup, Surface};
-use charlab::sweep::tpe::{Dim, Settings};
+use charlab::sweep::tpe::Settings;
 use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
@@ -68,13 +68,6 @@ struct Cell {
 
 #[derive(Deserialize)]
 struct Fitted {
-    #[serde(default = "one")]
-    speed: f64,
-    /// Per cell, this sweep's luck (standard normal) and its share of the variance.
-    #[serde(default)]
-    luck: Vec<f64>,
-    #[serde(default)]
-    shared: f64,
     lr: [f64; 2],
     dropout: [f64; 2],
     hidden: Vec<u64>,
@@ -82,18 +75,25 @@ struct Fitted {
     cells: Vec<Cell>,
 }
 
-impl Fitted {
+/// One seed's surface: the fitted one as charlab's side meets it.
+struct Seeded<'a> {
+    fitted: &'a Fitted,
+    speed: f64,
+    /// The share of the noise variance that is `luck`, and per cell this sweep's draw.
+    shared: f64,
+    luck: Vec<f64>,
+}
+
+impl Seeded<'_> {
     /// The cell of a point (lr, hidden index, dropout, layers index) and its index.
     fn cell(&self, x: &[f64]) -> Option<(usize, &Cell)> {
-        let (h, l) = (self.hidden[x[1] as usize], self.layers[x[3] as usize]);
-        self.cells
-            .iter()
-            .enumerate()
-            .find(|(_, c)| c.hidden == h && c.layers == l)
+        let f = self.fitted;
+        let (h, l) = (f.hidden[x[1] as usize], f.layers[x[3] as usize]);
+        (f.cells.iter().enumerate()).find(|(_, c)| c.hidden == h && c.layers == l)
     }
 }
 
-impl Surface for Fitted {
+impl Surface for Seeded<'_> {
     fn loss(&self, x: &[f64], eval: u64, evals: u64, noise: f64) -> f64 {
         let Some((i, c)) = self.cell(x) else {
             return f64::INFINITY;
@@ -106,8 +106,8 @@ impl Surface for Fitted {
         } else {
             0.0
         };
-        let luck = self.luck.get(i).copied().unwrap_or(0.0);
-        full + gap + c.sd * (self.shared.sqrt() * luck + (1.0 - self.shared).sqrt() * noise)
+        let z = self.shared.sqrt() * self.luck[i] + (1.0 - self.shared).sqrt() * noise;
+        full + gap + c.sd * z
     }
 
     fn time(&self, x: &[f64]) -> f64 {
@@ -115,65 +115,72 @@ impl Surface for Fitted {
     }
 }
 
-fn one() -> f64 {
-    1.0
+/// The surface file, checked enough that the search cannot index past it.
+fn read(path: &std::path::Path) -> anyhow::Result<Fitted> {
+    let name = path.display();
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {name}"))?;
+    let f: Fitted =
+        serde_json::from_str(&text).with_context(|| format!("{name}: not a fitted surface"))?;
+    if f.hidden.is_empty() || f.layers.is_empty() || f.cells.is_empty() {
+        anyhow::bail!("{name}: needs hidden sizes, layer counts and cells");
+    }
+    Ok(f)
+}
+
+/// The search's settings for one seed, as a sweep file with the race's space would give them
+/// (the pruning table's defaults).
+fn setup(a: &Args, f: &Fitted, rule: Option<PruneRule>, seed: u64) -> Setup {
+    // The keys modelled as the sweep models them.
+    let choice = |v: &[u64]| Sampler::Choice(v.iter().map(|&x| Value::Integer(x as i64)).collect());
+    let samplers = [
+        Sampler::LogUniform(f.lr[0], f.lr[1]),
+        choice(&f.hidden),
+        Sampler::Uniform(f.dropout[0], f.dropout[1]),
+        choice(&f.layers),
+    ];
+    Setup {
+        dims: samplers.iter().map(|s| search::dim(s, a.ordered)).collect(),
+        tpe: Settings {
+            startup: a.startup,
+            candidates: a.candidates,
+            seed,
+            joint: !a.key_by_key,
+        },
+        pruning: rule.map(|rule| Pruning {
+            rule,
+            eta: 3,
+            warmup_evals: 1,
+            min_trials: 3,
+        }),
+        evals: (f.cells.iter())
+            .map(|c| c.gaps.len() as u64 + 1)
+            .max()
+            .unwrap_or(1),
+        workers: a.workers,
+        read_running: true,
+        until: a.minutes * 60.0,
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let name = a.surface.display();
-    let text = std::fs::read_to_string(&a.surface).with_context(|| format!("reading {name}"))?;
-    let mut f: Fitted =
-        serde_json::from_str(&text).with_context(|| format!("{name}: not a fitted surface"))?;
-    f.speed = a.speed;
-    f.shared = a.shared.clamp(0.0, 1.0);
+    let f = read(&a.surface)?;
     let rule = match a.rule.as_str() {
         "none" => None,
         "halving" => Some(PruneRule::Halving),
         "hyperband" => Some(PruneRule::Hyperband),
         other => anyhow::bail!("--rule {other}: expected none, halving or hyperband"),
     };
-    // As a sweep file would give the race's space, modelled as the sweep models it.
-    let choice = |v: &[u64]| Sampler::Choice(v.iter().map(|&x| Value::Integer(x as i64)).collect());
-    let dims: Vec<Dim> = [
-        Sampler::LogUniform(f.lr[0], f.lr[1]),
-        choice(&f.hidden),
-        Sampler::Uniform(f.dropout[0], f.dropout[1]),
-        choice(&f.layers),
-    ]
-    .iter()
-    .map(|s| search::dim(s, a.ordered))
-    .collect();
-    let evals = f
-        .cells
-        .iter()
-        .map(|c| c.gaps.len() as u64 + 1)
-        .max()
-        .unwrap_or(1);
     for seed in a.first_seed..a.first_seed + a.seeds {
-        f.luck = (0..f.cells.len() as u64)
-            .map(|c| Rng::new(seed ^ 0x5EED, c).normal() as f64)
-            .collect();
-        let setup = Setup {
-            dims: dims.clone(),
-            tpe: Settings {
-                startup: a.startup,
-                candidates: a.candidates,
-                seed,
-                joint: !a.key_by_key,
-            },
-            pruning: rule.map(|rule| Pruning {
-                rule,
-                eta: 3,
-                warmup_evals: 1,
-                min_trials: 3,
-            }),
-            evals,
-            workers: a.workers,
-            read_running: true,
-            until: a.minutes * 60.0,
+        let surface = Seeded {
+            fitted: &f,
+            speed: a.speed,
+            shared: a.shared.clamp(0.0, 1.0),
+            luck: (0..f.cells.len() as u64)
+                .map(|c| Rng::new(seed ^ 0x5EED, c).normal() as f64)
+                .collect(),
         };
-        let trials: Vec<_> = simulate::run(&f, &setup)
+        let trials: Vec<_> = simulate::run(&surface, &setup(&a, &f, rule, seed))
             .iter()
             .map(|t| {
                 json!({

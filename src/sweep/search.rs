@@ -113,10 +113,10 @@ pub fn score(record: &RunRecord, metric: Metric) -> Option<f64> {
 /// of numbers listed in order (`hidden = { choice = [64, 128, 256] }`) is an ordered key, its
 /// position an integer, so that the model reads "128 beat 64" as a reason to look at 256 and a
 /// good 256 as one to stay near it, where unordered categories say nothing of their neighbours.
-/// On the Zen 1 race's fitted surface (BENCHMARKS.md, "Search quality alone, simulated", 200
-/// seeds) it took charlab's joint TPE from level with Optuna's to ahead at every minute; where
-/// a middle size is best it can cost, which is why it is asked for. Strings, and numbers out of
-/// order, stay categories.
+/// Asked for, not the default: where a middle size is best it ends worse (the test below), and
+/// in the real Zen 1 race it ended worse than the default, though the simulation of that race
+/// put it ahead of Optuna at every minute (BENCHMARKS.md, "Search quality alone, simulated").
+/// Strings, and numbers out of order, stay categories.
 pub fn dim(s: &Sampler, ordered: bool) -> Dim {
     match s {
         Sampler::Uniform(a, b) => Dim::Uniform(*a, *b),

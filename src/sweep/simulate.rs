@@ -4,7 +4,7 @@
 //! time for its point. A real race settles a difference between two search variants over five
 //! seeds in forty minutes, within a noise as large as the difference; this settles it over
 //! hundreds of seeds in seconds, as far as the surface is the real one. The synthetic tests of
-//! the search use it with made-up surfaces; `charlab-searchsim` (scripts/searchsim.py) with a
+//! the search use it with made-up surfaces; the `searchsim` binary (scripts/searchsim.sh) with a
 //! surface fitted to a race's measured trials.
 
 use super::fidelity::{observations, End, Told};

@@ -247,58 +247,57 @@ fn a_cost_aware_search_says_its_cost_weight_and_replays() {
     common::assert_proposals_replay(d, &f, "costly");
 }
 
-#[test]
-fn a_key_by_key_search_says_so_replays_and_is_another_search_than_the_joint_default() {
+/// A TPE sweep with `setting` added to `[search]`: its proposals' log lines end with `says`, they
+/// replay, and the same directory without the setting is refused, the message naming the file
+/// and `refusal`.
+fn a_search_variant_says_so_replays_and_is_another_search(
+    name: &str,
+    setting: &str,
+    says: &str,
+    refusal: &str,
+) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let f = tpe_file(d, "perkey", 5, "");
-    let joint = std::fs::read_to_string(d.join(&f)).unwrap();
-    let per_key = joint.replace("[search]\n", "[search]\nmultivariate = false\n");
-    std::fs::write(d.join(&f), &per_key).unwrap();
+    let f = tpe_file(d, name, 5, "");
+    let default = std::fs::read_to_string(d.join(&f)).unwrap();
+    let variant = default.replace("[search]\n", &format!("[search]\n{setting}\n"));
+    std::fs::write(d.join(&f), &variant).unwrap();
     let o = common::charlab(d, &["sweep", &f, "--plain"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     let fitted: Vec<&str> = log.lines().filter(|l| l.contains("TPE fitted")).collect();
     assert_eq!(fitted.len(), 2, "{log}");
-    assert!(fitted.iter().all(|l| l.ends_with(", key by key)")), "{log}");
-    common::assert_proposals_replay(d, &f, "perkey");
-    // The same directory under the default (joint) model is refused, saying how to go on.
-    std::fs::write(d.join(&f), joint.replace("trials = 5", "trials = 6")).unwrap();
+    assert!(fitted.iter().all(|l| l.ends_with(says)), "{log}");
+    common::assert_proposals_replay(d, &f, name);
+    std::fs::write(d.join(&f), default.replace("trials = 5", "trials = 6")).unwrap();
     let o = common::charlab(d, &["sweep", &f, "--plain", "--extend"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains(&f) && err.contains("`multivariate = false`"),
-        "{err}"
+    assert!(err.contains(&f) && err.contains(refusal), "{err}");
+}
+
+#[test]
+fn a_key_by_key_search_says_so_replays_and_is_another_search_than_the_joint_default() {
+    // Under the default (joint) model the message says how to go on.
+    let says = ", key by key)";
+    let refusal = "`multivariate = false`";
+    a_search_variant_says_so_replays_and_is_another_search(
+        "perkey",
+        "multivariate = false",
+        says,
+        refusal,
     );
 }
 
 #[test]
 fn an_ordered_choices_search_says_so_replays_and_is_another_search() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let f = tpe_file(d, "ordered", 5, "");
-    let plain = std::fs::read_to_string(d.join(&f)).unwrap();
-    let ordered = plain.replace("[search]\n", "[search]\nordered_choices = true\n");
-    std::fs::write(d.join(&f), &ordered).unwrap();
-    let o = common::charlab(d, &["sweep", &f, "--plain"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-    let fitted: Vec<&str> = log.lines().filter(|l| l.contains("TPE fitted")).collect();
-    assert_eq!(fitted.len(), 2, "{log}");
-    assert!(
-        fitted.iter().all(|l| l.ends_with(", ordered choices)")),
-        "{log}"
-    );
-    common::assert_proposals_replay(d, &f, "ordered");
-    // Without the flag it is another search: refused, naming the file.
-    std::fs::write(d.join(&f), plain.replace("trials = 5", "trials = 6")).unwrap();
-    let o = common::charlab(d, &["sweep", &f, "--plain", "--extend"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains(&f) && err.contains("changed the search"),
-        "{err}"
+    let says = ", ordered choices)";
+    let refusal = "changed the search";
+    a_search_variant_says_so_replays_and_is_another_search(
+        "ordered",
+        "ordered_choices = true",
+        says,
+        refusal,
     );
 }
 

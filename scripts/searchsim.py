@@ -103,13 +103,18 @@ def fit(a):
     json.dump(dict(SPACE, cells=cells), open(a.out, "w"), indent=1)
 
 
-def loss(surface, p, e, evals, noise, luck=None, shared=0.0):
-    """Val loss at evaluation e and seconds per evaluation; `luck` per cell, a sweep's own."""
-    i, c = next((i, c) for i, c in enumerate(surface["cells"])
+def cell(surface, p):
+    """The index and cell of trial parameters p."""
+    return next((i, c) for i, c in enumerate(surface["cells"])
                 if c["hidden"] == p["hidden"] and c["layers"] == p["layers"])
+
+
+def loss(surface, p, e, evals, noise, luck, shared):
+    """Val loss at evaluation e, as src/bin/searchsim.rs computes it; `luck` per cell, a sweep's own."""
+    i, c = cell(surface, p)
     full = float(np.array(features(p["lr"], p["dropout"])) @ np.array(c["coef"]))
-    z = math.sqrt(shared) * (luck[i] if luck else 0.0) + math.sqrt(1 - shared) * noise
-    return full + (c["gaps"][e - 1] if e < evals else 0.0) + c["sd"] * z, c["secs"]
+    z = math.sqrt(shared) * luck[i] + math.sqrt(1 - shared) * noise
+    return full + (c["gaps"][e - 1] if e < evals else 0.0) + c["sd"] * z
 
 
 def optuna_side(surface, seed, a):
@@ -137,11 +142,11 @@ def optuna_side(surface, seed, a):
             running.append(dict(t=t, start=now, noise=rng.gauss(0, 1), done=0))
         if not running:
             return out
-        times = [r["start"] + loss(surface, r["t"].params, 1, evals, 0)[1] * (r["done"] + 1) for r in running]
+        times = [r["start"] + cell(surface, r["t"].params)[1]["secs"] * (r["done"] + 1) for r in running]
         i = min(range(len(running)), key=times.__getitem__)
         r, now = running[i], times[i]
         r["done"] += 1
-        value, _ = loss(surface, r["t"].params, r["done"], evals, r["noise"], luck, a.shared)
+        value = loss(surface, r["t"].params, r["done"], evals, r["noise"], luck, a.shared)
         r["t"].report(value, r["done"])
         pruned = r["done"] < evals and r["t"].should_prune()
         if pruned or r["done"] == evals:
@@ -160,7 +165,13 @@ def race_on(a):
     mine = [json.loads(line)["trials"] for line in
             subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()]
     if a.opponent:
-        theirs = [t for _, (_, t) in json.load(open(a.opponent))["races"]][:a.seeds]
+        saved = json.load(open(a.opponent))
+        same = {k: saved["args"].get(k) == vars(a)[k]
+                for k in ("surface", "first_seed", "minutes", "startup", "shared", "optuna_rule")}
+        if not all(same.values()) or len(saved["races"]) < a.seeds:
+            sys.exit(f"{a.opponent}: Optuna's side of another simulation (differs in "
+                     f"{[k for k, v in same.items() if not v] or 'seeds'})")
+        theirs = [t for _, (_, t) in saved["races"]][:a.seeds]
     else:
         theirs = [optuna_side(surface, s, a) for s in range(a.first_seed, a.first_seed + a.seeds)]
     end = a.minutes * 60

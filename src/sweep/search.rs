@@ -421,12 +421,13 @@ impl<'a> Proposer<'a> {
         } else {
             String::new()
         };
-        let keys = match (self.tpe.multivariate, self.tpe.ordered_choices) {
-            (true, false) => "",
-            (false, false) => ", key by key",
-            (true, true) => ", ordered choices",
-            (false, true) => ", key by key, ordered choices",
-        };
+        let mut keys = String::new();
+        if !self.tpe.multivariate {
+            keys.push_str(", key by key");
+        }
+        if self.tpe.ordered_choices {
+            keys.push_str(", ordered choices");
+        }
         format!(
             "proposed trial {} (TPE fitted at {}: {scored} of {} trials scored there{warm}{rule}{cost}{keys})",
             e.dir,

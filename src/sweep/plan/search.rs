@@ -36,8 +36,8 @@ pub struct TpeSearch {
     pub multivariate: bool,
     /// Numbers listed in order in a choice (`hidden = { choice = [64, 128, 256] }`) modelled as
     /// an ordered key ([`crate::sweep::search::dim`]). Off unless `ordered_choices = true`: it
-    /// pays where the largest size is best and costs where a middle one is, and lost the real
-    /// Zen 1 race (BENCHMARKS.md, "Search quality alone, simulated").
+    /// pays where the largest size is best and costs where a middle one is, and was no better
+    /// than the default in the real Zen 1 race (BENCHMARKS.md, "Search quality alone, simulated").
     pub ordered_choices: bool,
     /// A second objective (`objectives = [metric, "time" | "params"]`): proposals follow the
     /// Pareto front (MOTPE's split) instead of the metric alone.

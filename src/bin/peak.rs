@@ -5,11 +5,14 @@
 //! every core at once. Then each large
 //! product of a training step of config H (one thread's group: 2,048 rows), timed in fp32, in
 //! bf16 on the AVX512-BF16 unit and in bf16 emulated: what each product gains or costs in bf16
-//! on this CPU. `scripts/peak.sh`.
+//! on this CPU; and the recurrence's own time loops (forward with the cell, backward), whose
+//! register tiles are ours rather than the `gemm` crate's. `scripts/peak.sh`.
 
 use charlab::model::bf16::Unit;
 use charlab::model::gemm::{View, ViewMut};
 use charlab::model::precision::{peak_gflops, Peak, Products};
+use charlab::model::recurrence::{Backward, Forward, Input, Packed, Scratch};
+use charlab::model::simd::Level;
 use std::time::Instant;
 
 /// Rounds of the loop per measurement: about a second on the cores we know.
@@ -148,6 +151,91 @@ fn products() {
     }
 }
 
+/// GFLOP/s of one layer's time loops at config H's group (32 rows, H 256, 64 steps), forward
+/// (the cell included) and backward (`dh_{t-1}` included), counting the recurrent product only,
+/// best of 6 after a warm-up: the figure to set beside the products above.
+fn recurrence_gflops(p: Products) -> [f64; 2] {
+    let (t_len, nb, h) = (64, 32, 256);
+    let hp = h;
+    let n = t_len * nb;
+    let val = |i: usize, m: usize| (i % m) as f32 * 0.002 - 0.05;
+    let w_hh: Vec<f32> = (0..4 * h * h).map(|i| val(i, 97)).collect();
+    let xproj: Vec<f32> = (0..n * 4 * hp).map(|i| val(i, 89) * 10.0).collect();
+    let bias = vec![0.01f32; 4 * hp];
+    let c0 = vec![0f32; nb * hp];
+    let level = Level::detect();
+    let (mut fwd, mut bwd, mut scratch) =
+        (Packed::default(), Packed::default(), Scratch::default());
+    fwd.pack(&w_hh, (h, hp), level, p, false);
+    bwd.pack(&w_hh, (h, hp), level, p, true);
+    let mut hs = vec![0f32; (n + nb) * hp];
+    let mut acts = vec![0f32; n * 5 * hp];
+    let dh_above: Vec<f32> = (0..n * hp).map(|i| val(i, 83)).collect();
+    let mut da = vec![0f32; n * 4 * hp];
+    let (mut dbias, mut dh_next, mut dc_next) =
+        (vec![0f32; 4 * hp], vec![0f32; nb * hp], vec![0f32; nb * hp]);
+    let (mut best_f, mut best_b) = (f64::MAX, f64::MAX);
+    for _ in 0..6 {
+        let t0 = Instant::now();
+        Forward {
+            t_len,
+            nb,
+            h,
+            hp,
+            input: Input::Rows(&xproj),
+            bias: &bias,
+            packed: &fwd,
+            scratch: &mut scratch,
+            c0: &c0,
+            hs: &mut hs,
+            acts: &mut acts,
+        }
+        .run(level);
+        best_f = best_f.min(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        Backward {
+            t_len,
+            nb,
+            hp,
+            packed: &bwd,
+            scratch: &mut scratch,
+            acts: &acts,
+            c0: &c0,
+            dh_above: &dh_above,
+            da: &mut da,
+            dbias: &mut dbias,
+            dh_next: &mut dh_next,
+            dc_next: &mut dc_next,
+        }
+        .run(level);
+        best_b = best_b.min(t0.elapsed().as_secs_f64());
+    }
+    let step = 2.0 * (nb * h * 4 * h) as f64;
+    [
+        step * t_len as f64 / best_f / 1e9,
+        step * (t_len - 1) as f64 / best_b / 1e9,
+    ]
+}
+
+fn recurrence() {
+    let fp32 = recurrence_gflops(Products::Fp32);
+    let emu = recurrence_gflops(Products::Bf16(Unit::Emulated));
+    let nat = charlab::model::bf16::native_available()
+        .then(|| recurrence_gflops(Products::Bf16(Unit::Native)));
+    let names = ["recurrence: forward with the cell", "recurrence: backward"];
+    for (i, name) in names.iter().enumerate() {
+        let nat = nat.map_or("-".into(), |g| {
+            format!("{:.1} ({:.2}×)", g[i], g[i] / fp32[i])
+        });
+        println!(
+            "| {name} | 64 × 32×256×1024 | {:.1} | {nat} | {:.1} ({:.2}×) |",
+            fp32[i],
+            emu[i],
+            emu[i] / fp32[i]
+        );
+    }
+}
+
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (kind, name, needs) in [
@@ -162,4 +250,5 @@ fn main() {
         }
     }
     products();
+    recurrence();
 }

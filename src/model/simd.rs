@@ -13,8 +13,8 @@
 /// for `LANES` floats.
 pub(crate) trait Simd {
     const LANES: usize;
-    /// Rows of a register tile: `MR × 4` accumulators plus the four loaded weight vectors fit in
-    /// the register file.
+    /// Rows of a register tile: `MR × 4` accumulators, the `MR` broadcast left operands and one
+    /// weight vector fit in the register file (16 of AVX2's 16, 31 of AVX-512's 32).
     const MR: usize;
     type V: Copy;
     unsafe fn zero() -> Self::V;

@@ -322,15 +322,9 @@ mod tests {
 
     /// Two workers on a virtual clock ([`simulate::run`]): the halving search above,
     /// asynchronous, under `rule`, reading running trials as far as they have got when
-    /// `read_running`. Returns the best finished loss at each of `horizons`.
-    fn async_halving_search(
-        seed: u64,
-        read_running: bool,
-        rule: &Pruning,
-        late: [f64; 3],
-        horizons: &[f64],
-    ) -> Vec<f64> {
-        let setup = Setup {
+    /// `read_running`, until the last of [`HORIZONS`].
+    fn async_halving_search(seed: u64, read_running: bool, rule: &Pruning) -> Setup {
+        Setup {
             dims: BOWL.to_vec(),
             tpe: Settings {
                 startup: 4,
@@ -342,9 +336,17 @@ mod tests {
             evals: 3,
             workers: 2,
             read_running,
-            until: horizons.iter().cloned().fold(0.0, f64::max),
-        };
-        simulate::best_at(&simulate::run(&SlowStarter { late }, &setup), horizons)
+            until: HORIZONS[HORIZONS.len() - 1],
+        }
+    }
+
+    /// Mean over 400 seeds of the best-so-far at each of [`HORIZONS`] on the slow starter with
+    /// the step-100 handicaps `late` (capped at 5).
+    fn mean_best(rule: &Pruning, read_running: bool, late: [f64; 3]) -> Vec<f64> {
+        let surface = SlowStarter { late };
+        simulate::mean_best(&surface, 400, 5.0, &HORIZONS, |seed| {
+            async_halving_search(seed, read_running, rule)
+        })
     }
 
     #[test]
@@ -357,33 +359,13 @@ mod tests {
         // anything has finished). The test pins the sum over the horizons (the area under the
         // best-so-far curve), strictly lower: both arms would be equal if the reading were
         // lost on the way to the sampler.
-        let (mut read, mut liar) = (0.0, 0.0);
-        for seed in 0..400 {
-            let capped = |v: Vec<f64>| v.iter().map(|b| b.min(5.0)).sum::<f64>() / 400.0;
-            read += capped(async_halving_search(
-                seed, true, &HALVING, [0.0; 3], &HORIZONS,
-            ));
-            liar += capped(async_halving_search(
-                seed, false, &HALVING, [0.0; 3], &HORIZONS,
-            ));
-        }
+        let area =
+            |read_running| -> f64 { mean_best(&HALVING, read_running, [0.0; 3]).iter().sum() };
+        let (read, liar) = (area(true), area(false));
         assert!(
             read < liar,
             "area {read:.4} reading running trials, {liar:.4} without"
         );
-    }
-
-    /// Mean over 400 seeds of the best-so-far at each horizon, under `rule`, with the step-100
-    /// handicaps `late`.
-    fn mean_best(rule: &Pruning, late: [f64; 3]) -> Vec<f64> {
-        let mut mean = vec![0.0; HORIZONS.len()];
-        for seed in 0..400 {
-            let best = async_halving_search(seed, true, rule, late, &HORIZONS);
-            mean.iter_mut()
-                .zip(best)
-                .for_each(|(m, b)| *m += b.min(5.0) / 400.0);
-        }
-        mean
     }
 
     #[test]
@@ -405,7 +387,10 @@ mod tests {
         // far behind at step 100, as halving then never finishes it. The test pins that end:
         // both would be equal if the last bracket pruned as the first does.
         let late = [0.0, 0.0, 1.0];
-        let (hb, halving) = (mean_best(&HYPERBAND, late), mean_best(&HALVING, late));
+        let (hb, halving) = (
+            mean_best(&HYPERBAND, true, late),
+            mean_best(&HALVING, true, late),
+        );
         let end = HORIZONS.len() - 1;
         assert!(
             hb[end] < 0.9 * halving[end],

@@ -641,34 +641,25 @@ mod ordered_choices {
     /// modelled as `hidden`.
     fn mean_best(hidden: Dim, offsets: [f64; 3]) -> Vec<f64> {
         let horizons = [30.0, 60.0, 90.0];
-        let mut mean = vec![0.0; horizons.len()];
-        for seed in 0..200 {
-            let setup = Setup {
-                dims: vec![Dim::LogUniform(1e-4, 2e-2), hidden.clone(), Dim::Int(0, 1)],
-                tpe: Settings {
-                    startup: 4,
-                    candidates: 24,
-                    seed,
-                    joint: true,
-                },
-                pruning: Some(Pruning {
-                    rule: PruneRule::Hyperband,
-                    eta: 3,
-                    warmup_evals: 1,
-                    min_trials: 3,
-                }),
-                evals: 3,
-                workers: 2,
-                read_running: true,
-                until: 90.0,
-            };
-            let ended = simulate::run(&Sizes { offsets }, &setup);
-            let best = simulate::best_at(&ended, &horizons);
-            mean.iter_mut()
-                .zip(best)
-                .for_each(|(m, b)| *m += b.min(1.0) / 200.0);
-        }
-        mean
+        simulate::mean_best(&Sizes { offsets }, 200, 1.0, &horizons, |seed| Setup {
+            dims: vec![Dim::LogUniform(1e-4, 2e-2), hidden.clone(), Dim::Int(0, 1)],
+            tpe: Settings {
+                startup: 4,
+                candidates: 24,
+                seed,
+                joint: true,
+            },
+            pruning: Some(Pruning {
+                rule: PruneRule::Hyperband,
+                eta: 3,
+                warmup_evals: 1,
+                min_trials: 3,
+            }),
+            evals: 3,
+            workers: 2,
+            read_running: true,
+            until: 90.0,
+        })
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn run(surface: &dyn Surface, setup: &Setup) -> Vec<Ended> {
         let running = trials.iter().filter(|t| !t.ended(evals)).count();
         if now <= setup.until {
             for _ in running..setup.workers.max(1) {
-                trials.push(propose(setup, &trials, now));
+                trials.push(propose(setup, evals, &trials, now));
             }
         }
         let next_end = |t: &Trial| t.start + surface.time(&t.x) * (t.losses.len() + 1) as f64;
@@ -129,10 +129,11 @@ pub fn run(surface: &dyn Surface, setup: &Setup) -> Vec<Ended> {
     }
 }
 
-/// The next trial, proposed from what the search has heard of `trials` at time `now`.
-fn propose(setup: &Setup, trials: &[Trial], now: f64) -> Trial {
+/// The next trial, proposed from what the search has heard of `trials` (of `evals`
+/// evaluations each) at time `now`.
+fn propose(setup: &Setup, evals: u64, trials: &[Trial], now: f64) -> Trial {
     let told: Vec<Told> = (trials.iter())
-        .map(|t| t.told(setup.evals, setup.read_running))
+        .map(|t| t.told(evals, setup.read_running))
         .collect();
     let history = observations(&told, setup.dims.len() + 1).1;
     let index = trials.len() as u64;
@@ -158,6 +159,25 @@ pub fn best_at(ended: &[Ended], horizons: &[f64]) -> Vec<f64> {
                 .fold(f64::INFINITY, f64::min)
         })
         .collect()
+}
+
+/// [`best_at`] averaged over the searches `setup(seed)` for seeds `0..seeds`, each best capped
+/// at `cap` (a search with nothing completed by a horizon would make the mean infinite).
+pub fn mean_best(
+    surface: &dyn Surface,
+    seeds: u64,
+    cap: f64,
+    horizons: &[f64],
+    setup: impl Fn(u64) -> Setup,
+) -> Vec<f64> {
+    let mut mean = vec![0.0; horizons.len()];
+    for seed in 0..seeds {
+        let best = best_at(&run(surface, &setup(seed)), horizons);
+        for (m, b) in mean.iter_mut().zip(best) {
+            *m += b.min(cap) / seeds as f64;
+        }
+    }
+    mean
 }
 
 #[cfg(test)]

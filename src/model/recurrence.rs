@@ -323,8 +323,6 @@ fn row_block(left: usize, mr: usize) -> usize {
 ///
 /// # Safety
 /// The buffers have the sizes [`Forward::run`] checks, `r0 + MR ≤ nb`, `MR ≤ 6`.
-// Register tiles read best indexed by row and vector, as the accumulators are laid out.
-#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn fwd_tile<S: Simd, const MR: usize>(
     f: &mut Forward,
@@ -338,18 +336,8 @@ unsafe fn fwd_tile<S: Simd, const MR: usize>(
         let mut acc = fwd_start::<S, MR>(f, t, jb, r0);
         let prev: [*const f32; MR] = std::array::from_fn(|r| prev.add((r0 + r) * f.hp));
         let b = panel.as_ptr();
-        // Broadcasts first, then one weight vector at a time: `MR` + `4·MR` + 1 registers, 16
-        // for AVX2's 3-row tile. Four weight vectors loaded up front made it 17, and the
-        // compiler shuffled and spilled accumulators every step (19 GFLOP/s on a Zen 1, now 29).
         for k in 0..f.h {
-            let bk = b.add(k * 4 * l);
-            let x: [S::V; MR] = std::array::from_fn(|r| S::splat(*prev[r].add(k)));
-            for q in 0..4 {
-                let w = S::load(bk.add(q * l));
-                for r in 0..MR {
-                    acc[r][q] = S::madd(x[r], w, acc[r][q]);
-                }
-            }
+            k_step::<S, MR, 4>(&mut acc, &prev, b.add(k * 4 * l), k);
         }
         fwd_finish::<S, MR>(f, &acc, t, jb, r0);
     }
@@ -594,8 +582,6 @@ fn bwd_rows<S: Simd, const NV: usize>(
 /// # Safety
 /// The sizes checked by [`Backward::run`]; `rows` holds `nb` rows of `4·hp`; `r0 + MR ≤ nb`,
 /// `c0 + NV·LANES ≤ hp`, and the panel holds `(4·hp − 1)·stride + NV·LANES` floats.
-// Register tiles read best indexed by row and vector, as the accumulators are laid out.
-#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn bwd_tile<S: Simd, const MR: usize, const NV: usize>(
     bw: &mut Backward,
@@ -610,28 +596,31 @@ unsafe fn bwd_tile<S: Simd, const MR: usize, const NV: usize>(
         let b = panel.as_ptr();
         // The first product seeds the accumulators: zeros live across the loop are constants
         // the register allocator chose to spill (three of the AVX2 tile's twelve, each then a
-        // store and a reload on its chain every iteration: 26 GFLOP/s on a Zen 1, not 31).
+        // store and a reload on its chain every iteration: 26 GFLOP/s on a Zen 1, not 33).
         let mut acc = [[S::zero(); NV]; MR];
-        bwd_k::<S, MR, NV>(&mut acc, &rows, b, 0);
+        k_step::<S, MR, NV>(&mut acc, &rows, b, 0);
         for kk in 1..4 * hp {
-            bwd_k::<S, MR, NV>(&mut acc, &rows, b.add(kk * stride), kk);
+            k_step::<S, MR, NV>(&mut acc, &rows, b.add(kk * stride), kk);
         }
-        for r in 0..MR {
+        for (r, a) in acc.iter().enumerate() {
             let dst = bw.dh_next.as_mut_ptr().add((r0 + r) * hp + c0);
-            for v in 0..NV {
-                S::store(dst.add(v * l), acc[r][v]);
+            for (v, x) in a.iter().enumerate() {
+                S::store(dst.add(v * l), *x);
             }
         }
     }
 }
 
-/// One K step of [`bwd_tile`]: `acc += rows[·][kk] ⊗ bk[0..NV·LANES]`.
+/// One K step of a register tile (forward and backward): `acc += rows[·][kk] ⊗ bk[0..NV·LANES]`.
+/// Broadcasts first, then one weight vector at a time: `MR` + `NV·MR` + 1 registers, 16 for
+/// AVX2's 3 × 4 tile. The four weight vectors loaded up front made it 17, and the compiler
+/// shuffled and spilled accumulators every step (19 GFLOP/s forward on a Zen 1, now 29).
 ///
 /// # Safety
-/// As [`bwd_tile`]; `bk` is row `kk` of the panel.
+/// `rows[r]` holds `kk + 1` floats and `bk` holds `NV·LANES`.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn bwd_k<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn k_step<S: Simd, const MR: usize, const NV: usize>(
     acc: &mut [[S::V; NV]; MR],
     rows: &[*const f32; MR],
     bk: *const f32,

@@ -323,7 +323,7 @@ mod tests {
     /// Two workers on a virtual clock ([`simulate::run`]): the halving search above,
     /// asynchronous, under `rule`, reading running trials as far as they have got when
     /// `read_running`, until the last of [`HORIZONS`].
-    fn async_halving_search(seed: u64, read_running: bool, rule: &Pruning) -> Setup {
+    fn halving_setup(seed: u64, read_running: bool, rule: &Pruning) -> Setup {
         Setup {
             dims: BOWL.to_vec(),
             tpe: Settings {
@@ -345,7 +345,7 @@ mod tests {
     fn mean_best(rule: &Pruning, read_running: bool, late: [f64; 3]) -> Vec<f64> {
         let surface = SlowStarter { late };
         simulate::mean_best(&surface, 400, 5.0, &HORIZONS, |seed| {
-            async_halving_search(seed, read_running, rule)
+            halving_setup(seed, read_running, rule)
         })
     }
 

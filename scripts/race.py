@@ -75,6 +75,8 @@ def sweep_file(a, name, grid, seed=1):
             lines.append("ordered_choices = true")
         if a.key_by_key:
             lines.append("multivariate = false")
+        if a.explore is not None:
+            lines.append(f"explore = {a.explore}")
         lines += ["", "[random]", "lr = { log_uniform = [1e-4, 2e-2] }",
                   "hidden = { choice = [64, 128, 256] }", "dropout = { uniform = [0.0, 0.5] }",
                   "layers = { choice = [1, 2] }"]
@@ -183,6 +185,8 @@ def main():
                     help="charlab's ordered_choices = true (sizes as ordered keys)")
     ap.add_argument("--key-by-key", action="store_true",
                     help="charlab's multivariate = false (TPE's keys modelled one by one)")
+    ap.add_argument("--explore", type=float,
+                    help="charlab's [search] explore (its default when not given)")
     ap.add_argument("--svg", help="tpe mode: write the best-so-far chart here")
     ap.add_argument("--only", choices=["charlab"],
                     help="tpe mode: run charlab's side alone (to compare its own variants)")
@@ -241,7 +245,7 @@ def main():
 
 
 # What shapes each side's runs: a saved side is reused only under the same values.
-SHAPES = ({"charlab": ["precision", "cost_aware", "joint", "rule", "ordered"], "Optuna": ["autocast", "optuna_unpruned"]},
+SHAPES = ({"charlab": ["precision", "cost_aware", "joint", "rule", "ordered", "explore"], "Optuna": ["autocast", "optuna_unpruned"]},
           ["mode", "corpus", "steps", "trials", "startup", "prune", "eval_every", "minutes",
            "first_seed"])
 
@@ -250,7 +254,7 @@ def shape(args, side):
     """The settings of `side` in a race's arguments, reading files from before a flag existed:
     `multivariate` (joint on request) preceded `key_by_key` (joint by default)."""
     args = dict(args, first_seed=args.get("first_seed", 1), rule=args.get("rule", "halving"),
-                ordered=args.get("ordered", False),
+                ordered=args.get("ordered", False), explore=args.get("explore"),
                 optuna_unpruned=args.get("optuna_unpruned", False),
                 joint=(not args["key_by_key"]) if "key_by_key" in args
                 else bool(args.get("multivariate", False)))

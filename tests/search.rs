@@ -302,6 +302,14 @@ fn an_ordered_choices_search_says_so_replays_and_is_another_search() {
 }
 
 #[test]
+fn a_search_with_candidates_from_the_good_density_only_says_so_and_is_another_search() {
+    // The search before `explore` existed: its directory resumes only with `explore = 0`.
+    let says = ", explore 0)";
+    let refusal = "`explore = 0`";
+    a_search_variant_says_so_replays_and_is_another_search("near", "explore = 0", says, refusal);
+}
+
+#[test]
 fn refine_writes_a_valid_sweep_file_whose_domains_hold_the_best_trials() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -189,6 +189,8 @@ fn stop_and_constraints_refuse_bad_input_naming_the_line_and_key() {
             "warm_start = \"runs/a\"",
             &["warm_start", "list of sweep directories"],
         ),
+        ("explore = 1.5", &["explore = 1.5", "between 0 and 1"]),
+        ("explore = \"half\"", &["explore", "must be a number"]),
     ];
     assert_errors(&format!("{HEAD}{tpe}"), "\n", searches);
     let e = err_of(&format!(

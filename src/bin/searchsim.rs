@@ -44,6 +44,9 @@ struct Args {
     startup: usize,
     #[arg(long, default_value_t = 24)]
     candidates: usize,
+    /// The share of the candidates drawn from the whole space (`[search] explore`).
+    #[arg(long, default_value_t = charlab::sweep::plan::DEFAULT_EXPLORE)]
+    explore: f64,
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// charlab's speed per step relative to the surface's (its trials take `1 / speed` of the
@@ -145,6 +148,7 @@ fn setup(a: &Args, f: &Fitted, rule: Option<PruneRule>, seed: u64) -> Setup {
             candidates: a.candidates,
             seed,
             joint: !a.key_by_key,
+            explore: a.explore,
         },
         pruning: rule.map(|rule| Pruning {
             rule,

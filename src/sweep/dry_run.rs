@@ -15,11 +15,13 @@ fn dry_run_search(plan: &Plan, tpe: &plan::TpeSearch, root: &Path) -> String {
         .map(|(k, s)| vec![k.clone(), s.to_string()])
         .collect();
     format!(
-        "{}TPE search: {} trials ({} random first, {} candidates each), minimising best {} → {}/",
+        "{}TPE search: {} trials ({} random first, {} candidates each, {:.0} % of them from the \
+         whole space), minimising best {} → {}/",
         render(&headers, &lines, Format::Table),
         tpe.trials,
         tpe.startup,
         tpe.candidates,
+        100.0 * tpe.explore,
         tpe.metric.name(),
         root.display()
     )

@@ -207,6 +207,7 @@ mod tests {
                 candidates: 24,
                 seed: 7,
                 joint: true,
+                explore: crate::sweep::plan::DEFAULT_EXPLORE,
             },
             pruning,
             evals: 3,

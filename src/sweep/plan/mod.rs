@@ -14,7 +14,7 @@ pub mod space;
 
 pub use experiment::{check_name, Experiment, PruneRule, Pruning, SlurmSettings, StopRule};
 pub use naming::{config_hash, dir_name, group_hash, label};
-pub use search::{sampler_bounds, PbtSearch, TpeSearch, DEFAULT_STARTUP};
+pub use search::{sampler_bounds, PbtSearch, TpeSearch, DEFAULT_EXPLORE, DEFAULT_STARTUP};
 pub use space::Sampler;
 
 use crate::config::RunConfig;
@@ -140,6 +140,9 @@ impl Plan {
             }
             if s.ordered_choices {
                 text.push_str("|ordered");
+            }
+            if s.explore != 0.0 {
+                text.push_str(&format!("|explore {}", s.explore));
             }
         }
         crate::digest::sha256_hex(text.as_bytes())[..16].to_string()

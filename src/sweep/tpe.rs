@@ -382,10 +382,11 @@ pub fn propose(
         return row.into_iter().chain(draws).take(n).collect();
     }
     let (good, bad) = groups(history);
+    let wide = explored(s.explore, n);
     let (mut cands, mut score) = if s.joint {
-        joint_candidates(dims, &good, &bad, (n, s.explore), &mut rng)
+        joint_candidates(dims, &good, &bad, (n, wide), &mut rng)
     } else {
-        per_key_candidates(dims, &good, &bad, (n, s.explore), &mut rng)
+        per_key_candidates(dims, &good, &bad, (n, wide), &mut rng)
     };
     if let Some(c) = cost.filter(|c| c.weight != 0.0) {
         for (cand, sc) in cands.iter().zip(&mut score) {
@@ -443,18 +444,17 @@ fn explored(explore: f64, n: usize) -> usize {
     ((explore.clamp(0.0, 1.0) * n as f64).round() as usize).min(n)
 }
 
-/// `n` candidates drawn from the good group's density and their `log l − log g`, the keys
-/// modelled one by one.
+/// `n` candidates, the first `wide` drawn from the whole space and the rest from the good
+/// group's density, and their `log l − log g`, the keys modelled one by one.
 fn per_key_candidates(
     dims: &[Dim],
     good: &[&Observation],
     bad: &[&Observation],
-    (n, explore): (usize, f64),
+    (n, wide): (usize, usize),
     rng: &mut Rng,
 ) -> (Vec<Vec<f64>>, Vec<f64>) {
     let mut cands: Vec<Vec<f64>> = vec![Vec::with_capacity(dims.len()); n];
     let mut score = vec![0f64; n];
-    let wide = explored(explore, n);
     for (k, dim) in dims.iter().enumerate() {
         let values =
             |g: &[&Observation]| -> Vec<f64> { g.iter().map(|o| dim.internal(o.x[k])).collect() };
@@ -495,7 +495,7 @@ fn joint_candidates(
     dims: &[Dim],
     good: &[&Observation],
     bad: &[&Observation],
-    (n, explore): (usize, f64),
+    (n, wide): (usize, usize),
     rng: &mut Rng,
 ) -> (Vec<Vec<f64>>, Vec<f64>) {
     let points = |g: &[&Observation]| -> Vec<Vec<f64>> { g.iter().map(|o| o.x.clone()).collect() };
@@ -503,7 +503,6 @@ fn joint_candidates(
         Joint::fit(&points(good), dims),
         Joint::fit(&points(bad), dims),
     );
-    let wide = explored(explore, n);
     (0..n)
         .map(|i| {
             let u = if i < wide {

@@ -160,8 +160,8 @@ def race_on(a):
     surface = json.load(open(a.surface))
     cmd = (["target/release/searchsim", a.surface, "--seeds", str(a.seeds), "--first-seed",
            str(a.first_seed), "--minutes", str(a.minutes), "--rule", a.rule,
-           "--startup", str(a.startup), "--shared", str(a.shared), "--speed", str(a.speed),
-           "--explore", str(a.explore)]
+           "--startup", str(a.startup), "--shared", str(a.shared), "--speed", str(a.speed)]
+           + (["--explore", str(a.explore)] if a.explore is not None else [])
            + (["--key-by-key"] if a.key_by_key else []) + (["--ordered"] if a.ordered else []))
     mine = [json.loads(line)["trials"] for line in
             subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()]
@@ -207,7 +207,8 @@ def main():
     r.add_argument("--startup", type=int, default=4)
     r.add_argument("--key-by-key", action="store_true")
     r.add_argument("--ordered", action="store_true", help="charlab's ordered_choices = true")
-    r.add_argument("--explore", type=float, default=0.5, help="charlab's [search] explore")
+    r.add_argument("--explore", type=float,
+                   help="charlab's [search] explore (the sweep's default when not given)")
     r.add_argument("--speed", type=float, default=1.0,
                    help="charlab's per-step speed relative to the surface's (its trials take 1/speed)")
     r.add_argument("--shared", type=float, default=0.0,

@@ -671,8 +671,9 @@ mod ordered_choices {
     fn ordered_sizes_end_lower_where_the_largest_is_best_and_higher_where_the_middle_is() {
         // Mean best at a third, two thirds and all of the budget (measured, `explore` 0.5):
         // largest best, ordered 0.115 / 0.052 / 0.026 against unordered 0.098 / 0.053 / 0.029;
-        // middle best, ordered 0.098 / 0.044 / 0.021 against 0.080 / 0.035 / 0.010. Hence an option, not
-        // the default. Both pairs would be equal if an ordered key were read as a category.
+        // middle best, ordered 0.098 / 0.044 / 0.021 against 0.080 / 0.035 / 0.010. Hence an
+        // option, not the default. Both pairs would be equal if an ordered key were read as a
+        // category.
         let ordered = |offsets| mean_best(Dim::Int(0, 2), offsets);
         let unordered = |offsets| mean_best(Dim::Choice(3), offsets);
         let (o, u) = (ordered([0.1, 0.05, 0.0]), unordered([0.1, 0.05, 0.0]));

@@ -50,7 +50,8 @@ def sweep_file(a, name, grid, seed=1):
     lines = ["[experiment]", f'name = "{name}"', f'corpus = "{a.corpus}"', 'device = "cpu"',
              "jobs = 2", f"seed = {seed}"]
     if a.prune and not grid:
-        lines.append(f'pruning = {{ rule = "{a.rule}" }}')
+        early = "" if a.min_progress is None else f", min_progress = {a.min_progress}"
+        lines.append(f'pruning = {{ rule = "{a.rule}"{early} }}')
     if a.minutes and not grid:
         lines.append(f"stop = {{ minutes = {a.minutes} }}")
     lines += ["", "[defaults]"]
@@ -187,6 +188,9 @@ def main():
                     help="charlab's multivariate = false (TPE's keys modelled one by one)")
     ap.add_argument("--explore", type=float,
                     help="charlab's [search] explore (its default when not given)")
+    ap.add_argument("--min-progress", type=float,
+                    help="tpe mode with --prune: charlab's pruning min_progress, the early cut "
+                    "(its default when not given; 0 turns it off)")
     ap.add_argument("--svg", help="tpe mode: write the best-so-far chart here")
     ap.add_argument("--only", choices=["charlab"],
                     help="tpe mode: run charlab's side alone (to compare its own variants)")
@@ -245,16 +249,20 @@ def main():
 
 
 # What shapes each side's runs: a saved side is reused only under the same values.
-SHAPES = ({"charlab": ["precision", "cost_aware", "joint", "rule", "ordered", "explore"], "Optuna": ["autocast", "optuna_unpruned"]},
+SHAPES = ({"charlab": ["precision", "cost_aware", "joint", "rule", "ordered", "explore",
+                       "min_progress"],
+           "Optuna": ["autocast", "optuna_unpruned"]},
           ["mode", "corpus", "steps", "trials", "startup", "prune", "eval_every", "minutes",
            "first_seed"])
 
 
 def shape(args, side):
     """The settings of `side` in a race's arguments, reading files from before a flag existed:
-    `multivariate` (joint on request) preceded `key_by_key` (joint by default)."""
+    `multivariate` (joint on request) preceded `key_by_key` (joint by default); a race saved
+    before `--min-progress` ran without the early cut (0), not with today's default (None)."""
     args = dict(args, first_seed=args.get("first_seed", 1), rule=args.get("rule", "halving"),
                 ordered=args.get("ordered", False), explore=args.get("explore"),
+                min_progress=args.get("min_progress", 0.0),
                 optuna_unpruned=args.get("optuna_unpruned", False),
                 joint=(not args["key_by_key"]) if "key_by_key" in args
                 else bool(args.get("multivariate", False)))

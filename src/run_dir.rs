@@ -171,6 +171,15 @@ pub struct EvalPoint {
     pub val_loss: f64,
 }
 
+/// The mean training loss over the last steps before `step`, the point a sweep's early cut
+/// compares siblings at ([`crate::sweep::pruning::hopeless`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct TrainPoint {
+    pub step: u64,
+    #[serde(with = "crate::json_float")]
+    pub train_loss: f64,
+}
+
 /// The run record (`run.json`), rewritten atomically at start, at every evaluation and at the end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -206,6 +215,9 @@ pub struct RunRecord {
     pub best_metrics: Option<Metrics>,
     /// Every evaluation so far.
     pub evals: Vec<EvalPoint>,
+    /// The early point, once the run has passed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early: Option<TrainPoint>,
     #[serde(with = "crate::json_float")]
     pub tokens_per_s: f64,
     #[serde(with = "crate::json_float")]
@@ -518,6 +530,7 @@ pub(crate) fn test_record() -> RunRecord {
         final_metrics: None,
         best_metrics: None,
         evals: Vec::new(),
+        early: None,
         tokens_per_s: 0.0,
         elapsed_secs: 0.0,
         message: None,

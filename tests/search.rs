@@ -125,8 +125,9 @@ fn a_tpe_search_grows_only_with_extend_and_refuses_a_changed_space() {
 fn a_tpe_search_with_halving_reads_pruned_curves_and_says_how_it_spent_its_budget() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let prune =
-        "jobs = 2\npruning = { rule = \"halving\", warmup_evals = 1, min_trials = 2, eta = 2 }";
+    // The early cut off: the glimpses below need every trial to reach an evaluation.
+    let prune = "jobs = 2\npruning = { rule = \"halving\", warmup_evals = 1, min_trials = 2, \
+                 eta = 2, min_progress = 0 }";
     let f = tpe_file(d, "prune", 8, prune);
     let o = common::charlab(d, &["sweep", &f, "--plain"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -220,6 +221,39 @@ fn a_tpe_search_with_halving_reads_pruned_curves_and_says_how_it_spent_its_budge
     assert_eq!(read.len(), 1, "{read:?}");
     assert_eq!((read[0].trial, &read[0].curve), (last, &evals(last)));
     common::assert_proposals_replay(d, &extended, "prune");
+}
+
+#[test]
+fn a_tpe_search_under_the_early_cut_stops_hopeless_draws_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // One at a time, so which trials are cut does not hang on timing.
+    let f = tpe_file(
+        d,
+        "cut",
+        8,
+        "pruning = { rule = \"hyperband\", min_trials = 2 }",
+    );
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = manifest(d, "cut");
+    let records: Vec<serde_json::Value> = (m.trials.iter())
+        .map(|e| common::record(&d.join("runs/cut").join(&e.dir)))
+        .collect();
+    // 120 steps: the early point is step 12, before the first evaluation (30).
+    let cut: Vec<&serde_json::Value> = (records.iter())
+        .filter(|r| r["status"] == "pruned" && r["steps"] == 12)
+        .collect();
+    assert!(!cut.is_empty(), "{records:?}");
+    for r in &cut {
+        assert_eq!(r["evals"], serde_json::json!([]), "{r}");
+        assert!(r["message"].as_str().unwrap().contains("early cut"), "{r}");
+    }
+    // Every trial's end is known to the search, the cut ones too, and the proposals replay.
+    assert_eq!(m.search.unwrap().completed.len(), 8);
+    common::assert_proposals_replay(d, &f, "cut");
+    let o = common::charlab(d, &["compare", "runs/cut"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("at step 12"));
 }
 
 #[test]

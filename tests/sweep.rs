@@ -167,6 +167,14 @@ fn stop_and_constraints_refuse_bad_input_naming_the_line_and_key() {
             "pruning = { rule = \"hyperbnd\" }",
             &["line 4", "rule", "\"hyperband\"", "hyperbnd"],
         ),
+        (
+            "pruning = { min_progress = 1 }",
+            &["line 4", "min_progress = 1", "[0, 1)"],
+        ),
+        (
+            "pruning = { min_progress = \"most\" }",
+            &["min_progress", "must be a number"],
+        ),
     ];
     assert_errors(HEAD, "\n[grid]\nlr = [1e-3]\n", cases);
     let tpe =
@@ -588,7 +596,8 @@ fn the_median_rule_prunes_a_trial_worse_than_its_siblings() {
     let s = Sweep::new("prune", "lr = [1e-2, 9e-3, 8e-3, 1e-5]", "max_steps = 60");
     let text = std::fs::read_to_string(&s.file).unwrap().replace(
         "jobs = 2",
-        "jobs = 1\npruning = { rule = \"median\", warmup_evals = 1, min_trials = 3 }",
+        "jobs = 1\npruning = { rule = \"median\", warmup_evals = 1, min_trials = 3, \
+         min_progress = 0 }",
     );
     std::fs::write(&s.file, text).unwrap();
     let o = s.run(&[]);
@@ -663,12 +672,55 @@ fn fail_fast_stops_at_the_first_failed_trial() {
     assert_eq!((started, outcome.unfinished()), (3, 3));
 }
 
+#[test]
+fn the_early_cut_stops_a_trial_that_has_not_started_learning_at_a_tenth_of_its_steps() {
+    // One at a time: the three good trials pass the early point (step 6 of 60) first.
+    let s = Sweep::new("early", "lr = [1e-2, 9e-3, 8e-3, 1e-5]", "max_steps = 60");
+    s.experiment("jobs = 1\npruning = { rule = \"median\", min_trials = 3 }");
+    let o = s.run(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dirs = run_dirs(&s.root("early"));
+    for d in &dirs[..3] {
+        let r = record(d);
+        assert_eq!(r["status"], "completed", "{r}");
+        assert_eq!(r["early"]["step"], 6, "{r}");
+    }
+    let slow = record(&dirs[3]);
+    assert_eq!(slow["status"], "pruned", "{slow}");
+    assert_eq!(slow["steps"], 6, "{slow}");
+    assert_eq!(
+        slow["evals"],
+        serde_json::json!([]),
+        "before any evaluation"
+    );
+    assert!(
+        slow["message"].as_str().unwrap().contains("early cut"),
+        "{slow}"
+    );
+    // Its training loss there is the trainer's mean of the steps before it, not a made-up
+    // figure: between the good trials' and ln V.
+    let early = |r: &serde_json::Value| r["early"]["train_loss"].as_f64().unwrap();
+    let ln_v = slow["ln_vocab"].as_f64().unwrap();
+    assert!(early(&slow) < ln_v + 0.1 && early(&slow) > early(&record(&dirs[0])));
+    // Turned off, the same trial runs on to the median rule's first decision (step 20).
+    let off = Sweep::new("late", "lr = [1e-2, 9e-3, 8e-3, 1e-5]", "max_steps = 60");
+    off.experiment("jobs = 1\npruning = { rule = \"median\", min_trials = 3, min_progress = 0 }");
+    assert!(off.run(&[]).status.success());
+    let late = record(&run_dirs(&off.root("late"))[3]);
+    assert_eq!(
+        (late["status"].as_str(), late["steps"].as_u64()),
+        (Some("pruned"), Some(20))
+    );
+}
+
 /// A sweep of one trial at a time over `lrs`, `max_steps` each, under pruning `rule` (eta 3,
-/// warm-up 1, `min_trials`), run to its end: each trial's status and steps, in trial order.
+/// warm-up 1, `min_trials`, the early cut off: the rules alone), run to its end: each trial's
+/// status and steps, in trial order.
 fn pruned_sweep(rule: &str, min_trials: usize, lrs: &str, max_steps: u64) -> Vec<(String, u64)> {
     let s = Sweep::new(rule, lrs, &format!("max_steps = {max_steps}"));
     s.experiment(&format!(
-        "jobs = 1\npruning = {{ rule = {rule:?}, eta = 3, warmup_evals = 1, min_trials = {min_trials} }}"
+        "jobs = 1\npruning = {{ rule = {rule:?}, eta = 3, warmup_evals = 1, min_trials = \
+         {min_trials}, min_progress = 0 }}"
     ));
     let o = s.run(&[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -155,6 +155,8 @@ fn setup(a: &Args, f: &Fitted, rule: Option<PruneRule>, seed: u64) -> Setup {
             eta: 3,
             warmup_evals: 1,
             min_trials: 3,
+            // The surface has no training loss: the early cut is not simulated.
+            min_progress: 0.0,
         }),
         evals: (f.cells.iter())
             .map(|c| c.gaps.len() as u64 + 1)

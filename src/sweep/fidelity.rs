@@ -293,6 +293,7 @@ mod tests {
         eta: 3,
         warmup_evals: 1,
         min_trials: 0,
+        min_progress: 0.0,
     };
     const HYPERBAND: Pruning = Pruning {
         rule: PruneRule::Hyperband,

@@ -659,6 +659,7 @@ mod ordered_choices {
                 eta: 3,
                 warmup_evals: 1,
                 min_trials: 3,
+                min_progress: 0.0,
             }),
             evals: 3,
             workers: 2,

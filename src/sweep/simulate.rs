@@ -237,6 +237,7 @@ mod tests {
             eta: 3,
             warmup_evals: 1,
             min_trials: 1,
+            min_progress: 0.0,
         };
         let ended = run(&Flat, &setup(Some(halving)));
         let pruned: Vec<&Ended> = ended.iter().filter(|e| !e.completed).collect();

@@ -34,9 +34,30 @@ pub struct RunResult {
     pub out: PathBuf,
 }
 
-/// Asked at each evaluation with (step, the run's total steps, val loss): true prunes the run
-/// (status `pruned`). The total is known only once the corpus is read (`epochs`).
-pub type PruneHook = Arc<dyn Fn(u64, u64, f64) -> bool + Send + Sync>;
+/// The step of a run of `total_steps` where its early point is recorded (and a sweep's early
+/// cut looks, [`crate::sweep::pruning::hopeless`]): a tenth of the run.
+pub fn early_step(total_steps: u64) -> u64 {
+    (total_steps / 10).max(1)
+}
+
+/// How many steps before the early point its training loss is averaged over: one batch's loss
+/// is noisy, and ten steps are still early.
+pub const EARLY_WINDOW: u64 = 10;
+
+/// What a pruning hook is asked about at a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reading {
+    /// The val loss of an evaluation.
+    Val(f64),
+    /// The run's early point ([`early_step`]): its mean training loss
+    /// there, and ln V (what a fresh model's loss starts at).
+    Early { train_loss: f64, ln_vocab: f64 },
+}
+
+/// Asked at each evaluation and at the early point with (step, the run's total steps, what was
+/// read): true prunes the run (status `pruned`). The total is known only once the corpus is
+/// read (`epochs`).
+pub type PruneHook = Arc<dyn Fn(u64, u64, Reading) -> bool + Send + Sync>;
 
 /// Options that are about this invocation, not the run's hyperparameters.
 #[derive(Clone)]

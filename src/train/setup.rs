@@ -12,7 +12,9 @@ use crate::model::precision::{self, Products};
 use crate::model::{CharRnn, Dims, State};
 use crate::optim::{Hyper, Optimizer};
 use crate::rng::Rng;
-use crate::run_dir::{now, CorpusInfo, EvalPoint, Metrics, RunDir, RunRecord, RunStatus};
+use crate::run_dir::{
+    now, CorpusInfo, EvalPoint, Metrics, RunDir, RunRecord, RunStatus, TrainPoint,
+};
 use crate::summary::EventWriter;
 use crate::tags;
 use candle_core::Device;
@@ -112,6 +114,7 @@ pub(super) struct History {
     final_metrics: Option<Metrics>,
     best_metrics: Option<Metrics>,
     evals: Vec<EvalPoint>,
+    early: Option<TrainPoint>,
     tokens_per_s: f64,
 }
 
@@ -124,6 +127,7 @@ impl History {
             final_metrics: r.final_metrics,
             best_metrics: r.best_metrics,
             evals: r.evals,
+            early: r.early,
             tokens_per_s: r.tokens_per_s,
         }
     }
@@ -170,6 +174,8 @@ impl History {
                 .iter()
                 .map(|&(step, val_loss)| EvalPoint { step, val_loss })
                 .collect(),
+            // Its mean is not among the scalars: the run's siblings go without it.
+            early: None,
             tokens_per_s: upto(tags::CHARS_PER_S).last().map_or(0.0, |p| p.1),
         }
     }
@@ -310,6 +316,7 @@ fn new_record(
                     .collect()
             })
             .unwrap_or_default(),
+        early: prev.and_then(|p| p.early).filter(|e| e.step <= c.step),
         tokens_per_s: prev.map_or(0.0, |p| p.tokens_per_s),
         elapsed_secs: c.elapsed_secs,
         message: None,

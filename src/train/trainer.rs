@@ -4,7 +4,7 @@
 
 use super::progress::Reporter;
 use super::setup::{Data, Ready};
-use super::{log_line, RunResult, TrainOptions};
+use super::{log_line, Reading, RunResult, TrainOptions};
 use crate::checkpoint::{self, Cursor};
 use crate::config::RunConfig;
 use crate::error::Result;
@@ -12,7 +12,9 @@ use crate::model::cpu::Sums;
 use crate::model::{Backend, CharRnn, State};
 use crate::optim::{self, Optimizer};
 use crate::rng::Rng;
-use crate::run_dir::{now, Checkpoint, EvalPoint, Metrics, RunDir, RunRecord, RunStatus};
+use crate::run_dir::{
+    now, Checkpoint, EvalPoint, Metrics, RunDir, RunRecord, RunStatus, TrainPoint,
+};
 use crate::sample;
 use crate::summary::{EventWriter, SessionStatus};
 use crate::tags;
@@ -126,6 +128,8 @@ pub(super) struct Trainer<'a> {
     train_secs: f64,
     last_record_write: Instant,
     evals_without_improvement: u32,
+    /// Training losses summed over the steps before the early point, and their count.
+    early: (f64, u32),
 }
 
 impl<'a> Trainer<'a> {
@@ -173,6 +177,7 @@ impl<'a> Trainer<'a> {
             last_record_write: Instant::now(),
             // Best-so-far comes from the checkpoint, so patience counts from the resume point.
             evals_without_improvement: 0,
+            early: (0.0, 0),
         };
         t.run.write_record(&t.record)?;
         Ok(t)
@@ -218,6 +223,10 @@ impl<'a> Trainer<'a> {
         self.interval.loss += loss;
         self.interval.accuracy += acc;
         self.interval.steps += 1;
+        let early = super::early_step(self.total_steps);
+        if next_step <= early && next_step + super::EARLY_WINDOW > early {
+            self.early = (self.early.0 + loss, self.early.1 + 1);
+        }
         self.train_secs += step_start.elapsed().as_secs_f64();
         if next_step.is_multiple_of(cfg.log_every) || next_step == self.total_steps {
             self.log_scalars(lr, norm)?;
@@ -364,8 +373,40 @@ impl<'a> Trainer<'a> {
             }
         }
         let prune = self.opts.prune.as_ref()?;
-        (step < self.total_steps && prune(step, self.total_steps, val_loss))
+        (step < self.total_steps && prune(step, self.total_steps, Reading::Val(val_loss)))
             .then(|| Stop::Pruned(format!("pruned at step {step} (val/loss {val_loss:.4})")))
+    }
+
+    /// At the early point: records the mean training loss of the steps before it (siblings
+    /// compare theirs with it) and asks the pruning hook. A run resumed inside that window
+    /// averages the steps this invocation saw.
+    fn early_point(&mut self) -> Result<Option<Stop>> {
+        let step = self.cursor.step;
+        let (sum, n) = self.early;
+        if step != super::early_step(self.total_steps) || n == 0 || step >= self.total_steps {
+            return Ok(None);
+        }
+        let train_loss = sum / n as f64;
+        self.record.early = Some(TrainPoint { step, train_loss });
+        self.run.write_record(&self.record)?;
+        let Some(prune) = self.opts.prune.as_ref() else {
+            return Ok(None);
+        };
+        let ln_vocab = self.record.ln_vocab;
+        let cut = prune(
+            step,
+            self.total_steps,
+            Reading::Early {
+                train_loss,
+                ln_vocab,
+            },
+        );
+        Ok(cut.then(|| {
+            Stop::Pruned(format!(
+                "pruned at step {step}: train/loss {train_loss:.4} has come down from \
+                 ln(vocab) = {ln_vocab:.4} far less than its siblings' (the early cut)"
+            ))
+        }))
     }
 
     /// The text sample written at an evaluation: primed with the first char of the validation
@@ -488,6 +529,10 @@ impl<'a> Trainer<'a> {
                 return Ok(stop.status());
             }
             let stop = match self.step()? {
+                Some(stop) => Some(stop),
+                None => self.early_point()?,
+            };
+            let stop = match stop {
                 Some(stop) => Some(stop),
                 None if self.cursor.step.is_multiple_of(self.cfg.eval_every)
                     || self.cursor.step == self.total_steps =>

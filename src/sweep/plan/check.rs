@@ -178,6 +178,28 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A number (an integer or a float) for which `ok` holds, `what` saying which in the error;
+    /// `default` when absent.
+    pub fn number_in(
+        &self,
+        k: &str,
+        default: f64,
+        ok: impl Fn(f64) -> bool,
+        what: &str,
+    ) -> Result<f64> {
+        let v = match self.t.get(k) {
+            None => return Ok(default),
+            Some(Value::Float(f)) => *f,
+            Some(Value::Integer(i)) => *i as f64,
+            Some(v) => return Err(self.err(k, format!("`{k}` must be a number, not {v}"))),
+        };
+        if ok(v) {
+            Ok(v)
+        } else {
+            Err(self.err(k, format!("`{k} = {v}`: must be {what}")))
+        }
+    }
+
     /// The table under `k` (`k = { … }`), its keys checked against `keys`.
     pub fn table(&self, k: &'a str, keys: &[&str]) -> Result<Option<Reader<'a>>> {
         let t = match self.t.get(k) {

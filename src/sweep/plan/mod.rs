@@ -12,7 +12,9 @@ pub mod naming;
 mod search;
 pub mod space;
 
-pub use experiment::{check_name, Experiment, PruneRule, Pruning, SlurmSettings, StopRule};
+pub use experiment::{
+    check_name, Experiment, PruneRule, Pruning, SlurmSettings, StopRule, DEFAULT_MIN_PROGRESS,
+};
 pub use naming::{config_hash, dir_name, group_hash, label};
 pub use search::{sampler_bounds, PbtSearch, TpeSearch, DEFAULT_EXPLORE, DEFAULT_STARTUP};
 pub use space::Sampler;

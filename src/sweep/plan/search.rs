@@ -233,30 +233,6 @@ fn method(file: &SweepFile, t: &Table) -> Result<Method> {
     }
 }
 
-/// A float of `[search]` in `range`, or `default`.
-fn float(
-    file: &SweepFile,
-    t: &Table,
-    key: &str,
-    default: f64,
-    ok: impl Fn(f64) -> bool,
-    what: &str,
-) -> Result<f64> {
-    let v = match t.get(key) {
-        None => return Ok(default),
-        Some(Value::Float(f)) => *f,
-        Some(Value::Integer(i)) => *i as f64,
-        Some(v) => {
-            return Err(file.err("search", key, format!("`{key}` must be a number, not {v}")))
-        }
-    };
-    if ok(v) {
-        Ok(v)
-    } else {
-        Err(file.err("search", key, format!("`{key} = {v}`: must be {what}")))
-    }
-}
-
 fn parse_pbt(file: &SweepFile, t: &Table, space: &space::Space) -> Result<PbtSearch> {
     let r = Reader::new(file, "search", t);
     let population = r.uint("population", 2)?.ok_or_else(|| {
@@ -274,22 +250,8 @@ fn parse_pbt(file: &SweepFile, t: &Table, space: &space::Space) -> Result<PbtSea
                 .into(),
         )
     })? as u64;
-    let quantile = float(
-        file,
-        t,
-        "quantile",
-        0.25,
-        |q| q > 0.0 && q <= 0.5,
-        "in (0, 0.5]",
-    )?;
-    let resample = float(
-        file,
-        t,
-        "resample",
-        0.25,
-        |p| (0.0..=1.0).contains(&p),
-        "in [0, 1]",
-    )?;
+    let quantile = r.number_in("quantile", 0.25, |q| q > 0.0 && q <= 0.5, "in (0, 0.5]")?;
+    let resample = r.number_in("resample", 0.25, |p| (0.0..=1.0).contains(&p), "in [0, 1]")?;
     let factors = parse_factors(file, t)?;
     if space.random.is_empty() || !space.grid.is_empty() || space.random_trials > 0 {
         return Err(file.err(
@@ -494,9 +456,7 @@ fn parse_tpe(file: &SweepFile, t: &Table, space: &space::Space) -> Result<TpeSea
         cost_aware: r.bool("cost_aware")?.unwrap_or(false),
         multivariate: r.bool("multivariate")?.unwrap_or(true),
         ordered_choices: r.bool("ordered_choices")?.unwrap_or(false),
-        explore: float(
-            file,
-            t,
+        explore: r.number_in(
             "explore",
             DEFAULT_EXPLORE,
             |v| (0.0..=1.0).contains(&v),

@@ -20,6 +20,8 @@ machine in any case); `--first-seed S` numbers the seeds from S (to add seeds to
 grid mode, the one seed of every repeat).
 `--optuna-unpruned` keeps charlab's pruning but runs Optuna without its pruner (and without the
 mid-trial evaluations only the pruner reads): the expert's setup without Hyperband.
+`--explore X` and `--min-progress X` set charlab's `[search] explore` and its pruning's early
+cut (`min_progress = 0` races without it).
 """
 import argparse
 import glob

@@ -49,8 +49,8 @@ pub const EARLY_WINDOW: u64 = 10;
 pub enum Reading {
     /// The val loss of an evaluation.
     Val(f64),
-    /// The run's early point ([`early_step`]): its mean training loss
-    /// there, and ln V (what a fresh model's loss starts at).
+    /// The run's early point ([`early_step`]): its mean training loss there, and ln V (what a
+    /// fresh model's loss starts at).
     Early { train_loss: f64, ln_vocab: f64 },
 }
 

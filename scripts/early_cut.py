@@ -13,6 +13,13 @@ two at a time the real order differs by at most the running trial). For each sha
 trials cut, the share of the sweep's training time they would have saved (what each trained
 after its early point), and how many cut trials ended within 0.03 of their sweep's best, or
 were its best. Plain Python, no dependencies.
+
+`--unigram NATS [--margin M]` replays a variant the sweep does not run (yet): progress measured
+below the training text's unigram entropy (what character frequencies alone give) instead of
+below ln V, cutting only where the best sibling is more than M nats below it. On a large
+vocabulary (红楼梦: ln V 8.25, unigram 6.12) nearly all of ln V's progress at a tenth of the
+steps is the unigram part, so the ln V share barely separates trials there. The unigram
+entropy of a corpus (nats): `python3 scripts/early_cut.py --entropy-of FILE [--max-chars N]`.
 """
 import argparse
 import glob
@@ -50,7 +57,7 @@ def trials(sweep):
     return sorted(out)
 
 
-def replay(sweeps, share, min_trials):
+def replay(sweeps, share, min_trials, unigram=None, margin=0.0):
     cut = secs = saved = near = best_cut = n = 0
     for ts in sweeps:
         finals = [t[3] for t in ts if t[3] is not None]
@@ -59,8 +66,9 @@ def replay(sweeps, share, min_trials):
         for _, early, ln_v, final, s, steps, at in ts:
             n += 1
             secs += s
-            most = ln_v - min(before) if len(before) >= min_trials else 0.0
-            if most > 0 and ln_v - early < share * most:
+            ref = ln_v if unigram is None else unigram
+            most = ref - min(before) if len(before) >= min_trials else 0.0
+            if most > margin and ref - early < share * most:
                 cut += 1
                 saved += s * max(0.0, 1 - at / max(steps, 1))
                 near += final is not None and final < best + 0.03
@@ -77,22 +85,44 @@ def correlation(xs, ys):
     return sxy / (sx * sy)
 
 
+def entropy(path, max_chars):
+    """Unigram entropy (nats) of the first `max_chars` characters of a text, `\r` dropped."""
+    text = open(path, encoding="utf-8").read().replace("\r", "")[:max_chars]
+    counts = {}
+    for ch in text:
+        counts[ch] = counts.get(ch, 0) + 1
+    return -sum(c / len(text) * math.log(c / len(text)) for c in counts.values())
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", nargs="+", required=True, help="sweep directories")
+    ap.add_argument("--entropy-of", help="print a text's unigram entropy (nats) and stop")
+    ap.add_argument("--max-chars", type=int, help="with --entropy-of: its first N characters")
+    ap.add_argument("--runs", nargs="+", help="sweep directories")
     ap.add_argument("--shares", default="0.6,0.7,0.8,0.85,0.9", help="min_progress values")
     ap.add_argument("--min-trials", type=int, default=3, help="siblings needed (pruning's)")
+    ap.add_argument("--unigram", type=float, help="progress below this entropy (nats), not ln V")
+    ap.add_argument("--margin", type=float, default=0.0,
+                    help="with --unigram: cut only where the best sibling is this far below it")
     a = ap.parse_args()
+    if a.entropy_of:
+        print(f"{entropy(a.entropy_of, a.max_chars):.3f}")
+        return
+    if not a.runs:
+        ap.error("--runs is required")
     sweeps = [ts for ts in map(trials, a.runs) if ts]
     done = [(t[1], t[3]) for ts in sweeps for t in ts if t[3] is not None]
     print(f"{len(sweeps)} sweeps, {sum(map(len, sweeps))} trials with an early point, "
           f"{len(done)} completed; correlation of the early training loss with the final val "
           f"loss: {correlation(*zip(*done)):.3f}\n")
+    if a.unigram is not None:
+        print(f"progress measured below the unigram entropy {a.unigram:g} nats, not ln V; "
+              f"a cut needs the best sibling {a.margin:g} nats below it\n")
     print("| min_progress | trials cut | training time saved | cut within 0.03 of the sweep's "
           "best | cut that were the sweep's best |")
     print("|---|---|---|---|---|")
     for share in map(float, a.shares.split(",")):
-        n, cut, saved, near, best = replay(sweeps, share, a.min_trials)
+        n, cut, saved, near, best = replay(sweeps, share, a.min_trials, a.unigram, a.margin)
         print(f"| {share:g} | {cut} of {n} | {saved:.0%} | {near} | {best} of {len(sweeps)} |")
 
 

@@ -120,10 +120,12 @@ pub fn decide(rule: &Pruning, eval: u64, bracket: usize, loss: f64, others: &[f6
 /// True when a trial whose mean training loss at the early point ([`crate::train::early_step`])
 /// is `loss` has come down from `ln_vocab` (a fresh model's loss) by less than `min_progress`
 /// of the most any of its siblings had come down at that step (`others`, at least
-/// `min_trials` of them). A share of the progress, not a gap in loss, so that one rule serves a
-/// vocabulary of 60 and one of 4,000; and early in a short run the shares spread widely, while
-/// late in a long one every trial has come most of the way and only one that is not learning
-/// at all falls short.
+/// `min_trials` of them). A share of the progress, not a gap in loss, so that one rule needs no
+/// loss scale for a vocabulary of 60 or of 4,000; and early in a short run the shares spread
+/// widely, while late in a long one every trial has come most of the way and only one that is
+/// not learning at all falls short. On a large vocabulary most of the early progress is what
+/// character frequencies alone give, so there it separates less (BENCHMARKS.md, "红楼梦 on
+/// Zen 1").
 pub fn hopeless(
     min_progress: f64,
     min_trials: usize,

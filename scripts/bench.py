@@ -87,14 +87,16 @@ def flops_per_token(c, vocab):
 
 
 def peaks():
-    """(fp32, bf16) GFLOP/s of one thread and of every core: {threads: (fp32, bf16)}."""
+    """GFLOP/s of one thread and of every core per unit: {"fp32" | "bf16" | "bf16 AMX":
+    {threads: GFLOP/s}}, from src/bin/peak.rs's "<unit> peak: X GFLOP/s on 1 thread, Y GFLOP/s
+    on N threads" lines."""
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "peak"], check=True)
     out = subprocess.run(["target/release/peak"], capture_output=True, text=True).stdout
     found = {}
     for line in out.splitlines():
-        kind = line.split()[0]
-        nums = [float(w) for w in line.replace(",", " ").split() if w.replace(".", "").isdigit()]
-        if len(nums) >= 4:  # "<kind> peak: X GFLOP/s on 1 thread, Y GFLOP/s on N threads"
+        kind, sep, rest = line.partition(" peak: ")
+        nums = [float(w) for w in rest.replace(",", " ").split() if w.replace(".", "").isdigit()]
+        if sep and len(nums) >= 4:
             found[kind] = {int(nums[1]): nums[0], int(nums[3]): nums[2]}
     return found
 
@@ -176,9 +178,12 @@ def main():
           f"{a.repeat} runs per side, rotating; peaks (src/bin/peak.rs) "
           + "; ".join(f"{k} " + ", ".join(f"{g:.0f} GFLOP/s at {t} thread(s)" for t, g in v.items())
                       for k, v in peak.items()))
+    # The bf16 share is of the fastest bf16 unit: AMX tiles where the CPU has them (oneDNN's
+    # autocast uses them too), else AVX512-BF16's dot products.
+    bf16_unit = "bf16 AMX" if "bf16 AMX" in peak else "bf16"
     print("| config | threads | charlab tokens/s | PyTorch fp32 | PyTorch autocast-bf16 | "
           "charlab ÷ fp32 | charlab ÷ autocast | GFLOP/s charlab / fp32 / autocast | "
-          "share of fp32 peak | share of bf16 peak | peak RSS MB | val loss |")
+          f"share of fp32 peak | share of {bf16_unit} peak | peak RSS MB | val loss |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, vocab, th, (mine, fp32, bf16) in rows:
         c = CONFIGS[name]
@@ -195,7 +200,7 @@ def main():
         print(f"| {name} (V={vocab}, {c['layers']}x{c['hidden']}) | {th} | {tps(mine)} | "
               f"{tps(fp32)} | {tps(bf16)} | {ratio(fp32)} | {ratio(bf16)} | "
               f"{' / '.join(f'{g:.0f}' if g else '-' for g in gf)} | {shares('fp32')} | "
-              f"{shares('bf16')} | {each(rss)} | {each(val)} |")
+              f"{shares(bf16_unit)} | {each(rss)} | {each(val)} |")
     print("implementations: " + "; ".join(xs[0]["impl"] for xs in (mine, fp32, bf16) if xs))
 
 

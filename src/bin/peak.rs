@@ -1,10 +1,11 @@
 //! The machine's arithmetic ceiling, so that benchmark tables can say how close to it a run is:
 //! fp32 FMAs (`vfmadd231ps`, on zmm registers or, without AVX-512, ymm) and bf16 pair products
-//! with fp32 accumulation (`vdpbf16ps`), each in a loop of independent accumulators that never
+//! with fp32 accumulation (`vdpbf16ps`; AMX's `tdpbf16ps` tile products where the CPU has
+//! them), each in a loop of independent accumulators that never
 //! touches memory (the loops `auto` precision measures too, run longer here), on 1 thread and on
 //! every core at once. Then each large
 //! product of a training step of config H (one thread's group: 2,048 rows), timed in fp32, in
-//! bf16 on the AVX512-BF16 unit and in bf16 emulated: what each product gains or costs in bf16
+//! bf16 on the AMX tiles, on the AVX512-BF16 unit and in bf16 emulated: what each product gains or costs in bf16
 //! on this CPU; and the recurrence's own time loops (forward with the cell, backward), whose
 //! register tiles are ours rather than the `gemm` crate's. `scripts/peak.sh`.
 
@@ -132,16 +133,20 @@ fn product_gflops(s: &Shape, p: Products) -> f64 {
 
 fn products() {
     println!("the products of one thread's step of config H, GFLOP/s (best of 6):");
-    println!("| product | m × k × n | fp32 | bf16 (AVX512-BF16) | bf16 (emulated) |");
-    println!("|---|---|---|---|---|");
+    println!("| product | m × k × n | fp32 | bf16 (AMX) | bf16 (AVX512-BF16) | bf16 (emulated) |");
+    println!("|---|---|---|---|---|---|");
     let native = charlab::model::bf16::native_available();
+    let amx = charlab::model::amx::available();
     for s in SHAPES {
         let fp32 = product_gflops(s, Products::Fp32);
-        let nat = native.then(|| product_gflops(s, Products::Bf16(Unit::Native)));
+        let on = |yes: bool, unit| {
+            yes.then(|| product_gflops(s, Products::Bf16(unit)))
+                .map_or("-".into(), |g| format!("{g:.1} ({:.2}×)", g / fp32))
+        };
+        let (tiles, nat) = (on(amx, Unit::Amx), on(native, Unit::Native));
         let emu = product_gflops(s, Products::Bf16(Unit::Emulated));
-        let nat = nat.map_or("-".into(), |g| format!("{g:.1} ({:.2}×)", g / fp32));
         println!(
-            "| {} | {}×{}×{} | {fp32:.1} | {nat} | {emu:.1} ({:.2}×) |",
+            "| {} | {}×{}×{} | {fp32:.1} | {tiles} | {nat} | {emu:.1} ({:.2}×) |",
             s.name,
             s.m,
             s.k,
@@ -228,7 +233,7 @@ fn recurrence() {
             format!("{:.1} ({:.2}×)", g[i], g[i] / fp32[i])
         });
         println!(
-            "| {name} | 64 × 32×256×1024 | {:.1} | {nat} | {:.1} ({:.2}×) |",
+            "| {name} | 64 × 32×256×1024 | {:.1} | - | {nat} | {:.1} ({:.2}×) |",
             fp32[i],
             emu[i],
             emu[i] / fp32[i]
@@ -241,6 +246,7 @@ fn main() {
     for (kind, name, needs) in [
         (Peak::Fp32, "fp32", "AVX512F or AVX2 with FMA"),
         (Peak::Bf16, "bf16", "AVX512-BF16"),
+        (Peak::Amx, "bf16 AMX", "AMX-BF16 tiles the OS grants"),
     ] {
         match (measure(kind, 1), measure(kind, cores)) {
             (Some(one), Some(all)) => println!(

@@ -8,6 +8,8 @@
 //!   into 16 fp32 lanes per instruction; operands are packed as pairs along K in 32-bit lanes.
 //!   The register tile keeps C in registers across a K block and starts each block from C's
 //!   value, so the accumulation runs over K in order, pair by pair, as [`reference`] does.
+//! - [`Unit::Amx`]: Intel's AMX tiles ([`super::amx`]), 16 × 16 fp32 accumulators per
+//!   instruction; the GEMMs only.
 //! - [`Unit::Emulated`]: operands rounded to bf16 into fp32 buffers, then the fp32 GEMM. Same
 //!   operands, same exact products; only the fp32 summation order differs. This is what a bf16
 //!   run does on a CPU without the instruction, so a sweep over mixed nodes or a resume on
@@ -21,6 +23,9 @@ use std::cell::RefCell;
 /// Which unit computes the bf16 products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
+    /// AMX tiles ([`super::amx`]) for the GEMMs; the recurrence's per-step products, too small
+    /// for tiles to pay, run as [`Unit::Emulated`] does.
+    Amx,
     Native,
     Emulated,
 }
@@ -79,6 +84,15 @@ pub fn native_available() -> bool {
     super::simd::Level::detect_bf16()
 }
 
+/// The fastest bf16 unit this CPU (and `CHARLAB_SIMD`) gives: AMX tiles, else AVX512-BF16.
+pub fn fastest_unit() -> Option<Unit> {
+    if super::amx::available() {
+        Some(Unit::Amx)
+    } else {
+        native_available().then_some(Unit::Native)
+    }
+}
+
 /// Packing buffers, reused across calls on one thread (a step makes dozens of products): the
 /// native kernel's packed A and B, the emulation's rounded A and B.
 #[derive(Default)]
@@ -94,13 +108,15 @@ thread_local! {
 }
 
 /// `dst = a · b` (or `+=` when `accumulate`) in bf16 products with fp32 accumulation, on `unit`.
-/// A [`Unit::Native`] on a CPU without the instruction computes as [`Unit::Emulated`].
+/// A unit this CPU lacks computes as [`Unit::Emulated`].
 pub fn matmul_bf16(dst: ViewMut, a: View, b: View, accumulate: bool, unit: Unit) {
+    if unit == Unit::Amx && super::amx::available() {
+        return super::amx::matmul(dst, a, b, accumulate);
+    }
     #[cfg(target_arch = "x86_64")]
     if unit == Unit::Native && std::is_x86_feature_detected!("avx512bf16") {
         return native::matmul(dst, a, b, accumulate);
     }
-    let _ = unit;
     emulated(dst, a, b, accumulate)
 }
 
@@ -153,8 +169,9 @@ pub(in crate::model) mod native {
     /// of A streams past it.
     const KC: usize = 192;
 
-    /// `v` (`[rows, K]`) as panels of `width` rows: `[panel][pair][width]`, rows past the
-    /// end zero. A is packed in panels of `MR` rows, B as Bᵀ in panels of `NR` columns.
+    /// `v` (`[rows, K]`) as panels of `width` rows: `[panel][pair][width]`, `k2` pairs a panel
+    /// (those past K's, and rows past the end, zero). A is packed in panels of `MR` rows, B as
+    /// Bᵀ in panels of `NR` columns; the AMX tiles read B the same way, K padded to whole tiles.
     /// Converted 16 pairs at a time by the unit's own conversion (the rounding of
     /// [`to_bits`](super::to_bits): nearest even, denormals to zero, NaN quiet), reading along
     /// memory: a row's run of K when `v`'s rows are contiguous, two runs of rows (K = 2p and
@@ -164,8 +181,10 @@ pub(in crate::model) mod native {
     /// # Safety
     /// The CPU must have AVX512-BF16 (and AVX512F).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn pack(v: View, width: usize, k2: usize, out: &mut Vec<u32>) {
+    pub(in crate::model) unsafe fn pack(v: View, width: usize, k2: usize, out: &mut Vec<u32>) {
         let (rows, k) = (v.row_count(), v.t().row_count());
+        let real = k.div_ceil(2);
+        debug_assert!(k2 >= real);
         // Every lane of a real row is written below; only the last panel's padding rows need
         // zeros, so the buffer is not cleared (zeroing it all cost 2 % of a step).
         let panel = k2 * width;
@@ -180,6 +199,11 @@ pub(in crate::model) mod native {
             last.chunks_exact_mut(width)
                 .for_each(|p| p[rows % width..].fill(0));
         }
+        if real < k2 {
+            out[..need]
+                .chunks_exact_mut(panel)
+                .for_each(|p| p[real * width..].fill(0));
+        }
         let (data, rs, cs) = v.raw();
         if cs == 1 {
             // A panel's rows converted 16 pairs at a time, then written pair by pair: each
@@ -188,7 +212,7 @@ pub(in crate::model) mod native {
             assert!(width <= lanes.len(), "bf16 pack: panel wider than 32");
             for i0 in (0..rows).step_by(width) {
                 let h = width.min(rows - i0);
-                for p0 in (0..k2).step_by(16) {
+                for p0 in (0..real).step_by(16) {
                     let len = (k - 2 * p0).min(32);
                     for (r, l) in lanes[..h].iter_mut().enumerate() {
                         row_pairs(&data[(i0 + r) * rs + 2 * p0..][..len], l);
@@ -210,7 +234,7 @@ pub(in crate::model) mod native {
             // A view is a row-major buffer or its transpose: one of the strides is 1.
             assert_eq!(rs, 1, "bf16 pack: a view strided both ways");
             let mut lanes = [0u32; 16];
-            for p in 0..k2 {
+            for p in 0..real {
                 let lo = &data[2 * p * cs..][..rows];
                 let hi = (2 * p + 1 < k).then(|| &data[(2 * p + 1) * cs..][..rows]);
                 for i0 in (0..rows).step_by(16) {
@@ -239,9 +263,11 @@ pub(in crate::model) mod native {
     }
 
     /// Up to 32 consecutive values of a row as 16 pairs `x[2j] | x[2j + 1] << 16` (zero past
-    /// the end): bf16 of consecutive values lie in memory exactly as the pairs do.
+    /// the end) into `out`'s first 16: bf16 of consecutive values lie in memory exactly as the
+    /// pairs do.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(in crate::model) unsafe fn row_pairs(x: &[f32], out: &mut [u32; 16]) {
+    pub(in crate::model) unsafe fn row_pairs(x: &[f32], out: &mut [u32]) {
+        assert!(out.len() >= 16, "row_pairs: {} lanes", out.len());
         let n = x.len();
         // Masked-off lanes are not read, so the second load may start past the end.
         let lo = _mm512_maskz_loadu_ps(mask(n), x.as_ptr());
@@ -252,7 +278,11 @@ pub(in crate::model) mod native {
 
     /// Up to 16 lanes of two rows as pairs `lo[j] | hi[j] << 16` (`hi` absent: zero).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn column_pairs(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32; 16]) {
+    pub(in crate::model) unsafe fn column_pairs(
+        lo: &[f32],
+        hi: Option<&[f32]>,
+        out: &mut [u32; 16],
+    ) {
         let m = mask(lo.len());
         let widen = |x: __m512| -> __m512i {
             _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
@@ -390,6 +420,7 @@ mod tests {
         (13, 5, 33),
         (12, 384, 32),
         (25, 401, 47),
+        (70, 96, 64),
         (7, 2, 100),
         (40, 64, 17),
     ];
@@ -463,6 +494,15 @@ mod tests {
             return;
         }
         check(Unit::Native);
+    }
+
+    #[test]
+    fn amx_products_match_the_scalar_model_and_fp32_within_bf16s_bound() {
+        if !crate::model::amx::available() {
+            eprintln!("this CPU (or OS) gives no AMX tiles: the AMX kernel is not run here");
+            return;
+        }
+        check(Unit::Amx);
     }
 
     #[test]

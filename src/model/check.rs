@@ -116,8 +116,8 @@ pub fn check_backend(
 }
 
 /// `charlab check-device`: the backends a run on `device` may use against candle's reference ops
-/// on the CPU, with dropout on. On the CPU, the fp32 path and the bf16 one (AVX512-BF16 where the
-/// CPU has it, else emulated); on a CUDA device, the fused path and candle's step-by-step ops.
+/// on the CPU, with dropout on. On the CPU, the fp32 path and the bf16 one (on the fastest bf16
+/// unit the CPU has, AMX tiles or AVX512-BF16, else emulated); on a CUDA device, the fused path and candle's step-by-step ops.
 pub fn check_device(
     device: &Device,
     dims: Dims,
@@ -132,10 +132,10 @@ pub fn check_device(
                 "cpu {} kernels, {} products{} vs cpu step-by-step",
                 cpu.level().name(),
                 products.name(),
-                if products == Products::Bf16(bf16::Unit::Emulated) {
-                    " (emulated)"
-                } else {
-                    ""
+                match products {
+                    Products::Bf16(bf16::Unit::Emulated) => " (emulated)",
+                    Products::Bf16(bf16::Unit::Amx) => " (AMX tiles)",
+                    _ => "",
                 }
             ),
             other => format!(
@@ -157,11 +157,7 @@ pub fn check_device(
 /// The backends [`check_device`] checks on `model`'s device, with the products each computes.
 fn backends_of(model: &CharRnn) -> crate::Result<Vec<(Backend, Products)>> {
     if model.device().is_cpu() {
-        let bf16 = if bf16::native_available() {
-            bf16::Unit::Native
-        } else {
-            bf16::Unit::Emulated
-        };
+        let bf16 = bf16::fastest_unit().unwrap_or(bf16::Unit::Emulated);
         return [Products::Fp32, Products::Bf16(bf16)]
             .into_iter()
             .map(|p| Ok((Backend::for_model(model, p)?, p)))

@@ -9,6 +9,7 @@
 //! faster than one vector would, and their U(±1/√H) draw lets early training leave the unigram
 //! plateau that a zero bias (forget gate 1) sits on for hundreds of steps.
 
+pub mod amx;
 mod backend;
 pub mod bf16;
 mod check;

@@ -49,52 +49,59 @@ impl Products {
 /// packing and rounding the operands, which a pure instruction-rate measurement does not see.
 pub const AUTO_MIN_SPEEDUP: f64 = 1.3;
 
-/// The products a run asks for on a CPU whose bf16 unit is `native` (with `speedup`, its rate
-/// over fp32 FMAs), and the one line that says why. Pure, so both answers are tested on any CPU.
-/// `bf16` asked for is always bf16 arithmetic, on the bf16 unit when it is the faster, else
+/// The products a run asks for on a CPU whose fastest bf16 unit is `unit` (with `speedup`, its
+/// rate over fp32 FMAs), and the one line that says why. Pure, so every answer is tested on any
+/// CPU. `bf16` asked for is always bf16 arithmetic, on the bf16 unit when it is the faster, else
 /// emulated on the fp32 units (the same operands, only the summation order differs).
-pub fn choose(asked: Precision, native: bool, speedup: Option<f64>) -> (Products, String) {
-    match (asked, native) {
+pub fn choose(asked: Precision, unit: Option<Unit>, speedup: Option<f64>) -> (Products, String) {
+    let name = |u: Unit| match u {
+        Unit::Amx => "AMX-BF16 tiles",
+        _ => "AVX512-BF16",
+    };
+    match (asked, unit) {
         (Precision::Fp32, _) => (
             Products::Fp32,
             "fp32 products (precision = \"fp32\")".into(),
         ),
-        (Precision::Bf16, true) => match speedup {
+        (Precision::Bf16, Some(u)) => match speedup {
             Some(x) if x < 1.0 => (
                 Products::Bf16(Unit::Emulated),
                 format!(
                     "bf16 products emulated on fp32 units (the same operand rounding): this \
-                     core's bf16 dot product runs {x:.2}× its fp32 FMA rate"
+                     core's {} run {x:.2}× its fp32 FMA rate",
+                    name(u)
                 ),
             ),
             _ => (
-                Products::Bf16(Unit::Native),
-                "bf16 products, fp32 accumulation (AVX512-BF16)".into(),
+                Products::Bf16(u),
+                format!("bf16 products, fp32 accumulation ({})", name(u)),
             ),
         },
-        (Precision::Bf16, false) => (
+        (Precision::Bf16, None) => (
             Products::Bf16(Unit::Emulated),
             "bf16 products emulated: this CPU has no AVX512-BF16, so the same operand rounding \
              runs on fp32 units (the same learning, not faster)"
                 .into(),
         ),
-        (Precision::Auto, false) => (
+        (Precision::Auto, None) => (
             Products::Fp32,
             "fp32 products (precision = \"auto\": this CPU has no AVX512-BF16)".into(),
         ),
-        (Precision::Auto, true) => match speedup {
+        (Precision::Auto, Some(u)) => match speedup {
             Some(x) if x >= AUTO_MIN_SPEEDUP => (
-                Products::Bf16(Unit::Native),
+                Products::Bf16(u),
                 format!(
-                    "bf16 products, fp32 accumulation (precision = \"auto\": this core's bf16 \
-                     dot product runs {x:.2}× its fp32 FMA rate)"
+                    "bf16 products, fp32 accumulation (precision = \"auto\": this core's {} \
+                     run {x:.2}× its fp32 FMA rate)",
+                    name(u)
                 ),
             ),
             x => (
                 Products::Fp32,
                 format!(
-                    "fp32 products (precision = \"auto\": this core's bf16 dot product runs \
-                     {:.2}× its fp32 FMA rate, under the {AUTO_MIN_SPEEDUP}× that pays)",
+                    "fp32 products (precision = \"auto\": this core's {} run {:.2}× its fp32 \
+                     FMA rate, under the {AUTO_MIN_SPEEDUP}× that pays)",
+                    name(u),
                     x.unwrap_or(0.0)
                 ),
             ),
@@ -111,27 +118,36 @@ pub fn resolve(asked: Precision, on_cpu: bool) -> (Products, String) {
             "fp32 (the CUDA path keeps its own precision)".into(),
         );
     }
-    let native = bf16::native_available();
-    let speedup = (native && asked != Precision::Fp32)
-        .then(bf16_speedup)
-        .flatten();
-    choose(asked, native, speedup)
+    let unit = bf16::fastest_unit();
+    let speedup = unit
+        .filter(|_| asked != Precision::Fp32)
+        .and_then(bf16_speedup);
+    choose(asked, unit, speedup)
 }
 
-/// This core's bf16 dot-product rate over its fp32 FMA rate (FLOPs per second, best of 3
-/// short runs each), measured once per process; `None` without the instruction.
-pub fn bf16_speedup() -> Option<f64> {
-    static MEASURED: OnceLock<Option<f64>> = OnceLock::new();
-    *MEASURED.get_or_init(|| {
+/// The rate of this core's bf16 `unit` (AMX tiles or AVX512-BF16 dot products) over its fp32
+/// FMA rate (FLOPs per second, best of 3 short runs each), measured once per process; `None`
+/// without the unit.
+pub fn bf16_speedup(unit: Unit) -> Option<f64> {
+    static MEASURED: OnceLock<[Option<f64>; 2]> = OnceLock::new();
+    let measured = MEASURED.get_or_init(|| {
         let best = |kind| {
             (0..3)
                 .filter_map(|_| peak_gflops(kind, 200_000))
                 .fold(0.0, f64::max)
         };
         let fp32 = best(Peak::Fp32);
-        let bf16 = best(Peak::Bf16);
-        (fp32 > 0.0 && bf16 > 0.0).then(|| bf16 / fp32)
-    })
+        let ratio = |kind| {
+            let x = best(kind);
+            (fp32 > 0.0 && x > 0.0).then(|| x / fp32)
+        };
+        [ratio(Peak::Amx), ratio(Peak::Bf16)]
+    });
+    match unit {
+        Unit::Amx => measured[0],
+        Unit::Native => measured[1],
+        Unit::Emulated => None,
+    }
 }
 
 /// The instruction a throughput loop runs.
@@ -142,12 +158,18 @@ pub enum Peak {
     Fp32,
     /// `vdpbf16ps`: 32 bf16 products added in pairs into 16 fp32 lanes: 64 FLOPs.
     Bf16,
+    /// `tdpbf16ps`: a 16 × 32 by 32 × 16 bf16 tile product into 16 × 16 fp32: 16,384 FLOPs
+    /// (`iters / 16` rounds of four, so a round costs about what the others' do).
+    Amx,
 }
 
 /// GFLOP/s of one thread running `iters` rounds of twelve independent accumulators of `kind`
 /// (more than latency × issue ports on the cores we know, so the loop measures the units'
 /// throughput: the most a GEMM can approach). `None` when the CPU lacks the instruction.
 pub fn peak_gflops(kind: Peak, iters: u64) -> Option<f64> {
+    if kind == Peak::Amx {
+        return super::amx::peak_gflops((iters / 16).max(1));
+    }
     #[cfg(target_arch = "x86_64")]
     {
         let t0 = std::time::Instant::now();
@@ -234,15 +256,21 @@ mod tests {
 
     #[test]
     fn auto_takes_bf16_only_where_the_unit_is_there_and_faster() {
-        let (p, why) = choose(Precision::Auto, false, None);
+        let (p, why) = choose(Precision::Auto, None, None);
         assert_eq!(p, Products::Fp32);
         assert!(why.contains("no AVX512-BF16"), "{why}");
-        let (p, why) = choose(Precision::Auto, true, Some(0.7));
+        let (p, why) = choose(Precision::Auto, Some(Unit::Native), Some(0.7));
         assert_eq!(p, Products::Fp32);
         assert!(why.contains("0.70×"), "{why}");
-        let (p, why) = choose(Precision::Auto, true, Some(2.0));
+        let (p, why) = choose(Precision::Auto, Some(Unit::Native), Some(2.0));
         assert_eq!(p, Products::Bf16(Unit::Native));
-        assert!(why.contains("2.00×"), "{why}");
+        assert!(
+            why.contains("2.00×") && why.contains("AVX512-BF16"),
+            "{why}"
+        );
+        let (p, why) = choose(Precision::Auto, Some(Unit::Amx), Some(15.0));
+        assert_eq!(p, Products::Bf16(Unit::Amx));
+        assert!(why.contains("AMX"), "{why}");
     }
 
     #[test]
@@ -258,17 +286,24 @@ mod tests {
     #[test]
     fn bf16_asked_runs_everywhere_natively_or_emulated() {
         assert_eq!(
-            choose(Precision::Bf16, true, Some(2.0)).0,
+            choose(Precision::Bf16, Some(Unit::Native), Some(2.0)).0,
             Products::Bf16(Unit::Native)
         );
+        assert_eq!(
+            choose(Precision::Bf16, Some(Unit::Amx), Some(15.0)).0,
+            Products::Bf16(Unit::Amx)
+        );
         // A bf16 unit slower than the fp32 FMAs: the same rounding on the fp32 units.
-        let (p, why) = choose(Precision::Bf16, true, Some(0.45));
+        let (p, why) = choose(Precision::Bf16, Some(Unit::Native), Some(0.45));
         assert_eq!(p, Products::Bf16(Unit::Emulated));
         assert!(why.contains("0.45×"), "{why}");
-        let (p, why) = choose(Precision::Bf16, false, None);
+        let (p, why) = choose(Precision::Bf16, None, None);
         assert_eq!(p, Products::Bf16(Unit::Emulated));
         assert!(why.contains("emulated"), "{why}");
-        assert_eq!(choose(Precision::Fp32, true, Some(3.0)).0, Products::Fp32);
+        assert_eq!(
+            choose(Precision::Fp32, Some(Unit::Amx), Some(3.0)).0,
+            Products::Fp32
+        );
         assert_eq!(resolve(Precision::Bf16, false).0, Products::Fp32);
     }
 }

@@ -1,0 +1,472 @@
+//! bf16 products on Intel's AMX tiles (`tdpbf16ps`): the same arithmetic as
+//! [`bf16`](super::bf16) (operands rounded to bf16, products exact, fp32 accumulation), on a unit
+//! that multiplies a 16 × 32 bf16 tile by a 32 × 16 one into 16 × 16 fp32 accumulators in one
+//! instruction. On the Xeon we measured (family 6 model 167) that is ≈ 2,600 GFLOP/s on one
+//! core against ≈ 170 for fp32 FMAs: the step's large products stop being where its time goes.
+//!
+//! Rust has no stable AMX intrinsics (nor feature detection), so the unit is found with
+//! `cpuid` and the instructions are written as inline assembly. Linux hands a process the tile
+//! registers only once it asks (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); without
+//! that the first tile instruction kills the process, so [`available`] asks first and says no
+//! when the kernel refuses (an old kernel, or a hypervisor that hides the state).
+//!
+//! Layout: C is cut into 32 × 32 blocks of four 16 × 16 accumulator tiles; A is packed as bf16
+//! pairs along K, row by row (`[row][pair]`, a tile is 16 rows of 16 pairs); B as Bᵀ in panels of
+//! 16 columns, pair by pair (`[panel][pair][16]`: the pair-interleaved layout the instruction
+//! reads, the same packing as the AVX512-BF16 tile's). K is padded with zeros to whole tiles, so
+//! one tile configuration serves every shape; rows and columns past the edge are computed into
+//! scratch tiles and dropped.
+
+use super::gemm::{View, ViewMut};
+use std::sync::OnceLock;
+
+/// Pairs along K in one tile (64 bytes of bf16 pairs per tile row).
+const KT: usize = 16;
+/// Rows (of A and C) and columns (of B and C) of one tile.
+const T: usize = 16;
+
+/// Whether this CPU has AMX-BF16 tiles, the OS lets this process use them, and `CHARLAB_SIMD`
+/// does not ask for less. Asks Linux for the tile state once per process.
+pub fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| super::simd::Level::detect_bf16() && imp::has_tiles() && imp::request())
+}
+
+/// `dst = a · b` (or `+=` when `accumulate`) in bf16 products with fp32 accumulation on AMX
+/// tiles. The caller checks [`available`].
+pub(in crate::model) fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool) {
+    #[cfg(target_arch = "x86_64")]
+    imp::matmul(dst, a, b, accumulate);
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("AMX on a CPU that is not x86-64: {dst:?} {a:?} {b:?} {accumulate}");
+}
+
+/// GFLOP/s of one thread running `iters` rounds of four independent `tdpbf16ps` (16 × 16 × 32
+/// products each) on tiles held in registers: the unit's ceiling. `None` without it.
+pub fn peak_gflops(iters: u64) -> Option<f64> {
+    if !available() {
+        return None;
+    }
+    let t0 = std::time::Instant::now();
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `available` checked the CPU and the OS grant.
+    unsafe {
+        imp::peak(iters)
+    };
+    let flops = iters as f64 * 4.0 * (T * T * 2 * KT) as f64 * 2.0;
+    Some(flops / t0.elapsed().as_secs_f64().max(1e-9) / 1e9)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::super::bf16::native::{column_pairs, pack, row_pairs};
+    use super::{View, ViewMut, KT, T};
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+    use std::cell::RefCell;
+
+    /// The tile configuration (`ldtilecfg`'s 64-byte operand): palette 1, eight tiles of 16
+    /// rows × 64 bytes: C in tmm0–3, A in tmm4–5, B in tmm6–7.
+    #[repr(C, align(64))]
+    struct Config {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    const CONFIG: Config = {
+        let mut c = Config {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
+        let mut i = 0;
+        while i < 8 {
+            c.colsb[i] = (KT * 4) as u16;
+            c.rows[i] = T as u8;
+            i += 1;
+        }
+        c
+    };
+
+    /// CPUID leaf 7: AMX-BF16 (EDX bit 22) and AMX-TILE (bit 24).
+    pub(super) fn has_tiles() -> bool {
+        let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+        leaf.edx >> 22 & 1 == 1 && leaf.edx >> 24 & 1 == 1
+    }
+
+    /// Asks Linux for the tile data state (`ARCH_REQ_XCOMP_PERM`, `XFEATURE_XTILEDATA` = 18).
+    pub(super) fn request() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain system call with integer arguments; it changes no memory of ours.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+
+    /// Packed A and B, reused across calls on one thread, and four scratch tiles for C's edges
+    /// and a transposed C.
+    #[derive(Default)]
+    struct Scratch {
+        a: Vec<u32>,
+        b: Vec<u32>,
+        edge: [Edge; 4],
+    }
+
+    thread_local! {
+        static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    }
+
+    pub(super) fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool) {
+        let (m, k, n) = (a.row_count(), a.t().row_count(), b.t().row_count());
+        assert!(
+            b.row_count() == k && dst.shape() == (m, n),
+            "AMX gemm: shapes {m}×{k} · {}×{n} → {:?}",
+            b.row_count(),
+            dst.shape()
+        );
+        let (c, rs) = dst.into_raw();
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if !accumulate {
+                (0..m).for_each(|r| c[r * rs..][..n].fill(0.0));
+            }
+            return;
+        }
+        // A must be packed row by row along K; when it lies along M instead (a weight
+        // gradient's `dYᵀ`) that packing is a transpose. Computing Cᵀ = Bᵀ · Aᵀ instead makes
+        // the smaller operand the one transposed, and the output's transpose costs only C's
+        // size against the product's C × K.
+        let transposed = a.raw().2 != 1 && n < m;
+        let (a, b, m, n) = if transposed {
+            (b.t(), a.t(), n, m)
+        } else {
+            (a, b, m, n)
+        };
+        let kp = k.div_ceil(2).next_multiple_of(KT);
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            // SAFETY: `available` (the caller's check) implies AVX512-BF16 for the packing.
+            unsafe {
+                pack_rows(a, kp, &mut s.a);
+                pack(b.t(), T, kp, &mut s.b);
+            }
+            // Whole 32-column blocks of B: a missing second panel reads zeros.
+            let need = n.div_ceil(2 * T) * 2 * T * kp;
+            if s.b.len() < need {
+                s.b.resize(need, 0);
+            }
+            let job = Job {
+                a: &s.a,
+                b: &s.b,
+                kp,
+                m,
+                n,
+                rs,
+                accumulate,
+                transposed,
+            };
+            // B's columns in chunks that stay in L2 while every row block of A passes, C's
+            // rows written a block row at a time (column blocks outermost scattered C's
+            // stores, a third of the decoder's time).
+            let nc = (1 << 20) / (kp * 4) / (2 * T) * (2 * T);
+            // SAFETY: the CPU has the tiles and Linux granted them (`available`); the packed
+            // operands cover every tile the blocks read (rows to a multiple of 32, panels to an
+            // even count, K to whole tiles); C's tiles are checked against `c` in `block`.
+            unsafe {
+                asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+                for c0 in (0..n).step_by(nc.max(2 * T)) {
+                    for i0 in (0..m).step_by(2 * T) {
+                        for j0 in (c0..n.min(c0 + nc.max(2 * T))).step_by(2 * T) {
+                            job.block(i0, j0, c, &mut s.edge);
+                        }
+                    }
+                }
+                asm!("tilerelease", options(nostack, nomem));
+            }
+        })
+    }
+
+    /// One product's packed operands and where its result goes: C (`m × n` here), or Cᵀ
+    /// when `transposed` (the product computed is then C's transpose).
+    struct Job<'s> {
+        a: &'s [u32],
+        b: &'s [u32],
+        kp: usize,
+        m: usize,
+        n: usize,
+        rs: usize,
+        accumulate: bool,
+        transposed: bool,
+    }
+
+    /// A tile's accumulators as they pass through memory (4 KiB aligned to a cache line).
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    pub(super) struct Edge([[f32; T]; T]);
+
+    impl Default for Edge {
+        fn default() -> Edge {
+            Edge([[0.0; T]; T])
+        }
+    }
+
+    impl Job<'_> {
+        /// The index in C of the product's `(i, j)`.
+        fn at(&self, i: usize, j: usize) -> usize {
+            if self.transposed {
+                j * self.rs + i
+            } else {
+                i * self.rs + j
+            }
+        }
+
+        /// The four tiles of the product's 32 × 32 block at `(i0, j0)`.
+        fn tiles(i0: usize, j0: usize) -> [(usize, usize); 4] {
+            [(i0, j0), (i0, j0 + T), (i0 + T, j0), (i0 + T, j0 + T)]
+        }
+
+        /// Rows and columns of the tile at `(ti, tj)` that lie inside the product.
+        fn extent(&self, (ti, tj): (usize, usize)) -> (usize, usize) {
+            (
+                self.m.saturating_sub(ti).min(T),
+                self.n.saturating_sub(tj).min(T),
+            )
+        }
+
+        /// Where each of the block's tiles is loaded from and stored to, and the row stride in
+        /// bytes: in place for a tile wholly inside a C laid out as computed; otherwise (C's
+        /// edges, a transposed C) a scratch tile, filled from C when accumulating.
+        fn targets(
+            &self,
+            (i0, j0): (usize, usize),
+            c: &mut [f32],
+            edge: &mut [Edge; 4],
+        ) -> ([*mut f32; 4], [usize; 4]) {
+            let mut at = [std::ptr::null_mut::<f32>(); 4];
+            let mut stride = [T * 4; 4];
+            for (q, t) in Self::tiles(i0, j0).into_iter().enumerate() {
+                let (rows, cols) = self.extent(t);
+                if rows == T && cols == T && !self.transposed {
+                    let o = self.at(t.0, t.1);
+                    assert!(o + (T - 1) * self.rs + T <= c.len());
+                    (at[q], stride[q]) = (c[o..].as_mut_ptr(), self.rs * 4);
+                    continue;
+                }
+                let e = &mut edge[q].0;
+                *e = [[0.0; T]; T];
+                if self.accumulate {
+                    for (r, line) in e.iter_mut().enumerate().take(rows) {
+                        for (cc, x) in line.iter_mut().enumerate().take(cols) {
+                            *x = c[self.at(t.0 + r, t.1 + cc)];
+                        }
+                    }
+                }
+                at[q] = e.as_mut_ptr().cast();
+            }
+            (at, stride)
+        }
+
+        /// The product's 32 × 32 block at `(i0, j0)`: four accumulators over all of K, loaded
+        /// and stored through [`Job::targets`].
+        ///
+        /// # Safety
+        /// Tiles configured by [`CONFIG`]; `a` and `b` packed as [`matmul`] does.
+        unsafe fn block(&self, i0: usize, j0: usize, c: &mut [f32], edge: &mut [Edge; 4]) {
+            let (at, stride) = self.targets((i0, j0), c, edge);
+            if self.accumulate {
+                asm!(
+                    "tileloadd tmm0, [{0} + {4}*1]",
+                    "tileloadd tmm1, [{1} + {5}*1]",
+                    "tileloadd tmm2, [{2} + {6}*1]",
+                    "tileloadd tmm3, [{3} + {7}*1]",
+                    in(reg) at[0], in(reg) at[1], in(reg) at[2], in(reg) at[3],
+                    in(reg) stride[0], in(reg) stride[1], in(reg) stride[2], in(reg) stride[3],
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+            }
+            let kp = self.kp;
+            let a0 = self.a.as_ptr().add(i0 * kp);
+            let a1 = a0.add(T * kp);
+            let b0 = self.b.as_ptr().add(j0 * kp);
+            let b1 = b0.add(T * kp);
+            let (sa, sb) = (kp * 4, T * 4);
+            for p in (0..kp).step_by(KT) {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0.add(p), a1 = in(reg) a1.add(p),
+                    b0 = in(reg) b0.add(p * T), b1 = in(reg) b1.add(p * T),
+                    sa = in(reg) sa, sb = in(reg) sb,
+                    options(nostack, readonly),
+                );
+            }
+            asm!(
+                "tilestored [{0} + {4}*1], tmm0",
+                "tilestored [{1} + {5}*1], tmm1",
+                "tilestored [{2} + {6}*1], tmm2",
+                "tilestored [{3} + {7}*1], tmm3",
+                in(reg) at[0], in(reg) at[1], in(reg) at[2], in(reg) at[3],
+                in(reg) stride[0], in(reg) stride[1], in(reg) stride[2], in(reg) stride[3],
+                options(nostack),
+            );
+            for (q, t) in Self::tiles(i0, j0).into_iter().enumerate() {
+                if at[q] == edge[q].0.as_mut_ptr().cast() {
+                    let (rows, cols) = self.extent(t);
+                    for (r, line) in edge[q].0.iter().enumerate().take(rows) {
+                        for (cc, &x) in line.iter().enumerate().take(cols) {
+                            c[self.at(t.0 + r, t.1 + cc)] = x;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `v` (`[rows, K]`) as bf16 pairs along K, row by row: `[row][pair]`, `kp` pairs a row
+    /// (K's padding zero), rows to a multiple of 32 (the rows past the end are never stored, so
+    /// they are left as they were). Rows that lie along memory convert 16 pairs at a time
+    /// straight into place; a transposed view is read two rows of K at a time (16 of its rows
+    /// per conversion) and each 16 × 16 block of pairs transposed into place.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512-BF16 (and AVX512F).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn pack_rows(v: View, kp: usize, out: &mut Vec<u32>) {
+        let (rows, k) = (v.row_count(), v.t().row_count());
+        let need = rows.next_multiple_of(2 * T) * kp;
+        if out.len() < need {
+            out.resize(need, 0);
+        }
+        let k2 = k.div_ceil(2);
+        let (data, rs, cs) = v.raw();
+        if cs == 1 {
+            for r in 0..rows {
+                let row = &mut out[r * kp..][..kp];
+                for p0 in (0..kp).step_by(KT) {
+                    if p0 < k2 {
+                        let x = &data[r * rs + 2 * p0..][..(k - 2 * p0).min(2 * KT)];
+                        row_pairs(x, &mut row[p0..][..KT]);
+                    } else {
+                        row[p0..][..KT].fill(0);
+                    }
+                }
+            }
+        } else {
+            assert_eq!(rs, 1, "AMX pack: a view strided both ways");
+            let mut block = [[0u32; 16]; 16];
+            for i0 in (0..rows).step_by(T) {
+                let h = (rows - i0).min(T);
+                for p0 in (0..kp).step_by(KT) {
+                    for (q, line) in block.iter_mut().enumerate() {
+                        let p = p0 + q;
+                        if p < k2 {
+                            let lo = &data[2 * p * cs + i0..][..h];
+                            let hi = (2 * p + 1 < k).then(|| &data[(2 * p + 1) * cs + i0..][..h]);
+                            column_pairs(lo, hi, line);
+                        } else {
+                            *line = [0; 16];
+                        }
+                    }
+                    transpose(&mut block);
+                    for (r, line) in block.iter().enumerate().take(h) {
+                        out[(i0 + r) * kp + p0..][..KT].copy_from_slice(line);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A 16 × 16 block of 32-bit lanes transposed in registers: pairs of rows interleaved by
+    /// 32, then 64 bits, then 128-bit lanes exchanged twice (four rounds of 16 shuffles, where
+    /// a scalar transpose was half of a weight gradient's time).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose(block: &mut [[u32; 16]; 16]) {
+        let mut r: [__m512i; 16] =
+            std::array::from_fn(|i| _mm512_loadu_si512(block[i].as_ptr().cast()));
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        for b in (0..16).step_by(4) {
+            r[b] = _mm512_unpacklo_epi64(t[b], t[b + 2]);
+            r[b + 1] = _mm512_unpackhi_epi64(t[b], t[b + 2]);
+            r[b + 2] = _mm512_unpacklo_epi64(t[b + 1], t[b + 3]);
+            r[b + 3] = _mm512_unpackhi_epi64(t[b + 1], t[b + 3]);
+        }
+        for b in [0, 8] {
+            for j in 0..4 {
+                t[b + j] = _mm512_shuffle_i32x4::<0x88>(r[b + j], r[b + 4 + j]);
+                t[b + 4 + j] = _mm512_shuffle_i32x4::<0xdd>(r[b + j], r[b + 4 + j]);
+            }
+        }
+        for j in 0..8 {
+            r[j] = _mm512_shuffle_i32x4::<0x88>(t[j], t[8 + j]);
+            r[8 + j] = _mm512_shuffle_i32x4::<0xdd>(t[j], t[8 + j]);
+        }
+        for (line, v) in block.iter_mut().zip(r) {
+            _mm512_storeu_si512(line.as_mut_ptr().cast(), v);
+        }
+    }
+
+    /// The unit's ceiling: four independent accumulators, operands already in tiles.
+    ///
+    /// # Safety
+    /// The CPU has the tiles and Linux granted them.
+    pub(super) unsafe fn peak(iters: u64) {
+        let zeros = [0u32; T * KT];
+        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+        asm!(
+            "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+            "tileloadd tmm4, [{z} + {s}*1]", "tileloadd tmm5, [{z} + {s}*1]",
+            "tileloadd tmm6, [{z} + {s}*1]", "tileloadd tmm7, [{z} + {s}*1]",
+            z = in(reg) zeros.as_ptr(), s = in(reg) KT * 4, options(nostack, readonly),
+        );
+        for _ in 0..std::hint::black_box(iters) {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                options(nostack, nomem),
+            );
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod imp {
+    pub(super) fn has_tiles() -> bool {
+        false
+    }
+    pub(super) fn request() -> bool {
+        false
+    }
+}

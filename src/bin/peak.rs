@@ -225,15 +225,19 @@ fn recurrence_gflops(p: Products) -> [f64; 2] {
 fn recurrence() {
     let fp32 = recurrence_gflops(Products::Fp32);
     let emu = recurrence_gflops(Products::Bf16(Unit::Emulated));
-    let nat = charlab::model::bf16::native_available()
-        .then(|| recurrence_gflops(Products::Bf16(Unit::Native)));
+    let on = |yes: bool, unit| yes.then(|| recurrence_gflops(Products::Bf16(unit)));
+    let nat = on(charlab::model::bf16::native_available(), Unit::Native);
+    let tiles = on(charlab::model::amx::available(), Unit::Amx);
     let names = ["recurrence: forward with the cell", "recurrence: backward"];
     for (i, name) in names.iter().enumerate() {
-        let nat = nat.map_or("-".into(), |g| {
-            format!("{:.1} ({:.2}×)", g[i], g[i] / fp32[i])
-        });
+        let cell = |g: Option<[f64; 2]>| {
+            g.map_or("-".into(), |g| {
+                format!("{:.1} ({:.2}×)", g[i], g[i] / fp32[i])
+            })
+        };
+        let (nat, tiles) = (cell(nat), cell(tiles));
         println!(
-            "| {name} | 64 × 32×256×1024 | {:.1} | - | {nat} | {:.1} ({:.2}×) |",
+            "| {name} | 64 × 32×256×1024 | {:.1} | {tiles} | {nat} | {:.1} ({:.2}×) |",
             fp32[i],
             emu[i],
             emu[i] / fp32[i]

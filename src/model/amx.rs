@@ -41,6 +41,44 @@ pub(in crate::model) fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool)
     unreachable!("AMX on a CPU that is not x86-64: {dst:?} {a:?} {b:?} {accumulate}");
 }
 
+/// A right operand packed once for many products: the recurrence's `W_hh`, the same at every
+/// time step of a window.
+#[derive(Default)]
+pub struct PackedB {
+    panels: Vec<u32>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    /// `[K, n]` of the packed operand.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// Packs `b` (`[K, n]`). The caller checks [`available`].
+    pub fn pack(&mut self, b: View) {
+        assert!(available(), "AMX packing on a CPU or OS without tiles");
+        (self.k, self.n) = (b.row_count(), b.t().row_count());
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available` implies AVX512-BF16 (asserted above).
+        unsafe {
+            imp::pack_panels(b, self.k.div_ceil(2).next_multiple_of(KT), &mut self.panels)
+        };
+    }
+}
+
+/// `dst = a · b` (or `+=` when `accumulate`) with `b` packed beforehand.
+pub fn matmul_packed(dst: ViewMut, a: View, b: &PackedB, accumulate: bool) {
+    #[cfg(target_arch = "x86_64")]
+    imp::matmul_packed(dst, a, b, accumulate);
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!(
+        "AMX on a CPU that is not x86-64: {dst:?} {a:?} {} {accumulate}",
+        b.n
+    );
+}
+
 /// GFLOP/s of one thread running `iters` rounds of four independent `tdpbf16ps` (16 × 16 × 32
 /// products each) on tiles held in registers: the unit's ceiling. `None` without it.
 pub fn peak_gflops(iters: u64) -> Option<f64> {
@@ -160,12 +198,7 @@ mod imp {
             // SAFETY: `available` (the caller's check) implies AVX512-BF16 for the packing.
             unsafe {
                 pack_rows(a, kp, &mut s.a);
-                pack(b.t(), T, kp, &mut s.b);
-            }
-            // Whole 32-column blocks of B: a missing second panel reads zeros.
-            let need = n.div_ceil(2 * T) * 2 * T * kp;
-            if s.b.len() < need {
-                s.b.resize(need, 0);
+                pack_panels(b, kp, &mut s.b);
             }
             let job = Job {
                 a: &s.a,
@@ -177,24 +210,55 @@ mod imp {
                 accumulate,
                 transposed,
             };
-            // B's columns in chunks that stay in L2 while every row block of A passes, C's
-            // rows written a block row at a time (column blocks outermost scattered C's
-            // stores, a third of the decoder's time).
-            let nc = (1 << 20) / (kp * 4) / (2 * T) * (2 * T);
-            // SAFETY: the CPU has the tiles and Linux granted them (`available`); the packed
-            // operands cover every tile the blocks read (rows to a multiple of 32, panels to an
-            // even count, K to whole tiles); C's tiles are checked against `c` in `block`.
-            unsafe {
-                asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
-                for c0 in (0..n).step_by(nc.max(2 * T)) {
-                    for i0 in (0..m).step_by(2 * T) {
-                        for j0 in (c0..n.min(c0 + nc.max(2 * T))).step_by(2 * T) {
-                            job.block(i0, j0, c, &mut s.edge);
-                        }
-                    }
-                }
-                asm!("tilerelease", options(nostack, nomem));
+            job.run(c, &mut s.edge);
+        })
+    }
+
+    /// `b` (`[K, n]`) as Bᵀ in panels of 16 columns, `kp` pairs each, whole 32-column blocks
+    /// (a missing second panel reads zeros).
+    ///
+    /// # Safety
+    /// The CPU must have AVX512-BF16 (and AVX512F).
+    pub(super) unsafe fn pack_panels(b: View, kp: usize, out: &mut Vec<u32>) {
+        pack(b.t(), T, kp, out);
+        let need = b.t().row_count().div_ceil(2 * T) * 2 * T * kp;
+        if out.len() < need {
+            out.resize(need, 0);
+        }
+    }
+
+    /// `dst (+)= a · b` with `b` packed by [`pack_panels`] for `K = a`'s columns.
+    pub(super) fn matmul_packed(dst: ViewMut, a: View, b: &super::PackedB, accumulate: bool) {
+        let (m, k, n) = (a.row_count(), a.t().row_count(), b.n);
+        assert!(
+            b.k == k && dst.shape() == (m, n),
+            "AMX gemm: shapes {m}×{k} · packed {}×{n} → {:?}",
+            b.k,
+            dst.shape()
+        );
+        let (c, rs) = dst.into_raw();
+        if k == 0 {
+            if !accumulate {
+                (0..m).for_each(|r| c[r * rs..][..n].fill(0.0));
             }
+            return;
+        }
+        let kp = k.div_ceil(2).next_multiple_of(KT);
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            // SAFETY: `available` (checked when `b` was packed) implies AVX512-BF16.
+            unsafe { pack_rows(a, kp, &mut s.a) };
+            let job = Job {
+                a: &s.a,
+                b: &b.panels,
+                kp,
+                m,
+                n,
+                rs,
+                accumulate,
+                transposed: false,
+            };
+            job.run(c, &mut s.edge);
         })
     }
 
@@ -223,6 +287,33 @@ mod imp {
     }
 
     impl Job<'_> {
+        /// Every block of the product, the tiles configured around them.
+        fn run(&self, c: &mut [f32], edge: &mut [Edge; 4]) {
+            let (m, n) = (self.m, self.n);
+            if m == 0 || n == 0 {
+                return;
+            }
+            // B's columns in chunks that stay in L2 while every row block of A passes, C's
+            // rows written a block row at a time (column blocks outermost scattered C's
+            // stores, a third of the decoder's time).
+            let nc = ((1 << 20) / (self.kp * 4) / (2 * T) * (2 * T)).max(2 * T);
+            // SAFETY: the CPU has the tiles and Linux granted them (`available`, checked by
+            // every caller); the packed operands cover every tile the blocks read (rows to a
+            // multiple of 32, panels to an even count, K to whole tiles); C's tiles are checked
+            // against `c` in `block`.
+            unsafe {
+                asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+                for c0 in (0..n).step_by(nc) {
+                    for i0 in (0..m).step_by(2 * T) {
+                        for j0 in (c0..n.min(c0 + nc)).step_by(2 * T) {
+                            self.block(i0, j0, c, edge);
+                        }
+                    }
+                }
+                asm!("tilerelease", options(nostack, nomem));
+            }
+        }
+
         /// The index in C of the product's `(i, j)`.
         fn at(&self, i: usize, j: usize) -> usize {
             if self.transposed {

@@ -9,7 +9,7 @@
 //!   The register tile keeps C in registers across a K block and starts each block from C's
 //!   value, so the accumulation runs over K in order, pair by pair, as [`reference`] does.
 //! - [`Unit::Amx`]: Intel's AMX tiles ([`super::amx`]), 16 × 16 fp32 accumulators per
-//!   instruction; the GEMMs only.
+//!   instruction.
 //! - [`Unit::Emulated`]: operands rounded to bf16 into fp32 buffers, then the fp32 GEMM. Same
 //!   operands, same exact products; only the fp32 summation order differs. This is what a bf16
 //!   run does on a CPU without the instruction, so a sweep over mixed nodes or a resume on
@@ -23,8 +23,8 @@ use std::cell::RefCell;
 /// Which unit computes the bf16 products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
-    /// AMX tiles ([`super::amx`]) for the GEMMs; the recurrence's per-step products, too small
-    /// for tiles to pay, run as [`Unit::Emulated`] does.
+    /// AMX tiles ([`super::amx`]): the GEMMs, and the recurrence's per-step products as one
+    /// tile product for all of a group's rows.
     Amx,
     Native,
     Emulated,

@@ -21,11 +21,16 @@
 //! rounded to bf16 and summed in fp32, as the other products are; `c`, the gates and `h` stay
 //! fp32. With AVX512-BF16 the tiles run `vdpbf16ps` over pairs of K (`W_hh` packed as pairs, the
 //! step's left operand converted once per step); without it the fp32 tiles run on the rounded
-//! operands (the same products, another summation order). Learning was the condition: over the
+//! operands (the same products, another summation order). With AMX tiles a step's product is
+//! one small AMX GEMM for all the group's rows (`W_hh` packed once per window), and the cell
+//! (forward) reads the gates it stored: the register tiles' fused epilogue is given up for a
+//! product on a unit 14× faster. Learning was the condition: over the
 //! parity grid bf16's mean val loss stays within one fp32 seed std in every cell
 //! (BENCHMARKS.md, "bf16 recurrent product").
 
+use super::amx;
 use super::bf16;
+use super::gemm::{View, ViewMut};
 use super::kernels;
 use super::precision::Products;
 use super::simd::{dispatch, Kernel, Level, Simd};
@@ -36,6 +41,9 @@ pub enum Packed {
     F32 { w: Vec<f32>, round: bool },
     /// bf16 tiles: pairs along K, `lo | hi << 16`.
     Pairs(Vec<u32>),
+    /// AMX tiles: `W_hhᵀ` (forward) or `W_hh` (backward), units padded to `Hp`, as the AMX
+    /// GEMM's right operand; a step is one tile product, then the cell.
+    Tiles(amx::PackedB),
 }
 
 impl Default for Packed {
@@ -58,10 +66,26 @@ impl Packed {
         backward: bool,
     ) {
         match p {
+            Products::Bf16(bf16::Unit::Amx) if amx::available() => {
+                let mut b = match std::mem::take(self) {
+                    Packed::Tiles(b) => b,
+                    _ => amx::PackedB::default(),
+                };
+                let padded;
+                let w = if h == hp {
+                    w_hh
+                } else {
+                    padded = pad_units(w_hh, h, hp);
+                    &padded
+                };
+                let w = View::new(w, 4 * hp, hp, hp);
+                b.pack(if backward { w } else { w.t() });
+                *self = Packed::Tiles(b);
+            }
             Products::Bf16(bf16::Unit::Native) if level.has_bf16() => {
                 let mut out = match std::mem::take(self) {
                     Packed::Pairs(v) => v,
-                    Packed::F32 { .. } => Vec::new(),
+                    _ => Vec::new(),
                 };
                 if backward {
                     pack_backward_pairs(w_hh, h, hp, &mut out)
@@ -74,7 +98,7 @@ impl Packed {
                 let round = p != Products::Fp32;
                 let mut w = match std::mem::take(self) {
                     Packed::F32 { w, .. } => w,
-                    Packed::Pairs(_) => Vec::new(),
+                    _ => Vec::new(),
                 };
                 if backward {
                     pack_backward(w_hh, h, hp, level.lanes(), &mut w)
@@ -143,11 +167,23 @@ fn pack_backward_pairs(w_hh: &[f32], h: usize, hp: usize, out: &mut Vec<u32>) {
 }
 
 /// Each step's left operand (`h_{t-1}` forward, `da_t` backward) in the product's precision:
-/// rounded to bf16 for the fp32 tiles, or as pairs for the bf16 ones. One per group.
+/// rounded to bf16 for the fp32 tiles, or as pairs for the bf16 ones; the AMX product's gates.
+/// One per group.
 #[derive(Default)]
 pub struct Scratch {
     rounded: Vec<f32>,
     pairs: Vec<u32>,
+    gates: Vec<f32>,
+}
+
+/// `W_hh` `[4H, H]` as `[4·Hp, Hp]`, padded units' rows and columns zero.
+fn pad_units(w_hh: &[f32], h: usize, hp: usize) -> Vec<f32> {
+    let mut out = vec![0.0; 4 * hp * hp];
+    for (row, src) in w_hh.chunks_exact(h).enumerate() {
+        let (q, u) = (row / h, row % h);
+        out[(q * hp + u) * hp..][..h].copy_from_slice(src);
+    }
+    out
 }
 
 /// `W_hh` `[4H, H]` packed for the forward tile: per block of `lanes` hidden units, `H` rows of
@@ -248,6 +284,10 @@ impl Forward<'_> {
                 assert!(w.len() == hp / level.lanes() * h * 4 * level.lanes());
                 dispatch(level, self)
             }
+            Packed::Tiles(b) => {
+                assert_eq!(b.shape(), (hp, 4 * hp));
+                dispatch(level, self)
+            }
             Packed::Pairs(w) => {
                 assert!(level.has_bf16() && w.len() == hp / 16 * h.div_ceil(2) * 64);
                 #[cfg(target_arch = "x86_64")]
@@ -265,6 +305,9 @@ impl Kernel for Forward<'_> {
     #[inline(always)]
     fn call<S: Simd>(mut self) {
         let l = S::LANES;
+        if let Packed::Tiles(b) = self.packed {
+            return self.tiles::<S>(b);
+        }
         let Packed::F32 { w: packed, round } = self.packed else {
             return; // `run` sends the pairs to the bf16 tiles.
         };
@@ -301,6 +344,36 @@ impl Kernel for Forward<'_> {
             }
         }
         self.scratch.rounded = rounded;
+    }
+}
+
+impl Forward<'_> {
+    /// The time loop on AMX tiles: each step's gates for every row at once as one tile product
+    /// (`h_{t-1} · W_hhᵀ`), then the cell from them, the input projection and the bias.
+    #[inline(always)]
+    fn tiles<S: Simd>(&mut self, b: &amx::PackedB) {
+        let (l, nb, hp) = (S::LANES, self.nb, self.hp);
+        let mut gates = std::mem::take(&mut self.scratch.gates);
+        gates.resize(nb * 4 * hp, 0.0);
+        for t in 0..self.t_len {
+            let prev = View::new(&self.hs[t * nb * hp..][..nb * hp], nb, hp, hp);
+            amx::matmul_packed(ViewMut::new(&mut gates, nb, 4 * hp, 4 * hp), prev, b, false);
+            for jb in 0..hp / l {
+                for r in 0..nb {
+                    // SAFETY: `run` checked every buffer's size; row r < nb, units of block
+                    // jb < Hp / LANES; `gates` holds nb rows of 4·Hp.
+                    unsafe {
+                        let mut acc = fwd_start::<S, 1>(self, t, jb, r);
+                        let g = gates.as_ptr().add(r * 4 * hp + jb * l);
+                        for (q, v) in acc[0].iter_mut().enumerate() {
+                            *v = S::add(*v, S::load(g.add(q * hp)));
+                        }
+                        fwd_finish::<S, 1>(self, &acc, t, jb, r);
+                    }
+                }
+            }
+        }
+        self.scratch.gates = gates;
     }
 }
 
@@ -445,6 +518,10 @@ impl Backward<'_> {
                 assert!(w.len() == 4 * hp * hp);
                 dispatch(level, self)
             }
+            Packed::Tiles(b) => {
+                assert_eq!(b.shape(), (4 * hp, hp));
+                dispatch(level, self)
+            }
             Packed::Pairs(w) => {
                 assert!(level.has_bf16() && w.len() == 2 * hp * hp);
                 #[cfg(target_arch = "x86_64")]
@@ -485,6 +562,13 @@ impl Backward<'_> {
                 }
             }
             if t == 0 {
+                continue;
+            }
+            if let Packed::Tiles(b) = self.packed {
+                let block = nb * 4 * hp;
+                let da = View::new(&self.da[t * block..][..block], nb, 4 * hp, 4 * hp);
+                let dh = ViewMut::new(self.dh_next, nb, hp, hp);
+                amx::matmul_packed(dh, da, b, false);
                 continue;
             }
             #[cfg(target_arch = "x86_64")]
@@ -863,6 +947,9 @@ mod tests {
         if level.has_bf16() {
             p.push(Products::Bf16(bf16::Unit::Native));
         }
+        if amx::available() {
+            p.push(Products::Bf16(bf16::Unit::Amx));
+        }
         p
     }
 
@@ -1079,11 +1166,16 @@ mod tests {
                 // fp32 against the emulation: the operands' rounding, 2^-8 relative each.
                 check(&fp32, 2f64.powi(-7), "fp32");
                 assert!(fp32 != emulated, "emulated bf16 is not fp32 ({shape:?})");
-                if level.has_bf16() {
-                    // The same rounded operands, summed in pairs: fp32 sums' rounding apart.
-                    let native = backward(level, Products::Bf16(bf16::Unit::Native), shape);
-                    check(&native, (4 * hp + 2) as f64 * 2f64.powi(-23), "native");
-                    assert!(native != fp32, "native bf16 is not fp32 ({shape:?})");
+                // The same rounded operands on the bf16 units: fp32 sums' rounding apart.
+                let units = bf16_units(level).into_iter().skip(1);
+                for p in units {
+                    let got = backward(level, p, shape);
+                    check(
+                        &got,
+                        (4 * hp + 2) as f64 * 2f64.powi(-23),
+                        &format!("{p:?}"),
+                    );
+                    assert!(got != fp32, "{p:?} is not fp32 ({shape:?})");
                 }
             }
         }

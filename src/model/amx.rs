@@ -33,7 +33,7 @@ pub fn available() -> bool {
 }
 
 /// `dst = a · b` (or `+=` when `accumulate`) in bf16 products with fp32 accumulation on AMX
-/// tiles. The caller checks [`available`].
+/// tiles. The caller checks [`available`], the shapes, and that none is empty.
 pub(in crate::model) fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
     imp::matmul(dst, a, b, accumulate);
@@ -164,24 +164,11 @@ mod imp {
         static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
     }
 
+    /// The caller ([`crate::model::bf16::matmul_bf16`]) checked the shapes and that none is
+    /// empty.
     pub(super) fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool) {
         let (m, k, n) = (a.row_count(), a.t().row_count(), b.t().row_count());
-        assert!(
-            b.row_count() == k && dst.shape() == (m, n),
-            "AMX gemm: shapes {m}×{k} · {}×{n} → {:?}",
-            b.row_count(),
-            dst.shape()
-        );
         let (c, rs) = dst.into_raw();
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            if !accumulate {
-                (0..m).for_each(|r| c[r * rs..][..n].fill(0.0));
-            }
-            return;
-        }
         // A must be packed row by row along K; when it lies along M instead (a weight
         // gradient's `dYᵀ`) that packing is a transpose. Computing Cᵀ = Bᵀ · Aᵀ instead makes
         // the smaller operand the one transposed, and the output's transpose costs only C's
@@ -231,18 +218,12 @@ mod imp {
     pub(super) fn matmul_packed(dst: ViewMut, a: View, b: &super::PackedB, accumulate: bool) {
         let (m, k, n) = (a.row_count(), a.t().row_count(), b.n);
         assert!(
-            b.k == k && dst.shape() == (m, n),
+            b.k == k && k > 0 && dst.shape() == (m, n),
             "AMX gemm: shapes {m}×{k} · packed {}×{n} → {:?}",
             b.k,
             dst.shape()
         );
         let (c, rs) = dst.into_raw();
-        if k == 0 {
-            if !accumulate {
-                (0..m).for_each(|r| c[r * rs..][..n].fill(0.0));
-            }
-            return;
-        }
         let kp = k.div_ceil(2).next_multiple_of(KT);
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();

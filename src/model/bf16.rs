@@ -110,6 +110,18 @@ thread_local! {
 /// `dst = a · b` (or `+=` when `accumulate`) in bf16 products with fp32 accumulation, on `unit`.
 /// A unit this CPU lacks computes as [`Unit::Emulated`].
 pub fn matmul_bf16(dst: ViewMut, a: View, b: View, accumulate: bool, unit: Unit) {
+    let (m, k, n) = (a.row_count(), a.t().row_count(), b.t().row_count());
+    assert!(
+        b.row_count() == k && dst.shape() == (m, n),
+        "bf16 gemm: shapes {m}×{k} · {}×{n} → {:?}",
+        b.row_count(),
+        dst.shape()
+    );
+    if m == 0 || n == 0 || k == 0 {
+        // Nothing to multiply: C unchanged, or zeros; the fp32 GEMM's trivial cases, so the
+        // units' kernels see only real products.
+        return matmul(dst, a, b, accumulate);
+    }
     if unit == Unit::Amx && super::amx::available() {
         return super::amx::matmul(dst, a, b, accumulate);
     }
@@ -297,24 +309,10 @@ pub(in crate::model) mod native {
         _mm512_storeu_si512(out.as_mut_ptr().cast(), pairs);
     }
 
+    /// The caller ([`super::matmul_bf16`]) checked the shapes and that none is empty.
     pub(super) fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool) {
         let (m, k, n) = (a.row_count(), a.t().row_count(), b.t().row_count());
-        assert!(
-            b.row_count() == k && dst.shape() == (m, n),
-            "bf16 gemm: shapes {m}×{k} · {}×{n} → {:?}",
-            b.row_count(),
-            dst.shape()
-        );
         let (data, rs) = dst.into_raw();
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            if !accumulate {
-                (0..m).for_each(|r| data[r * rs..][..n].fill(0.0));
-            }
-            return;
-        }
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
             let k2 = k.div_ceil(2);
@@ -414,13 +412,16 @@ mod tests {
     }
 
     /// Shapes that hit every edge of the tiles: a partial row panel and column panel, an odd K,
-    /// K across several blocks, one row, one column, and strided/transposed operands.
+    /// K across several blocks, one row, one column, whole AMX tiles beside partial ones, empty
+    /// K and empty C, and strided/transposed operands.
     const SHAPES: &[(usize, usize, usize)] = &[
         (1, 1, 1),
         (13, 5, 33),
         (12, 384, 32),
         (25, 401, 47),
         (70, 96, 64),
+        (3, 0, 5),
+        (0, 4, 2),
         (7, 2, 100),
         (40, 64, 17),
     ];

@@ -1,8 +1,8 @@
 //! bf16 products on Intel's AMX tiles (`tdpbf16ps`): the same arithmetic as
 //! [`bf16`](super::bf16) (operands rounded to bf16, products exact, fp32 accumulation), on a unit
 //! that multiplies a 16 × 32 bf16 tile by a 32 × 16 one into 16 × 16 fp32 accumulators in one
-//! instruction. On the Xeon we measured (family 6 model 167) that is ≈ 2,600 GFLOP/s on one
-//! core against ≈ 170 for fp32 FMAs: the step's large products stop being where its time goes.
+//! instruction. On the Xeon we measured (family 6 model 167) that is ≈ 3,300 GFLOP/s on one
+//! core against ≈ 230 for fp32 FMAs (BENCHMARKS.md, "AMX tiles").
 //!
 //! Rust has no stable AMX intrinsics (nor feature detection), so the unit is found with
 //! `cpuid` and the instructions are written as inline assembly. Linux hands a process the tile
@@ -138,6 +138,13 @@ mod imp {
     }
 
     /// Asks Linux for the tile data state (`ARCH_REQ_XCOMP_PERM`, `XFEATURE_XTILEDATA` = 18).
+    /// Other systems: no tiles (we know no other that grants them this way).
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn request() -> bool {
+        false
+    }
+
+    #[cfg(target_os = "linux")]
     pub(super) fn request() -> bool {
         const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
         const XFEATURE_XTILEDATA: libc::c_long = 18;

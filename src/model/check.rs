@@ -117,7 +117,8 @@ pub fn check_backend(
 
 /// `charlab check-device`: the backends a run on `device` may use against candle's reference ops
 /// on the CPU, with dropout on. On the CPU, the fp32 path and the bf16 one (on the fastest bf16
-/// unit the CPU has, AMX tiles or AVX512-BF16, else emulated); on a CUDA device, the fused path and candle's step-by-step ops.
+/// unit the CPU has, AMX tiles or AVX512-BF16, else emulated); on a CUDA device, the fused path
+/// and candle's step-by-step ops.
 pub fn check_device(
     device: &Device,
     dims: Dims,

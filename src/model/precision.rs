@@ -129,23 +129,21 @@ pub fn resolve(asked: Precision, on_cpu: bool) -> (Products, String) {
 /// FMA rate (FLOPs per second, best of 3 short runs each), measured once per process; `None`
 /// without the unit.
 pub fn bf16_speedup(unit: Unit) -> Option<f64> {
-    static MEASURED: OnceLock<[Option<f64>; 2]> = OnceLock::new();
-    let measured = MEASURED.get_or_init(|| {
-        let best = |kind| {
-            (0..3)
-                .filter_map(|_| peak_gflops(kind, 200_000))
-                .fold(0.0, f64::max)
-        };
-        let fp32 = best(Peak::Fp32);
-        let ratio = |kind| {
-            let x = best(kind);
-            (fp32 > 0.0 && x > 0.0).then(|| x / fp32)
-        };
-        [ratio(Peak::Amx), ratio(Peak::Bf16)]
-    });
+    // Each unit's ratio measured only when asked for: a run needs its fastest unit's alone.
+    static AMX: OnceLock<Option<f64>> = OnceLock::new();
+    static NATIVE: OnceLock<Option<f64>> = OnceLock::new();
+    let best = |kind| {
+        (0..3)
+            .filter_map(|_| peak_gflops(kind, 200_000))
+            .fold(0.0, f64::max)
+    };
+    let ratio = |kind| {
+        let (x, fp32) = (best(kind), best(Peak::Fp32));
+        (fp32 > 0.0 && x > 0.0).then(|| x / fp32)
+    };
     match unit {
-        Unit::Amx => measured[0],
-        Unit::Native => measured[1],
+        Unit::Amx => *AMX.get_or_init(|| ratio(Peak::Amx)),
+        Unit::Native => *NATIVE.get_or_init(|| ratio(Peak::Bf16)),
         Unit::Emulated => None,
     }
 }

@@ -1,13 +1,13 @@
 //! The machine's arithmetic ceiling, so that benchmark tables can say how close to it a run is:
 //! fp32 FMAs (`vfmadd231ps`, on zmm registers or, without AVX-512, ymm) and bf16 pair products
 //! with fp32 accumulation (`vdpbf16ps`; AMX's `tdpbf16ps` tile products where the CPU has
-//! them), each in a loop of independent accumulators that never
-//! touches memory (the loops `auto` precision measures too, run longer here), on 1 thread and on
-//! every core at once. Then each large
-//! product of a training step of config H (one thread's group: 2,048 rows), timed in fp32, in
-//! bf16 on the AMX tiles, on the AVX512-BF16 unit and in bf16 emulated: what each product gains or costs in bf16
-//! on this CPU; and the recurrence's own time loops (forward with the cell, backward), whose
-//! register tiles are ours rather than the `gemm` crate's. `scripts/peak.sh`.
+//! them), each in a loop of independent accumulators that never touches memory (the loops
+//! `auto` precision measures too, run longer here), on 1 thread and on every core at once. Then
+//! each large product of a training step of config H (one thread's group: 2,048 rows), timed in
+//! fp32, in bf16 on the AMX tiles, on the AVX512-BF16 unit and in bf16 emulated: what each
+//! product gains or costs in bf16 on this CPU; and the recurrence's own time loops (forward with
+//! the cell, backward), whose register tiles are ours rather than the `gemm` crate's.
+//! `scripts/peak.sh`.
 
 use charlab::model::bf16::Unit;
 use charlab::model::gemm::{View, ViewMut};

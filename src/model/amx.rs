@@ -266,7 +266,7 @@ mod imp {
     /// A tile's accumulators as they pass through memory (4 KiB aligned to a cache line).
     #[repr(C, align(64))]
     #[derive(Clone, Copy)]
-    pub(super) struct Edge([[f32; T]; T]);
+    struct Edge([[f32; T]; T]);
 
     impl Default for Edge {
         fn default() -> Edge {

@@ -68,6 +68,41 @@ impl PackedB {
     }
 }
 
+impl PackedB {
+    /// Sizes the operand for `[k, n]`, to be filled by [`PackedB::put_rows`].
+    pub fn for_rows(&mut self, k: usize, n: usize) {
+        (self.k, self.n) = (k, n);
+        let need = n.next_multiple_of(2 * T) * k.div_ceil(2).next_multiple_of(KT);
+        if self.panels.len() < need {
+            self.panels.resize(need, 0);
+        }
+    }
+
+    /// Rows `k0..k0 + r` of the operand from `rows` (`[r, n]`, along memory): a block of rows
+    /// converted while it is still in the cache (the fused decoder's gradient). `k0` is a
+    /// multiple of 32 (whole tiles of pairs); blocks that together cover every row once leave
+    /// the operand whole, K's padding written with the last.
+    pub fn put_rows(&mut self, rows: View, k0: usize) {
+        let r = rows.row_count();
+        assert!(
+            available()
+                && k0.is_multiple_of(2 * KT)
+                && k0 + r <= self.k
+                && rows.t().row_count() == self.n,
+            "AMX row block: {r}×{} at {k0} into {}×{}",
+            rows.t().row_count(),
+            self.k,
+            self.n
+        );
+        let kp = self.k.div_ceil(2).next_multiple_of(KT);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available` implies AVX512-BF16 (asserted above).
+        unsafe {
+            imp::put_rows(rows, kp, k0 / 2, &mut self.panels)
+        };
+    }
+}
+
 /// `dst = a · b` (or `+=` when `accumulate`) with `b` packed beforehand.
 pub fn matmul_packed(dst: ViewMut, a: View, b: &PackedB, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
@@ -77,6 +112,69 @@ pub fn matmul_packed(dst: ViewMut, a: View, b: &PackedB, accumulate: bool) {
         "AMX on a CPU that is not x86-64: {dst:?} {a:?} {} {accumulate}",
         b.n
     );
+}
+
+/// A left operand packed once for several products: the fused decoder's `top` (read by every
+/// row block).
+#[derive(Default)]
+pub struct PackedA {
+    pairs: Vec<u32>,
+    m: usize,
+    k: usize,
+    kp: usize,
+}
+
+impl PackedA {
+    /// `[m, K]` of the packed operand.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.m, self.k)
+    }
+
+    /// Packs `a` (`[m, K]`). The caller checks [`available`].
+    pub fn pack(&mut self, a: View) {
+        assert!(available(), "AMX packing on a CPU or OS without tiles");
+        (self.m, self.k) = (a.row_count(), a.t().row_count());
+        self.kp = self.k.div_ceil(2).next_multiple_of(KT);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available` implies AVX512-BF16 (asserted above).
+        unsafe {
+            imp::pack_rows(a, self.kp, &mut self.pairs)
+        };
+    }
+}
+
+/// `dst (+)= A[r0..r0 + m] · B`, both packed, `m` = `dst`'s rows; `r0` a multiple of 32. With
+/// `transposed`, `dst` is the product's transpose (`[n, m]`).
+pub fn matmul_prepacked(
+    dst: ViewMut,
+    a: &PackedA,
+    r0: usize,
+    b: &PackedB,
+    accumulate: bool,
+    transposed: bool,
+) {
+    let (m, n) = match dst.shape() {
+        (m, n) if !transposed => (m, n),
+        (n, m) => (m, n),
+    };
+    assert!(
+        a.k == b.k && a.k > 0 && r0.is_multiple_of(2 * T) && r0 + m <= a.m && n == b.n,
+        "AMX gemm: packed {}×{} rows {r0}.. · packed {}×{} → {:?}",
+        a.m,
+        a.k,
+        b.k,
+        b.n,
+        dst.shape()
+    );
+    #[cfg(target_arch = "x86_64")]
+    imp::run(
+        dst,
+        (&a.pairs[r0 * a.kp..], &b.panels, a.kp),
+        accumulate,
+        transposed,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("AMX on a CPU that is not x86-64: {dst:?} {r0} {accumulate} {transposed}");
 }
 
 /// GFLOP/s of one thread running `iters` rounds of four independent `tdpbf16ps` (16 × 16 × 32
@@ -221,6 +319,34 @@ mod imp {
         }
     }
 
+    /// `rows` (`[r, n]`, along memory) as pairs `at..` of every panel [`pack_panels`] lays out
+    /// (`kp` pairs a panel), through to the next whole tile of pairs (zeros past `r`): each
+    /// panel's run of pairs written in order, two rows of 16 columns per conversion.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512-BF16 (and AVX512F).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn put_rows(rows: View, kp: usize, at: usize, out: &mut [u32]) {
+        let (r, n) = (rows.row_count(), rows.t().row_count());
+        let (data, rs, cs) = rows.raw();
+        assert_eq!(cs, 1, "AMX row block: columns not along memory");
+        let span = r.div_ceil(2).next_multiple_of(KT);
+        assert!(at + span <= kp && n.div_ceil(T) * T * kp <= out.len());
+        for j0 in (0..n).step_by(T) {
+            let w = (n - j0).min(T);
+            let (panel, _) = out[j0 * kp + at * T..][..span * T].as_chunks_mut::<T>();
+            for (q, lanes) in panel.iter_mut().enumerate() {
+                if 2 * q < r {
+                    let lo = &data[2 * q * rs + j0..][..w];
+                    let hi = (2 * q + 1 < r).then(|| &data[(2 * q + 1) * rs + j0..][..w]);
+                    column_pairs(lo, hi, lanes);
+                } else {
+                    *lanes = [0; T];
+                }
+            }
+        }
+    }
+
     /// `dst (+)= a · b` with `b` packed by [`pack_panels`] for `K = a`'s columns.
     pub(super) fn matmul_packed(dst: ViewMut, a: View, b: &super::PackedB, accumulate: bool) {
         let (m, k, n) = (a.row_count(), a.t().row_count(), b.n);
@@ -230,24 +356,43 @@ mod imp {
             b.k,
             dst.shape()
         );
-        let (c, rs) = dst.into_raw();
         let kp = k.div_ceil(2).next_multiple_of(KT);
-        SCRATCH.with(|s| {
-            let s = &mut *s.borrow_mut();
-            // SAFETY: `available` (checked when `b` was packed) implies AVX512-BF16.
-            unsafe { pack_rows(a, kp, &mut s.a) };
-            let job = Job {
-                a: &s.a,
-                b: &b.panels,
-                kp,
-                m,
-                n,
-                rs,
-                accumulate,
-                transposed: false,
-            };
-            job.run(c, &mut s.edge);
-        })
+        let mut a_pairs = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().a));
+        // SAFETY: `available` (checked when `b` was packed) implies AVX512-BF16.
+        unsafe { pack_rows(a, kp, &mut a_pairs) };
+        run(dst, (&a_pairs, &b.panels, kp), accumulate, false);
+        SCRATCH.with(|s| s.borrow_mut().a = a_pairs);
+    }
+
+    /// `dst (+)= A · B` with A packed by [`pack_rows`] (from its first row) and B by
+    /// [`pack_panels`], `kp` pairs along K; `dst`'s shape says how many rows and columns (of
+    /// the product's transpose when `transposed`).
+    pub(super) fn run(
+        dst: ViewMut,
+        (a, b, kp): (&[u32], &[u32], usize),
+        accumulate: bool,
+        transposed: bool,
+    ) {
+        let (m, n) = match dst.shape() {
+            (m, n) if !transposed => (m, n),
+            (n, m) => (m, n),
+        };
+        assert!(
+            a.len() >= m.next_multiple_of(2 * T) * kp && b.len() >= n.next_multiple_of(2 * T) * kp,
+            "AMX gemm: packed operands shorter than {m}×{n} over {kp} pairs"
+        );
+        let (c, rs) = dst.into_raw();
+        let job = Job {
+            a,
+            b,
+            kp,
+            m,
+            n,
+            rs,
+            accumulate,
+            transposed,
+        };
+        SCRATCH.with(|s| job.run(c, &mut s.borrow_mut().edge));
     }
 
     /// One product's packed operands and where its result goes: C (`m × n` here), or Cᵀ
@@ -436,7 +581,7 @@ mod imp {
     /// # Safety
     /// The CPU must have AVX512-BF16 (and AVX512F).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn pack_rows(v: View, kp: usize, out: &mut Vec<u32>) {
+    pub(super) unsafe fn pack_rows(v: View, kp: usize, out: &mut Vec<u32>) {
         let (rows, k) = (v.row_count(), v.t().row_count());
         let need = rows.next_multiple_of(2 * T) * kp;
         if out.len() < need {

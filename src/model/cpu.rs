@@ -20,13 +20,15 @@
 //! in the time loop. Its gradient is scattered into the table and folded back into those rows
 //! of the embedding and into `W_ih` once per step: three GEMMs over U rows instead of B·T.
 
+use super::bf16::Unit;
 use super::gemm::{View, ViewMut};
-use super::kernels;
 use super::precision::Products;
 use super::recurrence::{self, Input};
-use super::simd::{dispatch, Kernel, Level, Simd};
+use super::simd::Level;
+use super::{amx, head};
 use super::{Dims, State};
 use crate::rng::Rng;
+pub use head::Sums;
 
 /// The parameters as slices, in the model's order.
 pub struct Weights<'a> {
@@ -159,22 +161,6 @@ enum Mode {
     Logits,
 }
 
-/// Loss and accuracy of a window: sums over its positions.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Sums {
-    pub loss: f64,
-    pub hits: f64,
-    pub count: usize,
-}
-
-impl std::ops::AddAssign for Sums {
-    fn add_assign(&mut self, o: Sums) {
-        self.loss += o.loss;
-        self.hits += o.hits;
-        self.count += o.count;
-    }
-}
-
 /// The CPU model's buffers: sized once per batch shape, reused every step.
 pub struct CpuModel {
     dims: Dims,
@@ -244,6 +230,8 @@ struct Group {
     dbias: Vec<f32>,
     /// The recurrence's per-step operand in bf16 (rounded or as pairs).
     recur: recurrence::Scratch,
+    /// The fused decoder's packed operands and block of logits (AMX only).
+    head: head::Scratch,
     /// This group's share of every parameter gradient (group 0's become the total).
     grads: Grads,
     /// `[min(V, T·nb·groups), 4·Hp]`: the table's gradient (its first U rows).
@@ -587,6 +575,7 @@ impl Group {
             dc_next: vec![0.0; nb * hp],
             dbias: vec![0.0; 4 * hp],
             recur: recurrence::Scratch::default(),
+            head: head::Scratch::default(),
             grads: Grads::default(),
             dtable: Vec::new(),
             sums: Sums::default(),
@@ -717,70 +706,37 @@ impl Group {
         let (v, h, layers) = (d.vocab, d.hidden, d.layers);
         let n = self.ids.len();
         let top = output(&self.layers[layers - 1], n, self.nb, h, hp);
-        let head_w = View::new(w.head_w, v, h, h);
-        s.products.matmul(
-            ViewMut::new(&mut self.logits, n, v, v),
-            top,
-            head_w.t(),
-            false,
-        );
         if mode == Mode::Logits {
+            let head_w = View::new(w.head_w, v, h, h);
+            let logits = ViewMut::new(&mut self.logits, n, v, v);
+            s.products.matmul(logits, top, head_w.t(), false);
             for row in self.logits.chunks_exact_mut(v) {
                 row.iter_mut().zip(w.head_b).for_each(|(z, b)| *z += b);
             }
             self.sums = Sums::default();
             return;
         }
-        let train = mode == Mode::Train;
-        let scale = 1.0 / s.x.len() as f32;
-        let db = if train {
-            let (_, db) = self.grads.head();
-            db.fill(0.0);
-            Some((scale, db))
-        } else {
-            None
+        let decoder = head::Head {
+            top,
+            w: w.head_w,
+            bias: w.head_b,
+            targets: &self.targets,
         };
-        self.sums = dispatch(
-            level,
-            HeadRows {
-                logits: &mut self.logits,
-                v,
-                bias: w.head_b,
-                targets: &self.targets,
-                grad: db,
-            },
-        );
-        if train {
-            let dlogits = View::new(&self.logits, n, v, v);
-            let mm = |dst, a, b| s.products.matmul(dst, a, b, false);
-            mm(ViewMut::new(self.grads.head().0, v, h, h), dlogits.t(), top);
-            mm(ViewMut::new(&mut self.dy, n, h, hp), dlogits, head_w);
-        }
-    }
-}
-
-/// The softmax pass over a group's logits (see [`kernels::softmax_row`]).
-struct HeadRows<'a> {
-    logits: &'a mut [f32],
-    v: usize,
-    bias: &'a [f32],
-    targets: &'a [u32],
-    grad: Option<(f32, &'a mut [f32])>,
-}
-
-impl Kernel for HeadRows<'_> {
-    type Out = Sums;
-    #[inline(always)]
-    fn call<S: Simd>(mut self) -> Sums {
-        let mut sums = Sums::default();
-        for (row, &t) in self.logits.chunks_exact_mut(self.v).zip(self.targets) {
-            let grad = self.grad.as_mut().map(|(k, db)| (*k, &mut db[..]));
-            let (loss, hit) = kernels::softmax_row(row, self.bias, t as usize, grad);
-            sums.loss += loss as f64;
-            sums.hits += hit as f64;
-            sums.count += 1;
-        }
-        sums
+        let grads = (mode == Mode::Train).then(|| {
+            let (dw, db) = self.grads.head();
+            head::Grads {
+                scale: 1.0 / s.x.len() as f32,
+                dw,
+                db,
+                dy: &mut self.dy,
+                dy_stride: hp,
+            }
+        });
+        self.sums = if s.products == Products::Bf16(Unit::Amx) && amx::available() {
+            head::fused(level, &decoder, &mut self.head, grads)
+        } else {
+            head::plain(s.products, level, &decoder, &mut self.logits, grads)
+        };
     }
 }
 

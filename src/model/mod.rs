@@ -17,6 +17,7 @@ pub mod cpu;
 pub mod fused;
 pub mod gemm;
 mod graph;
+mod head;
 mod kernels;
 pub mod memory;
 pub mod precision;

@@ -2,7 +2,8 @@
 //! fp32 FMAs (`vfmadd231ps`, on zmm registers or, without AVX-512, ymm) and bf16 pair products
 //! with fp32 accumulation (`vdpbf16ps`; AMX's `tdpbf16ps` tile products where the CPU has
 //! them), each in a loop of independent accumulators that never touches memory (the loops
-//! `auto` precision measures too, run longer here), on 1 thread and on every core at once. Then
+//! `auto` precision measures too, run longer here), on 1 thread and on every core at once; and
+//! the AMX block loop as the products run it, its tiles loaded each step from L1. Then
 //! each large product of a training step of config H (one thread's group: 2,048 rows), timed in
 //! fp32, in bf16 on the AMX tiles, on the AVX512-BF16 unit and in bf16 emulated: what each
 //! product gains or costs in bf16 on this CPU; and the recurrence's own time loops (forward with
@@ -19,14 +20,15 @@ use std::time::Instant;
 /// Rounds of the loop per measurement: about a second on the cores we know.
 const ITERS: u64 = 50_000_000;
 
-/// The best of three measurements of `kind` on `threads` threads at once (GFLOP/s summed over
+/// A throughput loop on one thread: its GFLOP/s, `None` without the instruction.
+type Rate = fn() -> Option<f64>;
+
+/// The best of three measurements of `rate` on `threads` threads at once (GFLOP/s summed over
 /// the threads); `None` when the CPU lacks the instruction.
-fn measure(kind: Peak, threads: usize) -> Option<f64> {
+fn measure(rate: Rate, threads: usize) -> Option<f64> {
     let once = || -> Option<f64> {
         std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads)
-                .map(|_| s.spawn(move || peak_gflops(kind, ITERS)))
-                .collect();
+            let hs: Vec<_> = (0..threads).map(|_| s.spawn(rate)).collect();
             hs.into_iter().map(|h| h.join().ok().flatten()).sum()
         })
     };
@@ -247,12 +249,27 @@ fn recurrence() {
 
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (kind, name, needs) in [
-        (Peak::Fp32, "fp32", "AVX512F or AVX2 with FMA"),
-        (Peak::Bf16, "bf16", "AVX512-BF16"),
-        (Peak::Amx, "bf16 AMX", "AMX-BF16 tiles the OS grants"),
-    ] {
-        match (measure(kind, 1), measure(kind, cores)) {
+    // The last: the AMX block loop with its tile loads, the ceiling of every AMX product.
+    let units: [(Rate, &str, &str); 4] = [
+        (
+            || peak_gflops(Peak::Fp32, ITERS),
+            "fp32",
+            "AVX512F or AVX2 with FMA",
+        ),
+        (|| peak_gflops(Peak::Bf16, ITERS), "bf16", "AVX512-BF16"),
+        (
+            || peak_gflops(Peak::Amx, ITERS),
+            "bf16 AMX",
+            "AMX-BF16 tiles the OS grants",
+        ),
+        (
+            || charlab::model::amx::loop_gflops(ITERS / 16),
+            "bf16 AMX block loop (tiles loaded each step, in L1)",
+            "AMX-BF16 tiles the OS grants",
+        ),
+    ];
+    for (rate, name, needs) in units {
+        match (measure(rate, 1), measure(rate, cores)) {
             (Some(one), Some(all)) => println!(
                 "{name} peak: {one:.1} GFLOP/s on 1 thread, {all:.1} GFLOP/s on {cores} threads"
             ),

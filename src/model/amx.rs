@@ -193,6 +193,25 @@ pub fn peak_gflops(iters: u64) -> Option<f64> {
     Some(flops / t0.elapsed().as_secs_f64().max(1e-9) / 1e9)
 }
 
+/// GFLOP/s of one thread running [`Job`](imp)'s k-step (two A and two B tiles loaded, four
+/// products) `iters` times on operands in L1: the ceiling of the block loop, below
+/// [`peak_gflops`]'s wherever loading a tile costs more than a product (on the Xeon we
+/// measured, a 1 KiB `tileloadd` ≈ 15 ns against ≈ 4.5 ns for a `tdpbf16ps`). `None`
+/// without tiles.
+pub fn loop_gflops(iters: u64) -> Option<f64> {
+    if !available() {
+        return None;
+    }
+    let t0 = std::time::Instant::now();
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `available` checked the CPU and the OS grant.
+    unsafe {
+        imp::loop_rate(iters)
+    };
+    let flops = iters as f64 * 4.0 * (T * T * 2 * KT) as f64 * 2.0;
+    Some(flops / t0.elapsed().as_secs_f64().max(1e-9) / 1e9)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::super::bf16::native::{column_pairs, pack, row_pairs};
@@ -482,13 +501,27 @@ mod imp {
             let mut stride = [T * 4; 4];
             for (q, t) in Self::tiles(i0, j0).into_iter().enumerate() {
                 let (rows, cols) = self.extent(t);
-                if rows == T && cols == T && !self.transposed {
+                let whole = rows == T && cols == T;
+                if whole && !self.transposed {
                     let o = self.at(t.0, t.1);
                     assert!(o + (T - 1) * self.rs + T <= c.len());
                     (at[q], stride[q]) = (c[o..].as_mut_ptr(), self.rs * 4);
                     continue;
                 }
                 let e = &mut edge[q].0;
+                at[q] = e.as_mut_ptr().cast();
+                if whole {
+                    // A whole tile of a transposed C: its columns are C's rows, moved 16 at a
+                    // time and transposed in registers (one scalar at a time was most of a
+                    // weight gradient's stores).
+                    if self.accumulate {
+                        for (j, line) in e.iter_mut().enumerate() {
+                            line.copy_from_slice(&c[self.at(t.0, t.1 + j)..][..T]);
+                        }
+                        transpose_tile(e);
+                    }
+                    continue;
+                }
                 *e = [[0.0; T]; T];
                 if self.accumulate {
                     for (r, line) in e.iter_mut().enumerate().take(rows) {
@@ -497,7 +530,6 @@ mod imp {
                         }
                     }
                 }
-                at[q] = e.as_mut_ptr().cast();
             }
             (at, stride)
         }
@@ -562,6 +594,14 @@ mod imp {
             for (q, t) in Self::tiles(i0, j0).into_iter().enumerate() {
                 if at[q] == edge[q].0.as_mut_ptr().cast() {
                     let (rows, cols) = self.extent(t);
+                    if rows == T && cols == T {
+                        // Whole, so transposed (see `targets`).
+                        transpose_tile(&mut edge[q].0);
+                        for (j, line) in edge[q].0.iter().enumerate() {
+                            c[self.at(t.0, t.1 + j)..][..T].copy_from_slice(line);
+                        }
+                        continue;
+                    }
                     for (r, line) in edge[q].0.iter().enumerate().take(rows) {
                         for (cc, &x) in line.iter().enumerate().take(cols) {
                             c[self.at(t.0 + r, t.1 + cc)] = x;
@@ -657,6 +697,48 @@ mod imp {
         for (line, v) in block.iter_mut().zip(r) {
             _mm512_storeu_si512(line.as_mut_ptr().cast(), v);
         }
+    }
+
+    /// [`super::loop_gflops`]: the block loop's k-steps on one block of operands (16 KiB of A
+    /// and B, in L1), reloaded every step as [`Job::block`] does.
+    ///
+    /// # Safety
+    /// The CPU has the tiles and Linux granted them.
+    pub(super) unsafe fn loop_rate(iters: u64) {
+        let ops = vec![0x3f80_3f80u32; 4 * T * KT];
+        let (a0, b0) = (ops.as_ptr(), ops.as_ptr().add(2 * T * KT));
+        let (a1, b1) = (a0.add(T * KT), b0.add(T * KT));
+        let s = KT * 4;
+        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+        for _ in 0..std::hint::black_box(iters) {
+            asm!(
+                "tileloadd tmm4, [{a0} + {s}*1]",
+                "tileloadd tmm6, [{b0} + {s}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {s}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {s}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                s = in(reg) s, options(nostack, readonly),
+            );
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+
+    /// [`transpose`] on a tile of fp32 accumulators.
+    fn transpose_tile(e: &mut [[f32; T]; T]) {
+        // SAFETY: f32 and u32 have the same size and alignment and share every bit pattern;
+        // AVX512F comes with the tiles (`available`, checked by every caller).
+        unsafe { transpose(&mut *(e as *mut [[f32; T]; T]).cast::<[[u32; T]; T]>()) }
     }
 
     /// The unit's ceiling: four independent accumulators, operands already in tiles.

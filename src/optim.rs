@@ -5,6 +5,7 @@
 //! [`update`]; off the CPU the same kernel runs on a host copy.
 
 use crate::config::{OptimizerKind, RunConfig, Schedule};
+use crate::model::simd::{dispatch, Kernel, Level, Simd};
 use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Tensor, Var};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -63,6 +64,41 @@ pub struct StepScalars {
 // Indexing keeps each rule readable as the formula it implements, across four slices.
 #[allow(clippy::needless_range_loop)]
 pub fn update(h: &Hyper, k: StepScalars, p: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mut [f32]) {
+    dispatch(
+        Level::detect(),
+        Update {
+            h,
+            k,
+            p,
+            g,
+            s: (s0, s1),
+        },
+    )
+}
+
+/// [`update`] compiled for the CPU's widest vectors: the same operations on each element (no
+/// fused multiply-adds are formed), so the same bits as a plain build, several times faster
+/// (Adam was 3 % of a step on AMX at SSE2's four lanes).
+struct Update<'a> {
+    h: &'a Hyper,
+    k: StepScalars,
+    p: &'a mut [f32],
+    g: &'a [f32],
+    s: (&'a mut [f32], &'a mut [f32]),
+}
+
+impl Kernel for Update<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn call<S: Simd>(self) {
+        let Update { h, k, p, g, s } = self;
+        rule(h, k, p, g, s.0, s.1)
+    }
+}
+
+/// One step of `h`'s rule on each element.
+#[inline(always)]
+fn rule(h: &Hyper, k: StepScalars, p: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mut [f32]) {
     let (lr, wd) = (k.lr, h.weight_decay);
     // L2 penalty as part of the gradient, except for AdamW whose decay is decoupled.
     let l2 = if h.kind == OptimizerKind::Adamw {
@@ -70,38 +106,43 @@ pub fn update(h: &Hyper, k: StepScalars, p: &mut [f32], g: &[f32], s0: &mut [f32
     } else {
         wd
     };
-    let grad = |i: usize, p: f32| g[i] * k.grad_scale + l2 * p;
+    let grad = |g: f32, p: f32| g * k.grad_scale + l2 * p;
+    // Zipped, not indexed: slices indexed by one `i` keep their bounds checks, and a loop with
+    // checks does not vectorise. The states a rule reads are as long as `p` (sliced so a short
+    // one fails loudly rather than stopping the zip early).
+    let n = p.len();
+    let g = &g[..n];
     match h.kind {
         OptimizerKind::Sgd => {
-            for i in 0..p.len() {
-                p[i] -= lr * grad(i, p[i]);
+            for (p, &g) in p.iter_mut().zip(g) {
+                *p -= lr * grad(g, *p);
             }
         }
         OptimizerKind::Momentum => {
-            for i in 0..p.len() {
-                s0[i] = h.momentum * s0[i] - lr * grad(i, p[i]);
-                p[i] += s0[i];
+            for ((p, &g), v) in p.iter_mut().zip(g).zip(&mut s0[..n]) {
+                *v = h.momentum * *v - lr * grad(g, *p);
+                *p += *v;
             }
         }
         OptimizerKind::Nesterov => {
-            for i in 0..p.len() {
-                let v_prev = s0[i];
-                s0[i] = h.momentum * s0[i] - lr * grad(i, p[i]);
-                p[i] += -h.momentum * v_prev + (1.0 + h.momentum) * s0[i];
+            for ((p, &g), v) in p.iter_mut().zip(g).zip(&mut s0[..n]) {
+                let v_prev = *v;
+                *v = h.momentum * *v - lr * grad(g, *p);
+                *p += -h.momentum * v_prev + (1.0 + h.momentum) * *v;
             }
         }
         OptimizerKind::Adagrad => {
-            for i in 0..p.len() {
-                let d = grad(i, p[i]);
-                s0[i] += d * d;
-                p[i] -= lr * d / (s0[i].sqrt() + h.eps);
+            for ((p, &g), s) in p.iter_mut().zip(g).zip(&mut s0[..n]) {
+                let d = grad(g, *p);
+                *s += d * d;
+                *p -= lr * d / (s.sqrt() + h.eps);
             }
         }
         OptimizerKind::Rmsprop => {
-            for i in 0..p.len() {
-                let d = grad(i, p[i]);
-                s0[i] = h.rms_decay * s0[i] + (1.0 - h.rms_decay) * d * d;
-                p[i] -= lr * d / (s0[i].sqrt() + h.eps);
+            for ((p, &g), s) in p.iter_mut().zip(g).zip(&mut s0[..n]) {
+                let d = grad(g, *p);
+                *s = h.rms_decay * *s + (1.0 - h.rms_decay) * d * d;
+                *p -= lr * d / (s.sqrt() + h.eps);
             }
         }
         OptimizerKind::Adam | OptimizerKind::Adamw => {
@@ -110,13 +151,13 @@ pub fn update(h: &Hyper, k: StepScalars, p: &mut [f32], g: &[f32], s0: &mut [f32
             } else {
                 1.0
             };
-            for i in 0..p.len() {
-                let d = grad(i, p[i]);
-                s0[i] = h.beta1 * s0[i] + (1.0 - h.beta1) * d;
-                s1[i] = h.beta2 * s1[i] + (1.0 - h.beta2) * d * d;
-                let m = s0[i] / k.bc1;
-                let v = s1[i] / k.bc2;
-                p[i] = p[i] * decay - lr * m / (v.sqrt() + h.eps);
+            let states = s0[..n].iter_mut().zip(&mut s1[..n]);
+            for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(states) {
+                let d = grad(g, *p);
+                *m = h.beta1 * *m + (1.0 - h.beta1) * d;
+                *v = h.beta2 * *v + (1.0 - h.beta2) * d * d;
+                let (mh, vh) = (*m / k.bc1, *v / k.bc2);
+                *p = *p * decay - lr * mh / (vh.sqrt() + h.eps);
             }
         }
     }

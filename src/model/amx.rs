@@ -103,6 +103,20 @@ impl PackedB {
     }
 }
 
+/// `dst_i = a_i · b` for each `(dst_i, a_i)` with `b` packed once, into the thread's scratch:
+/// products that share their right operand (a layer's weight gradients share `da`). With
+/// `transposed`, each `dst_i` is its product's transpose. The caller checks [`available`] and
+/// that `b` is not empty.
+pub(in crate::model) fn matmul_shared_b(b: View, products: Vec<(ViewMut, View)>, transposed: bool) {
+    #[cfg(target_arch = "x86_64")]
+    imp::matmul_shared_b(b, products, transposed);
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!(
+        "AMX on a CPU that is not x86-64: {b:?} {} {transposed}",
+        products.len()
+    );
+}
+
 /// `dst = a · b` (or `+=` when `accumulate`) with `b` packed beforehand.
 pub fn matmul_packed(dst: ViewMut, a: View, b: &PackedB, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
@@ -322,6 +336,41 @@ mod imp {
                 transposed,
             };
             job.run(c, &mut s.edge);
+        })
+    }
+
+    /// [`super::matmul_shared_b`].
+    pub(super) fn matmul_shared_b(b: View, products: Vec<(ViewMut, View)>, transposed: bool) {
+        let (k, n) = (b.row_count(), b.t().row_count());
+        let kp = k.div_ceil(2).next_multiple_of(KT);
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            // SAFETY: `available` (the caller's check) implies AVX512-BF16 for the packing.
+            unsafe { pack_panels(b, kp, &mut s.b) };
+            for (dst, a) in products {
+                let m = a.row_count();
+                let want = if transposed { (n, m) } else { (m, n) };
+                assert!(
+                    a.t().row_count() == k && dst.shape() == want,
+                    "AMX gemm: shapes {m}×{} · {k}×{n} → {:?}",
+                    a.t().row_count(),
+                    dst.shape()
+                );
+                let (c, rs) = dst.into_raw();
+                // SAFETY: as above.
+                unsafe { pack_rows(a, kp, &mut s.a) };
+                let job = Job {
+                    a: &s.a,
+                    b: &s.b,
+                    kp,
+                    m,
+                    n,
+                    rs,
+                    accumulate: false,
+                    transposed,
+                };
+                job.run(c, &mut s.edge);
+            }
         })
     }
 

@@ -783,19 +783,19 @@ impl Group {
             db_hh.copy_from_slice(db_ih);
             let da = View::new(&l.xp, n, 4 * hp, 4 * hp);
             let p = s.products;
-            weight_grad(p, da, View::new(&l.hs, n, h, hp), dw_hh, h, hp);
-            match below.last() {
-                Some(prev) => {
-                    weight_grad(p, da, output(prev, n, nb, h, hp), dw_ih, h, hp);
-                    let w_ih = View::new(w.layers[k].w_ih, 4 * h, h, h);
-                    input_grad(p, da, w_ih, &mut self.dy, hp, h, hp);
-                }
-                None => {
-                    // Layer 0 reads the table: its gradient goes to the table's rows.
-                    let rows = s.uniq.len() * 4 * hp;
-                    self.dtable[..rows].fill(0.0);
-                    scatter_rows(&mut self.dtable, &l.xp, 4 * hp, &self.slots);
-                }
+            let mut grads = vec![(View::new(&l.hs, n, h, hp), dw_hh)];
+            if let Some(prev) = below.last() {
+                grads.push((output(prev, n, nb, h, hp), dw_ih));
+            }
+            weight_grads(p, da, grads, (h, hp));
+            if below.is_empty() {
+                // Layer 0 reads the table: its gradient goes to the table's rows.
+                let rows = s.uniq.len() * 4 * hp;
+                self.dtable[..rows].fill(0.0);
+                scatter_rows(&mut self.dtable, &l.xp, 4 * hp, &self.slots);
+            } else {
+                let w_ih = View::new(w.layers[k].w_ih, 4 * h, h, h);
+                input_grad(p, da, w_ih, &mut self.dy, hp, h, hp);
             }
         }
     }
@@ -825,6 +825,27 @@ fn input_proj(p: Products, input: View, w_ih: View, dst: &mut [f32], h: usize, h
         let out = ViewMut::new(dst, n, 4 * hp, 4 * hp).cols(q * hp, cols);
         p.matmul(out, input, w_ih.rows(q * h, cols).t(), false);
     });
+}
+
+/// `dW = daᵀ · input` for each `(input, dW)`: `W_hh` with the previous outputs, `W_ih` with the
+/// layer's input. On AMX tiles with unpadded gates `da` is packed once for all of them (each
+/// product packed its own copy: a pass over `[N, 4·Hp]` apiece), each product computed as the
+/// plain one computes it, `dWᵀ = inputᵀ · da`.
+fn weight_grads(p: Products, da: View, grads: Vec<(View, &mut [f32])>, (h, hp): (usize, usize)) {
+    if p != Products::Bf16(Unit::Amx) || h != hp || da.row_count() == 0 || !amx::available() {
+        for (input, dw) in grads {
+            weight_grad(p, da, input, dw, h, hp);
+        }
+        return;
+    }
+    let products = grads
+        .into_iter()
+        .map(|(input, dw)| {
+            let n_in = input.t().row_count();
+            (ViewMut::new(dw, 4 * h, n_in, n_in), input.t())
+        })
+        .collect();
+    amx::matmul_shared_b(da, products, true);
 }
 
 /// `dW = daᵀ · input` (`W_ih`, or `W_hh` with the previous outputs as input), per gate block (`da` is `[N, 4·Hp]`, `dw` `[4H, in]`).

@@ -25,6 +25,21 @@ const KT: usize = 16;
 /// Rows (of A and C) and columns (of B and C) of one tile.
 const T: usize = 16;
 
+/// `(m, n)` of the product a destination holds, as it is or transposed.
+fn product_shape(dst: &ViewMut, transposed: bool) -> (usize, usize) {
+    let (rows, cols) = dst.shape();
+    if transposed {
+        (cols, rows)
+    } else {
+        (rows, cols)
+    }
+}
+
+/// A packed row's length for `k` values along K: its pairs, padded to whole tiles.
+fn pairs(k: usize) -> usize {
+    k.div_ceil(2).next_multiple_of(KT)
+}
+
 /// Whether this CPU has AMX-BF16 tiles, the OS lets this process use them, and `CHARLAB_SIMD`
 /// does not ask for less. Asks Linux for the tile state once per process.
 pub fn available() -> bool {
@@ -63,7 +78,7 @@ impl PackedB {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `available` implies AVX512-BF16 (asserted above).
         unsafe {
-            imp::pack_panels(b, self.k.div_ceil(2).next_multiple_of(KT), &mut self.panels)
+            imp::pack_panels(b, pairs(self.k), &mut self.panels)
         };
     }
 }
@@ -72,7 +87,7 @@ impl PackedB {
     /// Sizes the operand for `[k, n]`, to be filled by [`PackedB::put_rows`].
     pub fn for_rows(&mut self, k: usize, n: usize) {
         (self.k, self.n) = (k, n);
-        let need = n.next_multiple_of(2 * T) * k.div_ceil(2).next_multiple_of(KT);
+        let need = n.next_multiple_of(2 * T) * pairs(k);
         if self.panels.len() < need {
             self.panels.resize(need, 0);
         }
@@ -94,7 +109,7 @@ impl PackedB {
             self.k,
             self.n
         );
-        let kp = self.k.div_ceil(2).next_multiple_of(KT);
+        let kp = pairs(self.k);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `available` implies AVX512-BF16 (asserted above).
         unsafe {
@@ -139,16 +154,11 @@ pub struct PackedA {
 }
 
 impl PackedA {
-    /// `[m, K]` of the packed operand.
-    pub fn shape(&self) -> (usize, usize) {
-        (self.m, self.k)
-    }
-
     /// Packs `a` (`[m, K]`). The caller checks [`available`].
     pub fn pack(&mut self, a: View) {
         assert!(available(), "AMX packing on a CPU or OS without tiles");
         (self.m, self.k) = (a.row_count(), a.t().row_count());
-        self.kp = self.k.div_ceil(2).next_multiple_of(KT);
+        self.kp = pairs(self.k);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `available` implies AVX512-BF16 (asserted above).
         unsafe {
@@ -167,10 +177,7 @@ pub fn matmul_prepacked(
     accumulate: bool,
     transposed: bool,
 ) {
-    let (m, n) = match dst.shape() {
-        (m, n) if !transposed => (m, n),
-        (n, m) => (m, n),
-    };
+    let (m, n) = product_shape(&dst, transposed);
     assert!(
         a.k == b.k && a.k > 0 && r0.is_multiple_of(2 * T) && r0 + m <= a.m && n == b.n,
         "AMX gemm: packed {}×{} rows {r0}.. · packed {}×{} → {:?}",
@@ -194,25 +201,20 @@ pub fn matmul_prepacked(
 /// GFLOP/s of one thread running `iters` rounds of four independent `tdpbf16ps` (16 × 16 × 32
 /// products each) on tiles held in registers: the unit's ceiling. `None` without it.
 pub fn peak_gflops(iters: u64) -> Option<f64> {
-    if !available() {
-        return None;
-    }
-    let t0 = std::time::Instant::now();
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `available` checked the CPU and the OS grant.
-    unsafe {
-        imp::peak(iters)
-    };
-    let flops = iters as f64 * 4.0 * (T * T * 2 * KT) as f64 * 2.0;
-    Some(flops / t0.elapsed().as_secs_f64().max(1e-9) / 1e9)
+    timed(iters, false)
 }
 
-/// GFLOP/s of one thread running [`Job`](imp)'s k-step (two A and two B tiles loaded, four
-/// products) `iters` times on operands in L1: the ceiling of the block loop, below
+/// GFLOP/s of one thread running the block loop's k-step (two A and two B tiles loaded, four
+/// products) `iters` times on operands in L1: the ceiling of every product here, below
 /// [`peak_gflops`]'s wherever loading a tile costs more than a product (on the Xeon we
 /// measured, a 1 KiB `tileloadd` ≈ 15 ns against ≈ 4.5 ns for a `tdpbf16ps`). `None`
 /// without tiles.
 pub fn loop_gflops(iters: u64) -> Option<f64> {
+    timed(iters, true)
+}
+
+/// Times `iters` rounds of four tile products, with the block loop's loads or without.
+fn timed(iters: u64, loads: bool) -> Option<f64> {
     if !available() {
         return None;
     }
@@ -220,7 +222,11 @@ pub fn loop_gflops(iters: u64) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `available` checked the CPU and the OS grant.
     unsafe {
-        imp::loop_rate(iters)
+        if loads {
+            imp::loop_rate(iters)
+        } else {
+            imp::peak(iters)
+        }
     };
     let flops = iters as f64 * 4.0 * (T * T * 2 * KT) as f64 * 2.0;
     Some(flops / t0.elapsed().as_secs_f64().max(1e-9) / 1e9)
@@ -229,7 +235,7 @@ pub fn loop_gflops(iters: u64) -> Option<f64> {
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::super::bf16::native::{column_pairs, pack, row_pairs};
-    use super::{View, ViewMut, KT, T};
+    use super::{pairs, product_shape, View, ViewMut, KT, T};
     use std::arch::asm;
     use std::arch::x86_64::*;
     use std::cell::RefCell;
@@ -317,7 +323,7 @@ mod imp {
         } else {
             (a, b, m, n)
         };
-        let kp = k.div_ceil(2).next_multiple_of(KT);
+        let kp = pairs(k);
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
             // SAFETY: `available` (the caller's check) implies AVX512-BF16 for the packing.
@@ -342,16 +348,15 @@ mod imp {
     /// [`super::matmul_shared_b`].
     pub(super) fn matmul_shared_b(b: View, products: Vec<(ViewMut, View)>, transposed: bool) {
         let (k, n) = (b.row_count(), b.t().row_count());
-        let kp = k.div_ceil(2).next_multiple_of(KT);
+        let kp = pairs(k);
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
             // SAFETY: `available` (the caller's check) implies AVX512-BF16 for the packing.
             unsafe { pack_panels(b, kp, &mut s.b) };
             for (dst, a) in products {
                 let m = a.row_count();
-                let want = if transposed { (n, m) } else { (m, n) };
                 assert!(
-                    a.t().row_count() == k && dst.shape() == want,
+                    a.t().row_count() == k && product_shape(&dst, transposed) == (m, n),
                     "AMX gemm: shapes {m}×{} · {k}×{n} → {:?}",
                     a.t().row_count(),
                     dst.shape()
@@ -398,7 +403,7 @@ mod imp {
         let (r, n) = (rows.row_count(), rows.t().row_count());
         let (data, rs, cs) = rows.raw();
         assert_eq!(cs, 1, "AMX row block: columns not along memory");
-        let span = r.div_ceil(2).next_multiple_of(KT);
+        let span = pairs(r);
         assert!(at + span <= kp && n.div_ceil(T) * T * kp <= out.len());
         for j0 in (0..n).step_by(T) {
             let w = (n - j0).min(T);
@@ -424,7 +429,7 @@ mod imp {
             b.k,
             dst.shape()
         );
-        let kp = k.div_ceil(2).next_multiple_of(KT);
+        let kp = pairs(k);
         let mut a_pairs = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().a));
         // SAFETY: `available` (checked when `b` was packed) implies AVX512-BF16.
         unsafe { pack_rows(a, kp, &mut a_pairs) };
@@ -441,10 +446,7 @@ mod imp {
         accumulate: bool,
         transposed: bool,
     ) {
-        let (m, n) = match dst.shape() {
-            (m, n) if !transposed => (m, n),
-            (n, m) => (m, n),
-        };
+        let (m, n) = product_shape(&dst, transposed);
         assert!(
             a.len() >= m.next_multiple_of(2 * T) * kp && b.len() >= n.next_multiple_of(2 * T) * kp,
             "AMX gemm: packed operands shorter than {m}×{n} over {kp} pairs"
@@ -601,13 +603,7 @@ mod imp {
                     options(nostack, readonly),
                 );
             } else {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
+                zero_c();
             }
             let kp = self.kp;
             let a0 = self.a.as_ptr().add(i0 * kp);
@@ -616,19 +612,10 @@ mod imp {
             let b1 = b0.add(T * kp);
             let (sa, sb) = (kp * 4, T * 4);
             for p in (0..kp).step_by(KT) {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tileloadd tmm7, [{b1} + {sb}*1]",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0.add(p), a1 = in(reg) a1.add(p),
-                    b0 = in(reg) b0.add(p * T), b1 = in(reg) b1.add(p * T),
-                    sa = in(reg) sa, sb = in(reg) sb,
-                    options(nostack, readonly),
+                k_step(
+                    [a0.add(p), a1.add(p)],
+                    [b0.add(p * T), b1.add(p * T)],
+                    (sa, sb),
                 );
             }
             asm!(
@@ -748,6 +735,43 @@ mod imp {
         }
     }
 
+    /// C's four accumulators set to zero.
+    ///
+    /// # Safety
+    /// Tiles configured by [`CONFIG`].
+    #[inline(always)]
+    unsafe fn zero_c() {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+    }
+
+    /// One k-step of a block: A's two tiles and B's two (row strides `sa`, `sb` bytes) loaded,
+    /// the four products added into C's accumulators.
+    ///
+    /// # Safety
+    /// Tiles configured by [`CONFIG`]; 16 rows readable at each pointer and stride.
+    #[inline(always)]
+    unsafe fn k_step(a: [*const u32; 2], b: [*const u32; 2], (sa, sb): (usize, usize)) {
+        asm!(
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm6, [{b0} + {sb}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {sb}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) a[0], a1 = in(reg) a[1], b0 = in(reg) b[0], b1 = in(reg) b[1],
+            sa = in(reg) sa, sb = in(reg) sb,
+            options(nostack, readonly),
+        );
+    }
+
     /// [`super::loop_gflops`]: the block loop's k-steps on one block of operands (16 KiB of A
     /// and B, in L1), reloaded every step as [`Job::block`] does.
     ///
@@ -759,26 +783,9 @@ mod imp {
         let (a1, b1) = (a0.add(T * KT), b0.add(T * KT));
         let s = KT * 4;
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
+        zero_c();
         for _ in 0..std::hint::black_box(iters) {
-            asm!(
-                "tileloadd tmm4, [{a0} + {s}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {s}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {s}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
-                s = in(reg) s, options(nostack, readonly),
-            );
+            k_step([a0, a1], [b0, b1], (s, s));
         }
         asm!("tilerelease", options(nostack, nomem));
     }

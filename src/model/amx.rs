@@ -124,7 +124,7 @@ impl PackedB {
 /// that `b` is not empty.
 pub(in crate::model) fn matmul_shared_b(b: View, products: Vec<(ViewMut, View)>, transposed: bool) {
     #[cfg(target_arch = "x86_64")]
-    imp::matmul_shared_b(b, products, transposed);
+    imp::matmul_shared_b(b, products, false, transposed);
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!(
         "AMX on a CPU that is not x86-64: {b:?} {} {transposed}",
@@ -311,72 +311,48 @@ mod imp {
     /// The caller ([`crate::model::bf16::matmul_bf16`]) checked the shapes and that none is
     /// empty.
     pub(super) fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool) {
-        let (m, k, n) = (a.row_count(), a.t().row_count(), b.t().row_count());
-        let (c, rs) = dst.into_raw();
+        let (m, n) = (a.row_count(), b.t().row_count());
         // A must be packed row by row along K; when it lies along M instead (a weight
         // gradient's `dYᵀ`) that packing is a transpose. Computing Cᵀ = Bᵀ · Aᵀ instead makes
         // the smaller operand the one transposed, and the output's transpose costs only C's
         // size against the product's C × K.
         let transposed = a.raw().2 != 1 && n < m;
-        let (a, b, m, n) = if transposed {
-            (b.t(), a.t(), n, m)
-        } else {
-            (a, b, m, n)
-        };
-        let kp = pairs(k);
-        SCRATCH.with(|s| {
-            let s = &mut *s.borrow_mut();
-            // SAFETY: `available` (the caller's check) implies AVX512-BF16 for the packing.
-            unsafe {
-                pack_rows(a, kp, &mut s.a);
-                pack_panels(b, kp, &mut s.b);
-            }
-            let job = Job {
-                a: &s.a,
-                b: &s.b,
-                kp,
-                m,
-                n,
-                rs,
-                accumulate,
-                transposed,
-            };
-            job.run(c, &mut s.edge);
-        })
+        let (a, b) = if transposed { (b.t(), a.t()) } else { (a, b) };
+        matmul_shared_b(b, vec![(dst, a)], accumulate, transposed);
     }
 
-    /// [`super::matmul_shared_b`].
-    pub(super) fn matmul_shared_b(b: View, products: Vec<(ViewMut, View)>, transposed: bool) {
+    /// [`super::matmul_shared_b`], and [`matmul`] as one product.
+    pub(super) fn matmul_shared_b(
+        b: View,
+        products: Vec<(ViewMut, View)>,
+        accumulate: bool,
+        transposed: bool,
+    ) {
         let (k, n) = (b.row_count(), b.t().row_count());
         let kp = pairs(k);
+        // Out of the thread's scratch while `run` borrows it for the edge tiles.
+        let (mut a_pairs, mut b_panels) = SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            (std::mem::take(&mut s.a), std::mem::take(&mut s.b))
+        });
+        // SAFETY: `available` (the caller's check) implies AVX512-BF16 for the packing.
+        unsafe { pack_panels(b, kp, &mut b_panels) };
+        for (dst, a) in products {
+            let m = a.row_count();
+            assert!(
+                a.t().row_count() == k && product_shape(&dst, transposed) == (m, n),
+                "AMX gemm: shapes {m}×{} · {k}×{n} → {:?}",
+                a.t().row_count(),
+                dst.shape()
+            );
+            // SAFETY: as above.
+            unsafe { pack_rows(a, kp, &mut a_pairs) };
+            run(dst, (&a_pairs, &b_panels, kp), accumulate, transposed);
+        }
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
-            // SAFETY: `available` (the caller's check) implies AVX512-BF16 for the packing.
-            unsafe { pack_panels(b, kp, &mut s.b) };
-            for (dst, a) in products {
-                let m = a.row_count();
-                assert!(
-                    a.t().row_count() == k && product_shape(&dst, transposed) == (m, n),
-                    "AMX gemm: shapes {m}×{} · {k}×{n} → {:?}",
-                    a.t().row_count(),
-                    dst.shape()
-                );
-                let (c, rs) = dst.into_raw();
-                // SAFETY: as above.
-                unsafe { pack_rows(a, kp, &mut s.a) };
-                let job = Job {
-                    a: &s.a,
-                    b: &s.b,
-                    kp,
-                    m,
-                    n,
-                    rs,
-                    accumulate: false,
-                    transposed,
-                };
-                job.run(c, &mut s.edge);
-            }
-        })
+            (s.a, s.b) = (a_pairs, b_panels);
+        });
     }
 
     /// `b` (`[K, n]`) as Bᵀ in panels of 16 columns, `kp` pairs each, whole 32-column blocks

@@ -10,8 +10,9 @@
 //! rewritten by the softmax, read twice more to be packed to bf16) rather than multiplying.
 //! Fused, each block's gradient is packed to bf16 straight from the cache into both layouts
 //! the backward products read: pairs along V (for `dy`, computed there and then) and pairs
-//! along N (for `dW_head`, one product over all rows at the end). The sums over K run in the same order
-//! as the plain path's, so the logits, the loss and `dy` are the same bits.
+//! along N (for `dW_head`, one product over all rows at the end, oriented as the plain product
+//! orients it). Every sum over K runs in the plain path's order, so the logits, the loss and
+//! all three gradients are the same bits.
 
 use super::amx::{self, PackedA, PackedB};
 use super::gemm::{View, ViewMut};
@@ -37,7 +38,7 @@ impl std::ops::AddAssign for Sums {
 
 /// Rows of logits per block of [`fused`]: 64 rows of config M's vocabulary (2,963) are 760 KB,
 /// which stay in L2 beside the packed `W_head` (two layouts of 1.5 MB at hidden 256 share the
-/// rest with L3). A block is also whole 32-row tiles, as the packed transpose needs.
+/// rest with L3). A block is also whole 32-row tiles, as [`PackedB::put_rows`] needs.
 const BLOCK: usize = 64;
 
 /// What the decoder reads: the top layer's output (`[N, H]`), `W_head` (`[V, H]`), `b`, and

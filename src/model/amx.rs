@@ -318,41 +318,50 @@ mod imp {
         // size against the product's C × K.
         let transposed = a.raw().2 != 1 && n < m;
         let (a, b) = if transposed { (b.t(), a.t()) } else { (a, b) };
-        matmul_shared_b(b, vec![(dst, a)], accumulate, transposed);
+        matmul_shared_b(b, [(dst, a)], accumulate, transposed);
     }
 
     /// [`super::matmul_shared_b`], and [`matmul`] as one product.
-    pub(super) fn matmul_shared_b(
+    pub(super) fn matmul_shared_b<'a, 'b>(
         b: View,
-        products: Vec<(ViewMut, View)>,
+        products: impl IntoIterator<Item = (ViewMut<'a>, View<'b>)>,
         accumulate: bool,
         transposed: bool,
     ) {
         let (k, n) = (b.row_count(), b.t().row_count());
+        // Out of the thread's scratch while `run` borrows it for the edge tiles.
+        let mut panels = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().b));
+        // SAFETY: `available` (the caller's check) implies AVX512-BF16 for the packing.
+        unsafe { pack_panels(b, pairs(k), &mut panels) };
+        products_on((&panels, k, n), products, accumulate, transposed);
+        SCRATCH.with(|s| s.borrow_mut().b = panels);
+    }
+
+    /// `dst_i (+)= a_i · B` for each `(dst_i, a_i)`, B (`[k, n]`) packed by [`pack_panels`],
+    /// each `a_i` packed into the thread's scratch; with `transposed`, each `dst_i` is its
+    /// product's transpose. The caller has checked [`super::available`] (to pack B).
+    fn products_on<'a, 'b>(
+        (panels, k, n): (&[u32], usize, usize),
+        products: impl IntoIterator<Item = (ViewMut<'a>, View<'b>)>,
+        accumulate: bool,
+        transposed: bool,
+    ) {
         let kp = pairs(k);
         // Out of the thread's scratch while `run` borrows it for the edge tiles.
-        let (mut a_pairs, mut b_panels) = SCRATCH.with(|s| {
-            let s = &mut *s.borrow_mut();
-            (std::mem::take(&mut s.a), std::mem::take(&mut s.b))
-        });
-        // SAFETY: `available` (the caller's check) implies AVX512-BF16 for the packing.
-        unsafe { pack_panels(b, kp, &mut b_panels) };
+        let mut a_pairs = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().a));
         for (dst, a) in products {
             let m = a.row_count();
             assert!(
-                a.t().row_count() == k && product_shape(&dst, transposed) == (m, n),
+                k > 0 && a.t().row_count() == k && product_shape(&dst, transposed) == (m, n),
                 "AMX gemm: shapes {m}×{} · {k}×{n} → {:?}",
                 a.t().row_count(),
                 dst.shape()
             );
-            // SAFETY: as above.
+            // SAFETY: `available` (checked before B was packed) implies AVX512-BF16.
             unsafe { pack_rows(a, kp, &mut a_pairs) };
-            run(dst, (&a_pairs, &b_panels, kp), accumulate, transposed);
+            run(dst, (&a_pairs, panels, kp), accumulate, transposed);
         }
-        SCRATCH.with(|s| {
-            let s = &mut *s.borrow_mut();
-            (s.a, s.b) = (a_pairs, b_panels);
-        });
+        SCRATCH.with(|s| s.borrow_mut().a = a_pairs);
     }
 
     /// `b` (`[K, n]`) as Bᵀ in panels of 16 columns, `kp` pairs each, whole 32-column blocks
@@ -398,19 +407,7 @@ mod imp {
 
     /// `dst (+)= a · b` with `b` packed by [`pack_panels`] for `K = a`'s columns.
     pub(super) fn matmul_packed(dst: ViewMut, a: View, b: &super::PackedB, accumulate: bool) {
-        let (m, k, n) = (a.row_count(), a.t().row_count(), b.n);
-        assert!(
-            b.k == k && k > 0 && dst.shape() == (m, n),
-            "AMX gemm: shapes {m}×{k} · packed {}×{n} → {:?}",
-            b.k,
-            dst.shape()
-        );
-        let kp = pairs(k);
-        let mut a_pairs = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().a));
-        // SAFETY: `available` (checked when `b` was packed) implies AVX512-BF16.
-        unsafe { pack_rows(a, kp, &mut a_pairs) };
-        run(dst, (&a_pairs, &b.panels, kp), accumulate, false);
-        SCRATCH.with(|s| s.borrow_mut().a = a_pairs);
+        products_on((&b.panels, b.k, b.n), [(dst, a)], accumulate, false);
     }
 
     /// `dst (+)= A · B` with A packed by [`pack_rows`] (from its first row) and B by

@@ -20,6 +20,8 @@ machine in any case); `--first-seed S` numbers the seeds from S (to add seeds to
 grid mode, the one seed of every repeat).
 `--optuna-unpruned` keeps charlab's pruning but runs Optuna without its pruner (and without the
 mid-trial evaluations only the pruner reads): the expert's setup without Hyperband.
+`--seed-per-trial` trains each trial of both sides from its own init seed (the race's seed plus the
+trial's number: charlab's `seed_per_trial = true`), so that a side's result is not one draw's luck.
 `--explore X` and `--min-progress X` set charlab's `[search] explore` and its pruning's early
 cut (`min_progress = 0` races without it).
 """
@@ -80,6 +82,8 @@ def sweep_file(a, name, grid, seed=1):
             lines.append("multivariate = false")
         if a.explore is not None:
             lines.append(f"explore = {a.explore}")
+        if a.seed_per_trial:
+            lines.append("seed_per_trial = true")
         lines += ["", "[random]", "lr = { log_uniform = [1e-4, 2e-2] }",
                   "hidden = { choice = [64, 128, 256] }", "dropout = { uniform = [0.0, 0.5] }",
                   "layers = { choice = [1, 2] }"]
@@ -126,6 +130,7 @@ def run_optuna(a, data, grid, rep, seed=1):
            "--study", f"race{rep}", "--space", json.dumps(space), "--sampler",
            "grid" if grid else "tpe", "--trials", str(trials), "--startup", str(a.startup),
            "--fixed", fixed] + (["--prune"] if pruned else []) + (
+               ["--seed-per-trial", str(seed)] if a.seed_per_trial else []) + (
                ["--timeout", str(a.minutes * 60)] if a.minutes and not grid else [])
     env = dict(os.environ, PYTHONPATH="scripts")
     t0 = time.time()
@@ -188,6 +193,9 @@ def main():
                     help="charlab's ordered_choices = true (sizes as ordered keys)")
     ap.add_argument("--key-by-key", action="store_true",
                     help="charlab's multivariate = false (TPE's keys modelled one by one)")
+    ap.add_argument("--seed-per-trial", action="store_true",
+                    help="tpe mode: each trial of both sides its own init seed (the race's seed "
+                         "plus its number) instead of the race's seed for every trial")
     ap.add_argument("--explore", type=float,
                     help="charlab's [search] explore (its default when not given)")
     ap.add_argument("--min-progress", type=float,
@@ -255,7 +263,7 @@ SHAPES = ({"charlab": ["precision", "cost_aware", "joint", "rule", "ordered", "e
                        "min_progress"],
            "Optuna": ["autocast", "optuna_unpruned"]},
           ["mode", "corpus", "steps", "trials", "startup", "prune", "eval_every", "minutes",
-           "first_seed"])
+           "first_seed", "seed_per_trial"])
 
 
 def shape(args, side):
@@ -265,6 +273,7 @@ def shape(args, side):
     args = dict(args, first_seed=args.get("first_seed", 1), rule=args.get("rule", "halving"),
                 ordered=args.get("ordered", False), explore=args.get("explore"),
                 min_progress=args.get("min_progress", 0.0),
+                seed_per_trial=args.get("seed_per_trial", False),
                 optuna_unpruned=args.get("optuna_unpruned", False),
                 joint=(not args["key_by_key"]) if "key_by_key" in args
                 else bool(args.get("multivariate", False)))

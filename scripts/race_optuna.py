@@ -30,6 +30,9 @@ def main():
                     help="seconds: start no trial after this (Optuna's own time budget)")
     ap.add_argument("--prune", action="store_true",
                     help="Optuna's HyperbandPruner on the val loss at each --eval-at step")
+    ap.add_argument("--seed-per-trial", type=int, default=None, metavar="BASE",
+                    help="each trial trains from seed BASE + its number (charlab's "
+                         "seed_per_trial), not --fixed's one seed")
     a = ap.parse_args()
     # nn.LSTM warns that dropout needs two layers; the model's output dropout still applies.
     warnings.filterwarnings("ignore", message="dropout option adds dropout")
@@ -57,6 +60,8 @@ def main():
                 else:
                     params[k] = trial.suggest_categorical(k, lo)
         args = a.fixed.split() + [f"--{k}={v}" for k, v in params.items()]
+        if a.seed_per_trial is not None:
+            args.append(f"--seed={a.seed_per_trial + trial.number}")
         evals = sorted(int(s) for s in torch_ref.parser().parse_args(args).eval_at.split(",") if s)
 
         def on_eval(step, loss):

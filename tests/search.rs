@@ -122,6 +122,46 @@ fn a_tpe_search_grows_only_with_extend_and_refuses_a_changed_space() {
 }
 
 #[test]
+fn a_tpe_search_with_seed_per_trial_trains_each_trial_from_its_own_seed_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = tpe_file(d, "seeds", 5, "");
+    let text = std::fs::read_to_string(d.join(&f))
+        .unwrap()
+        .replace("[search]\n", "[search]\nseed_per_trial = true\n")
+        .replace("[defaults]\n", "[defaults]\nseed = 40\n");
+    std::fs::write(d.join(&f), &text).unwrap();
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = manifest(d, "seeds");
+    assert_eq!(m.trials.len(), 5);
+    for (i, e) in m.trials.iter().enumerate() {
+        let (_, seed) = e.overrides.iter().find(|(k, _)| k == "seed").unwrap();
+        assert_eq!(seed.as_i64(), Some(40 + i as i64), "{}", e.dir);
+        let run = d.join("runs/seeds").join(&e.dir);
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(
+            config.contains(&format!("\nseed = {}\n", 40 + i)),
+            "{config}"
+        );
+        assert_eq!(common::record(&run)["status"], "completed", "{}", e.dir);
+    }
+    // A proposal, seed included, is a pure function of its recorded history.
+    common::assert_proposals_replay(d, &f, "seeds");
+
+    let both = text
+        .replace("name = \"seeds\"", "name = \"both\"")
+        .replace("[random]\n", "[random]\nseed = { choice = [1, 2, 3] }\n");
+    std::fs::write(d.join("both.toml"), both).unwrap();
+    let o = common::charlab(d, &["sweep", "both.toml", "--plain"]);
+    common::assert_user_error(
+        &o,
+        "a seed both per trial and searched",
+        &["both.toml", "seed_per_trial", "[random]"],
+    );
+}
+
+#[test]
 fn a_tpe_search_with_halving_reads_pruned_curves_and_says_how_it_spent_its_budget() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

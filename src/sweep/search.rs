@@ -474,7 +474,8 @@ impl<'a> Proposer<'a> {
             .collect()
     }
 
-    /// The candidates for trial `index` given the history of `seen` completions.
+    /// The candidates for trial `index` given the history of `seen` completions (with the
+    /// trial's own seed under `seed_per_trial`).
     pub fn candidates(
         &self,
         manifest: &Manifest,
@@ -505,9 +506,14 @@ impl<'a> Proposer<'a> {
             of: &of,
             weight: cost_weight(index, self.tpe.trials),
         });
+        let seed = (self.tpe.seed_per_trial).then(|| ("seed".to_string(), self.trial_seed(index)));
         tpe::propose(&dims, &history, &settings, index as u64, cost.as_ref())
             .iter()
-            .map(|x| self.overrides(x))
+            .map(|x| {
+                let mut o = self.overrides(x);
+                o.extend(seed.clone());
+                o
+            })
             .collect()
     }
 
@@ -523,6 +529,14 @@ impl<'a> Proposer<'a> {
             (Some(m), Some(v)) => crate::model::memory::params(Dims::of(c, v)) > m,
             _ => false,
         }
+    }
+
+    /// Trial `index`'s seed under `seed_per_trial`: the defaults' seed (the run default when
+    /// the sweep gives none) plus the index, so a resumed or replayed search trains the same.
+    fn trial_seed(&self, index: usize) -> Value {
+        let base = (self.plan.base.get("seed").and_then(Value::as_integer))
+            .unwrap_or(RunConfig::default().seed as i64);
+        Value::Integer(base.saturating_add(index as i64))
     }
 
     /// Proposes the next trial from every trial heard of so far, writes its config and the

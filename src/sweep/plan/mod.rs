@@ -146,6 +146,9 @@ impl Plan {
             if s.explore != 0.0 {
                 text.push_str(&format!("|explore {}", s.explore));
             }
+            if s.seed_per_trial {
+                text.push_str("|seed per trial");
+            }
         }
         crate::digest::sha256_hex(text.as_bytes())[..16].to_string()
     }

@@ -5,8 +5,9 @@ grid: charlab's `[grid]` against Optuna's GridSampler over the same points (two 
 sharing a journal file): wall time of the whole sweep, best val loss, and a per-configuration
 table. tpe: charlab's `[search] method = "tpe"` against Optuna's TPESampler over the same space
 (lr, hidden, dropout, layers) and trial count, `--seeds N` races: the best finished val loss
-each side holds at every minute and after every k-th trial (mean ± std over seeds), the area
-under the best-so-far curve, when charlab reaches Optuna's final best, and an SVG chart.
+each side holds at every minute, after k trials (the first k to end, and the first k proposed)
+and after S steps trained in all (mean ± std over seeds), the area under the best-so-far curve,
+when charlab reaches Optuna's final best, and an SVG chart.
 `--prune` adds charlab's pruning rule (`--rule`: hyperband, the default, as Optuna's, or halving)
 and Optuna's HyperbandPruner (val loss every 100 steps);
 `--bf16` runs PyTorch under autocast-bf16. `--minutes M` gives both sides M minutes instead of
@@ -102,13 +103,17 @@ def run_charlab(a, grid, rep, seed=1):
     if p.returncode != 0:
         sys.exit(f"charlab sweep failed ({p.returncode}):\n{p.stderr[-3000:]}")
     trials = []
-    for rj in glob.glob(os.path.join(tmp, f"race{rep}", "*", "run.json")):
+    sweep = os.path.join(tmp, f"race{rep}")
+    manifest = json.load(open(os.path.join(sweep, "manifest.json")))
+    numbers = {t["dir"]: t["index"] for t in manifest["trials"]}
+    for rj in glob.glob(os.path.join(sweep, "*", "run.json")):
         r = json.load(open(rj))
         cfg = tomllib.load(open(os.path.join(os.path.dirname(rj), "config.toml"), "rb"))
         end = os.path.getmtime(rj) - t0
         done = r["status"] == "completed"
+        number = numbers[os.path.basename(os.path.dirname(rj))]
         trials.append(dict(params={k: cfg[k] for k in SWEPT}, completed=done, end=end,
-                           pruned=r["status"] == "pruned",
+                           pruned=r["status"] == "pruned", number=number, steps=r["steps"],
                            val_loss=r["final_metrics"]["val_loss"] if done else None))
     return wall, trials
 
@@ -329,6 +334,32 @@ def best_after(trials, k):
     return min((x["val_loss"] for x in ended if x["completed"]), default=None)
 
 
+def best_of_first(trials, k):
+    """The best finished val loss among the first k trials proposed (by number, as Optuna's
+    optimization history orders them): unlike `best_after`, a trial pruned soon does not push
+    an earlier-proposed one out. None for a race saved before trials carried their number."""
+    if any("number" not in x for x in trials):
+        return None
+    return min((x["val_loss"] for x in trials if x["number"] < k and x["completed"]),
+               default=None)
+
+
+def best_after_steps(trials, steps):
+    """The best finished val loss once the trials that have ended trained `steps` steps in all
+    (per-step speed taken out, a pruned trial's cost counted as the steps it ran). None for a
+    race saved before trials carried their steps, or one that never trained that many."""
+    if any("steps" not in x for x in trials):
+        return None
+    spent, best = 0, None
+    for x in sorted(trials, key=lambda x: x["end"]):
+        spent += x["steps"]
+        if spent > steps:
+            return best
+        if x["completed"]:
+            best = x["val_loss"] if best is None else min(best, x["val_loss"])
+    return None
+
+
 def mean_std(vals):
     vals = [v for v in vals if v is not None]
     if not vals:
@@ -385,12 +416,21 @@ def report_tpe(races, a):
             else "**no**")
         curve.append((m, ours, theirs))
         print(f"| {m} | {mean_std(ours)} | {mean_std(theirs)} | {lead} |")
-    print("\n| trials ended | charlab best | Optuna best |")
-    print("|---|---|---|")
+    print("\n| trials | charlab best of first k ended | Optuna best of first k ended | "
+          "charlab best of first k proposed | Optuna best of first k proposed |")
+    print("|---|---|---|---|---|")
     last = min(a.trials, min(len(ts) for (_, mt), (_, tt) in races for ts in (mt, tt) if ts))
     for k in range(min(8, last), last + 1):
-        print(f"| {k} | {mean_std([best_after(mt, k) for (_, mt), _ in races])} | "
-              f"{mean_std([best_after(tt, k) for _, (_, tt) in races])} |")
+        cells = [mean_std([pick(side[1], k) for side in sides])
+                 for pick in (best_after, best_of_first) for sides in zip(*races)]
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    print(f"\n| steps trained (in trials of {a.steps}) | charlab best | Optuna best |")
+    print("|---|---|---|")
+    for n in (4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 60, 80):
+        bests = [[best_after_steps(side[1], n * a.steps) for side in sides]
+                 for sides in zip(*races)]
+        if all(b is not None for side in bests for b in side):  # every seed got that far
+            print(f"| {n} | " + " | ".join(mean_std(side) for side in bests) + " |")
     if a.only and not (a.mine or a.opponent):
         if a.svg:
             write_svg(a.svg, curve, a)

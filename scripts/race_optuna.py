@@ -1,7 +1,8 @@
 """One Optuna worker of scripts/race.py: joins a study in a journal file (several workers share
 it, as Optuna's docs run a distributed study) and runs trials of the PyTorch char-LSTM
 (scripts/torch_ref.py's train, in-process, as a researcher's objective would) until the study is
-done. Prints one JSON line per finished trial: its parameters, val loss and finish time.
+done. Prints one JSON line per finished trial: its parameters, val loss, finish time, number
+(the order Optuna proposed it in) and the steps it trained.
 """
 import argparse
 import json
@@ -70,7 +71,8 @@ def main():
 
         r = torch_ref.train(torch_ref.parser().parse_args(args), on_eval if a.prune else None)
         print(json.dumps({"params": params, "val_loss": r["val_loss"], "end": time.time(),
-                          "completed": not r.get("pruned", False)}), flush=True)
+                          "completed": not r.get("pruned", False), "number": trial.number,
+                          "steps": r["steps"]}), flush=True)
         if r.get("pruned"):
             raise optuna.TrialPruned()
         return r["val_loss"]

@@ -368,6 +368,16 @@ def mean_std(vals):
     return f"{statistics.mean(vals):.3f} ± {sd:.3f}" + (f" ({len(vals)})" if len(vals) < N[0] else "")
 
 
+def paired(ours, theirs):
+    """charlab − Optuna, seed by seed, as mean ± its standard error: whether a gap between the
+    means stands out of the seeds' noise (each seed fixes both sides' startups, so the paired
+    difference is the reading; the two sides' own stds overstate it)."""
+    d = [o - t for o, t in zip(ours, theirs) if o is not None and t is not None]
+    if len(d) < 2:
+        return "-"
+    return f"{statistics.mean(d):+.3f} ± {statistics.stdev(d) / math.sqrt(len(d)):.3f}"
+
+
 N = [1]
 
 
@@ -404,8 +414,9 @@ def report_tpe(races, a):
         print(f"| {i + a.first_seed} | {mw:.0f} | {tw:.0f} | {f(mt)} | {f(tt)} | {p(mt)} | "
               f"{p(tt)} |")
     horizon = max(max(mw, tw) for (mw, _), (tw, _) in races)
-    print("\n| minute | charlab best-so-far | Optuna best-so-far | charlab ≤ Optuna |")
-    print("|---|---|---|---|")
+    print("\n| minute | charlab best-so-far | Optuna best-so-far | charlab ≤ Optuna | "
+          "charlab − Optuna (± s.e.) |")
+    print("|---|---|---|---|---|")
     curve = []
     for m in range(1, math.ceil(horizon / 60) + 1):
         ours = [best_at(mt, 60 * m) for (_, mt), _ in races]
@@ -415,22 +426,26 @@ def report_tpe(races, a):
             "yes" if statistics.mean(o for o, _ in both) <= statistics.mean(t for _, t in both)
             else "**no**")
         curve.append((m, ours, theirs))
-        print(f"| {m} | {mean_std(ours)} | {mean_std(theirs)} | {lead} |")
+        print(f"| {m} | {mean_std(ours)} | {mean_std(theirs)} | {lead} | {paired(ours, theirs)} |")
     print("\n| trials | charlab best of first k ended | Optuna best of first k ended | "
-          "charlab best of first k proposed | Optuna best of first k proposed |")
-    print("|---|---|---|---|---|")
+          "charlab best of first k proposed | Optuna best of first k proposed | "
+          "difference by proposal (± s.e.) |")
+    print("|---|---|---|---|---|---|")
     last = min(a.trials, min(len(ts) for (_, mt), (_, tt) in races for ts in (mt, tt) if ts))
     for k in range(min(8, last), last + 1):
-        cells = [mean_std([pick(side[1], k) for side in sides])
+        bests = [[pick(side[1], k) for side in sides]
                  for pick in (best_after, best_of_first) for sides in zip(*races)]
+        cells = [mean_std(b) for b in bests] + [paired(*bests[2:])]
         print(f"| {k} | " + " | ".join(cells) + " |")
-    print(f"\n| steps trained (in trials of {a.steps}) | charlab best | Optuna best |")
-    print("|---|---|---|")
+    print(f"\n| steps trained (in trials of {a.steps}) | charlab best | Optuna best | "
+          "charlab − Optuna (± s.e.) |")
+    print("|---|---|---|---|")
     for n in (4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 60, 80):
         bests = [[best_after_steps(side[1], n * a.steps) for side in sides]
                  for sides in zip(*races)]
         if all(b is not None for side in bests for b in side):  # every seed got that far
-            print(f"| {n} | " + " | ".join(mean_std(side) for side in bests) + " |")
+            print(f"| {n} | " + " | ".join(mean_std(side) for side in bests)
+                  + f" | {paired(*bests)} |")
     if a.only and not (a.mine or a.opponent):
         if a.svg:
             write_svg(a.svg, curve, a)

@@ -92,7 +92,9 @@ def fit(a):
             full = [r for r, _ in done if len(r["curve"]) == evals]
             gaps = [float(np.mean([r["curve"][e] - r["curve"][evals] for r in full]))
                     for e in range(1, evals)]
-            secs = float(np.median([r["secs"] for r in mine if "secs" in r]))
+            # Trials cut before their first evaluation would count 30 steps as one evaluation.
+            timed = [r["secs"] for r in mine if "secs" in r and len(r["curve"]) == evals]
+            secs = float(np.median(timed or [r["secs"] for r in mine if "secs" in r]))
             best = min((float(np.array(features(lr, p)) @ coef), lr, p)
                        for lr in np.logspace(-4, math.log10(2e-2), 60) for p in np.linspace(0, 0.5, 11))
             print(f"hidden {h} x {layers}: {len(done)} trials, residual std {sd:.3f}, gaps "
@@ -152,7 +154,8 @@ def optuna_side(surface, seed, a):
         if pruned or r["done"] == evals:
             study.tell(r["t"], state=optuna.trial.TrialState.PRUNED) if pruned else study.tell(r["t"], value)
             out.append(dict(params=r["t"].params, completed=not pruned, pruned=pruned, end=now,
-                            val_loss=None if pruned else value))
+                            val_loss=None if pruned else value, number=r["t"].number,
+                            steps=100 * r["done"]))
             running.pop(i)
 
 
@@ -181,7 +184,8 @@ def race_on(a):
         json.dump(dict(args=vars(a), races=races), open(a.save, "w"))
     ns = argparse.Namespace(minutes=a.minutes, startup=a.startup, prune=a.optuna_rule != "none",
                             optuna_unpruned=False, rule=a.rule, cost_aware=False, eval_every=100,
-                            trials=10_000, seeds=a.seeds, first_seed=a.first_seed, svg=None,
+                            trials=10_000, steps=100 * (len(surface["cells"][0]["gaps"]) + 1),
+                            seeds=a.seeds, first_seed=a.first_seed, svg=None,
                             only=None, mine=None, opponent=None, ordered=a.ordered)
     print(f"Simulated on {a.surface}: charlab TPE{' key by key' if a.key_by_key else ' (joint)'}"
           f" against Optuna, the same surface, costs{f' / {a.speed:g} for charlab' if a.speed != 1 else ''}"

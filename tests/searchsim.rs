@@ -70,7 +70,16 @@ fn a_budgeted_search_per_seed_in_the_race_format_and_the_same_again() {
             assert_eq!(done, !t["pruned"].as_bool().unwrap());
             assert_eq!(done, t["val_loss"].is_number(), "{t}");
             assert!([64, 128].contains(&t["params"]["hidden"].as_u64().unwrap()));
+            // The steps it trained: the full 300, or the evaluations reached before a cut.
+            let steps = t["steps"].as_u64().unwrap();
+            let possible: &[u64] = if done { &[300] } else { &[100, 200] };
+            assert!(possible.contains(&steps), "{t}");
         }
+        // Each trial's proposal number, once each: what race.py's "first k proposed" reads.
+        let mut numbers: Vec<u64> = ts.iter().map(|t| t["number"].as_u64().unwrap()).collect();
+        numbers.sort_unstable();
+        let all: Vec<u64> = (0..ts.len() as u64).collect();
+        assert_eq!(numbers, all, "every proposal ended, once");
         // The search finds the better size near lr 1e-3: the bowl's floor is 0.25.
         let best = (ts.iter().filter_map(|t| t["val_loss"].as_f64())).fold(f64::INFINITY, f64::min);
         assert!(best < 0.35, "best {best}");

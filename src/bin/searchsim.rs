@@ -200,6 +200,8 @@ fn main() -> anyhow::Result<()> {
                     "pruned": !t.completed,
                     "end": t.end,
                     "val_loss": if t.completed { Some(t.loss) } else { None },
+                    "number": t.number,
+                    "steps": 100 * t.evals,
                 })
             })
             .collect();

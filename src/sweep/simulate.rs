@@ -48,6 +48,10 @@ pub struct Ended {
     pub loss: f64,
     /// Ran its budget (not pruned).
     pub completed: bool,
+    /// Its proposal's index (the order the search proposed it in).
+    pub number: usize,
+    /// Evaluations it reached.
+    pub evals: u64,
 }
 
 /// One simulated trial: its point, start, and the losses at the evaluations it reached.
@@ -124,6 +128,8 @@ pub fn run(surface: &dyn Surface, setup: &Setup) -> Vec<Ended> {
                 end: now,
                 loss,
                 completed: !trials[i].stopped,
+                number: i,
+                evals: eval,
             });
         }
     }

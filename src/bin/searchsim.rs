@@ -201,7 +201,7 @@ fn main() -> anyhow::Result<()> {
                     "end": t.end,
                     "val_loss": if t.completed { Some(t.loss) } else { None },
                     "number": t.number,
-                    "steps": 100 * t.evals,
+                    "steps": t.steps,
                 })
             })
             .collect();

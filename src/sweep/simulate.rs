@@ -13,6 +13,9 @@ use super::pruning;
 use super::tpe::{self, Dim, Settings};
 use crate::rng::Rng;
 
+/// Steps between two evaluations: a trial's curve is read at 100, 200, ...
+pub const STEPS_PER_EVAL: u64 = 100;
+
 /// What a search is run against.
 pub trait Surface {
     /// Val loss of point `x` at evaluation `eval` (1-based) of `evals`, for a trial whose own
@@ -50,8 +53,8 @@ pub struct Ended {
     pub completed: bool,
     /// Its proposal's index (the order the search proposed it in).
     pub number: usize,
-    /// Evaluations it reached.
-    pub evals: u64,
+    /// Steps it trained: up to the last evaluation it reached.
+    pub steps: u64,
 }
 
 /// One simulated trial: its point, start, and the losses at the evaluations it reached.
@@ -73,7 +76,7 @@ impl Trial {
         let ended = self.ended(evals);
         let curve = (self.losses.iter().enumerate())
             .filter(|_| ended || read_running)
-            .map(|(e, &l)| (100 * (e as u64 + 1), l))
+            .map(|(e, &l)| (STEPS_PER_EVAL * (e as u64 + 1), l))
             .collect();
         let end = match (ended, self.stopped) {
             (false, _) => End::Running,
@@ -129,7 +132,7 @@ pub fn run(surface: &dyn Surface, setup: &Setup) -> Vec<Ended> {
                 loss,
                 completed: !trials[i].stopped,
                 number: i,
-                evals: eval,
+                steps: STEPS_PER_EVAL * eval,
             });
         }
     }

@@ -36,8 +36,9 @@ pub struct TpeSearch {
     pub multivariate: bool,
     /// Numbers listed in order in a choice (`hidden = { choice = [64, 128, 256] }`) modelled as
     /// an ordered key ([`crate::sweep::search::dim`]). Off unless `ordered_choices = true`: it
-    /// pays where the largest size is best and costs where a middle one is, and was no better
-    /// than the default in the real Zen 1 race (BENCHMARKS.md, "Search quality alone, simulated").
+    /// pays where the largest one-layer size is best and costs where another is: over fifteen
+    /// race seeds it was lower than the default on 红楼梦 and higher on Shakespeare
+    /// (BENCHMARKS.md, "`ordered_choices` over fifteen seeds").
     pub ordered_choices: bool,
     /// The share of each proposal's candidates drawn from the whole space rather than the good
     /// density ([`crate::sweep::tpe::Settings::explore`]); `explore = 0` is Optuna's (and

@@ -32,6 +32,9 @@ import numpy as np
 
 import race
 
+# Steps between two evaluations of a simulated trial, as src/sweep/simulate.rs's STEPS_PER_EVAL:
+# the surface holds losses per evaluation, not per step.
+STEPS_PER_EVAL = 100
 SPACE = {"lr": [1e-4, 2e-2], "dropout": [0.0, 0.5], "hidden": [64, 128, 256], "layers": [1, 2]}
 
 
@@ -155,7 +158,7 @@ def optuna_side(surface, seed, a):
             study.tell(r["t"], state=optuna.trial.TrialState.PRUNED) if pruned else study.tell(r["t"], value)
             out.append(dict(params=r["t"].params, completed=not pruned, pruned=pruned, end=now,
                             val_loss=None if pruned else value, number=r["t"].number,
-                            steps=100 * r["done"]))
+                            steps=STEPS_PER_EVAL * r["done"]))
             running.pop(i)
 
 
@@ -183,8 +186,9 @@ def race_on(a):
     if a.save:
         json.dump(dict(args=vars(a), races=races), open(a.save, "w"))
     ns = argparse.Namespace(minutes=a.minutes, startup=a.startup, prune=a.optuna_rule != "none",
-                            optuna_unpruned=False, rule=a.rule, cost_aware=False, eval_every=100,
-                            trials=10_000, steps=100 * (len(surface["cells"][0]["gaps"]) + 1),
+                            optuna_unpruned=False, rule=a.rule, cost_aware=False,
+                            eval_every=STEPS_PER_EVAL, trials=10_000,
+                            steps=STEPS_PER_EVAL * (len(surface["cells"][0]["gaps"]) + 1),
                             seeds=a.seeds, first_seed=a.first_seed, svg=None,
                             only=None, mine=None, opponent=None, ordered=a.ordered)
     print(f"Simulated on {a.surface}: charlab TPE{' key by key' if a.key_by_key else ' (joint)'}"

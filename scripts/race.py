@@ -25,6 +25,8 @@ mid-trial evaluations only the pruner reads): the expert's setup without Hyperba
 trial's number: charlab's `seed_per_trial = true`), so that a side's result is not one draw's luck.
 `--explore X` and `--min-progress X` set charlab's `[search] explore` and its pruning's early
 cut (`min_progress = 0` races without it).
+`--charlab-startup N` gives charlab's side N startup trials while Optuna keeps `--startup` (to
+race charlab's startup length alone against a saved Optuna side).
 """
 import argparse
 import glob
@@ -74,7 +76,7 @@ def sweep_file(a, name, grid, seed=1):
         lines += ["", "[grid]", f"lr = {grid['lr']}", f"hidden = {grid['hidden']}"]
     else:
         lines += ["", "[search]", 'method = "tpe"', f"trials = {a.trials}",
-                  f"startup_trials = {a.startup}"]
+                  f"startup_trials = {a.charlab_startup or a.startup}"]
         if a.cost_aware:
             lines.append("cost_aware = true")
         if a.ordered:
@@ -184,6 +186,8 @@ def main():
     ap.add_argument("--dropout", type=float, default=0.2, help="grid mode's fixed dropout")
     ap.add_argument("--trials", type=int, default=12, help="tpe mode's trial count")
     ap.add_argument("--startup", type=int, default=4, help="tpe mode's random trials")
+    ap.add_argument("--charlab-startup", type=int,
+                    help="tpe mode: charlab's startup_trials when not --startup's")
     ap.add_argument("--seeds", type=int, default=1, help="tpe mode: races, seeds 1..N")
     ap.add_argument("--first-seed", type=int, default=1,
                     help="tpe mode: number the seeds from here (to add seeds to a race); grid "
@@ -265,7 +269,7 @@ def main():
 
 # What shapes each side's runs: a saved side is reused only under the same values.
 SHAPES = ({"charlab": ["precision", "cost_aware", "joint", "rule", "ordered", "explore",
-                       "min_progress"],
+                       "min_progress", "charlab_startup"],
            "Optuna": ["autocast", "optuna_unpruned"]},
           ["mode", "corpus", "steps", "trials", "startup", "prune", "eval_every", "minutes",
            "first_seed", "seed_per_trial"])
@@ -280,6 +284,7 @@ def shape(args, side):
                 min_progress=args.get("min_progress", 0.0),
                 seed_per_trial=args.get("seed_per_trial", False),
                 optuna_unpruned=args.get("optuna_unpruned", False),
+                charlab_startup=args.get("charlab_startup") or args["startup"],
                 joint=(not args["key_by_key"]) if "key_by_key" in args
                 else bool(args.get("multivariate", False)))
     return {k: args.get(k) for k in SHAPES[0][side] + SHAPES[1]}
@@ -400,7 +405,9 @@ def report_tpe(races, a):
         races = [((end, [x for x in mt if x["end"] <= end]), (end, [x for x in tt if x["end"] <= end]))
                  for (_, mt), (_, tt) in races]
     budget = f"{a.minutes:g} minutes a side (trials ended by then)" if a.minutes else f"{a.trials} trials"
-    print(f"{budget}, {a.startup} random first, {len(races)} seeds; Optuna TPESampler"
+    ours = getattr(a, "charlab_startup", None) or a.startup
+    first = f"{a.startup} random first" + (f" (charlab {ours})" if ours != a.startup else "")
+    print(f"{budget}, {first}, {len(races)} seeds; Optuna TPESampler"
           f"{' + HyperbandPruner' if a.prune and not a.optuna_unpruned else ''}, 2 workers; charlab TPE"
           f"{f' + {a.rule}' if a.prune else ''}{', cost-aware' if a.cost_aware else ''}"
           f"{', ordered choices' if getattr(a, 'ordered', False) else ''}"

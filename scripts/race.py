@@ -76,7 +76,7 @@ def sweep_file(a, name, grid, seed=1):
         lines += ["", "[grid]", f"lr = {grid['lr']}", f"hidden = {grid['hidden']}"]
     else:
         lines += ["", "[search]", 'method = "tpe"', f"trials = {a.trials}",
-                  f"startup_trials = {a.charlab_startup or a.startup}"]
+                  f"startup_trials = {charlab_startup(vars(a))}"]
         if a.cost_aware:
             lines.append("cost_aware = true")
         if a.ordered:
@@ -275,6 +275,11 @@ SHAPES = ({"charlab": ["precision", "cost_aware", "joint", "rule", "ordered", "e
            "first_seed", "seed_per_trial"])
 
 
+def charlab_startup(args):
+    """charlab's startup_trials in a race's arguments: `--charlab-startup`, else `--startup`."""
+    return args.get("charlab_startup") or args["startup"]
+
+
 def shape(args, side):
     """The settings of `side` in a race's arguments, reading files from before a flag existed:
     `multivariate` (joint on request) preceded `key_by_key` (joint by default); a race saved
@@ -284,7 +289,7 @@ def shape(args, side):
                 min_progress=args.get("min_progress", 0.0),
                 seed_per_trial=args.get("seed_per_trial", False),
                 optuna_unpruned=args.get("optuna_unpruned", False),
-                charlab_startup=args.get("charlab_startup") or args["startup"],
+                charlab_startup=charlab_startup(args),
                 joint=(not args["key_by_key"]) if "key_by_key" in args
                 else bool(args.get("multivariate", False)))
     return {k: args.get(k) for k in SHAPES[0][side] + SHAPES[1]}
@@ -405,7 +410,7 @@ def report_tpe(races, a):
         races = [((end, [x for x in mt if x["end"] <= end]), (end, [x for x in tt if x["end"] <= end]))
                  for (_, mt), (_, tt) in races]
     budget = f"{a.minutes:g} minutes a side (trials ended by then)" if a.minutes else f"{a.trials} trials"
-    ours = getattr(a, "charlab_startup", None) or a.startup
+    ours = charlab_startup(vars(a))
     first = f"{a.startup} random first" + (f" (charlab {ours})" if ours != a.startup else "")
     print(f"{budget}, {first}, {len(races)} seeds; Optuna TPESampler"
           f"{' + HyperbandPruner' if a.prune and not a.optuna_unpruned else ''}, 2 workers; charlab TPE"

@@ -376,11 +376,12 @@ fn an_ordered_choices_search_says_so_replays_and_is_another_search() {
 }
 
 #[test]
-fn a_search_with_candidates_from_the_good_density_only_says_so_and_is_another_search() {
-    // The search before `explore` existed: its directory resumes only with `explore = 0`.
-    let says = ", explore 0)";
-    let refusal = "`explore = 0`";
-    a_search_variant_says_so_replays_and_is_another_search("near", "explore = 0", says, refusal);
+fn a_search_with_candidates_from_the_whole_space_says_so_and_is_another_search() {
+    // A search begun while half the candidates came from the whole space by default: its
+    // directory resumes only with `explore = 0.5`, and the message says so.
+    let says = ", explore 0.5)";
+    let refusal = "`explore = 0.5`";
+    a_search_variant_says_so_replays_and_is_another_search("wide", "explore = 0.5", says, refusal);
 }
 
 #[test]

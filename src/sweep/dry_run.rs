@@ -14,14 +14,22 @@ fn dry_run_search(plan: &Plan, tpe: &plan::TpeSearch, root: &Path) -> String {
         .iter()
         .map(|(k, s)| vec![k.clone(), s.to_string()])
         .collect();
+    // Said only when asked for: the default draws every candidate from the good density.
+    let wide = if tpe.explore > 0.0 {
+        format!(
+            ", {:.0} % of them from the whole space",
+            100.0 * tpe.explore
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{}TPE search: {} trials ({} random first, {} candidates each, {:.0} % of them from the \
-         whole space), minimising best {} → {}/",
+        "{}TPE search: {} trials ({} random first, {} candidates each{wide}), minimising best {} \
+         → {}/",
         render(&headers, &lines, Format::Table),
         tpe.trials,
         tpe.startup,
         tpe.candidates,
-        100.0 * tpe.explore,
         tpe.metric.name(),
         root.display()
     )

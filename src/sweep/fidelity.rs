@@ -362,7 +362,7 @@ mod tests {
         // units on, up to 3 % higher before, the survivor it reads being the costly choice);
         // with Optuna's kernel (the default: ahead of the fixed spread on 红楼梦, behind on
         // Shakespeare) it is 1.3 % higher on this surface (2.605 against 2.572; 2.624 against
-        // 2.592 with the default `explore`). The test pins that the reading reaches the sampler (the arms would be
+        // 2.592 with `explore` 0.5). The test pins that the reading reaches the sampler (the arms would be
         // equal if it were lost on the way) and that it costs under 2 %.
         let area = |read_running| -> f64 {
             mean_best(&HALVING, read_running, [0.0; 3], 0.0)
@@ -383,7 +383,7 @@ mod tests {
         // Optuna's 1.77), and halving pruned every hidden-256 trial at step 100 once the search
         // had settled on hidden 128. Here the costly choice is the best at the end by 0.2 and
         // behind at step 100 by `late` less that. Mean best-so-far over 400 seeds at horizons
-        // 10..60 (measured with `explore = 0`; with the default 0.5, late 1.0: hyperband 1.177
+        // 10..60 (measured with `explore = 0`, the default; with 0.5, late 1.0: hyperband 1.177
         // 0.513 0.400 0.349 0.286 0.217 0.142, halving 1.033 0.441 0.351 0.300 0.259 0.213 0.170):
         //   late 1.0: hyperband 1.176 0.511 0.382 0.334 0.275 0.211 0.145
         //             halving   1.029 0.435 0.358 0.301 0.257 0.213 0.174

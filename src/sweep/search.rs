@@ -667,7 +667,7 @@ mod ordered_choices {
                 candidates: 24,
                 seed,
                 joint: true,
-                explore: crate::sweep::plan::DEFAULT_EXPLORE,
+                explore: 0.5,
             },
             pruning: Some(Pruning {
                 rule: PruneRule::Hyperband,

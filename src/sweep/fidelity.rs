@@ -360,10 +360,10 @@ mod tests {
         // shows most). With the joint model's fixed-spread category kernel the reading was
         // 0.8 % lower in area than the liar alone (2.672 against 2.694: up to 12 % lower from 20
         // units on, up to 3 % higher before, the survivor it reads being the costly choice);
-        // with Optuna's kernel (the default: ahead of the fixed spread on 红楼梦, behind on
-        // Shakespeare) it is 1.3 % higher on this surface (2.605 against 2.572; 2.624 against
-        // 2.592 with `explore` 0.5). The test pins that the reading reaches the sampler (the arms would be
-        // equal if it were lost on the way) and that it costs under 2 %.
+        // with Optuna's kernel (the default) it is 1.3 % higher on this surface (2.605 against
+        // 2.572; 2.624 against 2.592 with `explore` 0.5). The test pins that the reading reaches
+        // the sampler (the arms would be equal if it were lost on the way) and that it costs
+        // under 2 %.
         let area = |read_running| -> f64 {
             mean_best(&HALVING, read_running, [0.0; 3], 0.0)
                 .iter()

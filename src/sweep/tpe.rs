@@ -58,8 +58,10 @@ pub struct Settings {
     /// poor learning rates is never a candidate again (the Zen 1 race's seed 3: 40 of 56 trials
     /// at hidden 128 × 1 layer). From the whole space, such a region's candidates score on
     /// `l/g` as any other: where few bad trials lie, `g` is low and the ratio high. That trap
-    /// was the fixed-spread category kernel's; with Optuna's the joint model finds such a
-    /// region by itself, so a sweep's default is 0 ([`crate::sweep::plan::DEFAULT_EXPLORE`]).
+    /// was the fixed-spread category kernel's; with Optuna's the joint model mostly finds such
+    /// a region by itself, so a sweep's default is 0 ([`crate::sweep::plan::DEFAULT_EXPLORE`]),
+    /// though a short search can still settle before it does (Zen 4's 红楼梦 race, one seed in
+    /// five).
     pub explore: f64,
 }
 

@@ -68,7 +68,8 @@ pub const DEFAULT_STARTUP: usize = 10;
 /// kernel, which gives an untried combination its own weight, does not need it: over fifteen
 /// race seeds a side `explore = 0` was lower than 0.5 on Shakespeare at every minute and from
 /// the fifteenth proposal on, and level on 红楼梦 (BENCHMARKS.md, "`explore = 0` over fifteen
-/// seeds").
+/// seeds"). Not settled everywhere: on Zen 4, where a 红楼梦 search runs 13–26 trials, 0.5 freed
+/// a seed that never tried the winning size (five seeds, "The default on the issue's Zen 4").
 pub const DEFAULT_EXPLORE: f64 = 0.0;
 
 /// `[search] method = "pbt"`: population-based training over the `[random]` domains.

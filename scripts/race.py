@@ -23,8 +23,8 @@ grid mode, the one seed of every repeat).
 mid-trial evaluations only the pruner reads): the expert's setup without Hyperband.
 `--seed-per-trial` trains each trial of both sides from its own init seed (the race's seed plus the
 trial's number: charlab's `seed_per_trial = true`), so that a side's result is not one draw's luck.
-`--explore X` and `--min-progress X` set charlab's `[search] explore` and its pruning's early
-cut (`min_progress = 0` races without it).
+`--explore X`, `--explore-fade N` and `--min-progress X` set charlab's `[search] explore`,
+`explore_fade` and its pruning's early cut (`min_progress = 0` races without it).
 `--charlab-startup N` gives charlab's side N startup trials while Optuna keeps `--startup` (to
 race charlab's startup length alone against a saved Optuna side).
 """
@@ -85,6 +85,8 @@ def sweep_file(a, name, grid, seed=1):
             lines.append("multivariate = false")
         if a.explore is not None:
             lines.append(f"explore = {a.explore}")
+        if a.explore_fade is not None:
+            lines.append(f"explore_fade = {a.explore_fade}")
         if a.seed_per_trial:
             lines.append("seed_per_trial = true")
         lines += ["", "[random]", "lr = { log_uniform = [1e-4, 2e-2] }",
@@ -207,6 +209,8 @@ def main():
                          "plus its number) instead of the race's seed for every trial")
     ap.add_argument("--explore", type=float,
                     help="charlab's [search] explore (its default when not given)")
+    ap.add_argument("--explore-fade", type=int,
+                    help="charlab's [search] explore_fade (its default when not given)")
     ap.add_argument("--min-progress", type=float,
                     help="tpe mode with --prune: charlab's pruning min_progress, the early cut "
                     "(its default when not given; 0 turns it off)")
@@ -269,7 +273,7 @@ def main():
 
 # What shapes each side's runs: a saved side is reused only under the same values.
 SHAPES = ({"charlab": ["precision", "cost_aware", "joint", "rule", "ordered", "explore",
-                       "min_progress", "charlab_startup"],
+                       "explore_fade", "min_progress", "charlab_startup"],
            "Optuna": ["autocast", "optuna_unpruned"]},
           ["mode", "corpus", "steps", "trials", "startup", "prune", "eval_every", "minutes",
            "first_seed", "seed_per_trial"])
@@ -286,6 +290,7 @@ def shape(args, side):
     before `--min-progress` ran without the early cut (0), not with today's default (None)."""
     args = dict(args, first_seed=args.get("first_seed", 1), rule=args.get("rule", "halving"),
                 ordered=args.get("ordered", False), explore=args.get("explore"),
+                explore_fade=args.get("explore_fade"),
                 min_progress=args.get("min_progress", 0.0),
                 seed_per_trial=args.get("seed_per_trial", False),
                 optuna_unpruned=args.get("optuna_unpruned", False),

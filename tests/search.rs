@@ -321,7 +321,7 @@ fn a_cost_aware_search_says_its_cost_weight_and_replays() {
     common::assert_proposals_replay(d, &f, "costly");
 }
 
-/// A TPE sweep with `setting` added to `[search]`: its proposals' log lines end with `says`, they
+/// A TPE sweep with `setting` added to `[search]`: its proposals' log lines hold `says`, they
 /// replay, and the same directory without the setting is refused, the message naming the file
 /// and `refusal`.
 fn a_search_variant_says_so_replays_and_is_another_search(
@@ -341,7 +341,7 @@ fn a_search_variant_says_so_replays_and_is_another_search(
     let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     let fitted: Vec<&str> = log.lines().filter(|l| l.contains("TPE fitted")).collect();
     assert_eq!(fitted.len(), 2, "{log}");
-    assert!(fitted.iter().all(|l| l.ends_with(says)), "{log}");
+    assert!(fitted.iter().all(|l| l.contains(says)), "{log}");
     common::assert_proposals_replay(d, &f, name);
     std::fs::write(d.join(&f), default.replace("trials = 5", "trials = 6")).unwrap();
     let o = common::charlab(d, &["sweep", &f, "--plain", "--extend"]);
@@ -353,7 +353,7 @@ fn a_search_variant_says_so_replays_and_is_another_search(
 #[test]
 fn a_key_by_key_search_says_so_replays_and_is_another_search_than_the_joint_default() {
     // Under the default (joint) model the message says how to go on.
-    let says = ", key by key)";
+    let says = ", key by key,";
     let refusal = "`multivariate = false`";
     a_search_variant_says_so_replays_and_is_another_search(
         "perkey",
@@ -365,7 +365,7 @@ fn a_key_by_key_search_says_so_replays_and_is_another_search_than_the_joint_defa
 
 #[test]
 fn an_ordered_choices_search_says_so_replays_and_is_another_search() {
-    let says = ", ordered choices)";
+    let says = ", ordered choices,";
     let refusal = "changed the search";
     a_search_variant_says_so_replays_and_is_another_search(
         "ordered",
@@ -376,12 +376,59 @@ fn an_ordered_choices_search_says_so_replays_and_is_another_search() {
 }
 
 #[test]
-fn a_search_with_candidates_from_the_whole_space_says_so_and_is_another_search() {
-    // A search begun while half the candidates came from the whole space by default: its
-    // directory resumes only with `explore = 0.5`, and the message says so.
-    let says = ", explore 0.5)";
-    let refusal = "`explore = 0.5`";
-    a_search_variant_says_so_replays_and_is_another_search("wide", "explore = 0.5", says, refusal);
+fn a_search_with_a_share_of_wide_draws_that_does_not_fade_says_so_and_is_another_search() {
+    // A search begun while half the candidates came from the whole space throughout: its
+    // directory resumes only with `explore_fade = 0`, and the message says so.
+    let says = ", 50 % of candidates from the whole space)";
+    let refusal = "`explore_fade = 0`";
+    a_search_variant_says_so_replays_and_is_another_search(
+        "wide",
+        "explore_fade = 0",
+        says,
+        refusal,
+    );
+}
+
+#[test]
+fn a_search_without_wide_draws_says_nothing_of_them_and_is_another_search() {
+    // A search begun while every candidate came from the good density by default.
+    let says = " scored there)";
+    let refusal = "`explore = 0`";
+    a_search_variant_says_so_replays_and_is_another_search("narrow", "explore = 0", says, refusal);
+}
+
+#[test]
+fn the_share_of_wide_draws_fades_proposal_by_proposal_and_the_log_says_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = tpe_file(d, "fade", 6, "");
+    let text = std::fs::read_to_string(d.join(&f)).unwrap();
+    std::fs::write(
+        d.join(&f),
+        text.replace("[search]\n", "[search]\nexplore_fade = 2\n"),
+    )
+    .unwrap();
+    let dry = common::charlab(d, &["sweep", &f, "--dry-run"]);
+    let said = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(
+        said.contains("50 % of them from the whole space at first, falling to none over 2"),
+        "{said}"
+    );
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    // Three random draws, then half, a quarter and none of the candidates from the whole space.
+    for (i, end) in [
+        (3, ", 50 % of candidates from the whole space)"),
+        (4, ", 25 % of candidates from the whole space)"),
+        (5, " scored there)"),
+    ] {
+        let line = (log.lines())
+            .find(|l| l.contains(&format!("proposed trial 00{i}")))
+            .unwrap_or_else(|| panic!("no proposal {i}: {log}"));
+        assert!(line.ends_with(end), "{line}");
+    }
+    common::assert_proposals_replay(d, &f, "fade");
 }
 
 #[test]

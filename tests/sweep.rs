@@ -199,6 +199,10 @@ fn stop_and_constraints_refuse_bad_input_naming_the_line_and_key() {
         ),
         ("explore = 1.5", &["explore = 1.5", "between 0 and 1"]),
         ("explore = \"half\"", &["explore", "must be a number"]),
+        (
+            "explore_fade = 2.5",
+            &["explore_fade", "must be an integer ≥ 0"],
+        ),
     ];
     assert_errors(&format!("{HEAD}{tpe}"), "\n", searches);
     let e = err_of(&format!(

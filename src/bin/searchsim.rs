@@ -47,6 +47,9 @@ struct Args {
     /// The share of the candidates drawn from the whole space (`[search] explore`).
     #[arg(long, default_value_t = charlab::sweep::plan::DEFAULT_EXPLORE)]
     explore: f64,
+    /// Proposals after the startup over which that share falls to none (`[search] explore_fade`).
+    #[arg(long, default_value_t = charlab::sweep::plan::DEFAULT_EXPLORE_FADE)]
+    explore_fade: usize,
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// charlab's speed per step relative to the surface's (its trials take `1 / speed` of the
@@ -149,6 +152,7 @@ fn setup(a: &Args, f: &Fitted, rule: Option<PruneRule>, seed: u64) -> Setup {
             seed,
             joint: !a.key_by_key,
             explore: a.explore,
+            explore_fade: a.explore_fade,
         },
         pruning: rule.map(|rule| Pruning {
             rule,

@@ -14,14 +14,17 @@ fn dry_run_search(plan: &Plan, tpe: &plan::TpeSearch, root: &Path) -> String {
         .iter()
         .map(|(k, s)| vec![k.clone(), s.to_string()])
         .collect();
-    // Said only when asked for: the default draws every candidate from the good density.
-    let wide = if tpe.explore > 0.0 {
-        format!(
+    let wide = match (tpe.explore > 0.0, tpe.explore_fade) {
+        (false, _) => String::new(),
+        (true, 0) => format!(
             ", {:.0} % of them from the whole space",
             100.0 * tpe.explore
-        )
-    } else {
-        String::new()
+        ),
+        (true, fade) => format!(
+            ", {:.0} % of them from the whole space at first, falling to none over {fade} \
+             proposals",
+            100.0 * tpe.explore
+        ),
     };
     format!(
         "{}TPE search: {} trials ({} random first, {} candidates each{wide}), minimising best {} \

@@ -455,8 +455,8 @@ fn reconcile_search(
             "the sweep file changed the search of {} (its domains, defaults or [search] \
              settings); only `trials` may grow (with --extend): use a new experiment name \
              (a search begun before TPE modelled its keys jointly by default resumes with \
-             `multivariate = false`, one begun while `explore` defaulted to 0.5 with \
-             `explore = 0.5`)",
+             `multivariate = false`, one begun while `explore` defaulted to 0 with \
+             `explore = 0`, one begun while it was 0.5 without a fade with `explore_fade = 0`)",
             root.display()
         )));
     }

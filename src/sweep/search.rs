@@ -429,8 +429,12 @@ impl<'a> Proposer<'a> {
         if self.tpe.ordered_choices {
             keys.push_str(", ordered choices");
         }
-        if self.tpe.explore != crate::sweep::plan::DEFAULT_EXPLORE {
-            keys.push_str(&format!(", explore {}", self.tpe.explore));
+        let share = tpe::explore_share(&self.settings(manifest), index);
+        if share > 0.0 {
+            keys.push_str(&format!(
+                ", {:.0} % of candidates from the whole space",
+                100.0 * share
+            ));
         }
         format!(
             "proposed trial {} (TPE fitted at {}: {scored} of {} trials scored there{warm}{rule}{cost}{keys})",
@@ -475,6 +479,18 @@ impl<'a> Proposer<'a> {
             .collect()
     }
 
+    /// The sampler's settings for this sweep.
+    fn settings(&self, manifest: &Manifest) -> tpe::Settings {
+        tpe::Settings {
+            startup: self.startup(manifest),
+            candidates: self.tpe.candidates,
+            seed: self.plan.experiment.seed,
+            joint: self.tpe.multivariate,
+            explore: self.tpe.explore,
+            explore_fade: self.tpe.explore_fade,
+        }
+    }
+
     /// The candidates for trial `index` given the history of `seen` completions (with the
     /// trial's own seed under `seed_per_trial`).
     pub fn candidates(
@@ -486,13 +502,7 @@ impl<'a> Proposer<'a> {
         let dims: Vec<Dim> = (self.plan.space.random.iter())
             .map(|(_, s)| dim(s, self.tpe.ordered_choices))
             .collect();
-        let settings = tpe::Settings {
-            startup: self.startup(manifest),
-            candidates: self.tpe.candidates,
-            seed: self.plan.experiment.seed,
-            joint: self.tpe.multivariate,
-            explore: self.tpe.explore,
-        };
+        let settings = self.settings(manifest);
         let heard = self.heard(manifest, index, seen);
         let (_, history) = self.history(manifest, &heard);
         let model = self.cost_model(&heard);
@@ -668,6 +678,7 @@ mod ordered_choices {
                 seed,
                 joint: true,
                 explore: 0.5,
+                explore_fade: 0,
             },
             pruning: Some(Pruning {
                 rule: PruneRule::Hyperband,

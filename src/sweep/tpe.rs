@@ -59,10 +59,15 @@ pub struct Settings {
     /// at hidden 128 × 1 layer). From the whole space, such a region's candidates score on
     /// `l/g` as any other: where few bad trials lie, `g` is low and the ratio high. That trap
     /// was the fixed-spread category kernel's; with Optuna's the joint model mostly finds such
-    /// a region by itself, so a sweep's default is 0 ([`crate::sweep::plan::DEFAULT_EXPLORE`]),
-    /// though a short search can still settle before it does (Zen 4's 红楼梦 race, one seed in
-    /// five).
+    /// a region by itself, though a short search can still settle before it does (Zen 4's 红楼梦
+    /// race, one seed in five), so a sweep's default draws half its candidates wide at first and
+    /// none later ([`Settings::explore_fade`], [`crate::sweep::plan::DEFAULT_EXPLORE`]).
     pub explore: f64,
+    /// Proposals from the model over which `explore` falls linearly to 0; 0 holds it for the
+    /// whole search. Wide draws matter while the model rests on few trials (a short search can
+    /// settle on a size before it has tried the best one); later they only dilute the draws
+    /// around what the search has found.
+    pub explore_fade: usize,
 }
 
 impl Dim {
@@ -391,7 +396,7 @@ pub fn propose(
         return row.into_iter().chain(draws).take(n).collect();
     }
     let (good, bad) = groups(history);
-    let wide = explored(s.explore, n);
+    let wide = explored(explore_share(s, index as usize), n);
     let (mut cands, mut score) = if s.joint {
         joint_candidates(dims, &good, &bad, (n, wide), &mut rng)
     } else {
@@ -446,6 +451,16 @@ fn stratified(dims: &[Dim], s: &Settings, row: usize) -> Vec<f64> {
             }
         })
         .collect()
+}
+
+/// The share of proposal `index`'s candidates drawn from the whole space: `explore`, faded
+/// linearly to 0 over `explore_fade` proposals after the startup.
+pub fn explore_share(s: &Settings, index: usize) -> f64 {
+    if s.explore_fade == 0 {
+        return s.explore;
+    }
+    let made = index.saturating_sub(s.startup) as f64;
+    s.explore * (1.0 - made / s.explore_fade as f64).max(0.0)
 }
 
 /// How many of `n` candidates are drawn from the whole space ([`Settings::explore`]).
@@ -610,7 +625,7 @@ mod tests {
         // loss = x0, cost = 1 − x0 + 4·x1: the front is x1 = 0, every x0 on it. Fitted to the
         // loss alone, x1 does not matter; along the front, it must go to 0 while x0 spreads.
         // Over 10 seeds, the last 24 of 48 proposals (measured over 40 seeds: x1 0.16 with
-        // `explore = 0`, the default, 0.19 with 0.5; uniform draws give 0.5).
+        // `explore = 0`, 0.19 with 0.5; uniform draws give 0.5).
         let dims = vec![Dim::Uniform(0.0, 1.0), Dim::Uniform(0.0, 1.0)];
         let search = |two: bool, seed: u64| {
             let s = Settings {
@@ -618,7 +633,8 @@ mod tests {
                 candidates: 24,
                 seed,
                 joint: false,
-                explore: crate::sweep::plan::DEFAULT_EXPLORE,
+                explore: 0.0,
+                explore_fade: 0,
             };
             let mut history: Vec<Observation> = Vec::new();
             for i in 0..48 {
@@ -687,7 +703,8 @@ mod tests {
             candidates: 24,
             seed: 9,
             joint: false,
-            explore: crate::sweep::plan::DEFAULT_EXPLORE,
+            explore: 0.0,
+            explore_fade: 0,
         };
         let history: Vec<Observation> = (0..6)
             .map(|i| Observation {
@@ -723,7 +740,8 @@ mod tests {
                 candidates: 24,
                 seed,
                 joint: true,
-                explore: crate::sweep::plan::DEFAULT_EXPLORE,
+                explore: 0.0,
+                explore_fade: 0,
             };
             let rows: Vec<Vec<f64>> = (0..startup as u64)
                 .map(|i| propose(&dims, &[], &s, i, None).remove(0))
@@ -769,7 +787,8 @@ mod tests {
                 candidates: 1,
                 seed,
                 joint: false,
-                explore: crate::sweep::plan::DEFAULT_EXPLORE,
+                explore: 0.0,
+                explore_fade: 0,
             };
             for i in 0..2 {
                 count[propose(&dims[2..3], &[], &s, i, None)[0][0] as usize] += 1;
@@ -803,7 +822,8 @@ mod tests {
                             candidates: 24,
                             seed,
                             joint,
-                            explore: crate::sweep::plan::DEFAULT_EXPLORE,
+                            explore: 0.0,
+                            explore_fade: 0,
                         };
                         run(&dims, f, s, 80)
                     })
@@ -839,6 +859,7 @@ mod tests {
                 seed,
                 joint: false,
                 explore: 0.5,
+                explore_fade: 0,
             };
             let mut history: Vec<Observation> = Vec::new();
             let (mut spent, mut best, mut area) = (0.0, 4.0, 0.0);
@@ -917,12 +938,48 @@ mod tests {
                     seed,
                     joint,
                     explore,
+                    explore_fade: 0,
                 };
                 run(&dims, narrow_best, s, trials)[trials - 1]
             })
             .collect();
         let missed = bests.iter().filter(|&&b| b > 0.2).count();
         (bests.iter().sum::<f64>() / 200.0, missed)
+    }
+
+    #[test]
+    fn the_wide_share_fades_to_none_over_the_proposals_after_the_startup() {
+        let s = |fade| Settings {
+            startup: 4,
+            candidates: 24,
+            seed: 0,
+            joint: true,
+            explore: 0.5,
+            explore_fade: fade,
+        };
+        let shares: Vec<f64> = [0, 4, 9, 14, 24, 60]
+            .map(|i| explore_share(&s(20), i))
+            .to_vec();
+        assert_eq!(shares, [0.5, 0.5, 0.375, 0.25, 0.0, 0.0]);
+        assert_eq!(explored(shares[2], 24), 9);
+        // Without a fade the share holds.
+        assert_eq!(explore_share(&s(0), 60), 0.5);
+        // And a faded-out search draws as one without wide draws: the same proposals.
+        let dims = [Dim::LogUniform(1e-4, 1e-2), Dim::Choice(3)];
+        let history: Vec<Observation> = (0..30)
+            .map(|i| Observation {
+                x: vec![1e-4 * 1.15f64.powi(i), (i % 3) as f64],
+                score: Some(((i * 7) % 11) as f64),
+                second: None,
+            })
+            .collect();
+        let at = |s: Settings, i| propose(&dims, &history, &s, i, None);
+        let plain = Settings {
+            explore: 0.0,
+            ..s(0)
+        };
+        assert_eq!(at(s(20), 40), at(plain, 40));
+        assert_ne!(at(s(20), 10), at(plain, 10));
     }
 
     #[test]
@@ -1016,7 +1073,7 @@ mod tests {
     fn tpe_finds_better_values_than_random_search_on_synthetic_objectives() {
         // Over 40 seeds and 40 trials each (10 random to start), TPE's mean best value must be
         // below 80% of random search's on every objective, key by key and joint (measured with
-        // the default `explore = 0`: 55%, 65%, 28% key by key, 13%, 42%, 22% joint; with 0.5:
+        // `explore = 0`: 55%, 65%, 28% key by key, 13%, 42%, 22% joint; with 0.5:
         // 16%, 67%, 32% and 19%, 46%, 20%: the per-key model leans on the wide draws, the joint
         // one does not).
         for joint in [false, true] {
@@ -1028,7 +1085,8 @@ mod tests {
                         candidates: 24,
                         seed,
                         joint,
-                        explore: crate::sweep::plan::DEFAULT_EXPLORE,
+                        explore: 0.0,
+                        explore_fade: 0,
                     };
                     tpe += run(&dims, f, s, 40)[39];
                     rnd += run(&dims, f, Settings { startup: 40, ..s }, 40)[39];

@@ -16,7 +16,9 @@ pub use experiment::{
     check_name, Experiment, PruneRule, Pruning, SlurmSettings, StopRule, DEFAULT_MIN_PROGRESS,
 };
 pub use naming::{config_hash, dir_name, group_hash, label};
-pub use search::{sampler_bounds, PbtSearch, TpeSearch, DEFAULT_EXPLORE, DEFAULT_STARTUP};
+pub use search::{
+    sampler_bounds, PbtSearch, TpeSearch, DEFAULT_EXPLORE, DEFAULT_EXPLORE_FADE, DEFAULT_STARTUP,
+};
 pub use space::Sampler;
 
 use crate::config::RunConfig;
@@ -145,6 +147,10 @@ impl Plan {
             }
             if s.explore != 0.0 {
                 text.push_str(&format!("|explore {}", s.explore));
+            }
+            // Without wide draws there is nothing to fade.
+            if s.explore != 0.0 && s.explore_fade != 0 {
+                text.push_str(&format!("|explore fade {}", s.explore_fade));
             }
             if s.seed_per_trial {
                 text.push_str("|seed per trial");

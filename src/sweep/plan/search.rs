@@ -41,11 +41,12 @@ pub struct TpeSearch {
     /// (BENCHMARKS.md, "`ordered_choices` over fifteen seeds").
     pub ordered_choices: bool,
     /// The share of each proposal's candidates drawn from the whole space rather than the good
-    /// density ([`crate::sweep::tpe::Settings::explore`]); `explore = 0`, the default, is
-    /// Optuna's. Under the fixed-spread category kernel a settled search spent the rest of its
-    /// budget around a cheap size without it (BENCHMARKS.md, "Candidates from the whole space");
-    /// the per-key model still leans on it.
+    /// density ([`crate::sweep::tpe::Settings::explore`]) at the first proposal after the
+    /// startup ([`DEFAULT_EXPLORE`]); `explore = 0` is Optuna's. The per-key model leans on it.
     pub explore: f64,
+    /// Proposals after the startup over which the `explore` share falls linearly to none
+    /// ([`DEFAULT_EXPLORE_FADE`]); `explore_fade = 0` holds it for the whole search.
+    pub explore_fade: usize,
     /// A second objective (`objectives = [metric, "time" | "params"]`): proposals follow the
     /// Pareto front (MOTPE's split) instead of the metric alone.
     pub second: Option<Metric>,
@@ -62,15 +63,23 @@ pub struct TpeSearch {
 /// Random trials before TPE proposes from results, when `startup_trials` is not given.
 pub const DEFAULT_STARTUP: usize = 10;
 
-/// `[search] explore` when not given: every candidate from the good density, as Optuna. The
-/// share was 0.5 while the joint model's category kernel had a fixed spread, which trapped a
-/// settled search without it (BENCHMARKS.md, "Candidates from the whole space"); Optuna's
-/// kernel, which gives an untried combination its own weight, does not need it: over fifteen
-/// race seeds a side `explore = 0` was lower than 0.5 on Shakespeare at every minute and from
-/// the fifteenth proposal on, and level on 红楼梦 (BENCHMARKS.md, "`explore = 0` over fifteen
-/// seeds"). Not settled everywhere: on Zen 4, where a 红楼梦 search runs 13–26 trials, 0.5 freed
-/// a seed that never tried the winning size (five seeds, "The default on the issue's Zen 4").
-pub const DEFAULT_EXPLORE: f64 = 0.0;
+/// `[search] explore` when not given: half the candidates from the whole space at first, falling
+/// to none over [`DEFAULT_EXPLORE_FADE`] proposals. Held for a whole search (the default while the
+/// joint model's category kernel had a fixed spread, which trapped a settled search without it:
+/// BENCHMARKS.md, "Candidates from the whole space") it cost the AMX Xeon's Shakespeare races
+/// 0.003 late in the search over fifteen seeds a side, where drawing every candidate from the good
+/// density did not ("`explore = 0` over fifteen seeds"); but on the issue's Zen 4, where a 红楼梦
+/// search runs 13–26 trials in its four minutes, the good density alone left one seed in five
+/// without a trial of the winning size, and the fading share ended every 红楼梦 seed lower than it
+/// did (0.019 ± 0.006 at minute 4, 0.25 at minute 2), level on Shakespeare (BENCHMARKS.md, "A
+/// share of wide draws that fades").
+pub const DEFAULT_EXPLORE: f64 = 0.5;
+
+/// `[search] explore_fade` when not given: proposals after the startup over which the share of
+/// wide draws falls to none. A 红楼梦 search on Zen 4 makes 11–22 proposals in four minutes, a
+/// Shakespeare one 40–65 in three: twenty keeps the wide draws for nearly all of the first and
+/// the first third of the second, where a settled search is what they are for.
+pub const DEFAULT_EXPLORE_FADE: usize = 20;
 
 /// `[search] method = "pbt"`: population-based training over the `[random]` domains.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +116,7 @@ const TPE_KEYS: &[&str] = &[
     "multivariate",
     "ordered_choices",
     "explore",
+    "explore_fade",
     "warm_start",
     "seed_per_trial",
 ];
@@ -484,6 +494,7 @@ fn parse_tpe(file: &SweepFile, t: &Table, space: &space::Space) -> Result<TpeSea
             |v| (0.0..=1.0).contains(&v),
             "a share between 0 and 1",
         )?,
+        explore_fade: int("explore_fade", 0)?.unwrap_or(DEFAULT_EXPLORE_FADE),
         second: None,
         warm_start,
         seed_per_trial,

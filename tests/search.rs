@@ -296,26 +296,34 @@ fn a_tpe_search_under_the_early_cut_stops_hopeless_draws_and_replays() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("at step 12"));
 }
 
+/// A TPE sweep of `trials` with `setting` added to `[search]`, run to its end: its file and the
+/// log.
+fn sweep_with(d: &std::path::Path, name: &str, trials: usize, setting: &str) -> (String, String) {
+    let f = tpe_file(d, name, trials, "");
+    let text = std::fs::read_to_string(d.join(&f)).unwrap();
+    let text = text.replace("[search]\n", &format!("[search]\n{setting}\n"));
+    std::fs::write(d.join(&f), text).unwrap();
+    let o = common::charlab(d, &["sweep", &f, "--plain"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    (f, log)
+}
+
+/// The log line of proposal `i` (of fewer than ten).
+fn proposal(log: &str, i: usize) -> &str {
+    (log.lines())
+        .find(|l| l.contains(&format!("proposed trial 00{i}")))
+        .unwrap_or_else(|| panic!("no proposal {i}: {log}"))
+}
+
 #[test]
 fn a_cost_aware_search_says_its_cost_weight_and_replays() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let f = tpe_file(d, "costly", 6, "");
-    let text = std::fs::read_to_string(d.join(&f)).unwrap();
-    std::fs::write(
-        d.join(&f),
-        text.replace("[search]\n", "[search]\ncost_aware = true\n"),
-    )
-    .unwrap();
-    let o = common::charlab(d, &["sweep", &f, "--plain"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    let (f, log) = sweep_with(d, "costly", 6, "cost_aware = true");
     // Three random draws, then three proposals weighing cost by 1 - index / 6.
     for (i, w) in [(3, "0.50"), (4, "0.33"), (5, "0.17")] {
-        let line = log
-            .lines()
-            .find(|l| l.contains(&format!("proposed trial 00{i}")))
-            .unwrap_or_else(|| panic!("no proposal {i}: {log}"));
+        let line = proposal(&log, i);
         assert!(line.contains(&format!("cost weight {w}")), "{line}");
     }
     common::assert_proposals_replay(d, &f, "costly");
@@ -401,34 +409,23 @@ fn a_search_without_wide_draws_says_nothing_of_them_and_is_another_search() {
 fn the_share_of_wide_draws_fades_proposal_by_proposal_and_the_log_says_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let f = tpe_file(d, "fade", 6, "");
-    let text = std::fs::read_to_string(d.join(&f)).unwrap();
-    std::fs::write(
-        d.join(&f),
-        text.replace("[search]\n", "[search]\nexplore_fade = 2\n"),
-    )
-    .unwrap();
-    let dry = common::charlab(d, &["sweep", &f, "--dry-run"]);
-    let said = String::from_utf8_lossy(&dry.stdout).to_string();
-    assert!(
-        said.contains("50 % of them from the whole space at first, falling to none over 2"),
-        "{said}"
-    );
-    let o = common::charlab(d, &["sweep", &f, "--plain"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    let (f, log) = sweep_with(d, "fade", 6, "explore_fade = 2");
     // Three random draws, then half, a quarter and none of the candidates from the whole space.
     for (i, end) in [
         (3, ", 50 % of candidates from the whole space)"),
         (4, ", 25 % of candidates from the whole space)"),
         (5, " scored there)"),
     ] {
-        let line = (log.lines())
-            .find(|l| l.contains(&format!("proposed trial 00{i}")))
-            .unwrap_or_else(|| panic!("no proposal {i}: {log}"));
+        let line = proposal(&log, i);
         assert!(line.ends_with(end), "{line}");
     }
     common::assert_proposals_replay(d, &f, "fade");
+    let dry = common::charlab(d, &["sweep", &f, "--dry-run"]);
+    let said = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(
+        said.contains("50 % of them from the whole space at first, falling to none over 2"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -71,8 +71,9 @@ pub const DEFAULT_STARTUP: usize = 10;
 /// density did not ("`explore = 0` over fifteen seeds"); but on the issue's Zen 4, where a 红楼梦
 /// search runs 13–26 trials in its four minutes, the good density alone left one seed in five
 /// without a trial of the winning size, and the fading share ended every 红楼梦 seed lower than it
-/// did (0.019 ± 0.006 at minute 4, 0.25 at minute 2), level on Shakespeare (BENCHMARKS.md, "A
-/// share of wide draws that fades").
+/// did (0.019 ± 0.006 at minute 4, 0.25 at minute 2) and cost Shakespeare 0.002 ± 0.006 at
+/// minute 3 over eight seeds, 0.02 at minute 1 (BENCHMARKS.md, "A share of wide draws that
+/// fades").
 pub const DEFAULT_EXPLORE: f64 = 0.5;
 
 /// `[search] explore_fade` when not given: proposals after the startup over which the share of

@@ -100,7 +100,8 @@ def main():
     ap.add_argument("--max-chars", type=int, help="with --entropy-of: its first N characters")
     ap.add_argument("--runs", nargs="+", help="sweep directories")
     ap.add_argument("--shares", default="0.6,0.7,0.8,0.85,0.9", help="min_progress values")
-    ap.add_argument("--min-trials", type=int, default=3, help="siblings needed (pruning's)")
+    ap.add_argument("--min-trials", type=int, default=1,
+                    help="siblings needed (the sweep's early cut needs one)")
     ap.add_argument("--unigram", type=float, help="progress below this entropy (nats), not ln V")
     ap.add_argument("--margin", type=float, default=0.0,
                     help="with --unigram: cut only where the best sibling is this far below it")

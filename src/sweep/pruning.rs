@@ -9,7 +9,8 @@
 //!
 //! Under every rule, an early cut ([`hopeless`]) comes first: at a tenth of its steps, long
 //! before the first evaluation of a short trial, a trial whose training loss has come down far
-//! less than its best sibling's is stopped. A search proposes such trials often (a learning
+//! less than its best sibling's is stopped, as soon as one sibling has passed that point. A
+//! search proposes such trials often (a learning
 //! rate a decade too low, a startup draw in a poor corner) and the rules above let a third to
 //! a half of them run to their end (Hyperband's last bracket, halving's first rung). The
 //! training loss costs nothing to read, and a gap that large is not noise.
@@ -119,21 +120,17 @@ pub fn decide(rule: &Pruning, eval: u64, bracket: usize, loss: f64, others: &[f6
 
 /// True when a trial whose mean training loss at the early point ([`crate::train::early_step`])
 /// is `loss` has come down from `ln_vocab` (a fresh model's loss) by less than `min_progress`
-/// of the most any of its siblings had come down at that step (`others`, at least
-/// `min_trials` of them). A share of the progress, not a gap in loss, so that one rule needs no
+/// of the most any of its siblings had come down at that step (`others`: one is enough, not
+/// the rules' `min_trials`, as the bar is the best sibling's and more siblings only raise it;
+/// waiting for three let the startup's hopeless draws, run before three had passed the point,
+/// train to their end). A share of the progress, not a gap in loss, so that one rule needs no
 /// loss scale for a vocabulary of 60 or of 4,000; and early in a short run the shares spread
 /// widely, while late in a long one every trial has come most of the way and only one that is
 /// not learning at all falls short. On a large vocabulary most of the early progress is what
 /// character frequencies alone give, so there it separates less (BENCHMARKS.md, "红楼梦 on
 /// Zen 1").
-pub fn hopeless(
-    min_progress: f64,
-    min_trials: usize,
-    ln_vocab: f64,
-    loss: f64,
-    others: &[f64],
-) -> bool {
-    if min_progress <= 0.0 || others.len() < min_trials.max(1) || !loss.is_finite() {
+pub fn hopeless(min_progress: f64, ln_vocab: f64, loss: f64, others: &[f64]) -> bool {
+    if min_progress <= 0.0 || others.is_empty() || !loss.is_finite() {
         return false;
     }
     let best = others.iter().copied().fold(f64::INFINITY, f64::min);
@@ -174,13 +171,7 @@ pub fn hook(
                     .filter_map(|r| r.early.filter(|e| e.step == step))
                     .map(|e| e.train_loss)
                     .collect();
-                return hopeless(
-                    rule.min_progress,
-                    rule.min_trials,
-                    ln_vocab,
-                    train_loss,
-                    &others,
-                );
+                return hopeless(rule.min_progress, ln_vocab, train_loss, &others);
             }
         };
         let (eval, evals) = (step / every, total_steps / every);
@@ -216,27 +207,28 @@ mod tests {
     fn the_early_cut_stops_a_trial_far_behind_its_best_sibling_and_nothing_else() {
         // ln V = 4; the best sibling is down to 2 (progress 2): below 0.8 × 2 = 1.6 is cut.
         let others = [3.0, 2.0, 2.5];
-        assert!(hopeless(0.8, 3, 4.0, 2.5, &others), "progress 1.5");
-        assert!(!hopeless(0.8, 3, 4.0, 2.3, &others), "progress 1.7");
+        assert!(hopeless(0.8, 4.0, 2.5, &others), "progress 1.5");
+        assert!(!hopeless(0.8, 4.0, 2.3, &others), "progress 1.7");
+        assert!(hopeless(0.8, 4.0, 4.2, &others), "worse than a fresh model");
         assert!(
-            hopeless(0.8, 3, 4.0, 4.2, &others),
-            "worse than a fresh model"
-        );
-        assert!(
-            !hopeless(0.8, 3, 4.0, f64::NAN, &others),
+            !hopeless(0.8, 4.0, f64::NAN, &others),
             "diverging is the trainer's"
         );
-        // Off, too few siblings, or no sibling has learned anything: never.
-        assert!(!hopeless(0.0, 3, 4.0, 3.9, &others));
-        assert!(!hopeless(0.8, 4, 4.0, 3.9, &others));
-        assert!(!hopeless(0.8, 1, 4.0, 4.5, &[4.1, 4.0]));
+        // Off, no sibling yet, or no sibling has learned anything: never.
+        assert!(!hopeless(0.0, 4.0, 3.9, &others));
+        assert!(!hopeless(0.8, 4.0, 3.9, &[]));
+        assert!(!hopeless(0.8, 4.0, 4.5, &[4.1, 4.0]));
+        // One sibling is enough (the startup's first pair): the bar is the best sibling's, so
+        // the others above only raise it; against the poorest alone the same trial stands.
+        assert!(hopeless(0.8, 4.0, 2.5, &[2.0]));
+        assert!(!hopeless(0.8, 4.0, 2.5, &[3.0]));
         // The same shares on another vocabulary's scale decide the same.
         let scaled: Vec<f64> = others.iter().map(|o| 8.0 - (4.0 - o) * 2.0).collect();
-        assert!(hopeless(0.8, 3, 8.0, 5.0, &scaled) && !hopeless(0.8, 3, 8.0, 4.6, &scaled));
+        assert!(hopeless(0.8, 8.0, 5.0, &scaled) && !hopeless(0.8, 8.0, 4.6, &scaled));
         // Late in a long run every sibling has come most of the way: a trial 0.3 behind the
         // best is kept, one that has hardly learned is cut.
         let late = [1.6, 1.7, 1.65];
-        assert!(!hopeless(0.8, 3, 4.3, 1.9, &late) && hopeless(0.8, 3, 4.3, 3.9, &late));
+        assert!(!hopeless(0.8, 4.3, 1.9, &late) && hopeless(0.8, 4.3, 3.9, &late));
         assert_eq!(crate::train::early_step(300), 30);
         assert_eq!(crate::train::early_step(5), 1);
     }

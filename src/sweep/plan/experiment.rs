@@ -33,7 +33,8 @@ pub struct Pruning {
     pub eta: usize,
     /// Evaluations a trial always gets before it can be pruned.
     pub warmup_evals: usize,
-    /// Siblings that must have reached the step before the rule applies.
+    /// Siblings that must have reached the step before the rule applies (the early cut needs
+    /// one: [`crate::sweep::pruning::hopeless`]).
     pub min_trials: usize,
     /// The early cut ([`crate::sweep::pruning::hopeless`]): at a tenth of its steps a trial
     /// whose training loss has come down by less than this share of the best sibling's (from

@@ -720,6 +720,44 @@ fn the_early_cut_stops_a_trial_that_has_not_started_learning_at_a_tenth_of_its_s
     );
 }
 
+#[test]
+fn halving_decides_from_one_sibling_by_default_and_median_waits_for_three() {
+    // One at a time, the early cut off: the hopeless second trial meets one sibling at every
+    // evaluation. Halving keeps only the best so far at a rung with fewer than eta there (as
+    // Optuna's pruner does), so it stops it at its first rung (step 10); the median of one
+    // sibling is noise, so median lets it run.
+    let said = [
+        "pruning: halving, eta 3, first rung at evaluation 1, once 1 sibling has reached the \
+         step; no early cut",
+        "pruning: median, after evaluation 1, once 3 siblings have reached the step; no early cut",
+    ];
+    for ((rule, want), said) in [("halving", ("pruned", 10)), ("median", ("completed", 90))]
+        .into_iter()
+        .zip(said)
+    {
+        let s = Sweep::new(rule, "lr = [1e-2, 1e-5]", "max_steps = 90");
+        s.experiment(&format!(
+            "jobs = 1\npruning = {{ rule = {rule:?}, min_progress = 0 }}"
+        ));
+        // `--dry-run` says the defaults the file left out.
+        let dry = s.cmd(&["sweep", s.file.to_str().unwrap(), "--dry-run"]);
+        assert!(
+            String::from_utf8_lossy(&dry.stdout).contains(said),
+            "{dry:?}"
+        );
+        let o = s.run(&[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let dirs = run_dirs(&s.root(rule));
+        assert_eq!(record(&dirs[0])["status"], "completed", "{rule}");
+        let r = record(&dirs[1]);
+        assert_eq!(
+            (r["status"].as_str(), r["steps"].as_u64()),
+            (Some(want.0), Some(want.1)),
+            "{rule}: {r}"
+        );
+    }
+}
+
 /// A sweep of one trial at a time over `lrs`, `max_steps` each, under pruning `rule` (eta 3,
 /// warm-up 1, `min_trials`, the early cut off: the rules alone), run to its end: each trial's
 /// status and steps, in trial order.

@@ -39,12 +39,14 @@ fn dry_run_search(plan: &Plan, tpe: &plan::TpeSearch, root: &Path) -> String {
 }
 
 /// The table `--dry-run` prints: one line per trial with its swept values (or, for a TPE
-/// search, its settings and domains).
+/// search, its settings and domains), and the pruning rule's line where there is one.
 /// `runs_root` is where the experiment would go (`--runs`).
 pub fn dry_run_table(plan: &Plan, runs_root: &Path) -> String {
     let root = runs_root.join(&plan.experiment.name);
+    let pruning =
+        (plan.experiment.pruning.as_ref()).map_or(String::new(), |p| format!("\n{}", p.describe()));
     if let Some(tpe) = &plan.search {
-        return dry_run_search(plan, tpe, &root);
+        return dry_run_search(plan, tpe, &root) + &pruning;
     }
     let mut out = String::new();
     let keys: Vec<&str> = plan.swept.iter().map(|(k, _)| k.as_str()).collect();
@@ -72,5 +74,5 @@ pub fn dry_run_table(plan: &Plan, runs_root: &Path) -> String {
         plan.duplicates,
         root.display()
     ));
-    out
+    out + &pruning
 }

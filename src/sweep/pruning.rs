@@ -10,10 +10,10 @@
 //! Under every rule, an early cut ([`hopeless`]) comes first: at a tenth of its steps, long
 //! before the first evaluation of a short trial, a trial whose training loss has come down far
 //! less than its best sibling's is stopped, as soon as one sibling has passed that point. A
-//! search proposes such trials often (a learning
-//! rate a decade too low, a startup draw in a poor corner) and the rules above let a third to
-//! a half of them run to their end (Hyperband's last bracket, halving's first rung). The
-//! training loss costs nothing to read, and a gap that large is not noise.
+//! search proposes such trials often (a learning rate a decade too low, a startup draw in a
+//! poor corner) and the rules above let a third to a half of them run to their end
+//! (Hyperband's last bracket, halving's first rung). The training loss costs nothing to read,
+//! and a gap that large is not noise.
 
 use super::manifest::Manifest;
 use super::plan::{PruneRule, Pruning};

@@ -51,20 +51,16 @@ impl Pruning {
             1 => "once 1 sibling has reached the step".to_string(),
             n => format!("once {n} siblings have reached the step"),
         };
+        let first = self.warmup_evals.max(1);
         let rule = match self.rule {
-            PruneRule::Median => format!(
-                "median, after evaluation {}, {siblings}",
-                self.warmup_evals.max(1)
+            PruneRule::Median => format!("median, after evaluation {first}, {siblings}"),
+            PruneRule::Halving => format!(
+                "halving, eta {}, first rung at evaluation {first}, {siblings}",
+                self.eta
             ),
-            PruneRule::Halving | PruneRule::Hyperband => format!(
-                "{}, eta {}, first rung at evaluation {}, {siblings}",
-                if self.rule == PruneRule::Halving {
-                    "halving"
-                } else {
-                    "hyperband"
-                },
-                self.eta,
-                self.warmup_evals.max(1)
+            PruneRule::Hyperband => format!(
+                "hyperband, eta {}, first rung at evaluation {first}, {siblings}",
+                self.eta
             ),
         };
         let early = if self.min_progress > 0.0 {

@@ -147,10 +147,10 @@ impl Plan {
             }
             if s.explore != 0.0 {
                 text.push_str(&format!("|explore {}", s.explore));
-            }
-            // Without wide draws there is nothing to fade.
-            if s.explore != 0.0 && s.explore_fade != 0 {
-                text.push_str(&format!("|explore fade {}", s.explore_fade));
+                // Without wide draws there is nothing to fade.
+                if s.explore_fade != 0 {
+                    text.push_str(&format!("|explore fade {}", s.explore_fade));
+                }
             }
             if s.seed_per_trial {
                 text.push_str("|seed per trial");

@@ -9,7 +9,8 @@ trial's mean training loss at its early point (a tenth of its steps) comes from 
 mean of the logging interval before it: the same 10 steps when `log_every = 10`). Within a
 sweep the trials are replayed in their numbering, each compared with the trials numbered before
 it, as the sweep's hook compares a trial with the siblings that reached the point first (with
-two at a time the real order differs by at most the running trial). For each share: the
+two at a time the real order differs by at most the running trial); the first, which the sweep
+has wait for a sibling to pass the point, with the second. For each share: the
 trials cut, the share of the sweep's training time they would have saved (what each trained
 after its early point), and how many cut trials ended within 0.03 of their sweep's best, or
 were its best. Plain Python, no dependencies.
@@ -63,11 +64,13 @@ def replay(sweeps, share, min_trials, unigram=None, margin=0.0):
         finals = [t[3] for t in ts if t[3] is not None]
         best = min(finals) if finals else math.inf
         before = []
-        for _, early, ln_v, final, s, steps, at in ts:
+        for i, (_, early, ln_v, final, s, steps, at) in enumerate(ts):
             n += 1
             secs += s
             ref = ln_v if unigram is None else unigram
-            most = ref - min(before) if len(before) >= min_trials else 0.0
+            # The first trial waits for the next to pass the point (counted as saved from it).
+            seen = before or [t[1] for t in ts[i + 1:i + 2]]
+            most = ref - min(seen) if len(seen) >= min_trials else 0.0
             if most > margin and ref - early < share * most:
                 cut += 1
                 saved += s * max(0.0, 1 - at / max(steps, 1))

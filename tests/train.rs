@@ -326,3 +326,54 @@ fn learning_rate_schedules_follow_their_definitions() {
     assert!((lr_at(&cos, 100, 0.0, 100) - 0.1).abs() < 1e-12);
     assert_eq!(lr_at(&RunConfig::default(), 77, 9.0, 100), 2e-3);
 }
+
+#[test]
+fn an_early_point_with_nothing_to_compare_is_asked_again_until_the_first_evaluation() {
+    use charlab::train::{Reading, Verdict};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path());
+    let cfg = RunConfig {
+        max_steps: Some(100),
+        eval_every: 50,
+        ..common::tiny_config(&corpus)
+    };
+    // The hook answers from a script, recording which early step it was asked about.
+    let run = |name: &str, answers: Vec<Verdict>| {
+        let asked = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let (log, script) = (asked.clone(), Mutex::new(answers.into_iter()));
+        let opts = TrainOptions {
+            prune: Some(Arc::new(
+                move |step: u64, _: u64, reading: Reading| match reading {
+                    Reading::Early { .. } => {
+                        log.lock().unwrap().push(step);
+                        script.lock().unwrap().next().unwrap_or(Verdict::Wait)
+                    }
+                    Reading::Val(_) => Verdict::Keep,
+                },
+            )),
+            ..common::quiet(dir.path())
+        };
+        let r = train(&cfg, &dir.path().join(name), &opts).unwrap();
+        let asked = asked.lock().unwrap().clone();
+        (r, asked)
+    };
+    // Waiting throughout: asked at steps 10, 20, 30 and 40, always about step 10; from the
+    // first evaluation (50) on the rules alone decide, and the run trains to its end.
+    let (r, asked) = run("waits", vec![]);
+    assert_eq!(r.status, RunStatus::Completed);
+    assert_eq!(asked, vec![10; 4]);
+    // A sibling arrives before the third asking: the run is cut there, judged on step 10's loss.
+    let (r, asked) = run("cut", vec![Verdict::Wait, Verdict::Wait, Verdict::Prune]);
+    assert_eq!((r.status, r.record.steps), (RunStatus::Pruned, 30));
+    assert_eq!(asked, vec![10; 3]);
+    let message = r.record.message.unwrap();
+    assert!(
+        message.contains("pruned at step 30") && message.contains("at step 10"),
+        "{message}"
+    );
+    // Kept once judged: never asked again.
+    let (r, asked) = run("kept", vec![Verdict::Wait, Verdict::Keep, Verdict::Prune]);
+    assert_eq!(r.status, RunStatus::Completed);
+    assert_eq!(asked, vec![10; 2]);
+}

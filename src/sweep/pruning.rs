@@ -9,7 +9,8 @@
 //!
 //! Under every rule, an early cut ([`hopeless`]) comes first: at a tenth of its steps, long
 //! before the first evaluation of a short trial, a trial whose training loss has come down far
-//! less than its best sibling's is stopped, as soon as one sibling has passed that point. A
+//! less than its best sibling's is stopped, as soon as one sibling has passed that point (the
+//! first trial there waits for one, training on: [`early_verdict`]). A
 //! search proposes such trials often (a learning rate a decade too low, a startup draw in a
 //! poor corner) and the rules above let a third to a half of them run to their end
 //! (Hyperband's last bracket, halving's first rung). The training loss costs nothing to read,
@@ -18,7 +19,7 @@
 use super::manifest::Manifest;
 use super::plan::{PruneRule, Pruning};
 use crate::run_dir::RunDir;
-use crate::train::{PruneHook, Reading};
+use crate::train::{PruneHook, Reading, Verdict};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -139,10 +140,13 @@ pub fn hopeless(min_progress: f64, ln_vocab: f64, loss: f64, others: &[f64]) -> 
 }
 
 /// The rule as trial `me`'s hook: its siblings' losses come from their run records, read only
-/// at decision points. Under `hyperband` the siblings are dealt into brackets by the trial's
-/// own number of evaluations (a sweep that varies `max_steps` compares trials of other
-/// lengths by that count too). The early cut compares all siblings that passed the same early
-/// step on the same vocabulary, whatever their bracket.
+/// at decision points, the sweep's trials listed afresh there (a search records its proposals
+/// as workers free up, so trials begun after this one, often cheaper and further along, count
+/// too, as in Optuna's study; the first trial's only sibling is often such a one). Under
+/// `hyperband` the siblings are dealt into brackets by the trial's own number of evaluations (a
+/// sweep that varies `max_steps` compares trials of other lengths by that count too). The
+/// early cut compares all siblings that passed the same early step on the same vocabulary,
+/// whatever their bracket.
 pub fn hook(
     root: &Path,
     manifest: &Manifest,
@@ -150,12 +154,11 @@ pub fn hook(
     eval_every: u64,
     rule: Pruning,
 ) -> PruneHook {
-    let siblings: Vec<(usize, RunDir)> = manifest
-        .trials
-        .iter()
-        .filter(|e| e.index != me)
-        .map(|e| (e.index, RunDir::new(root.join(&e.dir))))
-        .collect();
+    let known = sibling_dirs(root, manifest, me);
+    let root = root.to_path_buf();
+    let siblings = move || {
+        Manifest::load(&root).map_or_else(|_| known.clone(), |m| sibling_dirs(&root, &m, me))
+    };
     let every = eval_every.max(1);
     Arc::new(move |step, total_steps, reading| {
         let loss = match reading {
@@ -164,29 +167,59 @@ pub fn hook(
                 train_loss,
                 ln_vocab,
             } => {
-                let others: Vec<f64> = siblings
+                let others: Vec<f64> = siblings()
                     .iter()
                     .filter_map(|(_, d)| d.record())
                     .filter(|r| (r.ln_vocab - ln_vocab).abs() < 1e-9)
                     .filter_map(|r| r.early.filter(|e| e.step == step))
                     .map(|e| e.train_loss)
                     .collect();
-                return hopeless(rule.min_progress, ln_vocab, train_loss, &others);
+                return early_verdict(rule.min_progress, ln_vocab, train_loss, &others);
             }
         };
         let (eval, evals) = (step / every, total_steps / every);
         let mine = bracket(&rule, me, evals);
         if !is_decision_point(&rule, eval, mine) {
-            return false;
+            return Verdict::Keep;
         }
-        let others: Vec<f64> = siblings
+        let others: Vec<f64> = siblings()
             .iter()
             .filter(|(i, _)| bracket(&rule, *i, evals) == mine)
             .filter_map(|(_, d)| d.record())
             .filter_map(|r| r.evals.iter().find(|e| e.step == step).map(|e| e.val_loss))
             .collect();
-        decide(&rule, eval, mine, loss, &others)
+        if decide(&rule, eval, mine, loss, &others) {
+            Verdict::Prune
+        } else {
+            Verdict::Keep
+        }
     })
+}
+
+/// Every trial of the sweep but `me`, with its run directory.
+fn sibling_dirs(root: &Path, manifest: &Manifest, me: usize) -> Vec<(usize, RunDir)> {
+    manifest
+        .trials
+        .iter()
+        .filter(|e| e.index != me)
+        .map(|e| (e.index, RunDir::new(root.join(&e.dir))))
+        .collect()
+}
+
+/// The early cut's answer at a trial's early point ([`hopeless`] against `others`, the
+/// siblings' training losses there): [`Verdict::Wait`] while none has passed the point, so
+/// that the first trial of a sweep to get there (its cheapest, not its best) is judged as soon
+/// as a second one does, not let run to its end.
+pub fn early_verdict(min_progress: f64, ln_vocab: f64, loss: f64, others: &[f64]) -> Verdict {
+    if min_progress <= 0.0 {
+        Verdict::Keep
+    } else if others.is_empty() {
+        Verdict::Wait
+    } else if hopeless(min_progress, ln_vocab, loss, others) {
+        Verdict::Prune
+    } else {
+        Verdict::Keep
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +264,15 @@ mod tests {
         assert!(!hopeless(0.8, 4.3, 1.9, &late) && hopeless(0.8, 4.3, 3.9, &late));
         assert_eq!(crate::train::early_step(300), 30);
         assert_eq!(crate::train::early_step(5), 1);
+    }
+
+    #[test]
+    fn the_early_cut_waits_for_a_sibling_and_never_while_it_is_off() {
+        assert_eq!(early_verdict(0.8, 4.0, 3.9, &[]), Verdict::Wait);
+        assert_eq!(early_verdict(0.8, 4.0, 3.9, &[2.0]), Verdict::Prune);
+        assert_eq!(early_verdict(0.8, 4.0, 2.3, &[2.0]), Verdict::Keep);
+        assert_eq!(early_verdict(0.0, 4.0, 3.9, &[]), Verdict::Keep);
+        assert_eq!(early_verdict(0.0, 4.0, 3.9, &[2.0]), Verdict::Keep);
     }
 
     #[test]

@@ -54,10 +54,23 @@ pub enum Reading {
     Early { train_loss: f64, ln_vocab: f64 },
 }
 
+/// A pruning hook's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    /// Stop the run (status `pruned`).
+    Prune,
+    /// Nothing to judge the early point against yet (no sibling has passed it): the trainer asks
+    /// again every [`EARLY_WINDOW`] steps until its first evaluation. The first trial of a sweep
+    /// to reach the point is its cheapest, not its best, and a hopeless one would otherwise
+    /// hold a worker to its end while setting the sweep's first result.
+    Wait,
+}
+
 /// Asked at each evaluation and at the early point with (step, the run's total steps, what was
-/// read): true prunes the run (status `pruned`). The total is known only once the corpus is
-/// read (`epochs`).
-pub type PruneHook = Arc<dyn Fn(u64, u64, Reading) -> bool + Send + Sync>;
+/// read); an early point is asked about with its own step, however late the asking. The total
+/// is known only once the corpus is read (`epochs`).
+pub type PruneHook = Arc<dyn Fn(u64, u64, Reading) -> Verdict + Send + Sync>;
 
 /// Options that are about this invocation, not the run's hyperparameters.
 #[derive(Clone)]

@@ -4,7 +4,7 @@
 
 use super::progress::Reporter;
 use super::setup::{Data, Ready};
-use super::{log_line, Reading, RunResult, TrainOptions};
+use super::{log_line, Reading, RunResult, TrainOptions, Verdict};
 use crate::checkpoint::{self, Cursor};
 use crate::config::RunConfig;
 use crate::error::Result;
@@ -130,6 +130,8 @@ pub(super) struct Trainer<'a> {
     evals_without_improvement: u32,
     /// Training losses summed over the steps before the early point, and their count.
     early: (f64, u32),
+    /// The early point while its verdict waits for a sibling to pass it ([`Verdict::Wait`]).
+    waiting: Option<TrainPoint>,
 }
 
 impl<'a> Trainer<'a> {
@@ -178,6 +180,7 @@ impl<'a> Trainer<'a> {
             // Best-so-far comes from the checkpoint, so patience counts from the resume point.
             evals_without_improvement: 0,
             early: (0.0, 0),
+            waiting: None,
         };
         t.run.write_record(&t.record)?;
         Ok(t)
@@ -373,40 +376,58 @@ impl<'a> Trainer<'a> {
             }
         }
         let prune = self.opts.prune.as_ref()?;
-        (step < self.total_steps && prune(step, self.total_steps, Reading::Val(val_loss)))
+        (step < self.total_steps
+            && prune(step, self.total_steps, Reading::Val(val_loss)) == Verdict::Prune)
             .then(|| Stop::Pruned(format!("pruned at step {step} (val/loss {val_loss:.4})")))
     }
 
     /// At the early point: records the mean training loss of the steps before it (siblings
-    /// compare theirs with it) and asks the pruning hook. A run resumed inside that window
-    /// averages the steps this invocation saw.
+    /// compare theirs with it) and asks the pruning hook; while the hook waits for a sibling,
+    /// asks again every [`super::EARLY_WINDOW`] steps until the first evaluation, where the
+    /// rules take over. A run resumed inside the window averages the steps this invocation saw.
     fn early_point(&mut self) -> Result<Option<Stop>> {
         let step = self.cursor.step;
         let (sum, n) = self.early;
-        if step != super::early_step(self.total_steps) || n == 0 || step >= self.total_steps {
+        if step == super::early_step(self.total_steps) && n > 0 && step < self.total_steps {
+            let point = TrainPoint {
+                step,
+                train_loss: sum / n as f64,
+            };
+            self.record.early = Some(point);
+            self.run.write_record(&self.record)?;
+            self.waiting = Some(point);
+        } else if !step.is_multiple_of(super::EARLY_WINDOW)
+            || step >= self.cfg.eval_every.min(self.total_steps)
+        {
             return Ok(None);
         }
-        let train_loss = sum / n as f64;
-        self.record.early = Some(TrainPoint { step, train_loss });
-        self.run.write_record(&self.record)?;
-        let Some(prune) = self.opts.prune.as_ref() else {
+        let (Some(point), Some(prune)) = (self.waiting, self.opts.prune.as_ref()) else {
             return Ok(None);
         };
         let ln_vocab = self.record.ln_vocab;
-        let cut = prune(
-            step,
-            self.total_steps,
-            Reading::Early {
-                train_loss,
-                ln_vocab,
-            },
-        );
-        Ok(cut.then(|| {
-            Stop::Pruned(format!(
-                "pruned at step {step}: train/loss {train_loss:.4} has come down from \
-                 ln(vocab) = {ln_vocab:.4} far less than its siblings' (the early cut)"
-            ))
-        }))
+        let reading = Reading::Early {
+            train_loss: point.train_loss,
+            ln_vocab,
+        };
+        match prune(point.step, self.total_steps, reading) {
+            Verdict::Wait => Ok(None),
+            Verdict::Keep => {
+                self.waiting = None;
+                Ok(None)
+            }
+            Verdict::Prune => {
+                let at = if point.step == step {
+                    String::new()
+                } else {
+                    format!(" at step {}", point.step)
+                };
+                Ok(Some(Stop::Pruned(format!(
+                    "pruned at step {step}: train/loss {:.4}{at} has come down from ln(vocab) = \
+                     {ln_vocab:.4} far less than its siblings' (the early cut)",
+                    point.train_loss
+                ))))
+            }
+        }
     }
 
     /// The text sample written at an evaluation: primed with the first char of the validation

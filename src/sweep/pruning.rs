@@ -267,6 +267,68 @@ mod tests {
     }
 
     #[test]
+    fn the_hook_meets_the_trials_begun_after_its_own() {
+        use crate::run_dir::{test_record, EvalPoint, RunRecord, TrainPoint};
+        use crate::sweep::manifest::Entry;
+        let d = tempfile::tempdir().unwrap();
+        let entry = |index: usize| Entry {
+            index,
+            dir: format!("{index:03}-t"),
+            hash: format!("h{index}"),
+            group: String::new(),
+            overrides: Vec::new(),
+        };
+        let mut m = Manifest {
+            version: 1,
+            experiment: "e".into(),
+            swept: Vec::new(),
+            pruning: None,
+            trials: vec![entry(0)],
+            search: None,
+            pbt: None,
+            objectives: Vec::new(),
+            limits: crate::train::Limits::default(),
+            stopped: None,
+        };
+        m.save(d.path()).unwrap();
+        let halving = Pruning {
+            min_progress: 0.8,
+            ..rule(PruneRule::Halving, 1, 1, 3)
+        };
+        let hook = hook(d.path(), &m, 0, 10, halving);
+        let early = Reading::Early {
+            train_loss: 3.9,
+            ln_vocab: 4.0,
+        };
+        assert_eq!(
+            hook(3, 30, early),
+            Verdict::Wait,
+            "alone at the early point"
+        );
+        // Trial 1, proposed after trial 0's worker started, passes both points far ahead.
+        m.trials.push(entry(1));
+        m.save(d.path()).unwrap();
+        let ahead = RunRecord {
+            ln_vocab: 4.0,
+            early: Some(TrainPoint {
+                step: 3,
+                train_loss: 2.0,
+            }),
+            evals: vec![EvalPoint {
+                step: 10,
+                val_loss: 1.0,
+            }],
+            ..test_record()
+        };
+        let dir = RunDir::new(d.path().join("001-t"));
+        std::fs::create_dir_all(dir.path()).unwrap();
+        dir.write_record(&ahead).unwrap();
+        assert_eq!(hook(3, 30, early), Verdict::Prune);
+        assert_eq!(hook(10, 30, Reading::Val(2.0)), Verdict::Prune);
+        assert_eq!(hook(10, 30, Reading::Val(0.5)), Verdict::Keep);
+    }
+
+    #[test]
     fn the_early_cut_waits_for_a_sibling_and_never_while_it_is_off() {
         assert_eq!(early_verdict(0.8, 4.0, 3.9, &[]), Verdict::Wait);
         assert_eq!(early_verdict(0.8, 4.0, 3.9, &[2.0]), Verdict::Prune);

@@ -453,31 +453,7 @@ impl<'a> Engine<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sweep::manifest::Entry;
-
-    fn manifest(n: usize) -> Manifest {
-        let trials = (0..n)
-            .map(|i| Entry {
-                index: i,
-                dir: format!("{i:03}-t"),
-                hash: format!("h{i}"),
-                group: String::new(),
-                overrides: Vec::new(),
-            })
-            .collect();
-        Manifest {
-            version: 1,
-            experiment: "e".into(),
-            swept: Vec::new(),
-            pruning: None,
-            trials,
-            search: None,
-            pbt: None,
-            objectives: Vec::new(),
-            limits: crate::train::Limits::default(),
-            stopped: None,
-        }
-    }
+    use crate::sweep::manifest::test_manifest as manifest;
 
     fn crash(bad_input: bool) -> Exit {
         Exit::Crashed {

@@ -330,6 +330,31 @@ fn reconcile_pbt(root: &Path, plan: &Plan, manifest: &mut Manifest) -> Result<()
     }
 }
 
+/// A manifest of `n` listed trials (`000-t`, `001-t`, …), for unit tests of what reads one.
+#[cfg(test)]
+pub(crate) fn test_manifest(n: usize) -> Manifest {
+    Manifest {
+        version: 1,
+        experiment: "e".into(),
+        swept: Vec::new(),
+        pruning: None,
+        trials: (0..n)
+            .map(|i| Entry {
+                index: i,
+                dir: format!("{i:03}-t"),
+                hash: format!("h{i}"),
+                group: String::new(),
+                overrides: Vec::new(),
+            })
+            .collect(),
+        search: None,
+        pbt: None,
+        objectives: Vec::new(),
+        limits: crate::train::Limits::default(),
+        stopped: None,
+    }
+}
+
 fn empty_manifest(plan: &Plan) -> Manifest {
     Manifest {
         version: 1,

@@ -269,27 +269,10 @@ mod tests {
     #[test]
     fn the_hook_meets_the_trials_begun_after_its_own() {
         use crate::run_dir::{test_record, EvalPoint, RunRecord, TrainPoint};
-        use crate::sweep::manifest::Entry;
+        use crate::sweep::manifest::test_manifest;
         let d = tempfile::tempdir().unwrap();
-        let entry = |index: usize| Entry {
-            index,
-            dir: format!("{index:03}-t"),
-            hash: format!("h{index}"),
-            group: String::new(),
-            overrides: Vec::new(),
-        };
-        let mut m = Manifest {
-            version: 1,
-            experiment: "e".into(),
-            swept: Vec::new(),
-            pruning: None,
-            trials: vec![entry(0)],
-            search: None,
-            pbt: None,
-            objectives: Vec::new(),
-            limits: crate::train::Limits::default(),
-            stopped: None,
-        };
+        // Trial 1 is proposed after trial 0's worker started.
+        let (mut m, later) = (test_manifest(1), test_manifest(2));
         m.save(d.path()).unwrap();
         let halving = Pruning {
             min_progress: 0.8,
@@ -305,8 +288,8 @@ mod tests {
             Verdict::Wait,
             "alone at the early point"
         );
-        // Trial 1, proposed after trial 0's worker started, passes both points far ahead.
-        m.trials.push(entry(1));
+        // Trial 1 is in the manifest now, and has passed both points far ahead.
+        m = later;
         m.save(d.path()).unwrap();
         let ahead = RunRecord {
             ln_vocab: 4.0,

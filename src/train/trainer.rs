@@ -130,8 +130,9 @@ pub(super) struct Trainer<'a> {
     evals_without_improvement: u32,
     /// Training losses summed over the steps before the early point, and their count.
     early: (f64, u32),
-    /// The early point while its verdict waits for a sibling to pass it ([`Verdict::Wait`]).
-    waiting: Option<TrainPoint>,
+    /// Whether the early point's verdict ([`Self::record`]'s `early`) still waits for a sibling
+    /// to pass it ([`Verdict::Wait`]).
+    early_open: bool,
 }
 
 impl<'a> Trainer<'a> {
@@ -180,7 +181,7 @@ impl<'a> Trainer<'a> {
             // Best-so-far comes from the checkpoint, so patience counts from the resume point.
             evals_without_improvement: 0,
             early: (0.0, 0),
-            waiting: None,
+            early_open: false,
         };
         t.run.write_record(&t.record)?;
         Ok(t)
@@ -395,13 +396,15 @@ impl<'a> Trainer<'a> {
             };
             self.record.early = Some(point);
             self.run.write_record(&self.record)?;
-            self.waiting = Some(point);
+            self.early_open = true;
         } else if !step.is_multiple_of(super::EARLY_WINDOW)
             || step >= self.cfg.eval_every.min(self.total_steps)
         {
             return Ok(None);
         }
-        let (Some(point), Some(prune)) = (self.waiting, self.opts.prune.as_ref()) else {
+        let (true, Some(point), Some(prune)) =
+            (self.early_open, self.record.early, self.opts.prune.as_ref())
+        else {
             return Ok(None);
         };
         let ln_vocab = self.record.ln_vocab;
@@ -412,7 +415,7 @@ impl<'a> Trainer<'a> {
         match prune(point.step, self.total_steps, reading) {
             Verdict::Wait => Ok(None),
             Verdict::Keep => {
-                self.waiting = None;
+                self.early_open = false;
                 Ok(None)
             }
             Verdict::Prune => {
